@@ -1,0 +1,239 @@
+"""`fioca keys ca ...`: parse options, ask, render. The work happens in fioca.pki."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fioca.api import NOT_CONFIGURED, is_configured
+from fioca.cli import render
+from fioca.cli.audit_view import render_text as audit_text
+from fioca.cli.context import AppContext, app_context
+from fioca.errors import ExitCode, FiocaError, UsageError
+from fioca.pki import audit as script_audit
+from fioca.pki import files, reference
+from fioca.pki.create import CreateFlow, CreateOptions, jq_field
+
+app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class Level(str, Enum):
+    info = "info"
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class CliReporter:
+    """create's progress on stderr, as fioctl prints it; the confirmation on the terminal."""
+
+    def __init__(self, app_ctx: AppContext, *, yes: bool):
+        self.terminal = app_ctx.terminal
+        self.yes = yes
+
+    def progress(self, line: str) -> None:
+        self.terminal.err(line)
+
+    def script_stderr(self, script: str, line: str) -> None:
+        self.terminal.err(f"  [{script}] {line}")
+
+    def note(self, line: str) -> None:
+        self.terminal.err(line)
+
+    def confirm_upload(self, summary: dict) -> bool:
+        if self.yes:
+            return True
+        self.terminal.err(
+            f"About to upload to factory {summary['factory']}: {', '.join(summary['patch_fields'])}.\n"
+            f"Root of trust SHA-256 fingerprint: {summary['root_fingerprint']}\n"
+            "This sets the factory's root of trust, which can be done only once."
+        )
+        return self.terminal.confirm("Upload?")
+
+
+def _pins(values: List[str]) -> dict[str, str]:
+    pins = {}
+    for value in values:
+        name, sep, digest = value.partition("=")
+        if not sep or name not in reference.SCRIPT_NAMES or len(digest) != 64:
+            raise UsageError(f"--expect-sha256 takes NAME=HEX with NAME one of {', '.join(reference.SCRIPT_NAMES)}")
+        pins[name] = digest
+    return pins
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    pki_dir: Path = typer.Argument(..., help="Folder for the PKI files (made 0700 if missing)."),
+    online_ca: bool = typer.Option(True, "--online-ca/--no-online-ca", help="Sign the online device CA's CSR."),
+    local_ca: bool = typer.Option(True, "--local-ca/--no-local-ca", help="Create a local (offline) device CA."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Upload without asking (needed without a terminal)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH."
+    ),
+    from_json: Optional[Path] = typer.Option(
+        None, "--from-json", help="With --dry-run: use a saved answer (factory_certs.json); no server at all."
+    ),
+    allow_unaudited: bool = typer.Option(
+        False, "--allow-unaudited", help="Run scripts even when the audit finds high-severity problems."
+    ),
+    expect_sha256: List[str] = typer.Option(
+        [], "--expect-sha256", help="Pin a script: NAME=HEX (repeatable); any other content is refused."
+    ),
+    output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
+) -> None:
+    """Create the factory PKI by running the server's scripts, as `fioctl keys ca create` does.
+
+    Steps: GET certs/ (refuse a configured factory), POST certs/ and save the answer as
+    PKI_DIR/factory_certs.json, audit the scripts, run create_ca, sign_tls_csr, sign_ca_csr and
+    create_device_ca with `sh` in a private work dir, check every artifact, keep them in PKI_DIR
+    (0400), then PATCH root-crt, tls-crt and ca-crt. The root of trust can be set only once.
+
+    Examples:
+
+      fioca keys ca create ./pki
+
+      fioca keys ca create ./pki --dry-run          # see the scripts and the plan first
+
+      fioca keys ca create ./pki --no-local-ca --yes
+    """
+    app_ctx = app_context(ctx)
+    if from_json and not dry_run:
+        raise UsageError("--from-json goes with --dry-run")
+    options = CreateOptions(
+        online_ca=online_ca,
+        local_ca=local_ca,
+        dry_run=dry_run,
+        allow_unaudited=allow_unaudited,
+        expected_sha256=_pins(expect_sha256),
+    )
+    if not dry_run:
+        app_ctx.require_confirmation_possible(yes, "uploading the root of trust")
+    reporter = CliReporter(app_ctx, yes=yes)
+    pki = files.PkiDir(pki_dir.expanduser())
+    if from_json:
+        flow = CreateFlow(None, pki, options, reporter)
+        result = flow.dry_run_saved(from_json.expanduser(), factory=app_ctx.settings.factory)
+    else:
+        flow = CreateFlow(app_ctx.api(), pki, options, reporter)
+        result = flow.run()
+    if result.dry_run:
+        plan = result.plan.describe("<new private temporary dir>", pki.path)
+        worst = result.audit.max_severity
+        audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"
+        if output is Format.json:
+            app_ctx.terminal.out(
+                json.dumps({"scripts": result.answer.scripts, "plan": plan, "audit": result.audit.to_dict()}, indent=2)
+            )
+        else:
+            app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
+        return
+    summary = render.create_summary(result)
+    if output is Format.json:
+        app_ctx.terminal.out(json.dumps(summary, indent=2))
+    else:
+        app_ctx.terminal.out(render.create_summary_text(summary))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    pretty: bool = typer.Option(False, "--pretty", help="Decode each certificate, as fioctl --pretty does."),
+    just_root: bool = typer.Option(False, "--just-root", help="Only the factory root certificate."),
+    just_tls: bool = typer.Option(False, "--just-tls", help="Only the device gateway's TLS certificate."),
+    just_device_cas: bool = typer.Option(False, "--just-device-cas", help="Only the device CA bundle."),
+    output: Format = typer.Option(Format.text, "--format", help="text (fioctl's layout) or json (the API's object)."),
+) -> None:
+    """Show the factory's PKI certificates.
+
+    Examples:
+
+      fioca keys ca show --pretty
+
+      fioca keys ca show --just-root > factory_ca.pem
+    """
+    chosen = [name for name, flag in (("root", just_root), ("tls", just_tls), ("device-cas", just_device_cas)) if flag]
+    if len(chosen) > 1:
+        raise UsageError("Only one of --just-root, --just-tls and --just-device-cas may be given")
+    app_ctx = app_context(ctx)
+    certs = app_ctx.api().get_certs()
+    if not is_configured(certs):
+        raise FiocaError(NOT_CONFIGURED)
+    if output is Format.json:
+        app_ctx.terminal.out(json.dumps(certs.body, indent=2))
+        return
+    app_ctx.terminal.out(render.show_text(certs.body, pretty=pretty, just=chosen[0] if chosen else None))
+
+
+@app.command()
+def extract(
+    ctx: typer.Context,
+    field: str = typer.Argument(..., help="A field of the answer, e.g. create_ca, tls-csr, ca-csr."),
+    file: Path = typer.Option(Path(files.FACTORY_CERTS_JSON), "--file", help="The saved answer."),
+) -> None:
+    """Print one field of factory_certs.json, as `jq -r .FIELD` does.
+
+    Example:
+
+      fioca keys ca extract create_ca --file pki/factory_certs.json
+    """
+    data = _load_answer(file)
+    value = jq_field(data, field)
+    app_context(ctx).terminal.out(value if isinstance(value, str) else json.dumps(value, indent=2))
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    file: Path = typer.Argument(Path(files.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),
+    output: Format = typer.Option(Format.text, "--format"),
+    fail_on: Level = typer.Option(Level.high, "--fail-on", help="Exit non-zero on a finding at or above this."),
+) -> None:
+    """Report what every script in a saved answer does, and what in it is dangerous.
+
+    Examples:
+
+      fioca keys ca audit pki/factory_certs.json
+
+      fioca keys ca audit pki/factory_certs.json --format json --fail-on medium
+    """
+    app_ctx = app_context(ctx)
+    data = _load_answer(file)
+    scripts = {name: data[name] for name in reference.SCRIPT_NAMES if isinstance(data.get(name), str)}
+    if not scripts:
+        raise FiocaError(f"{file} holds no scripts to audit")
+    inferred = reference.infer_values(scripts)
+    if inferred is None:
+        factory = app_ctx.options.get("factory") or "<factory>"
+        inferred = (factory, "fio-<user id>")
+    references = reference.rendered(factory=inferred[0], local_ca_cn=inferred[1])
+    report = script_audit.audit_answer(data, references)
+    if output is Format.json:
+        app_ctx.terminal.out(json.dumps(report.to_dict(), indent=2))
+    else:
+        app_ctx.terminal.out(audit_text(report))
+    if report.failing(script_audit.Severity[fail_on.name.upper()]):
+        raise typer.Exit(int(ExitCode.REFUSED))
+
+
+def _load_answer(path: Path) -> dict:
+    try:
+        data = json.loads(path.expanduser().read_bytes())
+    except FileNotFoundError:
+        raise FiocaError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise FiocaError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise FiocaError(f"{path} is not JSON") from None
+    if not isinstance(data, dict):
+        raise FiocaError(f"{path} is not a JSON object")
+    return data

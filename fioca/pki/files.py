@@ -1,0 +1,136 @@
+"""The PKI directory: file names, modes, atomic never-overwriting writes, and the lock.
+
+Every name fioctl uses lives here once. Files are written 0400 in a 0700 folder, through a
+temporary file that is fsync'ed and then hard-linked into place: a crash leaves either the
+whole file or nothing, and an existing file is never replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from fioca.errors import PkiDirError, RefusedError
+
+# The PKI directory's files, named as fioctl names them.
+ROOT_KEY = "factory_ca.key"
+ROOT_CERT = "factory_ca.pem"
+TLS_CERT = "tls-crt"
+TLS_CSR = "tls-csr"
+ONLINE_CA_CERT = "online-crt"
+ONLINE_CA_CSR = "ca-csr"
+LOCAL_CA_KEY = "local-ca.key"
+LOCAL_CA_CERT = "local-ca.pem"
+FACTORY_CERTS_JSON = "factory_certs.json"
+LOCK_FILE = ".fioca.lock"
+
+FILE_MODE = 0o400
+DIR_MODE = 0o700
+
+
+class PkiDir:
+    """A PKI directory on disk. Creating one makes it 0700; an existing one is tightened to 0700."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def ensure(self) -> list[str]:
+        """Make sure the folder exists, is a folder, is writable and is 0700. Returns notes."""
+        notes: list[str] = []
+        if self.path.exists() and not self.path.is_dir():
+            raise PkiDirError(f"PKI dir {self.path} exists and is not a directory")
+        if not self.path.exists():
+            try:
+                self.path.mkdir(mode=DIR_MODE, parents=True)
+            except OSError as exc:
+                raise PkiDirError(f"cannot create PKI dir {self.path}: {exc.strerror}") from None
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode != DIR_MODE:
+            try:
+                self.path.chmod(DIR_MODE)
+            except OSError as exc:
+                raise PkiDirError(f"cannot make PKI dir {self.path} private (0700): {exc.strerror}") from None
+            notes.append(f"PKI dir {self.path} was {mode:04o}, now 0700")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise PkiDirError(f"PKI dir {self.path} is not writable")
+        return notes
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def read_bytes(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            raise PkiDirError(f"{self.path / name} does not exist") from None
+        except OSError as exc:
+            raise PkiDirError(f"cannot read {self.path / name}: {exc.strerror}") from None
+
+    def write_new(self, name: str, data: bytes, mode: int = FILE_MODE) -> Path:
+        return write_new(self.path / name, data, mode)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the directory; a second fioca on the same dir is refused."""
+        lock_path = self.path / LOCK_FILE
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RefusedError(
+                    f"PKI dir {self.path} is in use by another fioca run (lock {LOCK_FILE}); wait for it to finish"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Write `data` to `path` atomically with `mode`, refusing to replace an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise RefusedError(f"{path} already exists; fioca never overwrites it")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        try:
+            # link() fails when the target exists, unlike rename(): no silent overwrite, no race.
+            os.link(tmp_name, path)
+        except FileExistsError:
+            raise RefusedError(f"{path} already exists; fioca never overwrites it") from None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise PkiDirError(f"no space left to write {path}; nothing was written") from None
+        raise PkiDirError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def private_work_dir(prefix: str = "fioca-") -> Path:
+    """A fresh 0700 temporary folder for scripts to run in."""
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,390 @@
+"""The sandbox's state: one SQLite file, `DIR/sandbox.db`, for one emulated factory.
+
+It holds what the real backend keeps: the factory and its token, the certs the user uploaded,
+the private keys the backend generated (gateway TLS, online CA, EST), the disabled and revoked
+device CA serials, the devices the gateway registered, and injected faults.
+
+The db file holds private keys and the token, so it is created 0600 (SQLite gives its WAL and
+shm files the same mode). One connection is shared by every thread behind a re-entrant lock;
+WAL mode lets a second process (the CLI's `devices` command) read while the server runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+DB_FILE_NAME = "sandbox.db"
+SCHEMA_VERSION = 1
+
+# Kinds of keys the backend generates, and what becomes of them.
+KEY_KINDS = ("tls", "ca", "est")
+KEY_PENDING = "pending"  # CSR handed out, no certificate accepted yet
+KEY_ACTIVE = "active"  # its certificate was accepted and is served / used
+KEY_RETIRED = "retired"  # replaced by a newer key of the same kind (tls, est)
+KEY_REVOKED = "revoked"  # online CA whose certificate was revoked by a CRL
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS factory (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    name       TEXT NOT NULL,
+    token      TEXT NOT NULL,
+    polis_id   TEXT NOT NULL,
+    user_name  TEXT NOT NULL,
+    gateway_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certs (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    root_crt    TEXT,
+    ca_crt      TEXT,
+    tls_crt     TEXT,
+    est_tls_crt TEXT,
+    created_by  TEXT,
+    created_at  TEXT,
+    updated_by  TEXT,
+    updated_at  TEXT
+);
+CREATE TABLE IF NOT EXISTS backend_keys (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL CHECK (kind IN ('tls', 'ca', 'est')),
+    state       TEXT NOT NULL,
+    key_pem     TEXT NOT NULL,
+    csr_pem     TEXT NOT NULL,
+    public_key  BLOB NOT NULL,   -- SubjectPublicKeyInfo DER, to match uploaded certs
+    cert_pem    TEXT,            -- the accepted certificate, once there is one
+    cert_serial TEXT,            -- its serial, base 10
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS disabled_ca_serials (
+    serial      TEXT PRIMARY KEY,
+    disabled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_ca_serials (
+    serial     TEXT PRIMARY KEY,
+    revoked_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    uuid        TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    pubkey      TEXT NOT NULL,
+    is_prod     INTEGER NOT NULL DEFAULT 0,
+    created_at  TEXT NOT NULL,
+    last_seen   TEXT,
+    deny_listed INTEGER NOT NULL DEFAULT 0,
+    ca_serial   TEXT,
+    owner       TEXT
+);
+CREATE TABLE IF NOT EXISTS faults (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    method    TEXT NOT NULL,   -- HTTP method, or '*'
+    route     TEXT NOT NULL,   -- 'certs', 'users-self', ... or '*'
+    status    INTEGER NOT NULL,
+    message   TEXT NOT NULL,
+    remaining INTEGER NOT NULL
+);
+"""
+
+
+def utc_now() -> str:
+    """Now as ISO-8601 UTC with a `Z`, second precision (the API's timestamp style)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class FactoryRecord:
+    name: str
+    token: str
+    polis_id: str
+    user_name: str
+    gateway_id: str
+    created_at: str
+
+    def __repr__(self) -> str:  # the token must never end up in a log or traceback
+        return f"FactoryRecord(name={self.name!r}, polis_id={self.polis_id!r}, gateway_id={self.gateway_id!r})"
+
+
+@dataclass(frozen=True)
+class CertsRecord:
+    root_crt: str | None = None
+    ca_crt: str | None = None
+    tls_crt: str | None = None
+    est_tls_crt: str | None = None
+    created_by: str | None = None
+    created_at: str | None = None
+    updated_by: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendKey:
+    id: int
+    kind: str
+    state: str
+    key_pem: str
+    csr_pem: str
+    public_key: bytes
+    cert_pem: str | None
+    cert_serial: str | None
+    created_at: str
+    updated_at: str
+
+    def __repr__(self) -> str:  # keep key_pem out of reprs
+        return f"BackendKey(id={self.id}, kind={self.kind!r}, state={self.state!r}, cert_serial={self.cert_serial!r})"
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    uuid: str
+    name: str
+    pubkey: str
+    is_prod: bool
+    created_at: str
+    last_seen: str | None
+    deny_listed: bool
+    ca_serial: str | None
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class Fault:
+    method: str
+    route: str
+    status: int
+    message: str
+
+
+def _create_private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists; tighten the mode either way."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class Store:
+    """All sandbox state, behind one lock. Methods are safe to call from any thread."""
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / DB_FILE_NAME
+        _create_private_file(self.path)
+        self._lock = threading.RLock()
+        # Autocommit (isolation_level=None): every statement commits unless inside transaction().
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self._conn.execute("INSERT OR IGNORE INTO certs (id) VALUES (1)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run a read-check-write sequence atomically (also against other processes)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, params)
+
+    # -- the factory -------------------------------------------------------------------------
+
+    def factory(self) -> FactoryRecord | None:
+        row = self._execute("SELECT * FROM factory WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return FactoryRecord(
+            name=row["name"],
+            token=row["token"],
+            polis_id=row["polis_id"],
+            user_name=row["user_name"],
+            gateway_id=row["gateway_id"],
+            created_at=row["created_at"],
+        )
+
+    def create_factory(self, *, name: str, token: str, polis_id: str, user_name: str, gateway_id: str) -> FactoryRecord:
+        self._execute(
+            "INSERT INTO factory (id, name, token, polis_id, user_name, gateway_id, created_at)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?)",
+            (name, token, polis_id, user_name, gateway_id, utc_now()),
+        )
+        record = self.factory()
+        assert record is not None
+        return record
+
+    # -- uploaded certs ----------------------------------------------------------------------
+
+    def certs(self) -> CertsRecord:
+        row = self._execute("SELECT * FROM certs WHERE id = 1").fetchone()
+        return CertsRecord(**{key: row[key] for key in row.keys() if key != "id"})
+
+    def save_certs(self, certs: CertsRecord) -> None:
+        self._execute(
+            "UPDATE certs SET root_crt = :root_crt, ca_crt = :ca_crt, tls_crt = :tls_crt,"
+            " est_tls_crt = :est_tls_crt, created_by = :created_by, created_at = :created_at,"
+            " updated_by = :updated_by, updated_at = :updated_at WHERE id = 1",
+            certs.__dict__,
+        )
+
+    # -- keys the backend generated ----------------------------------------------------------
+
+    def add_backend_key(self, *, kind: str, key_pem: str, csr_pem: str, public_key: bytes) -> int:
+        if kind not in KEY_KINDS:
+            raise ValueError(f"unknown backend key kind {kind!r}")
+        now = utc_now()
+        cursor = self._execute(
+            "INSERT INTO backend_keys (kind, state, key_pem, csr_pem, public_key, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, KEY_PENDING, key_pem, csr_pem, public_key, now, now),
+        )
+        return int(cursor.lastrowid)
+
+    def backend_keys(self, kind: str, *states: str) -> list[BackendKey]:
+        """Keys of one kind, oldest first; only those in `states` when given."""
+        sql = "SELECT * FROM backend_keys WHERE kind = ?"
+        params: list = [kind]
+        if states:
+            sql += f" AND state IN ({', '.join('?' for _ in states)})"
+            params.extend(states)
+        rows = self._execute(sql + " ORDER BY id", tuple(params)).fetchall()
+        return [BackendKey(**{key: row[key] for key in row.keys()}) for row in rows]
+
+    def set_backend_key_state(
+        self, key_id: int, state: str, *, cert_pem: str | None = None, cert_serial: str | None = None
+    ) -> None:
+        """Move a key to `state`; a given certificate replaces the recorded one."""
+        self._execute(
+            "UPDATE backend_keys SET state = ?, cert_pem = COALESCE(?, cert_pem),"
+            " cert_serial = COALESCE(?, cert_serial), updated_at = ? WHERE id = ?",
+            (state, cert_pem, cert_serial, utc_now(), key_id),
+        )
+
+    # -- device CA serials -------------------------------------------------------------------
+
+    def disabled_ca_serials(self) -> list[str]:
+        rows = self._execute("SELECT serial FROM disabled_ca_serials ORDER BY disabled_at, serial").fetchall()
+        return [row["serial"] for row in rows]
+
+    def disable_ca_serial(self, serial: str) -> None:
+        self._execute(
+            "INSERT OR IGNORE INTO disabled_ca_serials (serial, disabled_at) VALUES (?, ?)", (serial, utc_now())
+        )
+
+    def enable_ca_serial(self, serial: str) -> None:
+        self._execute("DELETE FROM disabled_ca_serials WHERE serial = ?", (serial,))
+
+    def revoked_ca_serials(self) -> set[str]:
+        return {row["serial"] for row in self._execute("SELECT serial FROM revoked_ca_serials").fetchall()}
+
+    def revoke_ca_serial(self, serial: str) -> None:
+        """Revocation is permanent; a revoked serial is never disabled any more, just gone."""
+        self._execute(
+            "INSERT OR IGNORE INTO revoked_ca_serials (serial, revoked_at) VALUES (?, ?)", (serial, utc_now())
+        )
+        self.enable_ca_serial(serial)
+
+    # -- devices (used by the gateway and registration) --------------------------------------
+
+    def device(self, uuid: str) -> DeviceRecord | None:
+        row = self._execute("SELECT * FROM devices WHERE uuid = ?", (uuid,)).fetchone()
+        return None if row is None else _device_from_row(row)
+
+    def devices(self, *, include_deny_listed: bool = False) -> list[DeviceRecord]:
+        sql = "SELECT * FROM devices"
+        if not include_deny_listed:
+            sql += " WHERE deny_listed = 0"
+        return [_device_from_row(row) for row in self._execute(sql + " ORDER BY created_at, uuid").fetchall()]
+
+    def add_device(
+        self,
+        *,
+        uuid: str,
+        name: str,
+        pubkey: str,
+        is_prod: bool = False,
+        ca_serial: str | None = None,
+        owner: str | None = None,
+    ) -> DeviceRecord:
+        now = utc_now()
+        self._execute(
+            "INSERT INTO devices (uuid, name, pubkey, is_prod, created_at, last_seen, ca_serial, owner)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (uuid, name, pubkey, int(is_prod), now, now, ca_serial, owner),
+        )
+        record = self.device(uuid)
+        assert record is not None
+        return record
+
+    def touch_device(self, uuid: str) -> None:
+        self._execute("UPDATE devices SET last_seen = ? WHERE uuid = ?", (utc_now(), uuid))
+
+    def set_device_deny_listed(self, uuid: str, deny_listed: bool = True) -> bool:
+        """Put a device on (or take it off) the deny-list; False when there is no such device."""
+        cursor = self._execute("UPDATE devices SET deny_listed = ? WHERE uuid = ?", (int(deny_listed), uuid))
+        return cursor.rowcount > 0
+
+    # -- injected faults ---------------------------------------------------------------------
+
+    def add_fault(self, *, method: str = "*", route: str = "*", status: int = 500, message: str = "injected fault", times: int = 1) -> None:
+        """Make the next `times` matching requests fail with `status` (see Sandbox.inject_fault)."""
+        self._execute(
+            "INSERT INTO faults (method, route, status, message, remaining) VALUES (?, ?, ?, ?, ?)",
+            (method.upper(), route, status, message, times),
+        )
+
+    def take_fault(self, method: str, route: str) -> Fault | None:
+        """The first fault matching this request, counted down once; None when none applies."""
+        if self._execute("SELECT 1 FROM faults LIMIT 1").fetchone() is None:
+            return None  # the usual case: no write transaction per request
+        with self.transaction():
+            row = self._execute(
+                "SELECT * FROM faults WHERE remaining > 0 AND method IN (?, '*') AND route IN (?, '*')"
+                " ORDER BY id LIMIT 1",
+                (method.upper(), route),
+            ).fetchone()
+            if row is None:
+                return None
+            self._execute("UPDATE faults SET remaining = remaining - 1 WHERE id = ?", (row["id"],))
+            self._execute("DELETE FROM faults WHERE remaining <= 0")
+        return Fault(method=row["method"], route=row["route"], status=row["status"], message=row["message"])
+
+    def clear_faults(self) -> None:
+        self._execute("DELETE FROM faults")
+
+
+def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
+    return DeviceRecord(
+        uuid=row["uuid"],
+        name=row["name"],
+        pubkey=row["pubkey"],
+        is_prod=bool(row["is_prod"]),
+        created_at=row["created_at"],
+        last_seen=row["last_seen"],
+        deny_listed=bool(row["deny_listed"]),
+        ca_serial=row["ca_serial"],
+        owner=row["owner"],
+    )
