@@ -89,6 +89,7 @@ def create(
     expect_sha256: List[str] = typer.Option(
         [], "--expect-sha256", help="Pin a script: NAME=HEX (repeatable); any other content is refused."
     ),
+    script_timeout: float = typer.Option(120.0, "--script-timeout", min=1, help="Kill a script after this many seconds."),
     output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
 ) -> None:
     """Create the factory PKI by running the server's scripts, as `fioctl keys ca create` does.
@@ -115,6 +116,7 @@ def create(
         dry_run=dry_run,
         allow_unaudited=allow_unaudited,
         expected_sha256=_pins(expect_sha256),
+        script_timeout=script_timeout,
     )
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, "uploading the root of trust")

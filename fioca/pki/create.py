@@ -28,7 +28,7 @@ from fioca.errors import ApiError, CheckError, RefusedError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, profiles, reference
 from fioca.pki.plan import CreatePlan, plan_create
-from fioca.pki.scripts import ScriptRunner, default_watch_list, require_tools
+from fioca.pki.scripts import ScriptLimits, ScriptRunner, default_watch_list, require_tools
 
 SCRIPT_FIELDS = reference.SCRIPT_NAMES
 
@@ -49,6 +49,7 @@ class CreateOptions:
     dry_run: bool = False
     allow_unaudited: bool = False
     expected_sha256: dict[str, str] = field(default_factory=dict)
+    script_timeout: float = ScriptLimits.timeout
 
 
 @dataclass
@@ -92,7 +93,8 @@ def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
         raise ApiError("the POST answer is not JSON; nothing was run") from None
     if not isinstance(data, dict):
         raise ApiError("the POST answer is not a JSON object; nothing was run")
-    pretty = jq.compile(".").input_value(data).text()
+    # `jq .` layout: two-space indent, keys in the server's order, UTF-8 left as is.
+    pretty = json.dumps(data, indent=2, ensure_ascii=False)
     target = pki / files.FACTORY_CERTS_JSON
     if target.exists():
         n = 1
@@ -223,7 +225,7 @@ class CreateFlow:
         runner = self.runner_factory(
             work_dir,
             watch=default_watch_list(self.pki.path),
-            on_stderr=lambda line: None,
+            limits=ScriptLimits(timeout=self.options.script_timeout),
         )
         for name in self.plan.inputs:
             csr = answer.field(name)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import stat
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,20 +161,27 @@ class ScriptRunner:
             _out_bufsize=65536,
             _err_bufsize=1,
             _decode_errors="replace",
+            _tty_out=False,  # a pipe, not a pty: the certificate's bytes arrive as written
             _new_session=True,
             _preexec_fn=lambda: os.umask(0o077),
             _bg=True,
             _bg_exc=False,
         )
-        timed_out = False
-        try:
-            process.wait(timeout=self.limits.timeout)
-        except sh.TimeoutException:
-            timed_out = True
+        # Our own timer kills the whole process group: sh's _timeout would spare grandchildren.
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
             _kill_group(process.pid)
+
+        timer = threading.Timer(self.limits.timeout, on_timeout)
+        timer.start()
+        try:
+            process.wait()  # also drains stdout and stderr to the end
         except (sh.ErrorReturnCode, sh.SignalException):
             pass  # judged below from the exit code
         finally:
+            timer.cancel()
             _kill_group(process.pid)  # nothing the script started outlives it
         if pending[0]:
             tail.append(pending[0])
@@ -185,7 +193,7 @@ class ScriptRunner:
                 f"script {name} changed files outside its work dir: {', '.join(changed[:5])}; stopped before any upload"
             )
         last = "; ".join(line for line in tail if line.strip())[-600:]
-        if timed_out:
+        if timed_out.is_set():
             raise ScriptError(f"script {name} did not finish within {self.limits.timeout:g}s and was killed")
         for capture in (stdout, stderr):
             if capture.overflowed:

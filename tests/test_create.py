@@ -1,0 +1,239 @@
+"""`fioca keys ca create` end to end against the real sandbox, with real openssl and sh."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import requests
+
+from fioca.pki import files, profiles, reference
+from tests.conftest import FACTORY
+
+KEY_FILES = (files.ROOT_KEY, files.LOCAL_CA_KEY)
+
+
+@pytest.fixture
+def recorder(sandbox, monkeypatch):
+    """Every POST and PATCH body the sandbox receives, in order."""
+    calls: list[tuple[str, dict]] = []
+    backend = sandbox.backend
+    real_post, real_patch = backend.post_certs, backend.patch_certs
+
+    def post(body):
+        calls.append(("POST", body))
+        return real_post(body)
+
+    def patch(body):
+        calls.append(("PATCH", body))
+        return real_patch(body)
+
+    monkeypatch.setattr(backend, "post_certs", post)
+    monkeypatch.setattr(backend, "patch_certs", patch)
+    return calls
+
+
+def server_certs(sandbox) -> tuple[int, dict]:
+    info = sandbox.info
+    resp = requests.get(
+        f"{info.api_url}/ota/factories/{info.factory}/certs/",
+        headers={"OSF-TOKEN": info.token},
+        verify=info.cacert,
+        timeout=10,
+    )
+    return resp.status_code, resp.json()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    "online, local",
+    [(True, True), (True, False), (False, True), (False, False)],
+    ids=["online+local", "online-only", "local-only", "neither"],
+)
+def test_create_runs_the_documented_flow(cli, sandbox, sandbox_env, recorder, tmp_path, online, local):
+    pki = tmp_path / "pki"
+    flags = ["--online-ca" if online else "--no-online-ca", "--local-ca" if local else "--no-local-ca"]
+    result = cli("keys", "ca", "create", pki, *flags, "--yes", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+
+    # Progress lines as fioctl prints them, in the documented order.
+    expected = ["Creating offline root CA for Factory", "Signing Foundries TLS CSR"]
+    expected += ["Signing Foundries CSR for online use"] if online else []
+    expected += ["Creating local device CA"] if local else []
+    expected += ["Uploading signed certs to Foundries"]
+    progress = [line for line in result.stderr.splitlines() if line in expected]
+    assert progress == expected
+    for absent in {"Signing Foundries CSR for online use", "Creating local device CA"} - set(expected):
+        assert absent not in result.stderr
+
+    # The requests: one POST with the script-era body, one PATCH with exactly these fields.
+    assert [method for method, _ in recorder] == ["POST", "PATCH"]
+    assert recorder[0][1] == {}
+    patch = recorder[1][1]
+    read = lambda name: (pki / name).read_text()  # noqa: E731
+    want = {"root-crt": read(files.ROOT_CERT), "tls-crt": read(files.TLS_CERT)}
+    bundle = [read(name) for name, on in ((files.ONLINE_CA_CERT, online), (files.LOCAL_CA_CERT, local)) if on]
+    if bundle:
+        want["ca-crt"] = "\n".join(bundle)
+    assert patch == want
+
+    # Files: 0400 in a 0700 folder; the answer saved as jq . would; no stray work files.
+    assert mode(pki) == 0o700
+    kept = {p.name for p in pki.iterdir()} - {files.LOCK_FILE}
+    expected_files = {files.FACTORY_CERTS_JSON, files.ROOT_KEY, files.ROOT_CERT, files.TLS_CERT, files.TLS_CSR}
+    expected_files |= {"create_ca", "sign_tls_csr"}
+    if online:
+        expected_files |= {files.ONLINE_CA_CERT, files.ONLINE_CA_CSR, "sign_ca_csr"}
+    if local:
+        expected_files |= {files.LOCAL_CA_KEY, files.LOCAL_CA_CERT, "create_device_ca"}
+    assert kept == expected_files
+    for name in kept:
+        assert mode(pki / name) == 0o400, name
+    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
+    assert (pki / files.FACTORY_CERTS_JSON).read_text() == json.dumps(answer, indent=2, ensure_ascii=False) + "\n"
+
+    # The server holds what was uploaded, and every artifact meets its profile.
+    status, certs = server_certs(sandbox)
+    assert status == 200
+    assert certs["root-crt"] == want["root-crt"]
+    root = profiles.load_cert(read(files.ROOT_CERT), "root")
+    profiles.check_root(root, factory=FACTORY)
+    profiles.check_key_matches(profiles.load_private_key(read(files.ROOT_KEY), "key"), root, "key")
+    tls = profiles.load_cert(read(files.TLS_CERT), "tls")
+    profiles.check_gateway_tls(tls, root=root, csr=profiles.load_csr(read(files.TLS_CSR), "csr"))
+    if local:
+        local_ca = profiles.load_cert(read(files.LOCAL_CA_CERT), "local")
+        polis = sandbox.backend.user_self()["polis-id"]
+        profiles.check_device_ca(local_ca, root=root, factory=FACTORY, expected_cn=f"fio-{polis}")
+
+    # The summary names the root's fingerprint and the gateway hosts.
+    assert profiles.fingerprint_sha256(root) in result.stdout
+    assert profiles.gateway_hosts(tls)[0] in result.stdout
+
+
+def test_summary_as_json(cli, sandbox_env, tmp_path):
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", "--format", "json", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["factory"] == FACTORY
+    assert summary["patched_fields"] == ["root-crt", "tls-crt", "ca-crt"]
+    assert summary["files"]["factory_ca.key"] == str(tmp_path / "pki" / "factory_ca.key")
+    assert len(summary["gateway_hosts"]) == 2
+
+
+def test_second_create_is_refused_with_nothing_changed(cli, sandbox, sandbox_env, recorder, tmp_path):
+    assert cli("keys", "ca", "create", tmp_path / "first", "--yes", env=sandbox_env).exit_code == 0
+    before = server_certs(sandbox)
+    result = cli("keys", "ca", "create", tmp_path / "second", "--yes", env=sandbox_env)
+    assert result.exit_code == 3
+    assert f"factory '{FACTORY}' already has a root of trust" in result.stderr
+    assert "nothing was written" in result.stderr
+    assert not (tmp_path / "second").exists()
+    assert server_certs(sandbox) == before
+    assert [m for m, _ in recorder] == ["POST", "PATCH"]  # only the first run's
+
+
+def test_pki_dir_with_a_root_is_refused_before_any_post(cli, sandbox_env, recorder, tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (pki / files.ROOT_KEY).write_text("mine, do not touch")
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    assert result.exit_code == 3
+    assert "already holds a root of trust (factory_ca.key)" in result.stderr
+    assert (pki / files.ROOT_KEY).read_text() == "mine, do not touch"
+    assert recorder == []
+
+
+def test_without_a_terminal_and_without_yes_it_refuses_before_posting(cli, sandbox_env, recorder, tmp_path):
+    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env)
+    assert result.exit_code == 3
+    assert "needs confirmation: run it in a terminal, or pass --yes" in result.stderr
+    assert recorder == []
+    assert not (tmp_path / "pki").exists()
+
+
+def test_declined_confirmation_uploads_nothing(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
+    from fioca.cli.context import Terminal
+
+    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
+    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="n\n")
+    assert result.exit_code == 3
+    assert "Upload? [y/N]" in result.stderr
+    assert "upload not confirmed; nothing was sent" in result.stderr
+    assert [m for m, _ in recorder] == ["POST"]
+    assert server_certs(sandbox)[0] == 206
+
+
+def test_confirmed_upload(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    from fioca.cli.context import Terminal
+
+    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
+    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="y\n")
+    assert result.exit_code == 0, result.output
+    assert "Root of trust SHA-256 fingerprint:" in result.stderr
+    assert server_certs(sandbox)[0] == 200
+
+
+def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
+    broken = reference.rendered(factory=FACTORY, local_ca_cn="x")["sign_ca_csr"].replace(
+        'csr=$1', 'csr=$1\necho "cannot open the CA key" >&2\nexit 7'
+    )
+    answer_with(monkeypatch, sandbox, {"sign_ca_csr": broken})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env)
+    assert result.exit_code == 5
+    assert "script sign_ca_csr exited with status 7: cannot open the CA key" in result.stderr
+    assert "Uploading" not in result.stderr
+    assert [m for m, _ in recorder] == ["POST"]
+    assert not (tmp_path / "pki" / files.ROOT_KEY).exists()
+
+
+def answer_with(monkeypatch, sandbox, replacements: dict[str, str]) -> None:
+    """Make the sandbox's POST answer carry other scripts (a compromised or broken server)."""
+    backend = sandbox.backend
+    real_post = backend.post_certs
+
+    def post(body):
+        answer = real_post(body)
+        answer.update(replacements)
+        return answer
+
+    monkeypatch.setattr(backend, "post_certs", post)
+
+
+def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    backend = sandbox.backend
+    real_post = backend.post_certs
+
+    def modern_post(body):
+        answer = real_post(body)
+        for name in reference.SCRIPT_NAMES:
+            answer.pop(name)
+        return answer
+
+    monkeypatch.setattr(backend, "post_certs", modern_post)
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    assert "using fioca's bundled reference scripts" in result.stderr
+    polis = backend.user_self()["polis-id"]
+    want = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
+    assert (tmp_path / "pki" / "create_ca").read_text() == want
+
+
+def test_extract_prints_a_field_as_jq_r_does(cli, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    assert cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env).exit_code == 0
+    saved = pki / files.FACTORY_CERTS_JSON
+    answer = json.loads(saved.read_text())
+    result = cli("keys", "ca", "extract", "create_ca", "--file", saved)
+    assert result.exit_code == 0
+    assert result.stdout == answer["create_ca"] + "\n"  # jq -r adds one newline to the raw string
+    csr = cli("keys", "ca", "extract", "tls-csr", "--file", saved)
+    assert csr.stdout.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    missing = cli("keys", "ca", "extract", "no-such-field", "--file", saved)
+    assert missing.stdout == "null\n"
+    assert cli("keys", "ca", "extract", "create_ca", "--file", tmp_path / "nope.json").exit_code == 1
