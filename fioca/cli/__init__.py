@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from fioca.cli import keys_ca, sandbox
+import fioca.cli.keys_ca_lifecycle  # noqa: F401  (registers commands)
 from fioca.cli.context import AppContext, Terminal
 from fioca.errors import ExitCode, FiocaError
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None, terminal: Terminal | None = None) -> int
     terminal = terminal or Terminal()
     command = typer.main.get_command(app)
     try:
-        command.main(
+        # Without standalone mode, `raise typer.Exit(n)` comes back as the return value.
+        code = command.main(
             args=argv if argv is not None else sys.argv[1:],
             prog_name="fioca",
             standalone_mode=False,
@@ -98,4 +100,4 @@ def main(argv: list[str] | None = None, terminal: Terminal | None = None) -> int
             traceback.print_exc()
         terminal.err(f"ERROR: internal error ({exc.__class__.__name__}); set FIOCA_TRACEBACK=1 to see where")
         return int(ExitCode.ERROR)
-    return 0
+    return code if isinstance(code, int) else 0

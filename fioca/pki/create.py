@@ -208,7 +208,7 @@ class CreateFlow:
                 raise RefusedError(f"script {name} has sha256 {actual}, not the pinned {expected}; nothing was run")
         failing = report.failing(script_audit.Severity.HIGH)
         if failing and not self.options.dry_run:
-            lines = [f"{script}: line {f.line}: {f.id}: {f.message}" for script, f in failing]
+            lines = [f"{item.script}: line {item.finding.line}: {item.finding.id}: {item.finding.message}" for item in failing]
             if not self.options.allow_unaudited:
                 raise RefusedError(
                     f"the audit found {len(failing)} high-severity finding(s) in the server's scripts; "
@@ -251,20 +251,22 @@ class CreateFlow:
 
         factory = answer.factory
         root = profiles.load_cert(read(files.ROOT_CERT), files.ROOT_CERT)
-        profiles.check_root(root, factory=factory)
+        profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
         profiles.check_key_matches(profiles.load_private_key(read(files.ROOT_KEY), files.ROOT_KEY), root, files.ROOT_KEY)
         tls = profiles.load_cert(read(files.TLS_CERT), files.TLS_CERT)
         tls_csr = profiles.load_csr(read(files.TLS_CSR), files.TLS_CSR)
-        profiles.check_gateway_tls(tls, root=root, csr=tls_csr)
+        profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact=files.TLS_CERT)
         artifacts = {"root": root, "tls": tls}
         if self.plan.online_ca:
             online = profiles.load_cert(read(files.ONLINE_CA_CERT), files.ONLINE_CA_CERT)
             ca_csr = profiles.load_csr(read(files.ONLINE_CA_CSR), files.ONLINE_CA_CSR)
-            profiles.check_device_ca(online, root=root, factory=factory, csr=ca_csr)
+            profiles.check_device_ca(online, root=root, factory=factory, csr=ca_csr, artifact=files.ONLINE_CA_CERT)
             artifacts["online"] = online
         if self.plan.local_ca:
             local = profiles.load_cert(read(files.LOCAL_CA_CERT), files.LOCAL_CA_CERT)
-            profiles.check_device_ca(local, root=root, factory=factory, expected_cn=answer.local_ca_cn)
+            profiles.check_device_ca(
+                local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=files.LOCAL_CA_CERT
+            )
             local_key = profiles.load_private_key(read(files.LOCAL_CA_KEY), files.LOCAL_CA_KEY)
             profiles.check_key_matches(local_key, local, files.LOCAL_CA_KEY)
             artifacts["local"] = local

