@@ -17,7 +17,7 @@ import signal
 import stat
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -37,25 +37,56 @@ class ScriptLimits:
     stderr_tail: int = 8  # lines quoted in the error when a script fails
 
 
-@dataclass
 class _Capture:
-    limit: int
-    kind: str
-    chunks: list[str] = field(default_factory=list)
-    size: int = 0
-    overflowed: bool = False
+    """A file-like sink sh writes a stream into: bounded, and line-aware for stderr.
 
-    def add(self, chunk: str) -> bool:
-        self.size += len(chunk.encode("utf-8", "surrogateescape"))
+    (A file-like object, not a callback: sh delivers callbacks with ~100 ms of latency.)
+    """
+
+    def __init__(self, limit: int, kind: str, on_line: Callable[[str], None] | None = None, tail: int = 0):
+        self.limit = limit
+        self.kind = kind
+        self.on_line = on_line
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflowed = False
+        self.pid: int | None = None
+        self.tail: deque[str] = deque(maxlen=tail or None)
+        self._partial = b""
+
+    def write(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(chunk)
         if self.size > self.limit:
             self.overflowed = True
-            return False
+            if self.pid is not None:
+                _kill_group(self.pid)
+            return
         self.chunks.append(chunk)
-        return True
+        if self.on_line is not None:
+            lines = (self._partial + chunk).split(b"\n")
+            self._partial = lines.pop()
+            for line in lines:
+                self._line(line)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Hand on a last line that had no newline."""
+        if self.on_line is not None and self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        self.tail.append(line)
+        self.on_line(line)
 
     @property
     def text(self) -> str:
-        return "".join(self.chunks)
+        return b"".join(self.chunks).decode("utf-8", "replace")
 
 
 def require_tools(*names: str) -> None:
@@ -130,43 +161,27 @@ class ScriptRunner:
         """Run `./name args...` in the work dir; return its stdout."""
         script = self.work_dir / name
         stdout = _Capture(self.limits.max_stdout, "stdout")
-        stderr = _Capture(self.limits.max_stderr, "stderr")
-        tail: deque[str] = deque(maxlen=self.limits.stderr_tail)
-        pending = [""]
+        stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
         before = _snapshot(self.watch, skip=self.work_dir)
-
-        def on_out(chunk: str, _stdin, process) -> bool | None:
-            if not stdout.add(chunk):
-                process.kill_group()
-                return True
-            return None
-
-        def on_err(chunk: str, _stdin, process) -> bool | None:
-            if not stderr.add(chunk):
-                process.kill_group()
-                return True
-            lines = (pending[0] + chunk).split("\n")
-            pending[0] = lines.pop()
-            for line in lines:
-                tail.append(line)
-                self.on_stderr(line)
-            return None
 
         process = sh.Command(str(script))(
             *args,
             _cwd=str(self.work_dir),
             _env=minimal_env(self.work_dir, self.env_extra),
-            _out=on_out,
-            _err=on_err,
-            _out_bufsize=65536,
-            _err_bufsize=1,
-            _decode_errors="replace",
+            _out=stdout,
+            _err=stderr,
             _tty_out=False,  # a pipe, not a pty: the certificate's bytes arrive as written
+            # Fixed-size chunks: sh's default line buffering would hoard a newline-free flood.
+            _out_bufsize=65536,
+            _err_bufsize=4096,
             _new_session=True,
             _preexec_fn=lambda: os.umask(0o077),
             _bg=True,
             _bg_exc=False,
         )
+        stdout.pid = stderr.pid = process.pid
+        if stdout.overflowed or stderr.overflowed:
+            _kill_group(process.pid)
         # Our own timer kills the whole process group: sh's _timeout would spare grandchildren.
         timed_out = threading.Event()
 
@@ -183,16 +198,14 @@ class ScriptRunner:
         finally:
             timer.cancel()
             _kill_group(process.pid)  # nothing the script started outlives it
-        if pending[0]:
-            tail.append(pending[0])
-            self.on_stderr(pending[0])
+        stderr.close()
 
         changed = _diff(before, _snapshot(self.watch, skip=self.work_dir))
         if changed:
             raise ScriptError(
                 f"script {name} changed files outside its work dir: {', '.join(changed[:5])}; stopped before any upload"
             )
-        last = "; ".join(line for line in tail if line.strip())[-600:]
+        last = "; ".join(line for line in stderr.tail if line.strip())[-600:]
         if timed_out.is_set():
             raise ScriptError(f"script {name} did not finish within {self.limits.timeout:g}s and was killed")
         for capture in (stdout, stderr):

@@ -306,6 +306,8 @@ class Backend:
 
     @staticmethod
     def _post_flags(body: Any) -> dict[str, bool]:
+        if body is None:
+            body = {}  # the documented `curl -X POST` sends no body at all
         if not isinstance(body, dict):
             raise bad_request("Invalid request: the body must be a JSON object")
         if not body:
