@@ -24,7 +24,7 @@ demo: $(STAMP)
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -f $(DEMO)/sandbox/sandbox.json ] && break; sleep 0.1; done; \
 	export FIOCTL_CONFIG=$(DEMO)/sandbox/fioctl.yaml; \
-	echo; echo '$$ fioca keys ca create $(DEMO)/pki --dry-run   (first look at what the server sent)'; \
+	echo; echo '$$ fioca keys ca create $(DEMO)/pki-preview --dry-run   (first, see what the server sent; last lines)'; \
 	$(BIN)/fioca keys ca create $(DEMO)/pki-preview --dry-run | tail -n 20; \
 	echo; echo '$$ fioca keys ca create $(DEMO)/pki --yes'; \
 	$(BIN)/fioca keys ca create $(DEMO)/pki --yes; \
@@ -34,6 +34,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 -q
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
