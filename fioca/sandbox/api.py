@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import re
+import time
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -161,7 +162,8 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             allowed = ", ".join(sorted(route.methods))
             return 405, {"message": f"Method not allowed: {self.command}", "errors": []}, {"Allow": allowed}
         fault = self.server.store.take_fault(self.command, route.name)
-        if fault is not None:
+        if fault is not None and not fault.apply:
+            time.sleep(fault.stall)
             return fault.status, {"message": fault.message, "errors": ["injected by the sandbox"]}, {}
         try:
             body = json.loads(raw_body) if raw_body else None
@@ -173,6 +175,9 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             )
         except SandboxApiError as error:
             return error.status, error.body, {}
+        if fault is not None:  # applied; now the answer is held back, then lost
+            time.sleep(fault.stall)
+            return fault.status, {"message": fault.message, "errors": ["injected by the sandbox"]}, {}
         return status, answer, {}
 
     def _find_route(self, path: str) -> tuple[Route | None, re.Match[str] | None]:

@@ -9,13 +9,14 @@ What it serves and trusts follows the backend, without a restart:
 * Once `tls-crt` is accepted it serves `tls-crt` with the key the backend holds, and trusts
   the device CAs of `ca-crt` (a revoked CA has left `ca-crt`, so its devices fail the TLS
   handshake). A rotated `tls-crt` or a changed `ca-crt` is picked up on the next connection:
-  each accept compares the stored (tls-crt, ca-crt) with the ones the cached `SSLContext` was
-  built from, and builds a new context only when they differ.
+  each accept compares `Store.certs_generation` (bumped by every save of the certs) with the
+  one the cached `SSLContext` was built at, and builds a new context only when they differ.
 
 The handshake checks the chain (a device CA is a trust anchor) but not the dates, so that an
 expired or not-yet-valid certificate gets a readable 403 like every other refusal of an
-authenticated device: wrong OU, no clientAuth, a deleted (deny-listed) uuid, a known uuid
-with a new key, a new device under a disabled CA. An unknown device from a trusted CA is
+authenticated device: wrong OU, no extendedKeyUsage (one without clientAuth already fails
+OpenSSL's purpose check in the handshake), a deleted (deny-listed) uuid, a known uuid with a
+new key, a new device under a disabled CA. An unknown device from a trusted CA is
 registered on its first request and served in the same round trip.
 
 Probes: `GET /device` (the device record as JSON), `GET /repo/1.root.json` (TUF root metadata
@@ -29,17 +30,18 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import socket
+import socketserver
 import sqlite3
 import ssl
 import tempfile
 import threading
 import uuid as uuid_module
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +72,9 @@ REPO_ROOT = "gateway-repo-root.json"
 HANDSHAKE_TIMEOUT_SECONDS = 10
 REQUEST_TIMEOUT_SECONDS = 30
 MAX_BODY_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8 * 1024
+MAX_HEADERS = 100
+MAX_WORKERS = 256  # connections served at once; more wait for a free worker
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
 SHUTDOWN_POLL_SECONDS = 0.05
@@ -295,7 +300,7 @@ def _private_pem(key: Any) -> bytes:
 class TrustState:
     """One generation of what the gateway serves and trusts, with its per-certificate cache."""
 
-    source: tuple[str | None, str | None]  # the (tls-crt, ca-crt) it was built from
+    generation: int  # Store.certs_generation when it was built
     ssl_context: ssl.SSLContext
     cas: list[TrustedCa]
     shared: bool
@@ -318,19 +323,21 @@ def _server_context() -> ssl.SSLContext:
     # A device CA is a trust anchor by itself (the root is not needed in the store); dates are
     # checked after the handshake (see VERIFY_NO_CHECK_TIME).
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | VERIFY_NO_CHECK_TIME
+    # No TLS 1.3 session tickets: issuing them (and keeping each session in OpenSSL's server
+    # cache, which Python cannot turn off) costs more than everything else of a connection,
+    # and devices mostly keep their connection open instead of resuming.
+    context.num_tickets = 0
     return context
 
 
-def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path) -> TrustState:
+def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, generation: int) -> TrustState:
     """An SSLContext for the backend's current certs: tls-crt + device CAs, or the shared PKI."""
-    certs = backend.store.certs()
-    source = (certs.tls_crt, certs.ca_crt)
     context = _server_context()
     identity = backend.gateway_identity()
     if identity is None:
         context.load_cert_chain(shared.server_cert, shared.server_key)
         context.load_verify_locations(cafile=shared.ca_cert)
-        return TrustState(source=source, ssl_context=context, cas=[], shared=True)
+        return TrustState(generation=generation, ssl_context=context, cas=[], shared=True)
 
     # load_cert_chain only reads files: a 0600 temp file in the 0700 data dir, removed at once.
     fd, chain_path = tempfile.mkstemp(dir=data_dir, prefix=".gateway-chain.", suffix=".pem")
@@ -347,7 +354,7 @@ def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path) -> Tr
     ]
     if device_cas:
         context.load_verify_locations(cadata="".join(ca.pem for ca in device_cas))
-    return TrustState(source=source, ssl_context=context, cas=cas, shared=False)
+    return TrustState(generation=generation, ssl_context=context, cas=cas, shared=False)
 
 
 # -- the TUF repository probes --------------------------------------------------------------------
@@ -431,7 +438,7 @@ class DeviceGateway:
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
         self._thread: threading.Thread | None = None
-        self._server = GatewayHttpServer((context.host, context.port), self)
+        self._server = GatewayTcpServer((context.host, context.port), self)
 
     @property
     def port(self) -> int:
@@ -454,30 +461,67 @@ class DeviceGateway:
             self._thread = None
 
     def trust_state(self) -> TrustState:
-        """The current generation; rebuilt when tls-crt or ca-crt changed since it was made."""
-        certs = self.store.certs()
+        """The current generation; rebuilt when the store saved certs since it was made."""
         state = self._state
-        if state is not None and state.source == (certs.tls_crt, certs.ca_crt):
-            return state
+        if state is not None and state.generation == self.store.certs_generation:
+            return state  # the per-connection path: no query, no lock
         with self._state_lock:
-            certs = self.store.certs()
-            if self._state is None or self._state.source != (certs.tls_crt, certs.ca_crt):
-                self._state = build_trust_state(self.backend, self.shared, self.data_dir)
+            # Read the counter first: a save racing with the build bumps it again.
+            generation = self.store.certs_generation
+            if self._state is None or self._state.generation != generation:
+                self._state = build_trust_state(self.backend, self.shared, self.data_dir, generation)
                 log.info("gateway now serves the %s PKI", "shared" if self._state.shared else "factory's")
             return self._state
 
 
-class GatewayHttpServer(ThreadingHTTPServer):
-    """Accepts TCP in one thread; each connection's TLS handshake and requests run in its own."""
+class GatewayTcpServer(socketserver.TCPServer):
+    """Accepts TCP in one thread and hands each connection (TLS handshake and requests) to a
+    worker thread of its own, so a slow device delays nobody else. Workers are kept for the
+    next connection: starting a thread costs more than the rest of a request."""
 
-    daemon_threads = True
-    block_on_close = False
+    allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
-        super().__init__(address, GatewayRequestHandler)
+        self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._pool_lock = threading.Lock()
+        self._workers = 0
+        self._idle = 0  # workers waiting for a connection no one has promised them yet
+        super().__init__(address, socketserver.BaseRequestHandler)  # finish_request does the work
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._pool_lock:
+            if self._idle:
+                self._idle -= 1  # an idle worker takes it
+            elif self._workers < MAX_WORKERS:
+                self._workers += 1
+                threading.Thread(target=self._work, name="sandbox-gateway-worker", daemon=True).start()
+            # else: every worker is busy; the connection waits for the first one free
+        self._jobs.put((request, client_address))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            request, client_address = job
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+            with self._pool_lock:
+                self._idle += 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._pool_lock:
+            workers, self._workers, self._idle = self._workers, 0, 0
+        for _ in range(workers):
+            self._jobs.put(None)  # each worker ends after the connection it is serving
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         state = self.gateway.trust_state()
@@ -490,7 +534,9 @@ class GatewayHttpServer(ThreadingHTTPServer):
             return
         try:
             connection.settimeout(REQUEST_TIMEOUT_SECONDS)
-            GatewayRequestHandler(connection, client_address, self, state)
+            DeviceConnection(connection, self.gateway, state).serve()
+        except OSError as error:  # the device went away mid-request (ssl.SSLError included)
+            log.debug("connection from %s ended: %s", client_address[0], error)
         finally:
             connection.close()
 
@@ -498,94 +544,152 @@ class GatewayHttpServer(ThreadingHTTPServer):
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
 
-class GatewayRequestHandler(BaseHTTPRequestHandler):
-    server: GatewayHttpServer
-    server_version = "fioca-sandbox-gateway"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    keep_alive: bool
 
-    def __init__(self, request: Any, client_address: Any, server: GatewayHttpServer, state: TrustState):
-        self.trust = state
+
+class BadRequest(Exception):
+    """The bytes on the connection are not an HTTP/1.x request we serve; answer and close."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class DeviceConnection:
+    """HTTP/1.x over one device's TLS connection, until either side closes.
+
+    A small parser of its own: http.server's goes through the email package for headers,
+    which costs more than the rest of a request here (see the gateway benchmark).
+    """
+
+    def __init__(self, connection: ssl.SSLSocket, gateway: DeviceGateway, state: TrustState):
+        self.connection = connection
+        self.gateway = gateway
+        self.state = state
         self._presented: PresentedCert | None = None
-        super().__init__(request, client_address, server)
 
-    def do_GET(self) -> None:
-        self._dispatch(head=False)
+    def serve(self) -> None:
+        with self.connection.makefile("rb") as reader:
+            while True:
+                try:
+                    request = self._read_request(reader)
+                except BadRequest as error:
+                    self._send(error.status, {"message": str(error)}, head=False, keep_alive=False)
+                    return
+                if request is None:
+                    return  # the device closed the connection
+                self._answer(request)
+                if not request.keep_alive:
+                    return
 
-    def do_HEAD(self) -> None:
-        self._dispatch(head=True)
-
-    def _dispatch(self, *, head: bool) -> None:
-        path = urlsplit(self.path).path
-        if not self._discard_body():
-            self._send(413, {"message": "request body too large"}, head=head)
-            return
+    def _read_request(self, reader: Any) -> HttpRequest | None:
+        line = reader.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return None
+        if len(line) > MAX_LINE_BYTES:
+            raise BadRequest(414, "request line too long")
         try:
-            device = self.server.gateway.rules.admit(self._presented_cert())
+            method, target, version = line.decode("latin-1").split()
+        except ValueError:
+            raise BadRequest(400, "malformed request line") from None
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            raise BadRequest(505, f"unsupported protocol {version}")
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADERS + 1):
+            line = reader.readline(MAX_LINE_BYTES + 1)
+            if line in (b"\r\n", b"\n"):
+                break
+            if not line:
+                return None
+            if len(line) > MAX_LINE_BYTES:
+                raise BadRequest(431, "header line too long")
+            name, colon, value = line.decode("latin-1").partition(":")
+            if not colon:
+                raise BadRequest(400, "malformed header line")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            raise BadRequest(431, "too many headers")
+        self._discard_body(reader, headers)
+        connection = headers.get("connection", "").lower()
+        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        return HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive)
+
+    @staticmethod
+    def _discard_body(reader: Any, headers: dict[str, str]) -> None:
+        """Read and drop a request body, so the next request on the connection parses."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise BadRequest(411, "a request body needs a Content-Length")
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            raise BadRequest(413, "request body too large")
+        if length:
+            reader.read(length)
+
+    def _answer(self, request: HttpRequest) -> None:
+        head = request.method == "HEAD"
+        try:
+            device = self.gateway.rules.admit(self._presented_cert())
         except DeviceRefused as refusal:
-            log.info("%s %s 403: %s", self.command, path, refusal)
-            self._send(403, {"message": str(refusal)}, head=head)
+            log.info("%s %s 403: %s", request.method, request.path, refusal)
+            self._send(403, {"message": str(refusal)}, head=head, keep_alive=request.keep_alive)
             return
         except Exception:
-            log.exception("internal error on %s %s", self.command, path)
-            self._send(500, {"message": "internal gateway error"}, head=head)
+            log.exception("internal error on %s %s", request.method, request.path)
+            self._send(500, {"message": "internal gateway error"}, head=head, keep_alive=False)
             return
-        status, body = self._route(path, device)
-        log.info("%s %s %s (device %s)", self.command, path, status, device.uuid)
-        self._send(status, body, head=head)
+        if request.method not in ("GET", "HEAD"):
+            status, body = 405, {"message": f"method not allowed: {request.method}"}
+        else:
+            status, body = self._route(request)
+            if status == 200 and request.path == "/device":
+                body = device_json(device, self.gateway.rules.factory)
+        log.info("%s %s %s (device %s)", request.method, request.path, status, device.uuid)
+        self._send(status, body, head=head, keep_alive=request.keep_alive)
 
-    def _route(self, path: str, device: DeviceRecord) -> tuple[int, Any]:
-        repo = self.server.gateway.repo
-        if path == "/device":
-            return 200, device_json(device, self.server.gateway.rules.factory)
-        if path in ("/repo/1.root.json", "/repo/root.json"):
+    def _route(self, request: HttpRequest) -> tuple[int, Any]:
+        repo = self.gateway.repo
+        if request.path == "/device":
+            return 200, None  # filled in by the caller, which holds the device record
+        if request.path in ("/repo/1.root.json", "/repo/root.json"):
             return 200, repo.root_json
-        if path == "/repo/targets.json":
-            if not self.headers.get("x-ats-tags", "").strip():
+        if request.path == "/repo/targets.json":
+            if not request.headers.get("x-ats-tags", "").strip():
                 return 400, {"message": "the x-ats-tags header is required"}
             return 200, repo.targets()
-        return 404, {"message": f"not found: {path}"}
+        return 404, {"message": f"not found: {request.path}"}
 
     def _presented_cert(self) -> PresentedCert:
         if self._presented is None:
             der = self.connection.getpeercert(binary_form=True)
             if der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
                 raise DeviceRefused("no client certificate")
-            self._presented = self.trust.read(der)
+            self._presented = self.state.read(der)
         return self._presented
 
-    def _discard_body(self) -> bool:
-        """Read and drop a request body, so the next request on the connection parses."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            return False
-        if length:
-            self.rfile.read(length)
-        return True
-
-    def _send(self, status: int, body: Any, *, head: bool) -> None:
-        payload = body if isinstance(body, bytes) else (json.dumps(body, indent=2) + "\n").encode("utf-8")
-        self.send_response(status, _reason(status))
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if not head:
-            self.wfile.write(payload)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _dispatch logs with the device uuid instead
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s: " + format, self.address_string(), *args)
+    def _send(self, status: int, body: Any, *, head: bool, keep_alive: bool) -> None:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8") + b"\n"
+        lines = [
+            f"HTTP/1.1 {status} {_reason(status)}",
+            "Server: fioca-sandbox-gateway",
+            f"Date: {formatdate(usegmt=True)}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+        ]
+        if not keep_alive:
+            lines.append("Connection: close")
+        # Head and body in one write: one TLS record, one syscall.
+        self.connection.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if head else payload))
 
 
-def device_json(device: DeviceRecord, factory: str) -> Mapping[str, Any]:
+def device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
     """`GET /device`: what the gateway knows about the calling device."""
     return {
         "uuid": device.uuid,

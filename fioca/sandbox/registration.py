@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fioca.sandbox import sota_toml
-from fioca.sandbox.api import Request, Route
+from fioca.sandbox.api import Route
 from fioca.sandbox.backend import GATEWAY_DOMAIN, OSTREE_DOMAIN, Backend, OnlineCa, SandboxApiError
 
 DEVICES_PATTERN = re.compile(r"^/ota/devices/$")
@@ -241,9 +241,18 @@ def sign_device_csr(csr: x509.CertificateSigningRequest, online_ca: OnlineCa, de
         # A TLS client of the device gateway, nothing else.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=True)
         # Names the online CA's key, so a chain builder picks the right CA among same-named ones.
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+
+
+def _authority_key_id(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> x509.AuthorityKeyIdentifier:
+    """The CA's own SKID when it has one (so the ids match byte for byte), else one from its key."""
+    try:
+        skid = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(skid)
 
 
 def gateway_hosts(backend: Backend) -> tuple[str, str]:

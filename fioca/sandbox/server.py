@@ -258,12 +258,16 @@ class Sandbox:
     # -- faults (for tests of the client's error handling) -----------------------------------
 
     def inject_fault(self, *, method: str = "*", route: str = "*", status: int = 500,
-                     message: str = "injected fault", times: int = 1) -> None:
-        """Make the next `times` requests to `route` ("certs", "users-self", "*") with
-        `method` fail with `status` before reaching the backend."""
+                     message: str = "injected fault", times: int = 1, stall: float = 0.0,
+                     apply: bool = False) -> None:
+        """Make the next `times` requests to `route` ("certs", "users-self", "*") with `method`
+        fail with `status` before reaching the backend. With `stall`, hold the answer back that
+        many seconds first (a client timeout); with `apply` too, the backend applies the request
+        and then the answer stalls (an answer lost after the change was made)."""
         if self.store is None:
             raise SandboxError("the sandbox is not running; call start() first")
-        self.store.add_fault(method=method, route=route, status=status, message=message, times=times)
+        self.store.add_fault(method=method, route=route, status=status, message=message, times=times,
+                             stall=stall, apply=apply)
 
     # -- steps of start ----------------------------------------------------------------------
 

@@ -92,7 +92,9 @@ CREATE TABLE IF NOT EXISTS faults (
     route     TEXT NOT NULL,   -- 'certs', 'users-self', ... or '*'
     status    INTEGER NOT NULL,
     message   TEXT NOT NULL,
-    remaining INTEGER NOT NULL
+    remaining INTEGER NOT NULL,
+    stall     REAL NOT NULL DEFAULT 0,    -- seconds to hold the answer back
+    apply     INTEGER NOT NULL DEFAULT 0  -- 1: apply the request first, then stall (a lost answer)
 );
 """
 
@@ -163,6 +165,8 @@ class Fault:
     route: str
     status: int
     message: str
+    stall: float = 0.0
+    apply: bool = False
 
 
 def _create_private_file(path: Path) -> None:
@@ -179,6 +183,9 @@ class Store:
         self.path = Path(data_dir) / DB_FILE_NAME
         _create_private_file(self.path)
         self._lock = threading.RLock()
+        # Bumped by every save_certs, so the gateway notices new certs without a query per
+        # connection. In-process only: certs change through this sandbox's API alone.
+        self.certs_generation = 0
         # Autocommit (isolation_level=None): every statement commits unless inside transaction().
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._conn.row_factory = sqlite3.Row
@@ -249,6 +256,7 @@ class Store:
             " updated_by = :updated_by, updated_at = :updated_at WHERE id = 1",
             certs.__dict__,
         )
+        self.certs_generation += 1
 
     # -- keys the backend generated ----------------------------------------------------------
 
@@ -349,11 +357,12 @@ class Store:
 
     # -- injected faults ---------------------------------------------------------------------
 
-    def add_fault(self, *, method: str = "*", route: str = "*", status: int = 500, message: str = "injected fault", times: int = 1) -> None:
-        """Make the next `times` matching requests fail with `status` (see Sandbox.inject_fault)."""
+    def add_fault(self, *, method: str = "*", route: str = "*", status: int = 500, message: str = "injected fault",
+                  times: int = 1, stall: float = 0.0, apply: bool = False) -> None:
+        """Make the next `times` matching requests fail (see Sandbox.inject_fault)."""
         self._execute(
-            "INSERT INTO faults (method, route, status, message, remaining) VALUES (?, ?, ?, ?, ?)",
-            (method.upper(), route, status, message, times),
+            "INSERT INTO faults (method, route, status, message, remaining, stall, apply) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (method.upper(), route, status, message, times, stall, int(apply)),
         )
 
     def take_fault(self, method: str, route: str) -> Fault | None:
@@ -370,7 +379,8 @@ class Store:
                 return None
             self._execute("UPDATE faults SET remaining = remaining - 1 WHERE id = ?", (row["id"],))
             self._execute("DELETE FROM faults WHERE remaining <= 0")
-        return Fault(method=row["method"], route=row["route"], status=row["status"], message=row["message"])
+        return Fault(method=row["method"], route=row["route"], status=row["status"], message=row["message"],
+                     stall=row["stall"], apply=bool(row["apply"]))
 
     def clear_faults(self) -> None:
         self._execute("DELETE FROM faults")
