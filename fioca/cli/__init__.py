@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from fioca.cli import keys_ca, sandbox
+from fioca.cli import device, keys_ca, sandbox
 import fioca.cli.keys_ca_lifecycle  # noqa: F401  (registers commands)
 from fioca.cli.context import AppContext, Terminal
 from fioca.errors import ExitCode, FiocaError
@@ -35,6 +35,7 @@ keys_app = typer.Typer(help="Manage the factory's keys.", no_args_is_help=True)
 keys_app.add_typer(keys_ca.app, name="ca")
 app.add_typer(keys_app, name="keys")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(device.app, name="device")
 
 
 @app.callback()

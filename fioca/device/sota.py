@@ -1,0 +1,98 @@
+"""`sota.toml` for a device's sota dir, in the layout a registration server sends (PKI-SPEC 9).
+
+Used for offline devices, whose folder must hold what `/var/sota` needs without any server.
+The gateway and OSTree hosts are the first two DNS names of `tls-crt`; the port is the real
+gateway's 8443 unless the caller names another (the sandbox listens on a random port).
+An unset value (no hardware id given) renders as `# <key> is not set`, as section 9 says, so
+aktualizr-lite falls back to its own default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlsplit
+
+GATEWAY_PORT = 8443
+DEFAULT_SOTA_DIR = "/var/sota"
+
+
+def _quoted(value: str) -> str:
+    # A JSON string is a valid TOML basic string for every URL and path used here.
+    return json.dumps(value)
+
+
+def gateway_port_from_url(url: str) -> int:
+    """The port of a gateway URL such as `https://127.0.0.1:40123` (8443 when it has none)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"gateway URL {url!r} must look like https://HOST:PORT")
+    return parts.port or GATEWAY_PORT
+
+
+def render(
+    *,
+    gateway_host: str,
+    ostree_host: str,
+    port: int = GATEWAY_PORT,
+    hardware_id: str | None = None,
+    sota_dir: str = DEFAULT_SOTA_DIR,
+    use_ostree_server: bool = True,
+) -> str:
+    """The text of sota.toml; sections in the documented order."""
+    gateway_url = f"https://{gateway_host}:{port}"
+    # As the registration server does: the OSTree proxy host, or the gateway's own treehub.
+    ostree_url = f"https://{ostree_host}:{port}/ostree" if use_ostree_server else f"{gateway_url}/treehub"
+    base = sota_dir.rstrip("/")
+    sections: dict[str, dict[str, str]] = {
+        "tls": {
+            "server": _quoted(gateway_url),
+            "ca_source": _quoted("file"),
+            "pkey_source": _quoted("file"),
+            "cert_source": _quoted("file"),
+        },
+        "provision": {
+            "server": _quoted(gateway_url),
+            "primary_ecu_hardware_id": _quoted(hardware_id) if hardware_id else "",
+        },
+        "uptane": {
+            "repo_server": _quoted(f"{gateway_url}/repo"),
+            "key_source": _quoted("file"),
+        },
+        "pacman": {
+            "type": _quoted("ostree+compose_apps"),
+            "ostree_server": _quoted(ostree_url),
+        },
+        "storage": {
+            "type": _quoted("sqlite"),
+            "path": _quoted(f"{base}/"),
+        },
+        "import": {
+            "tls_cacert_path": _quoted(f"{base}/root.crt"),
+            "tls_pkey_path": _quoted(f"{base}/pkey.pem"),
+            "tls_clientcert_path": _quoted(f"{base}/client.pem"),
+        },
+    }
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"# {key} is not set" if value == "" else f"{key} = {value}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def gateway_server(text: str) -> str | None:
+    """`[tls] server` of a sota.toml (where the device talks to its gateway), None if absent."""
+    # A small reader (not a TOML parser: Python 3.10 has none) for the one line we need.
+    section = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        header = re.fullmatch(r"\[([A-Za-z0-9_-]+)\]", stripped)
+        if header:
+            section = header[1]
+            continue
+        match = re.fullmatch(r'server\s*=\s*"([^"\\]*)"', stripped)
+        if section == "tls" and match:
+            return match[1]
+    return None

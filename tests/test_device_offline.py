@@ -1,0 +1,297 @@
+"""`fioca device create-offline`: both paths make the documented folder and profile, and refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from fioca.device import offline, sota
+from fioca.pki import files, profiles
+from test_device_support import FACTORY, Factory
+
+PATHS = {"in-process": [], "faithful": ["--faithful"]}
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory):
+    made = Factory(tmp_path_factory.mktemp("offline"))
+    yield made
+    made.stop()
+
+
+def _create(factory: Factory, *extra: object, out: Path | None = None) -> list[dict]:
+    args = ["device", "create-offline", factory.pki, "--format", "json", *extra]
+    if out is not None:
+        args += ["--out", out]
+    result = factory.run(*args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)["devices"]
+
+
+def _cert(folder: Path) -> x509.Certificate:
+    return profiles.load_cert((folder / "client.pem").read_bytes(), "client.pem")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_one_device_folder_is_what_var_sota_needs(factory: Factory, tmp_path: Path, path: str):
+    [device] = _create(factory, *PATHS[path], out=tmp_path / "out")
+    folder = Path(device["path"])
+    assert folder == tmp_path / "out" / device["uuid"]
+    assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in offline.DEVICE_FILES:
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o400, name
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(offline.PARTIAL_PREFIX)] == []
+
+    cert = _cert(folder)
+    local_ca = profiles.load_cert((factory.pki / files.LOCAL_CA_CERT).read_bytes(), "local-ca.pem")
+    profiles.check_device_cert(cert, ca=local_ca, factory=FACTORY, uuid=device["uuid"])
+    assert profiles.subject_cn(cert) == device["uuid"] and profiles.subject_ou(cert) == FACTORY
+    usage = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE)
+    assert usage.critical and usage.value.digital_signature and usage.value.key_agreement
+    eku = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE)
+    assert eku.critical and list(eku.value) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+    key = profiles.load_private_key((folder / "pkey.pem").read_bytes(), "pkey.pem")
+    profiles.check_key_matches(key, cert, "pkey.pem")
+    assert (folder / "root.crt").read_bytes() == (factory.pki / files.ROOT_CERT).read_bytes()
+    assert (folder / "device-cert.ext").read_text() == offline.DEVICE_CERT_EXT
+    assert f'commonName="{device["uuid"]}"' in (folder / "device-cert.conf").read_text()
+    csr = profiles.load_csr((folder / "device-cert.csr").read_bytes(), "device-cert.csr")
+    assert csr.subject == cert.subject
+
+    # sota.toml points at the factory's gateway: first SAN, and the sandbox's port (config).
+    text = (folder / "sota.toml").read_text()
+    assert sota.gateway_server(text) == f"https://{factory.gateway_host}:{factory.gateway_port}"
+    assert 'tls_pkey_path = "/var/sota/pkey.pem"' in text
+    days = (cert.not_valid_after_utc - cert.not_valid_before_utc).days
+    if path == "faithful":
+        assert days == 30  # OpenSSL's default: the documented days=3650 in [req] has no effect
+        assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PARAMETERS-----")
+        assert (factory.pki / "local-ca.srl").exists()  # -CAcreateserial, as documented
+    else:
+        assert days == offline.DEFAULT_DAYS
+        assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
+
+
+def _profile(cert: x509.Certificate) -> dict:
+    """What a certificate profile is: everything but key, serial, dates and key identifiers."""
+    extensions = {}
+    for ext in cert.extensions:
+        if ext.oid in (ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER):
+            extensions[ext.oid.dotted_string] = ext.critical  # present, same criticality
+        else:
+            extensions[ext.oid.dotted_string] = (ext.critical, ext.value)
+    return {
+        "version": cert.version,
+        "subject_types": [attr.oid for attr in cert.subject],
+        "ou": profiles.subject_ou(cert),
+        "issuer": cert.issuer,
+        "signature": cert.signature_algorithm_oid,
+        "key": cert.public_key().curve.name,
+        "extensions": extensions,
+        "serial_bits": cert.serial_number.bit_length() > 64,
+    }
+
+
+@pytest.mark.parametrize("production", [False, True])
+def test_faithful_and_in_process_make_the_same_profile(factory: Factory, tmp_path: Path, production: bool):
+    flags = ["--production"] if production else []
+    [made_in_process] = _create(factory, *flags, out=tmp_path / "a")
+    [made_faithful] = _create(factory, "--faithful", *flags, out=tmp_path / "b")
+    a, b = _cert(Path(made_in_process["path"])), _cert(Path(made_faithful["path"]))
+    assert _profile(a) == _profile(b)
+    categories = a.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)
+    assert [c.value for c in categories] == (["production"] if production else [])
+    # The twin: a registration-profile cert (no keyAgreement) is a different profile.
+    other = profiles.sign_device_cert(
+        profiles.build_device_csr(profiles.new_key(), uuid=made_in_process["uuid"], factory=FACTORY),
+        ca_cert=profiles.load_cert((factory.pki / files.LOCAL_CA_CERT).read_bytes(), "ca"),
+        ca_key=profiles.load_private_key((factory.pki / files.LOCAL_CA_KEY).read_bytes(), "key"),
+        days=30, key_usage_agreement=False,
+    )
+    assert _profile(other) != _profile(a)
+
+
+def test_batch_uses_the_pool_and_makes_complete_unique_folders(factory: Factory, tmp_path: Path):
+    count = offline.POOL_THRESHOLD + 8
+    devices = _create(factory, "--count", count, "--workers", 2, out=tmp_path / "fleet")
+    assert len({d["uuid"] for d in devices}) == count
+    folders = sorted(p for p in (tmp_path / "fleet").iterdir() if not p.name.startswith("."))
+    assert len(folders) == count
+    for folder in folders:
+        assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES)
+        assert profiles.subject_cn(_cert(folder)) == folder.name
+
+
+def test_text_output_lists_uuid_and_folder(factory: Factory, tmp_path: Path):
+    result = factory.run("device", "create-offline", factory.pki, "--count", 2, "--out", tmp_path / "t")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        uuid, folder = line.split()
+        assert Path(folder) == tmp_path / "t" / uuid and Path(folder).is_dir()
+    assert "created 2 device folder(s)" in result.stderr
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_existing_folder_is_never_overwritten(factory: Factory, tmp_path: Path, path: str):
+    first = factory.run("device", "create-offline", factory.pki, "--name", "dev1", "--out", tmp_path, *PATHS[path])
+    assert first.exit_code == 0, first.stderr
+    before = (tmp_path / "dev1" / "client.pem").read_bytes()
+    again = factory.run("device", "create-offline", factory.pki, "--name", "dev1", "--out", tmp_path, *PATHS[path])
+    assert again.exit_code == 3
+    assert "already exists" in again.stderr
+    assert (tmp_path / "dev1" / "client.pem").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--count", "2", "--uuid", "2b0f7e1c-53a5-4a43-9ba6-6f3ab8f3f2a4"], "one device"),
+        (["--uuid", "not-a-uuid"], "is not a UUID"),
+        (["--name", "../escape"], "plain folder name"),
+        (["--faithful", "--days", "365"], "--faithful gives OpenSSL's 30 days"),
+        (["--gateway-url", "ftp://x"], "must look like https"),
+    ],
+)
+def test_usage_refusals(factory: Factory, tmp_path: Path, args: list[str], message: str):
+    result = factory.run("device", "create-offline", factory.pki, "--out", tmp_path / "u", *args)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "u").exists() or [p for p in (tmp_path / "u").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_uuid_and_days_are_honoured(factory: Factory, tmp_path: Path):
+    uuid = "2b0f7e1c-53a5-4a43-9ba6-6f3ab8f3f2a4"
+    [device] = _create(factory, "--uuid", uuid, "--days", 365, "--gateway-url", "https://127.0.0.1:9999", out=tmp_path)
+    cert = _cert(Path(device["path"]))
+    assert profiles.subject_cn(cert) == uuid
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 365
+    assert sota.gateway_server((Path(device["path"]) / "sota.toml").read_text()).endswith(":9999")
+
+
+def _pki_copy(factory: Factory, tmp_path: Path) -> Path:
+    copy = tmp_path / "pki"
+    copy.mkdir(mode=0o700)
+    for name in (files.ROOT_CERT, files.TLS_CERT, files.LOCAL_CA_CERT, files.LOCAL_CA_KEY, files.ONLINE_CA_CERT):
+        shutil.copy(factory.pki / name, copy / name)
+        (copy / name).chmod(0o600)
+    return copy
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_local_ca_key_that_is_not_the_local_ca_is_refused(factory: Factory, tmp_path: Path, path: str):
+    pki = _pki_copy(factory, tmp_path)
+    (pki / files.LOCAL_CA_KEY).write_bytes(profiles.private_key_pem(profiles.new_key()))
+    result = factory.run("device", "create-offline", pki, *PATHS[path])
+    # In process fioca's check refuses the key (4); faithful, openssl itself refuses it (5).
+    assert result.exit_code == (5 if path == "faithful" else 4), result.stderr
+    assert "local-ca.key" in result.stderr or "do not match" in result.stderr
+    assert [p for p in (pki / "devices").iterdir() if not p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_local_ca_of_another_factory_is_refused(factory: Factory, tmp_path: Path, path: str):
+    pki = _pki_copy(factory, tmp_path)
+    # The online CA is a device CA of the factory too, but its key is not here: swap it in as
+    # local-ca.pem, and local-ca.key no longer belongs to it.
+    shutil.copy(pki / files.ONLINE_CA_CERT, pki / files.LOCAL_CA_CERT)
+    result = factory.run("device", "create-offline", pki, *PATHS[path])
+    assert result.exit_code == (5 if path == "faithful" else 4), result.stderr
+    assert [p for p in (pki / "devices").iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_pki_dir_without_local_ca_is_refused(factory: Factory, tmp_path: Path):
+    pki = _pki_copy(factory, tmp_path)
+    (pki / files.LOCAL_CA_KEY).unlink()
+    result = factory.run("device", "create-offline", pki)
+    assert result.exit_code == 1
+    assert "local-ca.key does not exist" in result.stderr
+
+
+def test_faithful_check_accepts_ec_parameters_but_not_another_curve(factory: Factory):
+    # The check of the faithful path reads pkey.pem with its EC PARAMETERS block...
+    done = subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1"], capture_output=True, check=True)
+    profiles.load_private_key(done.stdout, "pkey.pem")
+    # ...and its twin: a secp384r1 key is refused.
+    other = subprocess.run(["openssl", "ecparam", "-genkey", "-name", "secp384r1"], capture_output=True, check=True)
+    with pytest.raises(Exception, match="prime256v1|P-256"):
+        profiles.load_private_key(other.stdout, "pkey.pem")
+
+
+def test_interrupted_batch_leaves_only_complete_folders(factory: Factory, tmp_path: Path):
+    out = tmp_path / "big"
+    env = {k: v for k, v in os.environ.items() if k not in ("FIOCTL_CONFIG", "FIOCTL_TOKEN")}
+    process = subprocess.Popen(
+        [__import__("sys").executable, "-m", "fioca", "device", "create-offline", str(factory.pki),
+         "--count", "50000", "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if out.exists() and sum(1 for p in out.iterdir() if not p.name.startswith(".")) >= 20:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "no partial" in stderr
+    entries = list(out.iterdir())
+    assert [p.name for p in entries if p.name.startswith(offline.PARTIAL_PREFIX)] == []
+    folders = [p for p in entries if not p.name.startswith(".")]
+    assert 20 <= len(folders) < 50000
+    for folder in folders:
+        assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES), folder
+        assert profiles.subject_cn(_cert(folder)) == folder.name
+
+
+@pytest.mark.parametrize("use_ostree_server", [True, False])
+def test_offline_sota_toml_has_the_registration_servers_layout(use_ostree_server: bool):
+    from fioca.sandbox import sota_toml as server_side
+
+    gateway, ostree = "abc.ota-lite.foundries.io", "abc.ostree.foundries.io"
+    ours = sota.render(gateway_host=gateway, ostree_host=ostree, hardware_id="rpi4", sota_dir="/var/sota",
+                       use_ostree_server=use_ostree_server)
+    ostree_url = f"https://{ostree}:8443/ostree" if use_ostree_server else f"https://{gateway}:8443/treehub"
+    theirs = server_side.render(gateway_url=f"https://{gateway}:8443", ostree_url=ostree_url, hardware_id="rpi4",
+                                sota_config_dir="/var/sota")
+    assert ours == theirs
+    # Without a hardware id the key is unset (section 9's "" rendering), not an empty string.
+    unset = sota.render(gateway_host=gateway, ostree_host=ostree)
+    assert "# primary_ecu_hardware_id is not set" in unset and unset != ours
+
+
+def test_batch_fast_check_refuses_what_the_profile_refuses(factory: Factory, tmp_path: Path):
+    pki = offline.load_pki(factory.pki)
+    issuer = offline.InProcessIssuer(pki, offline.OfflineOptions(out_dir=tmp_path, days=30))
+    issuer._built = 1  # past the first certificate: only the fast check runs
+    spec = offline.plan_devices(1)[0]
+    key = profiles.new_key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.uuid),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, FACTORY)])
+    ca_key = profiles.load_private_key((factory.pki / files.LOCAL_CA_KEY).read_bytes(), "key")
+    csr = profiles.build_device_csr(key, uuid=spec.uuid, factory=FACTORY)
+    good = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30)
+    # sign_device_cert adds no SKID: the fast check wants OpenSSL's exact extension list.
+    with pytest.raises(profiles.CheckError, match="extensions differ"):
+        issuer._check(good, key, spec, subject)
+    no_agreement = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30, key_usage_agreement=False)
+    with pytest.raises(profiles.CheckError, match="extensions differ"):
+        issuer._check(no_agreement, key, spec, subject)
+    with pytest.raises(profiles.CheckError, match="does not belong"):
+        issuer._check(good, profiles.new_key(), spec, subject)
+    with pytest.raises(profiles.CheckError, match="validity"):
+        issuer._check(profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=31), key, spec, subject)
+    # ...and the twin: what the issuer builds passes, files and all.
+    assert set(issuer.build(spec)) == set(offline.DEVICE_FILES)
