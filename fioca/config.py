@@ -31,6 +31,7 @@ class Settings:
     cacert: Path | None = None
     insecure_skip_verify: bool = False
     verbose: bool = False
+    http_timeout: float = 60.0  # seconds to wait for an answer (FIOCA_HTTP_TIMEOUT)
     # repr=False: a Settings value may end up in a traceback or a debug line; the token may not.
     token: str | None = field(default=None, repr=False)
 
@@ -54,8 +55,10 @@ def _read_config_file(path: Path, *, explicit: bool) -> Mapping[str, Any]:
         if explicit:
             raise ConfigError(f"config file {path} does not exist") from None
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.__class__.__name__}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc.__class__.__name__}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -111,14 +114,26 @@ def load_settings(
             raise ConfigError(f"CA bundle {cacert_path} (CACERT / server.cacert) does not exist")
     else:
         cacert_path = None
+    insecure_skip_verify = server_section.get("insecure_skip_verify") or False  # absent, null, empty: off
+    if not isinstance(insecure_skip_verify, bool):
+        # bool("false") is True: a quoted value would silently turn TLS checks off.
+        raise ConfigError(f'config file {config_path}: "server.insecure_skip_verify" must be true or false')
+
+    try:
+        http_timeout = float(env.get("FIOCA_HTTP_TIMEOUT") or 60)
+    except ValueError:
+        raise ConfigError("FIOCA_HTTP_TIMEOUT must be a number of seconds") from None
+    if http_timeout <= 0:
+        raise ConfigError("FIOCA_HTTP_TIMEOUT must be a positive number of seconds")
 
     return Settings(
+        http_timeout=http_timeout,
         factory=factory or env.get("FIOCTL_FACTORY") or _string(data.get("factory"), "factory", config_path),
         token=token or env.get("FIOCTL_TOKEN") or _string(data.get("token"), "token", config_path),
         server_url=server_url.rstrip("/"),
         config_path=config_path,
         token_header=env.get("TOKEN_HEADER") or DEFAULT_TOKEN_HEADER,
         cacert=cacert_path,
-        insecure_skip_verify=bool(server_section.get("insecure_skip_verify", False)),
+        insecure_skip_verify=insecure_skip_verify,
         verbose=verbose,
     )

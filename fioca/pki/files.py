@@ -82,7 +82,10 @@ class PkiDir:
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the directory; a second fioca on the same dir is refused."""
         lock_path = self.path / LOCK_FILE
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise PkiDirError(f"cannot lock PKI dir {self.path} ({LOCK_FILE}): {exc.strerror}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,7 +103,10 @@ def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
     path = Path(path)
     if path.exists():
         raise RefusedError(f"{path} already exists; fioca never overwrites it")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only or full file system fails here, before any byte
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -114,13 +120,17 @@ def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
             raise RefusedError(f"{path} already exists; fioca never overwrites it") from None
         _fsync_dir(path.parent)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise PkiDirError(f"no space left to write {path}; nothing was written") from None
-        raise PkiDirError(f"cannot write {path}: {exc.strerror}") from None
+        raise _write_error(path, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
     return path
+
+
+def _write_error(path: Path, exc: OSError) -> PkiDirError:
+    if exc.errno == errno.ENOSPC:
+        return PkiDirError(f"no space left to write {path}; nothing was written")
+    return PkiDirError(f"cannot write {path}: {exc.strerror or exc.__class__.__name__}")
 
 
 def _fsync_dir(folder: Path) -> None:

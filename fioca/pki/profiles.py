@@ -425,6 +425,30 @@ def _dns_names(extensions: x509.Extensions, artifact: str) -> list[str]:
     return san.value.get_values_for_type(x509.DNSName)
 
 
+# A host name as a device dials it: dot-separated LDH labels, no wildcard, no trailing dot.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", re.I)
+
+
+def check_server_csr(csr: x509.CertificateSigningRequest, *, gateway: bool, artifact: str) -> None:
+    """A CSR the server sends for the root to sign (tls-csr, ca-csr), before any script runs:
+    a P-256 key and, for the gateway, DNS host names only (the names devices will trust)."""
+    try:
+        key = csr.public_key()
+        extensions = csr.extensions
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise CheckError(artifact, f"CSR does not parse: {error}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != CURVE_NAME:
+        raise CheckError(artifact, f"public key must be EC P-256, got {_key_kind(key)}")
+    if not gateway:
+        return
+    names = _dns_names(extensions, artifact)
+    if not names:
+        raise CheckError(artifact, "has no DNS names in subjectAltName")
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise CheckError(artifact, f"subjectAltName {name!r} is not a host name")
+
+
 # --- Checks: the profiles ------------------------------------------------------------------
 
 
