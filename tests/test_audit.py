@@ -69,13 +69,13 @@ def test_reference_create_ca_openssl_details(refs: dict[str, str]) -> None:
     result = audit("create_ca", refs["create_ca"], refs)
     keygen = command(result, "openssl", "ecparam")
     assert (keygen.key_type, keygen.curve) == ("ec", "prime256v1")
-    root = command(result, "openssl", "req", line=33)
+    root = command(result, "openssl", "req", line=35)
     assert "-x509" in root.argv and root.days == 7300 and root.digest == "sha256"
     assert root.subject == "CN=Factory-CA, OU=acme"
     assert "extendedKeyUsage = critical, clientAuth, serverAuth" in root.extensions
     assert "basicConstraints = CA:TRUE" in root.extensions and "keyUsage = keyCertSign, cRLSign" in root.extensions
     # The HSM branch makes the same certificate with the key on the token.
-    hsm_root = command(result, "openssl", "req", line=28)
+    hsm_root = command(result, "openssl", "req", line=30)
     assert hsm_root.extensions == root.extensions and hsm_root.days == 7300
     assert result.writes == ["ca.cnf", "factory_ca.pem", "factory_ca.key"]
     assert result.deletes == ["ca.cnf"]
@@ -83,7 +83,7 @@ def test_reference_create_ca_openssl_details(refs: dict[str, str]) -> None:
 
 def test_reference_sign_and_device_ca_details(refs: dict[str, str]) -> None:
     tls = audit("sign_tls_csr", refs["sign_tls_csr"], refs)
-    signing = command(tls, "openssl", "x509", line=32)
+    signing = command(tls, "openssl", "x509", line=34)
     assert signing.days == 3650 and signing.digest == "sha256"
     assert signing.extensions == [
         "keyUsage = critical, digitalSignature",
@@ -98,7 +98,7 @@ def test_reference_sign_and_device_ca_details(refs: dict[str, str]) -> None:
     device = audit("create_device_ca", refs["create_device_ca"], refs)
     csr = command(device, "openssl", "req")
     assert csr.subject == "CN=fio-abc, OU=acme"
-    ca = command(device, "openssl", "x509", line=35)
+    ca = command(device, "openssl", "x509", line=37)
     assert ca.extensions == ["keyUsage = critical, keyCertSign", "basicConstraints = critical, CA:TRUE, pathlen:0"]
     assert {"$1", "$2"} <= set(device.writes)
 
@@ -316,6 +316,29 @@ def test_hsm_variables_are_info_but_expanding_the_pin_is_high() -> None:
     assert {(f.id, f.severity) for f in named.findings} == {("reads-hsm-env", Severity.INFO)}
     expanded = audit("create_ca", SHEBANG + 'pkcs11-tool --module "$HSM_MODULE" --pin "$HSM_PIN" --login --list-objects\n')
     assert ("reads-secret-env", Severity.HIGH) in {(f.id, f.severity) for f in expanded.findings}
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['export PKCS11_MODULE_PATH="$HSM_MODULE"\n', 'PKCS11_MODULE_PATH="${HSM_MODULE}" openssl req -noout -in "$1"\n'],
+)
+def test_the_engine_may_load_the_users_module(line: str) -> None:
+    result = audit("sign_ca_csr", SHEBANG + line)
+    assert {(f.id, f.severity) for f in result.findings} == {("reads-hsm-env", Severity.INFO)}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "export PKCS11_MODULE_PATH=/tmp/evil.so\n",
+        'PKCS11_MODULE_PATH="$HOME/x.so" openssl req -noout -in "$1"\n',
+        "LD_PRELOAD=./x.so openssl req -noout -in \"$1\"\n",
+        "export OPENSSL_CONF=./evil.cnf\n",
+    ],
+)
+def test_setting_a_code_loading_variable_is_high(line: str) -> None:
+    result = audit("sign_ca_csr", SHEBANG + line)
+    assert ("eval-data", Severity.HIGH) in {(f.id, f.severity) for f in result.findings}
 
 
 def test_errexit_from_shebang_or_set_and_its_twins() -> None:

@@ -82,8 +82,8 @@ def test_signer_refuses_another_factorys_root(pki_dir):
         signer.load_root_signer(pki_dir, factory="other")
 
 
-def test_hsm_is_the_seam_not_yet_filled(pki_dir):
-    hsm = signer.HsmSettings(module="/usr/lib/softhsm/libsofthsm2.so", token_label="t", pin="1234")
+def test_hsm_signer_refuses_a_token_that_is_not_there(pki_dir):
+    hsm = signer.HsmSettings(module="/usr/lib/softhsm/libsofthsm2.so", token_label="no-such-token", pin="1234")
     assert "1234" not in repr(hsm)
     with pytest.raises(ConfigError, match="HSM"):
         signer.load_root_signer(pki_dir, hsm=hsm)

@@ -30,6 +30,10 @@ class Terminal:
     def confirm(self, question: str) -> bool:
         return typer.confirm(question, default=False, err=True)
 
+    def prompt_secret(self, question: str) -> str:
+        """Ask for a secret (the HSM PIN) on the terminal, without echoing what is typed."""
+        return typer.prompt(question, hide_input=True, err=True, default="", show_default=False)
+
 
 @dataclass
 class AppContext:

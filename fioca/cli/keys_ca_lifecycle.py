@@ -12,6 +12,7 @@ from typing import Any, List
 import typer
 from cryptography import x509
 
+from fioca.cli import hsm_options
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.keys_ca import Format, app
 from fioca.errors import FiocaError, UsageError
@@ -154,6 +155,9 @@ def add_device_ca(
     yes: bool = typer.Option(False, "--yes", "-y", help="Write and send without asking (needed without a terminal)."),
     via: Via = typer.Option(Via.script, "--via", help=VIA_HELP),
     output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Add a device CA to the CAs the device gateway trusts (fioctl keys ca add-device-ca).
 
@@ -175,7 +179,8 @@ def add_device_ca(
     lifecycle.check_add_device_ca_options(options)
     app_ctx.require_confirmation_possible(yes, "adding a device CA")
     pki = _pki_dir(pki_dir)
-    signer = load_root_signer(pki.path)
+    hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label)
+    signer = load_root_signer(pki.path, hsm=hsm)
     result = lifecycle.add_device_ca(
         app_ctx.api(), pki, signer, options,
         confirm=_confirmer(app_ctx, yes, "Write the files and send the new device CA bundle?", _add_lines),
@@ -266,7 +271,7 @@ def _crl_lines(summary: dict[str, Any]) -> list[str]:
 
 def _crl_command(
     ctx: typer.Context, action: str, pki_dir: Path, ca_file: List[str], ca_serial: List[str],
-    dry_run: bool, pretty: bool, yes: bool, output: Format,
+    dry_run: bool, pretty: bool, yes: bool, output: Format, hsm_flags: tuple[str | None, str | None, str | None],
 ) -> None:
     app_ctx = app_context(ctx)
     if not ca_file and not ca_serial:
@@ -276,7 +281,8 @@ def _crl_command(
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, f"{action} of a device CA")
     pki = _pki_dir(pki_dir)
-    signer = load_root_signer(pki.path)
+    # Even a dry-run signs its CRL with the root, so it needs the token too.
+    signer = load_root_signer(pki.path, hsm=hsm_options.resolve_hsm(app_ctx, *hsm_flags))
     plan, answer = lifecycle.change_device_cas(
         app_ctx.api(), pki, signer, action=action, ca_files=list(ca_file), ca_serials=list(ca_serial),
         dry_run=dry_run, confirm=_confirmer(app_ctx, yes, "Send the CRL?", _crl_lines), progress=app_ctx.terminal.err,
@@ -312,6 +318,9 @@ def disable_device_ca(
     pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
     output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Disable device CAs (CRL reason 6): known devices keep working, new devices are refused.
 
@@ -323,7 +332,9 @@ def disable_device_ca(
 
       fioca keys ca disable-device-ca ./pki --ca-serial 1234567890 --yes
     """
-    _crl_command(ctx, "disable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output)
+    _crl_command(
+        ctx, "disable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
+    )
 
 
 @app.command("enable-device-ca")
@@ -336,6 +347,9 @@ def enable_device_ca(
     pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
     output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Re-enable disabled device CAs (CRL reason 8, removeFromCRL). Not in fioctl.
 
@@ -343,7 +357,9 @@ def enable_device_ca(
 
       fioca keys ca enable-device-ca ./pki --ca-file local-ca.pem --yes
     """
-    _crl_command(ctx, "enable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output)
+    _crl_command(
+        ctx, "enable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
+    )
 
 
 @app.command("revoke-device-ca")
@@ -356,6 +372,9 @@ def revoke_device_ca(
     pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
     output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Revoke device CAs (CRL reason 9): permanent; the CA leaves ca-crt and all its devices are refused.
 
@@ -365,7 +384,9 @@ def revoke_device_ca(
 
       fioca keys ca revoke-device-ca ./pki --ca-serial 1234567890 --ca-serial 42 --yes
     """
-    _crl_command(ctx, "revoke", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output)
+    _crl_command(
+        ctx, "revoke", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
+    )
 
 
 # --- rotate-tls -----------------------------------------------------------------------------------------
@@ -391,6 +412,9 @@ def rotate_tls(
     yes: bool = typer.Option(False, "--yes", "-y", help="Write and send without asking (needed without a terminal)."),
     via: Via = typer.Option(Via.script, "--via", help=VIA_HELP),
     output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Rotate the device gateway's TLS certificate (fioctl keys ca rotate-tls).
 
@@ -405,7 +429,8 @@ def rotate_tls(
     app_ctx = app_context(ctx)
     app_ctx.require_confirmation_possible(yes, "rotating the gateway TLS certificate")
     pki = _pki_dir(pki_dir)
-    signer = load_root_signer(pki.path)
+    hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label)
+    signer = load_root_signer(pki.path, hsm=hsm)
     result = lifecycle.rotate_tls(
         app_ctx.api(), pki, signer, via=via.value,
         confirm=_confirmer(app_ctx, yes, "Send the new TLS certificate?", _rotate_lines),
@@ -435,6 +460,9 @@ def sign(
         help="tls: gateway server certificate; ca: device CA. Your choice; never inferred from the CSR.",
     ),
     via: Via = typer.Option(Via.inprocess, "--via", help=VIA_HELP),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Sign a CSR with the factory root and print the certificate (no API call).
 
@@ -453,6 +481,7 @@ def sign(
         csr_pem = csr_file.expanduser().read_bytes()
     except OSError as exc:
         raise FiocaError(f"cannot read {csr_file}: {exc.strerror}") from None
-    signer = load_root_signer(_pki_dir(pki_dir).path)
+    pki = _pki_dir(pki_dir)
+    signer = load_root_signer(pki.path, hsm=hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     cert = lifecycle.sign_file(signer, csr_pem, profile=profile.value, artifact=str(csr_file), via=via.value)
     app_ctx.terminal.out(profiles.cert_pem(cert).decode("ascii").rstrip("\n"))

@@ -26,7 +26,9 @@ Finding ids and their usual severity (some vary with what exactly the script doe
     reads-private-key          HIGH    the root or local CA key read by anything but openssl
                                        signing options (it could reach stdout, the upload)
     eval-data                  HIGH    eval, source, sh -c with data, `| sh`, a computed
-                                       command name, running a file the script wrote
+                                       command name, running a file the script wrote,
+                                       LD_PRELOAD / OPENSSL_CONF / PKCS11_MODULE_PATH (other
+                                       than "$HSM_MODULE") set: code loaded from elsewhere
     runs-interpreter           HIGH    python, perl, node ... with code the audit cannot read
     decodes-data               MEDIUM  base64 -d, xxd -r, gunzip ...
     privilege-change           HIGH    sudo, chown, chmod 777 / setuid (LOW: plain chmod)
@@ -755,6 +757,9 @@ _KNOWN = {
 
 _SECRET_NAME = re.compile(r"TOKEN|PIN|PASS|SECRET|KEY|CRED|AUTH|PRIVATE|COOKIE|SESSION|^FIOCTL_|^OSF|^AWS_|^GITHUB_|^SSH_")
 _HSM_VARS = {"HSM_MODULE", "HSM_TOKEN_LABEL"}
+# Variables that make openssl or the loader run a shared library (or config) from where they point.
+# Only PKCS11_MODULE_PATH="$HSM_MODULE" is expected: the pkcs11 engine loads the user's own module.
+_LOADS_CODE_VARS = {"PKCS11_MODULE_PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "OPENSSL_CONF", "OPENSSL_ENGINES", "OPENSSL_MODULES"}
 _PATH_ENV = {"HOME", "PWD", "OLDPWD", "TMPDIR", "TMP", "TEMP", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"}
 _ALLOWED_DEVICES = {"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin", "/dev/fd/0", "/dev/fd/1", "/dev/fd/2"}
 _RANDOM_DEVICES = {"/dev/urandom", "/dev/random", "/dev/zero"}
@@ -957,6 +962,14 @@ class _Auditor:
         else:
             self.find("reads-env", Severity.LOW, pos, f"reads ${name} from the environment")
 
+    def sets_env(self, name: str, value: str, pos: int) -> None:
+        """`NAME=value` or `export NAME=value` of a variable that makes a program load code."""
+        if name not in _LOADS_CODE_VARS:
+            return
+        if name == "PKCS11_MODULE_PATH" and value in ("$HSM_MODULE", "${HSM_MODULE}"):
+            return  # the reference: the engine loads the module the user chose (read as INFO above)
+        self.find("eval-data", Severity.HIGH, pos, f"sets {name}={value}: openssl or the loader runs code from there")
+
     def read_env_reference(self, value: str, pos: int) -> None:
         """`env:NAME` as openssl -passin/-passout or pkcs11-tool --pin name it."""
         if value.startswith("env:"):
@@ -988,6 +1001,7 @@ class _Auditor:
         for assign in cmd.assigns:
             self.expand(assign)
             name, value = assign.raw.split("=", 1)
+            self.sets_env(name, assign.value.split("=", 1)[1] if "=" in assign.value else "", assign.pos)
             self.locals[name] = assign.value.split("=", 1)[1] if "=" in assign.value else ""
             self.locals[name] = self.resolve(_Word("", self.locals[name], 0))
         for word in cmd.words:
@@ -1333,6 +1347,7 @@ class _Auditor:
             name, _, value = word.value.partition("=")
             if _NAME_RE.fullmatch(name):
                 if "=" in word.value:
+                    self.sets_env(name, value, word.pos)
                     self.locals[name] = self.resolve(_Word("", value, 0))
                 elif values[0] != "export":
                     self.locals[name] = "$" + name  # `local x`: a variable of the script

@@ -2,8 +2,9 @@
 
 A `RootSigner` is the root certificate plus a way to use its key, in two forms:
 
-- in process: `signer.private_key()` is an object `cryptography`'s builders accept
-  (`.public_key()` and `.sign()` duck-typing): a file key today, an HSM-backed key later;
+- in process: `signer.private_key()` is a `cryptography` EC private key the builders sign
+  with: the file key (`FileRootSigner`), or `hsm.TokenKey`, whose `.sign()` signs on the
+  PKCS#11 token (`HsmRootSigner`);
 - by script: `signer.stage_for_scripts(work_dir)` puts what the reference scripts need into
   their private work dir (`factory_ca.pem` and, for a file key, `factory_ca.key`) and returns
   the extra environment they need (an HSM signer returns HSM_MODULE / HSM_TOKEN_LABEL /
@@ -12,8 +13,8 @@ A `RootSigner` is the root certificate plus a way to use its key, in two forms:
 The signing functions (`sign_csr`, `create_local_ca`, `sign_crl`) take a signer and a `via`
 ("script" runs the bundled `sign_tls_csr` / `sign_ca_csr` / `create_device_ca` with
 `ScriptRunner`, as `create` does; "inprocess" uses the builders of `profiles`), and check
-every result against its profile before returning it. `load_root_signer(pki_dir, hsm=None)`
-is where the HSM issue plugs in its signer.
+every result against its profile before returning it. `load_root_signer(pki_dir, hsm=...)`
+picks the signer.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from fioca.errors import CheckError, ConfigError, RefusedError
-from fioca.pki import files, profiles, reference
+from fioca.errors import CheckError, RefusedError
+from fioca.pki import files, hsm, profiles, reference
+from fioca.pki.hsm import HsmSettings
 from fioca.pki.scripts import ScriptRunner, default_watch_list, require_tools
 
 Profile = Literal["tls", "ca"]
@@ -60,18 +63,6 @@ class RootSigner(Protocol):
     def private_key(self) -> Any: ...
 
     def stage_for_scripts(self, work_dir: Path) -> dict[str, str]: ...
-
-
-@dataclass(frozen=True)
-class HsmSettings:
-    """Where an HSM-held root lives (issue 7 fills in the signer that uses these)."""
-
-    module: str
-    token_label: str
-    pin: str
-
-    def __repr__(self) -> str:
-        return f"HsmSettings(module={self.module!r}, token_label={self.token_label!r}, pin=<hidden>)"
 
 
 class FileRootSigner:
@@ -116,11 +107,67 @@ class FileRootSigner:
         return {}
 
 
+class HsmRootSigner:
+    """The root key on a PKCS#11 token (label `root-ca`), checked against `factory_ca.pem`.
+
+    Opening it logs in once (a wrong PIN or a missing token fails here, before anything else
+    happens) and compares the token's public key with the certificate's.
+    """
+
+    def __init__(self, pki_dir: Path, settings: HsmSettings, *, factory: str | None = None):
+        self._pki = files.PkiDir(pki_dir)
+        if not self._pki.has(files.ROOT_CERT):
+            raise RefusedError(
+                f"{self._pki / files.ROOT_CERT} does not exist: {self._pki.path} is not a PKI dir made by "
+                "`keys ca create` (with HSM flags it needs factory_ca.pem; the key is on the token)"
+            )
+        cert = profiles.load_cert(self._pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
+        ou = profiles.subject_ou(cert) or ""
+        profiles.check_root(cert, factory=factory or ou, artifact=files.ROOT_CERT)
+        public_key = hsm.root_public_key(settings)
+        if not _same_public_key(public_key, cert.public_key()):
+            raise RefusedError(
+                f"the {hsm.ROOT_KEY_LABEL} key on HSM token '{settings.token_label}' is not the key of "
+                f"{self._pki / files.ROOT_CERT}; use the token this root was made on"
+            )
+        self._settings = settings
+        self._cert = cert
+        self._key = hsm.TokenKey(settings, public_key)
+        self._factory = ou
+
+    def __repr__(self) -> str:
+        return f"HsmRootSigner({str(self._pki.path)!r}, token_label={self._settings.token_label!r})"
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    @property
+    def factory(self) -> str:
+        return self._factory
+
+    @property
+    def pki_dir(self) -> Path:
+        return self._pki.path
+
+    def private_key(self) -> hsm.TokenKey:
+        return self._key
+
+    def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
+        # No key to stage: the scripts' HSM branch signs on the token with these variables.
+        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+        return self._settings.script_env()
+
+
+def _same_public_key(a: Any, b: Any) -> bool:
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(*spki) == b.public_bytes(*spki)
+
+
 def load_root_signer(pki_dir: Path, *, factory: str | None = None, hsm: HsmSettings | None = None) -> RootSigner:
-    """The root signer for a PKI dir: `factory_ca.key` today, an HSM token when `hsm` is given."""
+    """The root signer for a PKI dir: `factory_ca.key`, or the HSM token when `hsm` is given."""
     if hsm is not None:
-        # The seam for issue 7: an HsmRootSigner(pki_dir, hsm) with the same interface.
-        raise ConfigError("signing with an HSM-held root is not supported yet; use a PKI dir with factory_ca.key")
+        return HsmRootSigner(Path(pki_dir).expanduser(), hsm, factory=factory)
     return FileRootSigner(Path(pki_dir).expanduser(), factory=factory)
 
 

@@ -1,0 +1,117 @@
+"""The HSM options every root-signing command takes, and their resolution into `HsmSettings`.
+
+fioctl's flags (`--hsm-module`, `--hsm-pin`, `--hsm-token-label`) with fioctl's checks and
+messages. The PIN comes, in this order, from `--hsm-pin` (accepted for fioctl compatibility,
+with a warning: a flag's value is visible to every user of the machine), from the environment
+variable FIOCA_HSM_PIN, or from a hidden prompt on a terminal. Without any of them the command
+stops with fioctl's message before it does anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fioca.cli.context import AppContext
+from fioca.errors import UsageError
+from fioca.pki.hsm import HsmSettings
+
+PIN_ENV = "FIOCA_HSM_PIN"
+
+HsmModule = Annotated[
+    Optional[str],
+    typer.Option(
+        "--hsm-module",
+        help="PKCS#11 module (.so) of the HSM holding the root key, e.g. /usr/lib/softhsm/libsofthsm2.so.",
+        show_default=False,
+    ),
+]
+HsmPin = Annotated[
+    Optional[str],
+    typer.Option(
+        "--hsm-pin",
+        help=f"The token's user PIN. Visible to other users of the machine: prefer env {PIN_ENV} or the prompt.",
+        show_default=False,
+    ),
+]
+HsmTokenLabel = Annotated[
+    Optional[str],
+    typer.Option("--hsm-token-label", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
+]
+
+PIN_FLAG_WARNING = (
+    "WARNING: --hsm-pin puts the PIN on the command line, where other users of this machine can read it "
+    f"(ps, /proc); prefer the environment variable {PIN_ENV} or the prompt"
+)
+
+
+def resolve_hsm(
+    app_ctx: AppContext,
+    module: Optional[str],
+    pin: Optional[str],
+    token_label: Optional[str],
+    *,
+    need_pin: bool = True,
+) -> HsmSettings | None:
+    """The HSM settings the flags ask for, or None without --hsm-module.
+
+    `need_pin=False` (a dry-run that never touches the token) skips the PIN entirely.
+    """
+    if not module:
+        given = [flag for flag, value in (("--hsm-pin", pin), ("--hsm-token-label", token_label)) if value]
+        if given:
+            raise UsageError(f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} with --hsm-module")
+        return None
+    if not token_label:
+        raise UsageError("--hsm-token-label is required with --hsm-module")
+    module_path = str(Path(module).expanduser())
+    if not need_pin:
+        return HsmSettings(module=module_path, token_label=token_label, pin="")
+    return HsmSettings(module=module_path, token_label=token_label, pin=_pin(app_ctx, pin, token_label))
+
+
+def _pin(app_ctx: AppContext, flag_pin: Optional[str], token_label: str) -> str:
+    if flag_pin:
+        app_ctx.terminal.err(PIN_FLAG_WARNING)
+        return flag_pin
+    from_env = os.environ.get(PIN_ENV)
+    if from_env:
+        return from_env
+    if app_ctx.terminal.interactive():
+        entered = app_ctx.terminal.prompt_secret(f"User PIN of HSM token '{token_label}'")
+        if entered:
+            return entered
+    raise UsageError(
+        f"--hsm-pin is required with --hsm-module (set {PIN_ENV}, or run in a terminal to be asked for it)"
+    )
+
+
+def describe(settings: HsmSettings | None) -> dict[str, Any] | None:
+    """The HSM part of a dry-run plan (the PIN's value never in it)."""
+    return settings.describe() if settings is not None else None
+
+
+def dry_run_lines(settings: HsmSettings) -> list[str]:
+    """The HSM part of create's dry-run text."""
+    info = settings.describe()
+    env = ", ".join(f"{name}={value}" for name, value in info["script_env"].items())
+    return [
+        f"HSM mode: the root key is made and used on token '{settings.token_label}' "
+        f"(module {settings.module}); object {info['key']}",
+        "  create_ca runs its HSM branch: pkcs11-tool --keypairgen (label root-ca, id 01), "
+        "then openssl req with the pkcs11 engine",
+        "  the signing scripts run openssl with -engine pkcs11 -CAkeyform engine; the PIN is read from env:HSM_PIN",
+        f"  script environment (HSM mode only): {env}",
+    ]
+
+
+def summary_lines(settings: HsmSettings) -> list[str]:
+    """create's closing advice in HSM mode (replaces the one about factory_ca.key)."""
+    return [
+        f"The root key is on HSM token '{settings.token_label}' (object root-ca, id 01); no factory_ca.key exists.",
+        "Back up the token as your HSM's vendor documents (the key cannot be exported), and keep "
+        "factory_ca.pem and local-ca.key: the root of trust can be set only once.",
+    ]
