@@ -30,7 +30,14 @@ demo: $(STAMP)
 	$(BIN)/fioca keys ca create $(DEMO)/pki --yes; \
 	echo; echo '$$ fioca keys ca show --just-root --pretty'; \
 	$(BIN)/fioca keys ca show --just-root --pretty; \
-	echo; echo '$$ ls -l $(DEMO)/pki'; ls -l $(DEMO)/pki
+	echo; echo '$$ ls -l $(DEMO)/pki'; ls -l $(DEMO)/pki; \
+	echo; echo '$$ fioca device create-offline $(DEMO)/pki --count 3'; \
+	$(BIN)/fioca device create-offline $(DEMO)/pki --count 3; \
+	device=$$(ls -d $(DEMO)/pki/devices/*/ | head -n 1); \
+	echo; echo "\$$ fioca device check $$device --pki-dir $(DEMO)/pki   (mTLS; registered on first request)"; \
+	$(BIN)/fioca device check $$device --pki-dir $(DEMO)/pki; \
+	echo; echo '$$ fioca sandbox devices --data $(DEMO)/sandbox'; \
+	$(BIN)/fioca sandbox devices --data $(DEMO)/sandbox
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 -q

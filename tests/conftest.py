@@ -21,6 +21,38 @@ from fioca.sandbox.server import Sandbox
 
 FACTORY = "acme"
 
+# Every token a sandbox in this test session handed out, and every HSM PIN a test passed:
+# every output of every command run through `cli` or `fioca_subprocess` is scanned for them.
+KNOWN_SECRETS: set[str] = set()
+MIN_SECRET_LENGTH = 8  # shorter values (a PIN like 1234) would match by chance in a serial number
+
+
+def assert_no_secret(*texts: str) -> None:
+    for secret in KNOWN_SECRETS:
+        for text in texts:
+            assert secret not in text, "a token or PIN appeared in fioca's output"
+
+
+def _remember_secrets(env: dict[str, str] | None) -> None:
+    for name in ("FIOCTL_TOKEN", "FIOCA_HSM_PIN"):
+        value = (env or {}).get(name)
+        if value and len(value) >= MIN_SECRET_LENGTH:
+            KNOWN_SECRETS.add(value)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _collect_sandbox_tokens():
+    real_start = Sandbox.start
+
+    def start(self):
+        info = real_start(self)
+        KNOWN_SECRETS.add(info.token)
+        return info
+
+    Sandbox.start = start
+    yield
+    Sandbox.start = real_start
+
 
 @dataclass
 class CliResult:
@@ -35,7 +67,10 @@ class CliResult:
 
 def _clean_env(extra: dict[str, str] | None) -> dict[str, str | None]:
     # Settings must come from the test, never from the developer's own environment.
-    env: dict[str, str | None] = {name: None for name in ("FIOCTL_FACTORY", "FIOCTL_TOKEN", "FIOCTL_CONFIG", "CACERT", "FIOCA_SERVER", "TOKEN_HEADER")}
+    env: dict[str, str | None] = {name: None for name in (
+        "FIOCTL_FACTORY", "FIOCTL_TOKEN", "FIOCTL_CONFIG", "CACERT", "FIOCA_SERVER", "TOKEN_HEADER",
+        "FIOCA_HTTP_TIMEOUT", "FIOCA_HSM_PIN",
+    )}
     env.update(extra or {})
     return env
 
@@ -53,9 +88,12 @@ def home(tmp_path, monkeypatch) -> Path:
 def cli(home):
     def run(*argv: str, env: dict[str, str] | None = None, input: str | None = None) -> CliResult:
         runner = CliRunner()
+        _remember_secrets(env)
         with runner.isolation(input=input, env=_clean_env(env)) as (out, err, _mixed):
             code = main([str(arg) for arg in argv])
-            return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+            result = CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+        assert_no_secret(result.stdout, result.stderr)
+        return result
 
     return run
 
@@ -83,7 +121,8 @@ def fioca_subprocess(home):
         full_env = {k: v for k, v in os.environ.items() if k not in _clean_env(None)}
         full_env.update(env or {})
         full_env["HOME"] = str(home)
-        return subprocess.run(
+        _remember_secrets(env)
+        done = subprocess.run(
             [sys.executable, "-m", "fioca", *map(str, argv)],
             env=full_env,
             input=input,
@@ -91,5 +130,7 @@ def fioca_subprocess(home):
             text=True,
             timeout=timeout,
         )
+        assert_no_secret(done.stdout, done.stderr)
+        return done
 
     return run

@@ -218,3 +218,16 @@ def test_the_newcomer_path_as_subprocesses(fioca_subprocess, tmp_path):
         _, err = server.communicate(timeout=10)
     assert server.returncode == 0
     assert "sandbox ready" in err and token not in err
+
+
+def test_the_secret_scan_catches_a_leak():
+    """The negative twin of every output scan in the suite: a leaked token is caught."""
+    from tests.conftest import KNOWN_SECRETS, assert_no_secret
+
+    KNOWN_SECRETS.add("leaky-token-0123456789")
+    try:
+        with pytest.raises(AssertionError, match="appeared in fioca's output"):
+            assert_no_secret("ok", "ERROR: bad token leaky-token-0123456789")
+        assert_no_secret("nothing to see")
+    finally:
+        KNOWN_SECRETS.discard("leaky-token-0123456789")

@@ -233,18 +233,19 @@ def test_runner_kills_the_whole_group_on_timeout(tmp_path):
     assert not marker.exists()
 
 
-def test_work_dir_is_private_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
-    import fioca.pki.create as create_module
+def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    from fioca.pki.create import CreateFlow
 
     made: list[Path] = []
-    real = create_module.files.private_work_dir
+    real = CreateFlow.work_dir
 
-    def spy(*args, **kwargs):
-        path = real(*args, **kwargs)
+    def spy(self):
+        path = real(self)
         made.append(path)
+        assert path.parent == tmp_path / "pki"  # a crash never strands the root key elsewhere
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o700)
         return path
 
-    monkeypatch.setattr(create_module.files, "private_work_dir", spy)
+    monkeypatch.setattr(CreateFlow, "work_dir", spy)
     assert cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env).exit_code == 0
     assert made and not made[0].exists()

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from fioca.api import NOT_CONFIGURED, is_configured
-from fioca.cli import render
+from fioca.cli import hsm_options, render
 from fioca.cli.audit_view import render_text as audit_text
 from fioca.cli.context import AppContext, app_context
 from fioca.errors import ExitCode, FiocaError, UsageError
@@ -90,7 +90,13 @@ def create(
         [], "--expect-sha256", help="Pin a script: NAME=HEX (repeatable); any other content is refused."
     ),
     script_timeout: float = typer.Option(120.0, "--script-timeout", min=1, help="Kill a script after this many seconds."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish an interrupted create in PKI_DIR: redo only what is missing, upload its root."
+    ),
     output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
+    hsm_module: hsm_options.HsmModule = None,
+    hsm_pin: hsm_options.HsmPin = None,
+    hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
     """Create the factory PKI by running the server's scripts, as `fioctl keys ca create` does.
 
@@ -106,10 +112,16 @@ def create(
       fioca keys ca create ./pki --dry-run          # see the scripts and the plan first
 
       fioca keys ca create ./pki --no-local-ca --yes
+
+      fioca keys ca create ./pki --resume            # finish a run that stopped halfway
     """
     app_ctx = app_context(ctx)
     if from_json and not dry_run:
         raise UsageError("--from-json goes with --dry-run")
+    if resume and dry_run:
+        raise UsageError("--resume and --dry-run do not go together")
+    # A dry-run never touches the token, so it needs no PIN.
+    hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label, need_pin=not dry_run)
     options = CreateOptions(
         online_ca=online_ca,
         local_ca=local_ca,
@@ -117,6 +129,8 @@ def create(
         allow_unaudited=allow_unaudited,
         expected_sha256=_pins(expect_sha256),
         script_timeout=script_timeout,
+        resume=resume,
+        hsm=hsm,
     )
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, "uploading the root of trust")
@@ -130,6 +144,7 @@ def create(
         result = flow.run()
     if result.dry_run:
         plan = result.plan.describe("<new private temporary dir>", pki.path)
+        plan["hsm_settings"] = hsm_options.describe(hsm)
         worst = result.audit.max_severity
         audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"
         if output is Format.json:
@@ -137,13 +152,22 @@ def create(
                 json.dumps({"scripts": result.answer.scripts, "plan": plan, "audit": result.audit.to_dict()}, indent=2)
             )
         else:
-            app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
+            text = render.dry_run_text(result.answer.scripts, plan, audit_line)
+            if hsm is not None:  # the HSM lines go just above the closing "Dry run: ..." line
+                body, last = text.rsplit("\n", 1)
+                text = "\n".join([body, *hsm_options.dry_run_lines(hsm), last])
+            app_ctx.terminal.out(text)
         return
     summary = render.create_summary(result)
+    if hsm is not None:
+        summary["root_key"] = hsm.key_uri
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(summary, indent=2))
     else:
-        app_ctx.terminal.out(render.create_summary_text(summary))
+        text = render.create_summary_text(summary)
+        if hsm is not None:  # the closing advice is about factory_ca.key, which HSM mode never makes
+            text = "\n".join([*text.split("\n")[:-1], *hsm_options.summary_lines(hsm)])
+        app_ctx.terminal.out(text)
 
 
 @app.command()

@@ -4,18 +4,21 @@
     2. request_scripts       POST certs/; save the answer as factory_certs.json
        audit_scripts         judge every script before any of them runs
     3. run_scripts           write CSRs + scripts into a private work dir; run each with `sh`
-    4. check_artifacts       every artifact against its profile, with `cryptography`
+    4. check_step            each script's products against their profiles, with `cryptography`
     5. store_artifacts       move them into the PKI dir, 0400, never overwriting
     6. upload                after confirmation, PATCH root-crt, tls-crt, ca-crt
 
 `CreateFlow.run()` reads top to bottom as those steps. A dry-run stops after the audit and
-returns the plan it would have executed.
+returns the plan it would have executed. Every finished step is journalled (fioca/pki/journal.py):
+after a failure, `--resume` redoes only what is missing and uploads the root made the first
+time; it never makes a second one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,11 @@ from fioca.api import FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, RefusedError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, profiles, reference
-from fioca.pki.plan import CreatePlan, plan_create
+from fioca.pki.journal import WORK_DIR, Journal, sha256_file
+from fioca.pki.plan import CreatePlan, ScriptStep, plan_create
 from fioca.pki.scripts import ScriptLimits, ScriptRunner, default_watch_list, require_tools
+from fioca.pki import hsm
+from fioca.pki.hsm import HsmSettings
 
 SCRIPT_FIELDS = reference.SCRIPT_NAMES
 
@@ -50,6 +56,8 @@ class CreateOptions:
     allow_unaudited: bool = False
     expected_sha256: dict[str, str] = field(default_factory=dict)
     script_timeout: float = ScriptLimits.timeout
+    resume: bool = False
+    hsm: HsmSettings | None = None  # the root key on a PKCS#11 token (no factory_ca.key)
 
 
 @dataclass
@@ -118,33 +126,54 @@ class CreateFlow:
         self.pki = pki
         self.options = options
         self.reporter = reporter
-        self.plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca)
+        self.plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
         self.runner_factory = runner_factory
+        self.journal: Journal | None = None
 
     def run(self) -> CreateResult:
         require_tools("sh", "openssl")
-        self.check_not_configured()  # before anything is written, even the PKI dir
+        journal = Journal.load(self.pki.path) if self.pki.path.is_dir() else None
+        if self.options.resume:
+            self.check_resumable(journal)
+        else:
+            self.check_no_unfinished_run(journal)
+            self.check_hsm_token()  # a wrong PIN or a token holding root-ca: refused before anything
+            self.check_not_configured()  # before anything is written, even the PKI dir
         for note in self.pki.ensure():
             self.reporter.note(note)
         with self.pki.locked():
-            self.check_no_local_root()  # again under the lock: another run may have made one
-            answer = self.request_scripts()
+            if self.options.resume:
+                self.journal = Journal.load(self.pki.path)  # again under the lock
+                self.check_resumable(self.journal)
+                self.plan = plan_create(
+                    online_ca=self.journal.online_ca, local_ca=self.journal.local_ca, hsm=self.options.hsm is not None
+                )
+                answer = self.saved_answer(self.journal)
+            else:
+                self.check_no_local_root()  # again under the lock: another run may have made one
+                answer = self.request_scripts()
             report = self.audit_scripts(answer)
             result = CreateResult(self.plan, answer, report, dry_run=self.options.dry_run)
             if self.options.dry_run:
                 return result
-            work_dir = files.private_work_dir()
-            try:
+            if self.journal is None:
+                self.journal = self.begin_journal(answer)
+            if not self.journal.stored:
+                work_dir = self.work_dir()
                 self.run_scripts(answer, work_dir)
-                artifacts = self.check_artifacts(answer, work_dir)
                 result.stored = self.store_artifacts(work_dir)
-            finally:
                 # The work dir held the root key; its only copy now lives in the PKI dir.
-                shutil.rmtree(work_dir, ignore_errors=True)
+                shutil.rmtree(work_dir)
+            else:
+                result.stored = [self.pki / name for name in self.plan.kept]
+                self.verify_stored(answer)
+            root = profiles.load_cert(self.pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
+            tls = profiles.load_cert(self.pki.read_bytes(files.TLS_CERT), files.TLS_CERT)
             result.patch_body = self.patch_body()
-            result.root_fingerprint = profiles.fingerprint_sha256(artifacts["root"])
-            result.gateway_hosts = profiles.gateway_hosts(artifacts["tls"])
+            result.root_fingerprint = profiles.fingerprint_sha256(root)
+            result.gateway_hosts = profiles.gateway_hosts(tls)
             self.upload(result)
+            self.journal.finish()
             return result
 
     def dry_run_saved(self, path: Path, *, factory: str | None) -> CreateResult:
@@ -187,6 +216,38 @@ class CreateFlow:
                     "the root can be set only once; use another directory"
                 )
 
+    def check_hsm_token(self) -> None:
+        """HSM mode: log in to the token and refuse one that already holds a root-ca key.
+
+        A dry-run never touches the token (nor uses a PIN attempt)."""
+        if self.options.hsm is not None and not self.options.dry_run:
+            hsm.check_ready_for_new_root(self.options.hsm)
+
+    def check_no_unfinished_run(self, journal: Journal | None) -> None:
+        if journal is not None:
+            raise RefusedError(
+                f"PKI dir {self.pki.path} holds an unfinished `keys ca create` ({self.progress_of(journal)}); "
+                f"finish it with: fioca keys ca create {self.pki.path} --resume"
+            )
+
+    def check_resumable(self, journal: Journal | None) -> None:
+        if journal is None:
+            raise RefusedError(f"nothing to resume in {self.pki.path}: it holds no unfinished `keys ca create`")
+        if journal.factory != self.api.factory:
+            raise RefusedError(
+                f"the unfinished create in {self.pki.path} is for factory '{journal.factory}', not '{self.api.factory}'"
+            )
+        if journal.hsm != (self.options.hsm is not None):
+            where = "on an HSM: pass the same --hsm-module and --hsm-token-label" if journal.hsm else "in a file: drop the HSM flags"
+            raise RefusedError(f"the unfinished create in {self.pki.path} keeps its root key {where}")
+
+    @staticmethod
+    def progress_of(journal: Journal) -> str:
+        if journal.stored:
+            return "every file is made; the upload did not finish"
+        done = ", ".join(journal.steps) or "no script"
+        return f"finished: {done}"
+
     # Step 2 -----------------------------------------------------------------------------
     def request_scripts(self) -> ServerAnswer:
         resp = self.api.post_certs({})
@@ -198,6 +259,29 @@ class CreateFlow:
         )
         check_csrs(answer, self.plan)
         return answer
+
+    def saved_answer(self, journal: Journal) -> ServerAnswer:
+        """On resume: the answer the first run saved, unchanged since (its SHA-256 is journalled)."""
+        raw = self.pki.read_bytes(files.FACTORY_CERTS_JSON)
+        if hashlib.sha256(raw).hexdigest() != journal.answer_sha256:
+            raise RefusedError(
+                f"{self.pki / files.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely"
+            )
+        answer = answer_from(json.loads(raw), raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn)
+        check_csrs(answer, self.plan)
+        self.reporter.note(f"Resuming the create in {self.pki.path} ({self.progress_of(journal)})")
+        return answer
+
+    def begin_journal(self, answer: ServerAnswer) -> Journal:
+        return Journal.begin(
+            self.pki.path,
+            factory=answer.factory,
+            online_ca=self.plan.online_ca,
+            local_ca=self.plan.local_ca,
+            hsm=self.plan.hsm,
+            local_ca_cn=answer.local_ca_cn,
+            answer_sha256=hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest(),
+        )
 
     def audit_scripts(self, answer: ServerAnswer):
         references = reference.rendered(factory=answer.factory, local_ca_cn=answer.local_ca_cn)
@@ -221,63 +305,134 @@ class CreateFlow:
         return report
 
     # Step 3 -----------------------------------------------------------------------------
+    def work_dir(self) -> Path:
+        """The private work dir, inside the PKI dir so that a crash never strands the root key
+        somewhere else; a resumed run finds it again."""
+        path = self.pki / WORK_DIR
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)
+        return path
+
     def run_scripts(self, answer: ServerAnswer, work_dir: Path) -> None:
         runner = self.runner_factory(
             work_dir,
             watch=default_watch_list(self.pki.path),
             limits=ScriptLimits(timeout=self.options.script_timeout),
+            # HSM_MODULE / HSM_TOKEN_LABEL / HSM_PIN in HSM mode only, never otherwise.
+            env_extra=self.options.hsm.script_env() if self.options.hsm is not None else None,
         )
         for name in self.plan.inputs:
-            csr = answer.field(name)
-            (work_dir / name).write_text(csr)
+            _put(work_dir / name, answer.field(name))
         for step in self.plan.steps:
-            runner.install(step.script, answer.scripts[step.script])
+            _put(work_dir / step.script, answer.scripts[step.script], mode=0o700)
         for step in self.plan.steps:
+            if self.step_still_good(step, answer, work_dir):
+                self.reporter.progress(f"{step.progress} (done before, verified)")
+                continue
+            if step.script == "create_ca" and self.plan.hsm:
+                self.check_no_orphan_token_key()
             self.reporter.progress(step.progress)
+            for name in (*step.produces, step.stdout_file):
+                if name:
+                    (work_dir / name).unlink(missing_ok=True)  # a half-made product of an earlier try
             runner.on_stderr = lambda line, script=step.script: self.reporter.script_stderr(script, line)
             stdout = runner.run(step.script, step.args)
             if step.stdout_file:
                 if not stdout.strip():
                     raise CheckError(step.stdout_file, f"script {step.script} exited 0 but printed no certificate")
                 (work_dir / step.stdout_file).write_text(stdout)
-            for name in step.produces:
-                if not (work_dir / name).is_file():
+            produced = {name: work_dir / name for name in (*step.produces, step.stdout_file) if name}
+            for name, path in produced.items():
+                if not path.is_file():
                     raise CheckError(name, f"script {step.script} exited 0 but did not write {name}")
+            # Step 4, per step: nothing is journalled as done before it passed its checks.
+            self.check_step(step.script, answer, work_dir)
+            self.journal.record_step(step.script, produced)
+
+    def check_no_orphan_token_key(self) -> None:
+        """A run killed inside create_ca may have made the token's key pair but no certificate.
+        Running create_ca again would make a second root-ca; fioca stops and says how to clear it."""
+        found = hsm.root_key_objects(self.options.hsm)
+        if found:
+            raise RefusedError(
+                f"the token '{self.options.hsm.token_label}' already holds root-ca ({', '.join(found)}) but no root "
+                "certificate was made for it: an earlier run stopped inside create_ca. Nothing was uploaded; "
+                "delete those objects (pkcs11-tool --delete-object --label root-ca ...) and run --resume again"
+            )
+
+    def step_still_good(self, step: ScriptStep, answer: ServerAnswer, work_dir: Path) -> bool:
+        """On resume: a journalled step whose files are intact and still pass their checks."""
+        recorded = self.journal.steps.get(step.script)
+        if not recorded:
+            return False
+        for name, digest in recorded.items():
+            path = work_dir / name
+            if not path.is_file() or sha256_file(path) != digest:
+                return False
+        self.check_step(step.script, answer, work_dir)
+        return True
 
     # Step 4 -----------------------------------------------------------------------------
-    def check_artifacts(self, answer: ServerAnswer, work_dir: Path) -> dict[str, Any]:
-        def read(name: str) -> bytes:
-            return (work_dir / name).read_bytes()
+    def check_step(self, script: str, answer: ServerAnswer, folder: Path) -> None:
+        """Check what one script made against its profile, with `cryptography`."""
+
+        def cert(name: str):
+            return profiles.load_cert((folder / name).read_bytes(), name)
+
+        def key(name: str):
+            return profiles.load_private_key((folder / name).read_bytes(), name)
 
         factory = answer.factory
-        root = profiles.load_cert(read(files.ROOT_CERT), files.ROOT_CERT)
-        profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
-        profiles.check_key_matches(profiles.load_private_key(read(files.ROOT_KEY), files.ROOT_KEY), root, files.ROOT_KEY)
-        tls = profiles.load_cert(read(files.TLS_CERT), files.TLS_CERT)
-        tls_csr = profiles.load_csr(read(files.TLS_CSR), files.TLS_CSR)
-        profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact=files.TLS_CERT)
-        artifacts = {"root": root, "tls": tls}
-        if self.plan.online_ca:
-            online = profiles.load_cert(read(files.ONLINE_CA_CERT), files.ONLINE_CA_CERT)
-            ca_csr = profiles.load_csr(read(files.ONLINE_CA_CSR), files.ONLINE_CA_CSR)
-            profiles.check_device_ca(online, root=root, factory=factory, csr=ca_csr, artifact=files.ONLINE_CA_CERT)
-            artifacts["online"] = online
-        if self.plan.local_ca:
-            local = profiles.load_cert(read(files.LOCAL_CA_CERT), files.LOCAL_CA_CERT)
+        root = cert(files.ROOT_CERT)
+        if script == "create_ca":
+            profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
+            if self.options.hsm is None:
+                profiles.check_key_matches(key(files.ROOT_KEY), root, files.ROOT_KEY)
+            elif (folder / files.ROOT_KEY).exists():
+                raise CheckError(files.ROOT_KEY, "written in HSM mode: the root key must exist only on the token")
+            else:
+                hsm.check_cert_matches_token(self.options.hsm, root, files.ROOT_CERT)
+        elif script == "sign_tls_csr":
+            csr = profiles.load_csr((folder / files.TLS_CSR).read_bytes(), files.TLS_CSR)
+            profiles.check_gateway_tls(cert(files.TLS_CERT), root=root, csr=csr, artifact=files.TLS_CERT)
+        elif script == "sign_ca_csr":
+            csr = profiles.load_csr((folder / files.ONLINE_CA_CSR).read_bytes(), files.ONLINE_CA_CSR)
+            profiles.check_device_ca(
+                cert(files.ONLINE_CA_CERT), root=root, factory=factory, csr=csr, artifact=files.ONLINE_CA_CERT
+            )
+        elif script == "create_device_ca":
+            local = cert(files.LOCAL_CA_CERT)
             profiles.check_device_ca(
                 local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=files.LOCAL_CA_CERT
             )
-            local_key = profiles.load_private_key(read(files.LOCAL_CA_KEY), files.LOCAL_CA_KEY)
-            profiles.check_key_matches(local_key, local, files.LOCAL_CA_KEY)
-            artifacts["local"] = local
-        return artifacts
+            profiles.check_key_matches(key(files.LOCAL_CA_KEY), local, files.LOCAL_CA_KEY)
 
     # Step 5 -----------------------------------------------------------------------------
     def store_artifacts(self, work_dir: Path) -> list[Path]:
+        """Link every artifact into the PKI dir; one already there from a crashed run must be
+        the same bytes, never replaced."""
         stored = []
         for name in self.plan.kept:
-            stored.append(self.pki.write_new(name, (work_dir / name).read_bytes()))
+            data = (work_dir / name).read_bytes()
+            target = self.pki / name
+            if target.exists() and target.read_bytes() == data:
+                stored.append(target)
+                continue
+            stored.append(self.pki.write_new(name, data))
+        self.journal.mark_stored()
         return stored
+
+    def verify_stored(self, answer: ServerAnswer) -> None:
+        """On resume after the files were stored: they must be the journalled ones, still good."""
+        for name, digest in self.journal.fingerprints().items():
+            path = self.pki / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise RefusedError(
+                    f"{path} is missing or changed since it was made (SHA-256 differs from the journal); "
+                    "cannot resume safely"
+                )
+        for step in self.plan.steps:
+            self.check_step(step.script, answer, self.pki.path)
 
     # Step 6 -----------------------------------------------------------------------------
     def patch_body(self) -> dict[str, str]:
@@ -286,6 +441,8 @@ class CreateFlow:
         }
 
     def upload(self, result: CreateResult) -> None:
+        if self.options.resume and self.server_has_our_root(result):
+            return
         summary = {
             "factory": self.api.factory,
             "root_fingerprint": result.root_fingerprint,
@@ -295,10 +452,62 @@ class CreateFlow:
         if not self.reporter.confirm_upload(summary):
             raise RefusedError(
                 f"upload not confirmed; nothing was sent. The new PKI is in {self.pki.path}; "
-                "the factory still has no root of trust"
+                f"the factory still has no root of trust; upload it later with: "
+                f"fioca keys ca create {self.pki.path} --resume"
             )
         self.reporter.progress("Uploading signed certs to Foundries")
-        self.api.patch_certs(result.patch_body)
+        try:
+            self.api.patch_certs(result.patch_body)
+        except ApiError as exc:
+            if exc.status == 409 and self.server_has_our_root(result):
+                return  # raced with ourselves: an earlier try of this very upload went through
+            if exc.status is not None:  # the server answered: it refused, nothing was applied
+                raise self.upload_failed(exc) from None
+            # No answer: the PATCH may have been applied. Look before trying once more.
+            if self.server_has_our_root(result):
+                return
+            self.reporter.note("The upload got no answer and did not apply; trying it once more")
+            try:
+                self.api.patch_certs(result.patch_body)
+            except ApiError as again:
+                if again.status is None and self.server_has_our_root(result):
+                    return
+                raise self.upload_failed(again) from None
+
+    def server_has_our_root(self, result: CreateResult) -> bool:
+        """True when the factory's root is ours (an earlier upload went through); refuses when
+        the factory has a different root, which no local file can fix."""
+        certs = self.api.get_certs()
+        if not is_configured(certs):
+            return False
+        theirs = profiles.load_cert(certs.body["root-crt"].encode(), "root-crt on the server")
+        if profiles.fingerprint_sha256(theirs) != result.root_fingerprint:
+            raise RefusedError(
+                f"factory '{self.api.factory}' already has a different root of trust "
+                f"({profiles.fingerprint_sha256(theirs)}); the root in {self.pki.path} was never uploaded and "
+                "cannot be; keep it for the record, and ask support if the factory's root must be reset"
+            )
+        self.reporter.note("The server already holds this root of trust: the earlier upload went through")
+        return True
+
+    def upload_failed(self, exc: ApiError) -> ApiError:
+        return ApiError(
+            f"{exc.message}; the new PKI is kept in {self.pki.path}; "
+            f"retry the upload with: fioca keys ca create {self.pki.path} --resume",
+            status=exc.status,
+            details=exc.details,
+        )
+
+
+def _put(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a work-dir input; on resume it is already there with the same content."""
+    if path.exists():
+        if path.read_text() == text:
+            return
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
@@ -313,6 +522,7 @@ def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
         ou = profiles.subject_ou(csr)
         if ou != answer.factory:
             raise CheckError(name, f"subject OU is {ou!r}, not the factory {answer.factory!r}")
+        profiles.check_server_csr(csr, gateway=name == files.TLS_CSR, artifact=name)
 
 
 def answer_from(

@@ -1,0 +1,278 @@
+"""Nothing lost: a fault at every step boundary of `keys ca create`, then `--resume`.
+
+In every case the root key is either absent (nothing was created) or present and usable, and
+`--resume` (or a plain re-run where nothing was created) ends with the server holding the
+root that is on disk. Faults come from the sandbox's switches, from scripts that fail once,
+and from a real SIGKILL of the fioca process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from fioca.pki import files, profiles, reference
+from fioca.pki.files import PkiDir
+from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
+from tests.conftest import FACTORY
+from tests.test_create import answer_with, recorder, server_certs  # noqa: F401 (fixture)
+
+
+def root_key_state(pki: Path) -> str:
+    """'absent', or 'usable' when a root key exists (in the PKI dir or its work dir) and
+    belongs to the root certificate beside it."""
+    for folder in (pki, pki / WORK_DIR):
+        key_path = folder / files.ROOT_KEY
+        if key_path.exists():
+            # A crash while files move may leave the key in the PKI dir and the cert in the work dir.
+            cert_path = next(p for p in (folder / files.ROOT_CERT, pki / WORK_DIR / files.ROOT_CERT) if p.exists())
+            key = profiles.load_private_key(key_path.read_bytes(), "key")
+            cert = profiles.load_cert(cert_path.read_bytes(), "cert")
+            profiles.check_key_matches(key, cert, "key")
+            return "usable"
+    return "absent"
+
+
+def assert_server_holds_disk_root(sandbox, pki: Path) -> None:
+    status, certs = server_certs(sandbox)
+    assert status == 200
+    assert certs["root-crt"] == (pki / files.ROOT_CERT).read_text()
+    assert root_key_state(pki) == "usable"
+    assert not (pki / JOURNAL_FILE).exists() and not (pki / WORK_DIR).exists()
+
+
+def create(cli, env, pki, *extra):
+    return cli("keys", "ca", "create", pki, "--yes", *extra, env=env)
+
+
+# -- faults before anything is created: a plain re-run is the fix --------------------------
+
+def test_post_refused_leaves_nothing_and_a_plain_rerun_works(cli, sandbox, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="POST", route="certs", status=500, message="database is down")
+    failed = create(cli, sandbox_env, pki)
+    assert failed.exit_code == 6
+    assert "500" in failed.stderr and "= database is down" in failed.stderr
+    assert root_key_state(pki) == "absent" and not (pki / JOURNAL_FILE).exists()
+    assert create(cli, sandbox_env, pki).exit_code == 0
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_post_timing_out_leaves_nothing(cli, sandbox, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="POST", route="certs", status=504, stall=3)
+    failed = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
+    assert failed.exit_code == 6
+    assert "timed out during POST" in failed.stderr
+    assert root_key_state(pki) == "absent"
+    assert create(cli, sandbox_env, pki).exit_code == 0
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+# -- a script failing or killed, once: --resume redoes only what is missing ----------------
+
+FAIL_ONCE = {
+    "exit": '[ -f tried-{name} ] || {{ touch tried-{name}; echo "transient failure" >&2; exit 1; }}',
+    "killed": "[ -f tried-{name} ] || {{ touch tried-{name}; kill -9 $$; }}",
+}
+
+
+@pytest.mark.parametrize("how", sorted(FAIL_ONCE))
+@pytest.mark.parametrize("script", reference.SCRIPT_NAMES)
+def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
+    polis = sandbox.backend.user_self()["polis-id"]
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")[script]
+    first_line, rest = text.split("\n", 1)
+    answer_with(monkeypatch, sandbox, {script: f"{first_line}\n{FAIL_ONCE[how].format(name=script)}\n{rest}"})
+    pki = tmp_path / "pki"
+
+    failed = create(cli, sandbox_env, pki)
+    assert failed.exit_code == 5
+    assert f"script {script}" in failed.stderr
+    assert root_key_state(pki) in ("absent", "usable")
+    assert [m for m, _ in recorder] == ["POST"]
+
+    again = create(cli, sandbox_env, pki)
+    assert again.exit_code == 3
+    assert f"finish it with: fioca keys ca create {pki} --resume" in again.stderr
+
+    done_before = [s for s in reference.SCRIPT_NAMES[: reference.SCRIPT_NAMES.index(script)]]
+    resumed = create(cli, sandbox_env, pki, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    for earlier in done_before:
+        progress = {"create_ca": "Creating offline root CA for Factory", "sign_tls_csr": "Signing Foundries TLS CSR",
+                    "sign_ca_csr": "Signing Foundries CSR for online use", "create_device_ca": "Creating local device CA"}
+        assert f"{progress[earlier]} (done before, verified)" in resumed.stderr
+    assert [m for m, _ in recorder] == ["POST", "PATCH"]  # no second POST: no second root
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_a_failed_check_is_redone_on_resume(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    polis = sandbox.backend.user_self()["polis-id"]
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_tls_csr"]
+    # The first time, the gateway certificate is made a CA: its check must fail.
+    bad_once = text.replace("keyUsage = critical, digitalSignature",
+                            "keyUsage = critical, digitalSignature\n$(test -f tried || { touch tried; echo 'basicConstraints = CA:TRUE'; })")
+    answer_with(monkeypatch, sandbox, {"sign_tls_csr": bad_once})
+    pki = tmp_path / "pki"
+    failed = create(cli, sandbox_env, pki, "--allow-unaudited")
+    assert failed.exit_code == 4
+    assert failed.stderr.splitlines()[-1].startswith("ERROR: tls-crt:")
+    assert root_key_state(pki) == "usable"
+    resumed = create(cli, sandbox_env, pki, "--resume", "--allow-unaudited")
+    assert resumed.exit_code == 0, resumed.output
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+# -- SIGKILL while the files move into the PKI dir ------------------------------------------
+
+KILLER = """
+import os, signal, sys
+import fioca.pki.files as files
+real, count = files.write_new, [0]
+def write_new(*args, **kwargs):
+    count[0] += 1
+    if count[0] > {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+files.write_new = write_new
+from fioca.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("after", [1, 2, 6, 12], ids=lambda n: f"after-{n}-files")
+def test_sigkill_between_moving_files_then_resume(cli, sandbox, sandbox_env, home, tmp_path, after):
+    pki = tmp_path / "pki"
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", **sandbox_env}
+    killed = subprocess.run([sys.executable, "-c", KILLER.format(after=after), "keys", "ca", "create", str(pki), "--yes"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9
+    assert root_key_state(pki) == "usable"
+    assert server_certs(sandbox)[0] == 206
+    resumed = create(cli, sandbox_env, pki, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+# -- the upload ------------------------------------------------------------------------------
+
+def test_patch_500_keeps_everything_and_resume_uploads(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=500)
+    failed = create(cli, sandbox_env, pki)
+    assert failed.exit_code == 6
+    assert f"retry the upload with: fioca keys ca create {pki} --resume" in failed.stderr
+    assert root_key_state(pki) == "usable" and server_certs(sandbox)[0] == 206
+    resumed = create(cli, sandbox_env, pki, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert [m for m, _ in recorder] == ["POST", "PATCH"]  # the faulted PATCH never reached the backend
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_patch_answer_lost_after_it_applied(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3, apply=True)
+    result = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
+    assert result.exit_code == 0, result.output
+    assert "already holds this root of trust: the earlier upload went through" in result.stderr
+    assert [m for m, _ in recorder] == ["POST", "PATCH"]  # looked with a GET, did not PATCH again
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_patch_timing_out_before_it_applied_is_retried_once(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3)
+    result = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
+    assert result.exit_code == 0, result.output
+    assert "did not apply; trying it once more" in result.stderr
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_resume_finds_the_upload_went_through(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    from fioca.errors import ApiError
+    from fioca.pki.create import CreateFlow
+
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3, apply=True)
+
+    real_look, look_fails = CreateFlow.server_has_our_root, [True]
+
+    def the_look_fails_too(self, result):
+        if look_fails[0]:
+            raise ApiError("cannot reach the server during GET (simulated)")
+        return real_look(self, result)
+
+    monkeypatch.setattr(CreateFlow, "server_has_our_root", the_look_fails_too)
+    failed = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
+    assert failed.exit_code == 6
+    look_fails[0] = False
+    resumed = create(cli, sandbox_env, pki, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "the earlier upload went through" in resumed.stderr
+    assert_server_holds_disk_root(sandbox, pki)
+
+
+def test_resume_stops_when_the_factory_has_another_root(cli, sandbox, sandbox_env, tmp_path):
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    sandbox.inject_fault(method="PATCH", route="certs", status=500)
+    assert create(cli, sandbox_env, mine).exit_code == 6
+    assert create(cli, sandbox_env, theirs).exit_code == 0
+    resumed = create(cli, sandbox_env, mine, "--resume")
+    assert resumed.exit_code == 3
+    assert "already has a different root of trust" in resumed.stderr
+    assert root_key_state(mine) == "usable"
+    assert server_certs(sandbox)[1]["root-crt"] == (theirs / files.ROOT_CERT).read_text()
+
+
+def test_resume_refuses_tampered_files(cli, sandbox, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=500)
+    assert create(cli, sandbox_env, pki).exit_code == 6
+    tls = pki / files.TLS_CERT
+    tls.chmod(0o600)
+    tls.write_text(tls.read_text().replace("A", "B", 1))
+    resumed = create(cli, sandbox_env, pki, "--resume")
+    assert resumed.exit_code == 3
+    assert "changed since it was made" in resumed.stderr
+    assert server_certs(sandbox)[0] == 206
+
+
+def test_resume_with_nothing_to_resume(cli, sandbox_env, tmp_path):
+    result = create(cli, sandbox_env, tmp_path / "pki", "--resume")
+    assert result.exit_code == 3
+    assert "nothing to resume" in result.stderr
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+def test_a_second_run_on_the_same_dir_is_refused_by_the_lock(cli, sandbox_env, tmp_path):
+    pki = PkiDir(tmp_path / "pki")
+    pki.ensure()
+    with pki.locked():
+        result = create(cli, sandbox_env, pki.path)
+    assert result.exit_code == 3
+    assert "in use by another fioca run" in result.stderr
+
+
+def test_racing_creates_on_two_dirs_one_root_wins(fioca_subprocess, sandbox, sandbox_env, tmp_path):
+    results = {}
+
+    def run(name):
+        results[name] = fioca_subprocess("keys", "ca", "create", tmp_path / name, "--yes", env=sandbox_env)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = sorted(r.returncode for r in results.values())
+    assert codes[0] == 0 and codes[1] != 0, {k: (r.returncode, r.stderr[-300:]) for k, r in results.items()}
+    winner = next(name for name, r in results.items() if r.returncode == 0)
+    loser = results["b" if winner == "a" else "a"]
+    assert ("already has a root of trust" in loser.stderr) or ("different root of trust" in loser.stderr)
+    assert server_certs(sandbox)[1]["root-crt"] == (tmp_path / winner / files.ROOT_CERT).read_text()
