@@ -16,6 +16,7 @@ time; it never makes a second one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,9 +71,10 @@ class ServerAnswer:
     scripts_from_server: bool
     factory: str
     local_ca_cn: str
+    csrs: dict[str, Any] = field(default_factory=dict)  # tls-csr, ca-csr as taken out
 
     def field(self, name: str) -> Any:
-        return jq_field(self.data, name)
+        return self.csrs[name] if name in self.csrs else jq_field(self.data, name)
 
 
 @dataclass
@@ -88,9 +90,20 @@ class CreateResult:
     stored: list[Path] = field(default_factory=list)
 
 
+@functools.cache
+def _jq_program(names: tuple[str, ...]) -> Any:
+    # `[."a", ."tls-csr", ...]`: one compiled program takes out every field at once (compiling
+    # is the costly part); a JSON string is a valid jq string, so any name is quoted safely.
+    return jq.compile("[" + ", ".join(f".[{json.dumps(name)}]" for name in names) + "]")
+
+
+def jq_fields(data: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """What `jq -r .NAME` gives for each name (None for null or missing)."""
+    return dict(zip(names, _jq_program(names).input_value(data).first()))
+
+
 def jq_field(data: Any, name: str) -> Any:
-    """`jq -r .NAME`, with the name passed as data so names like tls-csr need no quoting."""
-    return jq.compile(".[$name]", args={"name": name}).input_value(data).first()
+    return jq_fields(data, (name,))[name]
 
 
 def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
@@ -529,7 +542,8 @@ def answer_from(
     data: dict, raw: bytes, *, factory: str, local_ca_cn: str, on_note: Callable[[str], None] = lambda _l: None
 ) -> ServerAnswer:
     """Take the scripts out of an answer, or fall back to the bundled ones when it has none."""
-    present = {name: jq_field(data, name) for name in SCRIPT_FIELDS}
+    taken = jq_fields(data, (*SCRIPT_FIELDS, files.TLS_CSR, files.ONLINE_CA_CSR))
+    present = {name: taken[name] for name in SCRIPT_FIELDS}
     for name, value in present.items():
         if value is not None and not isinstance(value, str):
             raise ApiError(f"the POST answer's {name} is not a string; nothing was run")
@@ -541,8 +555,8 @@ def answer_from(
             raise ApiError("the POST answer has some scripts but not all four; nothing was run")
         on_note("The answer carries no scripts (today's API sends none): using fioca's bundled reference scripts")
         scripts = reference.rendered(factory=factory, local_ca_cn=local_ca_cn)
-    for name in ("tls-csr", "ca-csr"):
-        value = jq_field(data, name)
+    csrs = {name: taken[name] for name in (files.TLS_CSR, files.ONLINE_CA_CSR)}
+    for name, value in csrs.items():
         if value is not None and not isinstance(value, str):
             raise ApiError(f"the POST answer's {name} is not a string; nothing was run")
-    return ServerAnswer(raw, data, scripts, from_server, factory, local_ca_cn)
+    return ServerAnswer(raw, data, scripts, from_server, factory, local_ca_cn, csrs)

@@ -56,6 +56,43 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def run_in_process(base: Path, n: int) -> float:
+    """The same `keys ca create`, through fioca's main() in this process: the flow's own cost,
+    without the interpreter's start-up and the imports of typer, requests, sh, cryptography."""
+    from fioca.cli import main
+    from fioca.cli.context import Terminal
+
+    class Quiet(Terminal):
+        def out(self, text: str = "") -> None:
+            pass
+
+        def err(self, text: str = "") -> None:
+            pass
+
+    with Sandbox(base / f"inproc-{n}-sandbox", factory="bench") as box:
+        saved = os.environ.get("FIOCTL_CONFIG")
+        os.environ["FIOCTL_CONFIG"] = str(box.data_dir / "fioctl.yaml")
+        try:
+            start = time.perf_counter()
+            code = main(["keys", "ca", "create", str(base / f"inproc-pki-{n}"), "--yes"], terminal=Quiet())
+            elapsed = time.perf_counter() - start
+        finally:
+            if saved is None:
+                os.environ.pop("FIOCTL_CONFIG", None)
+            else:
+                os.environ["FIOCTL_CONFIG"] = saved
+    if code != 0:
+        raise SystemExit(f"in-process create failed with exit code {code}")
+    return elapsed
+
+
+def startup_cost() -> float:
+    """Wall time of `python -c 'import fioca.cli'`: the floor under every fioca command."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import fioca.cli"], check=True)
+    return time.perf_counter() - start
+
+
 def run_round(base: Path, n: int) -> tuple[float, float]:
     results = []
     for flow in ("fioca", "hand"):
@@ -79,13 +116,17 @@ def main() -> dict[str, float]:
         base = Path(tmp)
         run_round(base, -1)  # warm-up: page cache, imports, openssl
         rounds = [run_round(base, n) for n in range(ROUNDS)]
+        in_process = statistics.median(run_in_process(base, n) for n in range(ROUNDS))
+        startup = statistics.median(startup_cost() for _ in range(ROUNDS))
     fioca = statistics.median(r[0] for r in rounds)
     hand = statistics.median(r[1] for r in rounds)
     print(f"keys ca create, median of {ROUNDS} rounds (each on a fresh sandbox factory)")
     print(f"  fioca keys ca create --yes        {fioca * 1000:8.1f} ms")
     print(f"  by hand (curl, jq, sh)            {hand * 1000:8.1f} ms")
     print(f"  ratio fioca / by hand             {fioca / hand:8.2f}x   (goal <= 1.5x)")
-    return {"fioca_s": fioca, "hand_s": hand, "ratio": fioca / hand}
+    print(f"  of which: python + imports        {startup * 1000:8.1f} ms   (python -c 'import fioca.cli')")
+    print(f"  the flow in process               {in_process * 1000:8.1f} ms   ratio {in_process / hand:.2f}x")
+    return {"fioca_s": fioca, "hand_s": hand, "ratio": fioca / hand, "startup_s": startup, "in_process_s": in_process}
 
 
 if __name__ == "__main__":
