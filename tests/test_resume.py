@@ -276,3 +276,31 @@ def test_racing_creates_on_two_dirs_one_root_wins(fioca_subprocess, sandbox, san
     loser = results["b" if winner == "a" else "a"]
     assert ("already has a root of trust" in loser.stderr) or ("different root of trust" in loser.stderr)
     assert server_certs(sandbox)[1]["root-crt"] == (tmp_path / winner / files.ROOT_CERT).read_text()
+
+
+def test_resume_with_fresh_csrs_when_the_server_forgot_the_first_ones(cli, sandbox, sandbox_env, tmp_path):
+    from fioca.sandbox.store import KEY_PENDING, KEY_RETIRED
+
+    pki = tmp_path / "pki"
+    sandbox.inject_fault(method="PATCH", route="certs", status=500)
+    assert create(cli, sandbox_env, pki).exit_code == 6
+    root_before = (pki / files.ROOT_CERT).read_bytes()
+    tls_before = (pki / files.TLS_CERT).read_bytes()
+    for kind in ("tls", "ca"):  # the server drops the keys behind the first run's CSRs
+        for key in sandbox.store.backend_keys(kind, KEY_PENDING):
+            sandbox.store.set_backend_key_state(key.id, KEY_RETIRED)
+
+    refused = create(cli, sandbox_env, pki, "--resume")
+    assert refused.exit_code == 6
+    assert f"fioca keys ca create {pki} --resume --fresh-csrs" in refused.stderr
+    assert cli("keys", "ca", "create", pki, "--fresh-csrs", "--yes", env=sandbox_env).exit_code == 2
+
+    resumed = create(cli, sandbox_env, pki, "--resume", "--fresh-csrs")
+    assert resumed.exit_code == 0, resumed.output
+    assert (pki / files.ROOT_CERT).read_bytes() == root_before  # the same root, never a second one
+    assert (pki / files.TLS_CERT).read_bytes() != tls_before
+    assert (pki / f"{files.TLS_CERT}.stale").read_bytes() == tls_before
+    assert (pki / f"{files.FACTORY_CERTS_JSON}.1").exists()
+    assert_server_holds_disk_root(sandbox, pki)
+    status, certs = server_certs(sandbox)
+    assert certs["tls-crt"] == (pki / files.TLS_CERT).read_text()

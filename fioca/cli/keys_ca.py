@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -13,17 +13,13 @@ from fioca.api import NOT_CONFIGURED, is_configured
 from fioca.cli import hsm_options, render
 from fioca.cli.audit_view import render_text as audit_text
 from fioca.cli.context import AppContext, app_context
+from fioca.cli.options import Format, yes_option
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, reference
 from fioca.pki.create import CreateFlow, CreateOptions, jq_field
 
 app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
-
-
-class Format(str, Enum):
-    text = "text"
-    json = "json"
 
 
 class Level(str, Enum):
@@ -76,7 +72,7 @@ def create(
     pki_dir: Path = typer.Argument(..., help="Folder for the PKI files (made 0700 if missing)."),
     online_ca: bool = typer.Option(True, "--online-ca/--no-online-ca", help="Sign the online device CA's CSR."),
     local_ca: bool = typer.Option(True, "--local-ca/--no-local-ca", help="Create a local (offline) device CA."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Upload without asking (needed without a terminal)."),
+    yes: Annotated[bool, yes_option("Upload")] = False,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH."
     ),
@@ -92,6 +88,9 @@ def create(
     script_timeout: float = typer.Option(120.0, "--script-timeout", min=1, help="Kill a script after this many seconds."),
     resume: bool = typer.Option(
         False, "--resume", help="Finish an interrupted create in PKI_DIR: redo only what is missing, upload its root."
+    ),
+    fresh_csrs: bool = typer.Option(
+        False, "--fresh-csrs", help="With --resume: ask the server for new CSRs and sign them with the same root."
     ),
     output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
     hsm_module: hsm_options.HsmModule = None,
@@ -120,6 +119,8 @@ def create(
         raise UsageError("--from-json goes with --dry-run")
     if resume and dry_run:
         raise UsageError("--resume and --dry-run do not go together")
+    if fresh_csrs and not resume:
+        raise UsageError("--fresh-csrs goes with --resume")
     # A dry-run never touches the token, so it needs no PIN.
     hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label, need_pin=not dry_run)
     options = CreateOptions(
@@ -130,6 +131,7 @@ def create(
         expected_sha256=_pins(expect_sha256),
         script_timeout=script_timeout,
         resume=resume,
+        fresh_csrs=fresh_csrs,
         hsm=hsm,
     )
     if not dry_run:
@@ -152,22 +154,13 @@ def create(
                 json.dumps({"scripts": result.answer.scripts, "plan": plan, "audit": result.audit.to_dict()}, indent=2)
             )
         else:
-            text = render.dry_run_text(result.answer.scripts, plan, audit_line)
-            if hsm is not None:  # the HSM lines go just above the closing "Dry run: ..." line
-                body, last = text.rsplit("\n", 1)
-                text = "\n".join([body, *hsm_options.dry_run_lines(hsm), last])
-            app_ctx.terminal.out(text)
+            app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
         return
-    summary = render.create_summary(result)
-    if hsm is not None:
-        summary["root_key"] = hsm.key_uri
+    summary = render.create_summary(result, hsm)
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(summary, indent=2))
     else:
-        text = render.create_summary_text(summary)
-        if hsm is not None:  # the closing advice is about factory_ca.key, which HSM mode never makes
-            text = "\n".join([*text.split("\n")[:-1], *hsm_options.summary_lines(hsm)])
-        app_ctx.terminal.out(text)
+        app_ctx.terminal.out(render.create_summary_text(summary, hsm))
 
 
 @app.command()

@@ -58,6 +58,7 @@ class CreateOptions:
     expected_sha256: dict[str, str] = field(default_factory=dict)
     script_timeout: float = ScriptLimits.timeout
     resume: bool = False
+    fresh_csrs: bool = False  # with resume: the server no longer takes the first run's CSRs
     hsm: HsmSettings | None = None  # the root key on a PKCS#11 token (no factory_ca.key)
 
 
@@ -118,10 +119,7 @@ def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
     pretty = json.dumps(data, indent=2, ensure_ascii=False)
     target = pki / files.FACTORY_CERTS_JSON
     if target.exists():
-        n = 1
-        while (pki / f"{files.FACTORY_CERTS_JSON}.{n}").exists():
-            n += 1
-        target.rename(pki / f"{files.FACTORY_CERTS_JSON}.{n}")
+        target.rename(_free_name(target, numbered=True))
     return data, pki.write_new(files.FACTORY_CERTS_JSON, (pretty + "\n").encode())
 
 
@@ -162,6 +160,8 @@ class CreateFlow:
                     online_ca=self.journal.online_ca, local_ca=self.journal.local_ca, hsm=self.options.hsm is not None
                 )
                 answer = self.saved_answer(self.journal)
+                if self.options.fresh_csrs:
+                    answer = self.refresh_csrs()
             else:
                 self.check_no_local_root()  # again under the lock: another run may have made one
                 answer = self.request_scripts()
@@ -285,6 +285,38 @@ class CreateFlow:
         self.reporter.note(f"Resuming the create in {self.pki.path} ({self.progress_of(journal)})")
         return answer
 
+    def refresh_csrs(self) -> ServerAnswer:
+        """--resume --fresh-csrs: ask the server for new CSRs and sign them with the root made
+        the first time. The gateway and online-CA files of the first run are kept as *.stale."""
+        resp = self.api.post_certs({})
+        data, path = save_answer(self.pki, resp.raw)
+        self.reporter.note(f"Saved the server's new answer as {path}")
+        answer = answer_from(
+            data, resp.raw, factory=self.journal.factory, local_ca_cn=self.journal.local_ca_cn,
+            on_note=self.reporter.note,
+        )
+        check_csrs(answer, self.plan)
+        signing = [step for step in self.plan.steps if step.script in ("sign_tls_csr", "sign_ca_csr")]
+        if self.journal.stored:
+            # Back into the work dir go the files the first run's other steps made (the root
+            # among them); what the new CSRs replace steps aside, never overwritten.
+            work_dir = self.work_dir()
+            for step in self.plan.steps:
+                names = [*step.produces, step.stdout_file, step.script, *step.args]
+                for name in filter(None, names):
+                    source = self.pki / name
+                    if step in signing:
+                        if source.exists():
+                            source.rename(_free_name(self.pki / f"{name}.stale"))
+                    elif source.exists() and not (work_dir / name).exists():
+                        shutil.copy2(source, work_dir / name)
+            self.journal.stored = False
+        for step in signing:
+            self.journal.steps.pop(step.script, None)
+        self.journal.answer_sha256 = hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest()
+        self.journal.save()
+        return answer
+
     def begin_journal(self, answer: ServerAnswer) -> Journal:
         return Journal.begin(
             self.pki.path,
@@ -337,7 +369,8 @@ class CreateFlow:
         for name in self.plan.inputs:
             _put(work_dir / name, answer.field(name))
         for step in self.plan.steps:
-            _put(work_dir / step.script, answer.scripts[step.script], mode=0o700)
+            if step.script not in self.journal.steps:  # a finished step keeps the script that ran
+                _put(work_dir / step.script, answer.scripts[step.script], mode=0o700)
         for step in self.plan.steps:
             if self.step_still_good(step, answer, work_dir):
                 self.reporter.progress(f"{step.progress} (done before, verified)")
@@ -504,12 +537,27 @@ class CreateFlow:
         return True
 
     def upload_failed(self, exc: ApiError) -> ApiError:
+        retry = f"fioca keys ca create {self.pki.path} --resume"
+        if self.options.resume and exc.status == 400 and not self.options.fresh_csrs:
+            # The first run's CSRs may have expired on the server; the root need not change.
+            hint = f"if the server no longer accepts the first run's CSRs, get new ones with: {retry} --fresh-csrs"
+        else:
+            hint = f"retry the upload with: {retry}"
         return ApiError(
-            f"{exc.message}; the new PKI is kept in {self.pki.path}; "
-            f"retry the upload with: fioca keys ca create {self.pki.path} --resume",
+            f"{exc.message}; the new PKI is kept in {self.pki.path}; {hint}",
             status=exc.status,
             details=exc.details,
         )
+
+
+def _free_name(path: Path, *, numbered: bool = False) -> Path:
+    """The first of `path` (unless `numbered`), `path.1`, `path.2`, ... that does not exist."""
+    n = 0 if not numbered else 1
+    candidate = path if not numbered else path.with_name(f"{path.name}.1")
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _put(path: Path, text: str, mode: int = 0o600) -> None:
