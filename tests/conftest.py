@@ -2,7 +2,8 @@
 
 `cli(...)` runs fioca's `main()` in process with its streams captured (fast, and it goes
 through the same error handling as the installed command); `fioca_subprocess(...)` runs the
-installed `fioca` command for the main flows.
+installed `fioca` command for the main flows. `recorder` and the helpers below it watch and
+bend what the sandbox answers.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from typer.testing import CliRunner
 
 from fioca.cli import main
@@ -101,18 +104,68 @@ def cli(home):
 @pytest.fixture
 def sandbox(tmp_path):
     """A fresh sandbox factory, served on free loopback ports for one test."""
-    box = Sandbox(tmp_path / "sandbox", factory=FACTORY)
-    box.start()
-    try:
+    with Sandbox(tmp_path / "sandbox", factory=FACTORY) as box:
         yield box
-    finally:
-        box.stop()
+
+
+def config_env(sandbox: Sandbox) -> dict[str, str]:
+    """The environment a user gets from a sandbox: FIOCTL_CONFIG=DIR/fioctl.yaml."""
+    return {"FIOCTL_CONFIG": str(sandbox.data_dir / "fioctl.yaml")}
 
 
 @pytest.fixture
 def sandbox_env(sandbox) -> dict[str, str]:
-    """The environment a user gets from the sandbox: FIOCTL_CONFIG=DIR/fioctl.yaml."""
-    return {"FIOCTL_CONFIG": str(sandbox.data_dir / "fioctl.yaml")}
+    return config_env(sandbox)
+
+
+def record_certs_calls(sandbox: Sandbox, monkeypatch) -> list[tuple[str, Any]]:
+    """A list that gets every POST and PATCH body the sandbox receives, in order."""
+    calls: list[tuple[str, Any]] = []
+    backend = sandbox.backend
+    real_post, real_patch = backend.post_certs, backend.patch_certs
+
+    def post(body):
+        calls.append(("POST", body))
+        return real_post(body)
+
+    def patch(body):
+        calls.append(("PATCH", body))
+        return real_patch(body)
+
+    monkeypatch.setattr(backend, "post_certs", post)
+    monkeypatch.setattr(backend, "patch_certs", patch)
+    return calls
+
+
+@pytest.fixture
+def recorder(sandbox, monkeypatch) -> list[tuple[str, Any]]:
+    """Every POST and PATCH body the sandbox receives, in order."""
+    return record_certs_calls(sandbox, monkeypatch)
+
+
+def answer_with(monkeypatch, sandbox: Sandbox, replacements: dict[str, str]) -> None:
+    """Make the sandbox's POST answer carry other scripts (a compromised or broken server)."""
+    backend = sandbox.backend
+    real_post = backend.post_certs
+
+    def post(body):
+        answer = real_post(body)
+        answer.update(replacements)
+        return answer
+
+    monkeypatch.setattr(backend, "post_certs", post)
+
+
+def server_certs(sandbox: Sandbox) -> tuple[int, dict]:
+    """GET certs/ as a client sees it: (status, body)."""
+    info = sandbox.info
+    resp = requests.get(
+        f"{info.api_url}/ota/factories/{info.factory}/certs/",
+        headers={"OSF-TOKEN": info.token},
+        verify=info.cacert,
+        timeout=10,
+    )
+    return resp.status_code, resp.json()
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from fioca.errors import CheckError
 from fioca.pki import files, profiles
 from fioca.sandbox.server import Sandbox
 from fioca.sandbox.tls import make_ca, issue_server_cert
-from tests.conftest import FACTORY
+from tests.conftest import FACTORY, config_env, record_certs_calls
 
 TOKEN = "tok-bad-answers-0123456789"
 DETAIL_PREFIXES = ("= ", " * ")
@@ -330,37 +330,19 @@ def world(tmp_path_factory) -> Iterator[FakeWorld]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY)
-    sandbox.start()
-    try:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY) as sandbox:
         yield sandbox
-    finally:
-        sandbox.stop()
 
 
 @pytest.fixture
 def box_env(box) -> dict[str, str]:
-    return {"FIOCTL_CONFIG": str(box.data_dir / "fioctl.yaml")}
+    return config_env(box)
 
 
 @pytest.fixture
 def recorded(box, monkeypatch) -> Iterator[list[tuple[str, Any]]]:
     """Every POST and PATCH body the sandbox receives in this test; faults cleared after it."""
-    calls: list[tuple[str, Any]] = []
-    backend = box.backend
-    real_post, real_patch = backend.post_certs, backend.patch_certs
-
-    def post(body):
-        calls.append(("POST", body))
-        return real_post(body)
-
-    def patch(body):
-        calls.append(("PATCH", body))
-        return real_patch(body)
-
-    monkeypatch.setattr(backend, "post_certs", post)
-    monkeypatch.setattr(backend, "patch_certs", patch)
-    yield calls
+    yield record_certs_calls(box, monkeypatch)
     box.store.clear_faults()
     # Every case fails before a PATCH, so the factory stays without a root for the next one.
     assert box.backend.get_certs()[0] == 206

@@ -7,43 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-import requests
 
 from fioca.pki import files, profiles, reference
-from tests.conftest import FACTORY
+from tests.conftest import FACTORY, answer_with, server_certs
 
 KEY_FILES = (files.ROOT_KEY, files.LOCAL_CA_KEY)
-
-
-@pytest.fixture
-def recorder(sandbox, monkeypatch):
-    """Every POST and PATCH body the sandbox receives, in order."""
-    calls: list[tuple[str, dict]] = []
-    backend = sandbox.backend
-    real_post, real_patch = backend.post_certs, backend.patch_certs
-
-    def post(body):
-        calls.append(("POST", body))
-        return real_post(body)
-
-    def patch(body):
-        calls.append(("PATCH", body))
-        return real_patch(body)
-
-    monkeypatch.setattr(backend, "post_certs", post)
-    monkeypatch.setattr(backend, "patch_certs", patch)
-    return calls
-
-
-def server_certs(sandbox) -> tuple[int, dict]:
-    info = sandbox.info
-    resp = requests.get(
-        f"{info.api_url}/ota/factories/{info.factory}/certs/",
-        headers={"OSF-TOKEN": info.token},
-        verify=info.cacert,
-        timeout=10,
-    )
-    return resp.status_code, resp.json()
 
 
 def mode(path: Path) -> int:
@@ -190,19 +158,6 @@ def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder,
     assert "Uploading" not in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
     assert not (tmp_path / "pki" / files.ROOT_KEY).exists()
-
-
-def answer_with(monkeypatch, sandbox, replacements: dict[str, str]) -> None:
-    """Make the sandbox's POST answer carry other scripts (a compromised or broken server)."""
-    backend = sandbox.backend
-    real_post = backend.post_certs
-
-    def post(body):
-        answer = real_post(body)
-        answer.update(replacements)
-        return answer
-
-    monkeypatch.setattr(backend, "post_certs", post)
 
 
 def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from fioca.pki import files, hsm, profiles
 from fioca.pki.journal import WORK_DIR
 from fioca.pki.signer import HsmRootSigner, load_root_signer
 from fioca.sandbox.server import Sandbox
+from tests.conftest import CliResult, config_env
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 FACTORY = "acme"
@@ -98,17 +99,6 @@ def put_root_ca_on(token: Token) -> None:
 
 
 @dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-@dataclass
 class World:
     """A sandbox factory, a HOME, and every output seen (for the PIN check at the end)."""
 
@@ -118,15 +108,15 @@ class World:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"FIOCTL_CONFIG": str(self.sandbox.data_dir / "fioctl.yaml")}
+        return config_env(self.sandbox)
 
-    def cli(self, *argv, env: dict[str, str] | None = None) -> Result:
+    def cli(self, *argv, env: dict[str, str] | None = None) -> CliResult:
         clean = {name: None for name in ("FIOCTL_FACTORY", "FIOCTL_TOKEN", "FIOCTL_CONFIG", "CACERT", "FIOCA_SERVER",
                                          "TOKEN_HEADER", "FIOCA_HSM_PIN", "SOFTHSM2_CONF")}  # fmt: skip
         clean.update({"HOME": str(self.root / "home"), **self.env, **(env or {})})
         with CliRunner().isolation(env=clean) as (out, err, _mixed):
             code = main([str(arg) for arg in argv])
-            result = Result(code, out.getvalue().decode(), err.getvalue().decode())
+            result = CliResult(code, out.getvalue().decode(), err.getvalue().decode())
         self.outputs.append(result.output)
         return result
 
@@ -152,12 +142,12 @@ class HsmPki:
     world: World
     token: Token
     pki: Path
-    create: Result
+    create: CliResult
 
     def pin_env(self, **extra: str) -> dict[str, str]:
         return {**self.token.env, "FIOCA_HSM_PIN": PIN, **extra}
 
-    def run(self, *argv, pin_env: bool = True, env: dict[str, str] | None = None) -> Result:
+    def run(self, *argv, pin_env: bool = True, env: dict[str, str] | None = None) -> CliResult:
         return self.world.cli(*argv, env={**(self.pin_env() if pin_env else self.token.env), **(env or {})})
 
     def root(self) -> x509.Certificate:
@@ -474,7 +464,7 @@ def test_the_audit_shows_the_hsm_branch_of_the_saved_answer(made: HsmPki, tmp_pa
 def test_resume_refuses_to_make_a_second_root_key_on_the_token(tmp_path, monkeypatch):
     """A run that died inside create_ca after the key pair was made: --resume must not make another."""
     from fioca.pki import reference
-    from tests.test_create import answer_with
+    from tests.conftest import answer_with
 
     world = start_world(tmp_path / "world")
     token = new_token(tmp_path / "token", "orphan")

@@ -150,7 +150,7 @@ def test_script_failure_is_a_script_error(root_signer):
         (lambda: ca_csr(ca=False), "ca", "asks for CA:FALSE"),
         (lambda: tls_csr(names=()), "tls", "no DNS names"),
         (lambda: tls_csr(extra=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), True)]), "tls", "clientAuth"),
-        (lambda: tls_csr(extra=[(profiles._key_usage(key_cert_sign=True), True)]), "tls", "keyCertSign|key_cert_sign"),
+        (lambda: tls_csr(extra=[(profiles.key_usage(key_cert_sign=True), True)]), "tls", "keyCertSign|key_cert_sign"),
         (lambda: tls_csr(), "ca", "subjectAltName"),
     ],
 )

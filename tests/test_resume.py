@@ -18,8 +18,7 @@ import pytest
 from fioca.pki import files, profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
-from tests.conftest import FACTORY
-from tests.test_create import answer_with, recorder, server_certs  # noqa: F401 (fixture)
+from tests.conftest import FACTORY, answer_with, server_certs
 
 
 def root_key_state(pki: Path) -> str:

@@ -17,8 +17,7 @@ import pytest
 
 from fioca.pki import files, reference
 from fioca.pki.scripts import ScriptLimits, ScriptRunner
-from tests.conftest import FACTORY
-from tests.test_create import answer_with, recorder, server_certs  # noqa: F401 (fixture)
+from tests.conftest import FACTORY, answer_with, server_certs
 
 CORPUS = Path(__file__).parent / "hostile_scripts"
 

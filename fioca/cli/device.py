@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
 
 from fioca.cli.context import AppContext, app_context
+from fioca.cli.options import Format
 from fioca.device import check as device_check
 from fioca.device import offline, sota
 from fioca.device import register as device_register
@@ -30,11 +30,6 @@ app = typer.Typer(
     help="Device certificates: offline (factory scale), online registration, and the gateway check.",
     no_args_is_help=True,
 )
-
-
-class Format(str, Enum):
-    text = "text"
-    json = "json"
 
 
 def _sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:

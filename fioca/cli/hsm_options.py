@@ -93,25 +93,3 @@ def describe(settings: HsmSettings | None) -> dict[str, Any] | None:
     """The HSM part of a dry-run plan (the PIN's value never in it)."""
     return settings.describe() if settings is not None else None
 
-
-def dry_run_lines(settings: HsmSettings) -> list[str]:
-    """The HSM part of create's dry-run text."""
-    info = settings.describe()
-    env = ", ".join(f"{name}={value}" for name, value in info["script_env"].items())
-    return [
-        f"HSM mode: the root key is made and used on token '{settings.token_label}' "
-        f"(module {settings.module}); object {info['key']}",
-        "  create_ca runs its HSM branch: pkcs11-tool --keypairgen (label root-ca, id 01), "
-        "then openssl req with the pkcs11 engine",
-        "  the signing scripts run openssl with -engine pkcs11 -CAkeyform engine; the PIN is read from env:HSM_PIN",
-        f"  script environment (HSM mode only): {env}",
-    ]
-
-
-def summary_lines(settings: HsmSettings) -> list[str]:
-    """create's closing advice in HSM mode (replaces the one about factory_ca.key)."""
-    return [
-        f"The root key is on HSM token '{settings.token_label}' (object root-ca, id 01); no factory_ca.key exists.",
-        "Back up the token as your HSM's vendor documents (the key cannot be exported), and keep "
-        "factory_ca.pem and local-ca.key: the root of trust can be set only once.",
-    ]

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any, List
+from typing import Annotated, Any, List
 
 import typer
 from cryptography import x509
 
 from fioca.cli import hsm_options
 from fioca.cli.context import AppContext, app_context
-from fioca.cli.keys_ca import Format, app
+from fioca.cli.keys_ca import app
+from fioca.cli.options import Format, ResultFormat, YesSend, YesWriteAndSend
 from fioca.errors import FiocaError, UsageError
 from fioca.pki import files, lifecycle, profiles
 from fioca.pki.signer import load_root_signer
@@ -31,6 +32,9 @@ class Via(str, Enum):
 
 
 VIA_HELP = "How the root signs: the bundled reference scripts with openssl (as create does) or in process."
+ViaOption = Annotated[Via, typer.Option("--via", help=VIA_HELP)]
+# PKI_DIR of rotate-tls and the CRL commands.
+RootPkiDir = Annotated[Path, typer.Argument(help="The PKI dir holding factory_ca.key.")]
 
 
 def _pki_dir(path: Path) -> files.PkiDir:
@@ -87,9 +91,9 @@ def _update_lines(summary: dict[str, Any]) -> list[str]:
 def update(
     ctx: typer.Context,
     ca_bundle_file: Path = typer.Argument(..., help="PEM file with every device CA the factory should trust."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
+    yes: YesSend = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and show what would change; send nothing."),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    output: ResultFormat = Format.text,
 ) -> None:
     """Replace the factory's device CA bundle (ca-crt) with CA_BUNDLE_FILE.
 
@@ -152,9 +156,9 @@ def add_device_ca(
     local_ca_filename: str = typer.Option(
         files.LOCAL_CA_CERT, "--local-ca-filename", help="File name of the new local CA in PKI_DIR; its key is NAME.key."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Write and send without asking (needed without a terminal)."),
-    via: Via = typer.Option(Via.script, "--via", help=VIA_HELP),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    yes: YesWriteAndSend = False,
+    via: ViaOption = Via.script,
+    output: ResultFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -304,20 +308,23 @@ def _crl_command(
     _emit(app_ctx, output, summary, text)
 
 
-_CA_FILE_HELP = "File name of a device CA in PKI_DIR (repeatable)."
-_CA_SERIAL_HELP = "Base-10 serial of a device CA (repeatable)."
+# The options disable-, enable- and revoke-device-ca share.
+CaFiles = Annotated[List[str], typer.Option("--ca-file", help="File name of a device CA in PKI_DIR (repeatable).")]
+CaSerials = Annotated[List[str], typer.Option("--ca-serial", help="Base-10 serial of a device CA (repeatable).")]
+CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the CRL; send nothing.")]
+CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also decode the CRL (fioctl's layout).")]
 
 
 @app.command("disable-device-ca")
 def disable_device_ca(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir holding factory_ca.key."),
-    ca_file: List[str] = typer.Option([], "--ca-file", help=_CA_FILE_HELP),
-    ca_serial: List[str] = typer.Option([], "--ca-serial", help=_CA_SERIAL_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the CRL; send nothing."),
-    pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    pki_dir: RootPkiDir,
+    ca_file: CaFiles = [],
+    ca_serial: CaSerials = [],
+    dry_run: CrlDryRun = False,
+    pretty: CrlPretty = False,
+    yes: YesSend = False,
+    output: ResultFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -340,13 +347,13 @@ def disable_device_ca(
 @app.command("enable-device-ca")
 def enable_device_ca(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir holding factory_ca.key."),
-    ca_file: List[str] = typer.Option([], "--ca-file", help=_CA_FILE_HELP),
-    ca_serial: List[str] = typer.Option([], "--ca-serial", help=_CA_SERIAL_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the CRL; send nothing."),
-    pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    pki_dir: RootPkiDir,
+    ca_file: CaFiles = [],
+    ca_serial: CaSerials = [],
+    dry_run: CrlDryRun = False,
+    pretty: CrlPretty = False,
+    yes: YesSend = False,
+    output: ResultFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -365,13 +372,13 @@ def enable_device_ca(
 @app.command("revoke-device-ca")
 def revoke_device_ca(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir holding factory_ca.key."),
-    ca_file: List[str] = typer.Option([], "--ca-file", help=_CA_FILE_HELP),
-    ca_serial: List[str] = typer.Option([], "--ca-serial", help=_CA_SERIAL_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the CRL; send nothing."),
-    pretty: bool = typer.Option(False, "--pretty", help="With --dry-run: also decode the CRL (fioctl's layout)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Send without asking (needed without a terminal)."),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    pki_dir: RootPkiDir,
+    ca_file: CaFiles = [],
+    ca_serial: CaSerials = [],
+    dry_run: CrlDryRun = False,
+    pretty: CrlPretty = False,
+    yes: YesSend = False,
+    output: ResultFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -408,10 +415,10 @@ def _rotate_lines(summary: dict[str, Any]) -> list[str]:
 @app.command("rotate-tls")
 def rotate_tls(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir holding factory_ca.key."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Write and send without asking (needed without a terminal)."),
-    via: Via = typer.Option(Via.script, "--via", help=VIA_HELP),
-    output: Format = typer.Option(Format.text, "--format", help="Result as text or JSON."),
+    pki_dir: RootPkiDir,
+    yes: YesWriteAndSend = False,
+    via: ViaOption = Via.script,
+    output: ResultFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -459,7 +466,7 @@ def sign(
         SignProfile.tls, "--profile",
         help="tls: gateway server certificate; ca: device CA. Your choice; never inferred from the CSR.",
     ),
-    via: Via = typer.Option(Via.inprocess, "--via", help=VIA_HELP),
+    via: ViaOption = Via.inprocess,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,

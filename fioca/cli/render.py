@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from fioca.pki import profiles
+from fioca.pki.hsm import HsmSettings
 
 _NAME_LABELS = {
     NameOID.COMMON_NAME: "CN",
@@ -162,9 +163,9 @@ def _ext_values(value: x509.ExtensionType) -> list[str]:
     return []
 
 
-def create_summary(result: Any) -> dict[str, Any]:
+def create_summary(result: Any, hsm: HsmSettings | None = None) -> dict[str, Any]:
     """What `keys ca create` reports at the end, as data (printed as text or JSON)."""
-    return {
+    summary = {
         "factory": result.answer.factory,
         "root_fingerprint_sha256": result.root_fingerprint,
         "gateway_hosts": result.gateway_hosts,
@@ -172,9 +173,13 @@ def create_summary(result: Any) -> dict[str, Any]:
         "scripts": "server" if result.answer.scripts_from_server else "bundled reference",
         "files": {path.name: str(path) for path in result.stored},
     }
+    if hsm is not None:
+        summary["root_key"] = hsm.key_uri
+    return summary
 
 
-def create_summary_text(summary: dict[str, Any]) -> str:
+def create_summary_text(summary: dict[str, Any], hsm: HsmSettings | None = None) -> str:
+    """The summary as text, ending with advice on keeping the root key (a file, or on the HSM token)."""
     lines = [
         f"Factory {summary['factory']} now has its own PKI.",
         f"Root of trust SHA-256 fingerprint: {summary['root_fingerprint_sha256']}",
@@ -182,11 +187,32 @@ def create_summary_text(summary: dict[str, Any]) -> str:
         "Files:",
     ]
     lines += [f"  {name:<20} {path}" for name, path in summary["files"].items()]
-    lines.append("Keep factory_ca.key offline and backed up: the root of trust can be set only once.")
+    if hsm is None:
+        lines.append("Keep factory_ca.key offline and backed up: the root of trust can be set only once.")
+    else:  # HSM mode never makes factory_ca.key
+        lines += [
+            f"The root key is on HSM token '{hsm.token_label}' (object root-ca, id 01); no factory_ca.key exists.",
+            "Back up the token as your HSM's vendor documents (the key cannot be exported), and keep "
+            "factory_ca.pem and local-ca.key: the root of trust can be set only once.",
+        ]
     return "\n".join(lines)
 
 
+def _hsm_dry_run_lines(info: dict[str, Any]) -> list[str]:
+    """The HSM part of the dry-run text, from the plan's `hsm_settings` (HsmSettings.describe())."""
+    env = ", ".join(f"{name}={value}" for name, value in info["script_env"].items())
+    return [
+        f"HSM mode: the root key is made and used on token '{info['token_label']}' "
+        f"(module {info['module']}); object {info['key']}",
+        "  create_ca runs its HSM branch: pkcs11-tool --keypairgen (label root-ca, id 01), "
+        "then openssl req with the pkcs11 engine",
+        "  the signing scripts run openssl with -engine pkcs11 -CAkeyform engine; the PIN is read from env:HSM_PIN",
+        f"  script environment (HSM mode only): {env}",
+    ]
+
+
 def dry_run_text(scripts: dict[str, str], plan: dict[str, Any], audit_line: str) -> str:
+    """The scripts with their sizes and digests, then the numbered plan (with its HSM part, if any)."""
     lines: list[str] = []
     for name, text in scripts.items():
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -205,5 +231,7 @@ def dry_run_text(scripts: dict[str, str], plan: dict[str, Any], audit_line: str)
     lines.append(f"{len(plan['steps']) + 3}. PATCH certs/ with:")
     lines += [f"     {name}: {source}" for name, source in plan["patch"].items()]
     lines.append(audit_line)
+    if plan.get("hsm_settings"):
+        lines += _hsm_dry_run_lines(plan["hsm_settings"])
     lines.append("Dry run: no script was run, no key or certificate written, no PATCH sent.")
     return "\n".join(lines)

@@ -11,11 +11,9 @@ a registration is refused unless `force`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
-import tempfile
 import uuid as uuid_module
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,16 +204,7 @@ def _write(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
     if not replace:
         files.write_new(path, data, mode)
         return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        files.replace_file(path, data, mode)
     except OSError as exc:
         raise PkiDirError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)

@@ -98,32 +98,52 @@ class PkiDir:
             os.close(fd)
 
 
-def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
-    """Write `data` to `path` atomically with `mode`, refusing to replace an existing file."""
-    path = Path(path)
-    if path.exists():
-        raise RefusedError(f"{path} already exists; fioca never overwrites it")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # a read-only or full file system fails here, before any byte
-        raise _write_error(path, exc) from None
+@contextlib.contextmanager
+def _staged(path: Path, data: bytes, mode: int) -> Iterator[str]:
+    """A temp file beside `path` holding `data` (fsync'ed, `mode`) for the caller to link or
+    rename into place; the temp name is removed afterwards either way. OSError comes out as is."""
+    # mkstemp makes the file 0600, so the content is never readable by others on the way.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
-        try:
-            # link() fails when the target exists, unlike rename(): no silent overwrite, no race.
-            os.link(tmp_name, path)
-        except FileExistsError:
-            raise RefusedError(f"{path} already exists; fioca never overwrites it") from None
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
+        yield tmp_name
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+
+
+def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Write `data` to `path` atomically with `mode`, refusing to replace an existing file."""
+    path = Path(path)
+    if path.exists():
+        raise RefusedError(f"{path} already exists; fioca never overwrites it")
+    try:
+        # A read-only or full file system fails in mkstemp, before any byte.
+        with _staged(path, data, mode) as tmp_name:
+            try:
+                # link() fails when the target exists, unlike rename(): no silent overwrite, no race.
+                os.link(tmp_name, path)
+            except FileExistsError:
+                raise RefusedError(f"{path} already exists; fioca never overwrites it") from None
+            _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    return path
+
+
+def replace_file(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Write `data` to `path` atomically with `mode`, replacing any file there (temp file + rename).
+
+    Only for files the user asked to overwrite (`device register --force`); the PKI dir uses
+    `write_new`. OSError comes out as is, for the caller to word.
+    """
+    path = Path(path)
+    with _staged(path, data, mode) as tmp_name:
+        os.replace(tmp_name, path)
     return path
 
 

@@ -155,6 +155,29 @@ def _patch(api: FactoryApi, body: dict[str, str], changes: FileChanges | None) -
     return answer.body if isinstance(answer.body, dict) else {}
 
 
+def _store_and_patch(
+    api: FactoryApi,
+    pki_dir: files.PkiDir,
+    plan: AddDeviceCaPlan | RotateTlsPlan,
+    *,
+    moves: list[str],
+    writes: dict[str, bytes],
+    progress: Progress,
+    uploading: str,
+) -> ApplyResult:
+    """The confirmed end of add-device-ca and rotate-tls: move the old files aside (.bak), write
+    the new ones in order, then PATCH; a PATCH the server refuses puts the PKI dir back."""
+    changes = FileChanges(pki_dir)
+    for name in moves:
+        target = changes.move_aside(name)
+        progress(f"Moving existing file from {name} to {target.name if target else '?'}")
+    for name, data in writes.items():
+        changes.write(name, data)
+    progress(uploading)
+    answer_body = _patch(api, plan.patch_body, changes)
+    return ApplyResult(plan.summary(), changes.created, changes.moved, answer_body)
+
+
 def not_confirmed(what: str) -> RefusedError:
     return RefusedError(f"{what} not confirmed; nothing was written or sent")
 
@@ -313,15 +336,10 @@ def add_device_ca(
         plan = AddDeviceCaPlan(pki.factory, new_cas, writes, moves, {"ca-crt": bundle})
         if not confirm(plan):
             raise not_confirmed("adding the device CA")
-        changes = FileChanges(pki_dir)
-        for name in moves:
-            target = changes.move_aside(name)
-            progress(f"Moving existing file from {name} to {target.name if target else '?'}")
-        for name, data in writes.items():
-            changes.write(name, data)
-        progress("Uploading signed certs to Foundries.io")
-        answer_body = _patch(api, plan.patch_body, changes)
-        return ApplyResult(plan.summary(), changes.created, changes.moved, answer_body)
+        return _store_and_patch(
+            api, pki_dir, plan, moves=moves, writes=writes, progress=progress,
+            uploading="Uploading signed certs to Foundries.io",
+        )
 
 
 def _csr_from_answer(body: dict[str, Any], name: str, factory: str) -> x509.CertificateSigningRequest:
@@ -477,15 +495,11 @@ def rotate_tls(
         plan = RotateTlsPlan(pki.factory, pki.tls, cert, csr, moves)
         if not confirm(plan):
             raise not_confirmed("rotating the gateway TLS certificate")
-        changes = FileChanges(pki_dir)
-        for name in moves:
-            target = changes.move_aside(name)
-            progress(f"Moving existing file from {name} to {target.name if target else '?'}")
-        changes.write(files.TLS_CSR, profiles.csr_pem(csr))
-        changes.write(files.TLS_CERT, profiles.cert_pem(cert))
-        progress("Uploading signed certs to Foundries")
-        answer_body = _patch(api, plan.patch_body, changes)
-        return ApplyResult(plan.summary(), changes.created, changes.moved, answer_body)
+        writes = {files.TLS_CSR: profiles.csr_pem(csr), files.TLS_CERT: profiles.cert_pem(cert)}
+        return _store_and_patch(
+            api, pki_dir, plan, moves=moves, writes=writes, progress=progress,
+            uploading="Uploading signed certs to Foundries",
+        )
 
 
 # --- sign ---------------------------------------------------------------------------------------

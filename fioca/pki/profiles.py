@@ -316,12 +316,17 @@ def _check_only_extensions(cert: x509.Certificate, artifact: str, allowed: Itera
         raise CheckError(artifact, f"has extension(s) its profile does not allow: {names}")
 
 
-def _key_usage_names(usage: x509.KeyUsage) -> list[str]:
-    names = [_KEY_USAGE_NAMES[bit] for bit in _KEY_USAGE_BITS if getattr(usage, bit)]
+def key_usage_bits(usage: x509.KeyUsage) -> list[str]:
+    """The keyUsage bits set, as `KeyUsage` attribute names in RFC 5280 order."""
+    bits = [bit for bit in _KEY_USAGE_BITS if getattr(usage, bit)]
     if usage.key_agreement:
         # encipherOnly/decipherOnly only have a meaning (and a value) with keyAgreement.
-        names += [_KEY_USAGE_NAMES[bit] for bit in ("encipher_only", "decipher_only") if getattr(usage, bit)]
-    return names
+        bits += [bit for bit in ("encipher_only", "decipher_only") if getattr(usage, bit)]
+    return bits
+
+
+def _key_usage_names(usage: x509.KeyUsage) -> list[str]:
+    return [_KEY_USAGE_NAMES[bit] for bit in key_usage_bits(usage)]
 
 
 def _check_key_usage(
@@ -737,6 +742,22 @@ def _verified_csr(csr: x509.CertificateSigningRequest, artifact: str) -> x509.Ce
     return csr
 
 
+def _issued_for_csr(
+    csr: x509.CertificateSigningRequest, *, issuer: x509.Certificate, start: datetime, days: int
+) -> x509.CertificateBuilder:
+    """The part every CSR-signing profile shares: the CSR's subject and key, issued by `issuer`,
+    a fresh random serial, valid `days` from `start`. The caller adds the profile's extensions."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)  # copied from the CSR
+        .issuer_name(issuer.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+    )
+
+
 def build_root(key: Any, *, factory: str, now: datetime | None = None) -> x509.Certificate:
     """The factory root of trust, as `create_ca` makes it."""
     start = _start(now)
@@ -753,7 +774,7 @@ def build_root(key: Any, *, factory: str, now: datetime | None = None) -> x509.C
         # basicConstraints = CA:TRUE (non-critical, as create_ca writes it)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=False)
         # keyUsage = keyCertSign, cRLSign (non-critical)
-        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=False)
+        .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=False)
         # extendedKeyUsage = critical, clientAuth, serverAuth
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=True
@@ -772,17 +793,10 @@ def sign_gateway_tls(
     dns_names = _dns_names(csr.extensions, "tls-csr")
     if not dns_names:
         raise CheckError("tls-csr", "has no DNS names in subjectAltName")
-    start = _start(now)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)  # copied from the CSR
-        .issuer_name(root_cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=GATEWAY_TLS_DAYS))
+        _issued_for_csr(csr, issuer=root_cert, start=_start(now), days=GATEWAY_TLS_DAYS)
         # keyUsage = critical, digitalSignature
-        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(key_usage(digital_signature=True), critical=True)
         # extendedKeyUsage = critical, serverAuth
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=True)
         # subjectAltName = the CSR's DNS names, same order
@@ -800,17 +814,10 @@ def sign_device_ca(
 ) -> x509.Certificate:
     """A device CA (online or local) for a CSR, as `sign_ca_csr` / `create_device_ca` make it."""
     _verified_csr(csr, "ca-csr")
-    start = _start(now)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)  # copied from the CSR
-        .issuer_name(root_cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=DEVICE_CA_DAYS))
+        _issued_for_csr(csr, issuer=root_cert, start=_start(now), days=DEVICE_CA_DAYS)
         # keyUsage = critical, keyCertSign
-        .add_extension(_key_usage(key_cert_sign=True), critical=True)
+        .add_extension(key_usage(key_cert_sign=True), critical=True)
         # basicConstraints = critical, CA:TRUE, pathlen:0
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         # subjectKeyIdentifier and authorityKeyIdentifier (OpenSSL 3 adds both by itself)
@@ -853,17 +860,11 @@ def sign_device_cert(
 ) -> x509.Certificate:
     """A device client cert; `key_usage_agreement` follows the offline procedure (registration: False)."""
     _verified_csr(csr, "device CSR")
-    start = _start(now)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)  # CN=<uuid>, OU=<factory> [, businessCategory=production]
-        .issuer_name(ca_cert.subject)
-        .public_key(csr.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(days=days))
+        # subject CN=<uuid>, OU=<factory> [, businessCategory=production], from the CSR
+        _issued_for_csr(csr, issuer=ca_cert, start=_start(now), days=days)
         # keyUsage = critical, digitalSignature [, keyAgreement]
-        .add_extension(_key_usage(digital_signature=True, key_agreement=key_usage_agreement), critical=True)
+        .add_extension(key_usage(digital_signature=True, key_agreement=key_usage_agreement), critical=True)
         # extendedKeyUsage = critical, clientAuth
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=True)
         # authorityKeyIdentifier = keyid (chain building on the gateway)
@@ -905,13 +906,14 @@ def build_crl(
     return builder.sign(root_key, hashes.SHA256())
 
 
-def _key_usage(
+def key_usage(
     *,
     digital_signature: bool = False,
     key_agreement: bool = False,
     key_cert_sign: bool = False,
     crl_sign: bool = False,
 ) -> x509.KeyUsage:
+    """A keyUsage with only the named bits set (the bits fioca's profiles use)."""
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,

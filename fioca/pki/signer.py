@@ -65,25 +65,19 @@ class RootSigner(Protocol):
     def stage_for_scripts(self, work_dir: Path) -> dict[str, str]: ...
 
 
-class FileRootSigner:
-    """The root key as `factory_ca.key` in the PKI dir, checked against `factory_ca.pem`."""
+class _CheckedRoot:
+    """What both signers share: the PKI dir and its `factory_ca.pem`, checked as the factory root.
 
-    def __init__(self, pki_dir: Path, *, factory: str | None = None):
-        self._pki = files.PkiDir(pki_dir)
-        cert_pem = _read_required(self._pki, files.ROOT_CERT)
-        key_pem = _read_required(self._pki, files.ROOT_KEY)
+    The factory is the root's OU unless the caller names the one it must be.
+    """
+
+    def __init__(self, pki: files.PkiDir, cert_pem: bytes, *, factory: str | None):
         cert = profiles.load_cert(cert_pem, files.ROOT_CERT)
         ou = profiles.subject_ou(cert) or ""
         profiles.check_root(cert, factory=factory or ou, artifact=files.ROOT_CERT)
-        key = profiles.load_private_key(key_pem, files.ROOT_KEY)
-        profiles.check_key_matches(key, cert, files.ROOT_KEY)
+        self._pki = pki
         self._cert = cert
-        self._key = key
-        self._key_pem = key_pem
         self._factory = ou
-
-    def __repr__(self) -> str:
-        return f"FileRootSigner({str(self._pki.path)!r}, <key hidden>)"
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -97,17 +91,37 @@ class FileRootSigner:
     def pki_dir(self) -> Path:
         return self._pki.path
 
+    def _stage_certificate(self, work_dir: Path) -> None:
+        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+
+
+class FileRootSigner(_CheckedRoot):
+    """The root key as `factory_ca.key` in the PKI dir, checked against `factory_ca.pem`."""
+
+    def __init__(self, pki_dir: Path, *, factory: str | None = None):
+        pki = files.PkiDir(pki_dir)
+        cert_pem = _read_required(pki, files.ROOT_CERT)
+        key_pem = _read_required(pki, files.ROOT_KEY)
+        super().__init__(pki, cert_pem, factory=factory)
+        key = profiles.load_private_key(key_pem, files.ROOT_KEY)
+        profiles.check_key_matches(key, self._cert, files.ROOT_KEY)
+        self._key = key
+        self._key_pem = key_pem
+
+    def __repr__(self) -> str:
+        return f"FileRootSigner({str(self._pki.path)!r}, <key hidden>)"
+
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         return self._key
 
     def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
         # The key is copied as its exact bytes, 0400, into the 0700 work dir that is removed after.
-        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+        self._stage_certificate(work_dir)
         _write_private(work_dir / files.ROOT_KEY, self._key_pem)
         return {}
 
 
-class HsmRootSigner:
+class HsmRootSigner(_CheckedRoot):
     """The root key on a PKCS#11 token (label `root-ca`), checked against `factory_ca.pem`.
 
     Opening it logs in once (a wrong PIN or a missing token fails here, before anything else
@@ -115,47 +129,31 @@ class HsmRootSigner:
     """
 
     def __init__(self, pki_dir: Path, settings: HsmSettings, *, factory: str | None = None):
-        self._pki = files.PkiDir(pki_dir)
-        if not self._pki.has(files.ROOT_CERT):
+        pki = files.PkiDir(pki_dir)
+        if not pki.has(files.ROOT_CERT):
             raise RefusedError(
-                f"{self._pki / files.ROOT_CERT} does not exist: {self._pki.path} is not a PKI dir made by "
+                f"{pki / files.ROOT_CERT} does not exist: {pki.path} is not a PKI dir made by "
                 "`keys ca create` (with HSM flags it needs factory_ca.pem; the key is on the token)"
             )
-        cert = profiles.load_cert(self._pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
-        ou = profiles.subject_ou(cert) or ""
-        profiles.check_root(cert, factory=factory or ou, artifact=files.ROOT_CERT)
+        super().__init__(pki, pki.read_bytes(files.ROOT_CERT), factory=factory)
         public_key = hsm.root_public_key(settings)
-        if not _same_public_key(public_key, cert.public_key()):
+        if not _same_public_key(public_key, self._cert.public_key()):
             raise RefusedError(
                 f"the {hsm.ROOT_KEY_LABEL} key on HSM token '{settings.token_label}' is not the key of "
-                f"{self._pki / files.ROOT_CERT}; use the token this root was made on"
+                f"{pki / files.ROOT_CERT}; use the token this root was made on"
             )
         self._settings = settings
-        self._cert = cert
         self._key = hsm.TokenKey(settings, public_key)
-        self._factory = ou
 
     def __repr__(self) -> str:
         return f"HsmRootSigner({str(self._pki.path)!r}, token_label={self._settings.token_label!r})"
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self._cert
-
-    @property
-    def factory(self) -> str:
-        return self._factory
-
-    @property
-    def pki_dir(self) -> Path:
-        return self._pki.path
 
     def private_key(self) -> hsm.TokenKey:
         return self._key
 
     def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
         # No key to stage: the scripts' HSM branch signs on the token with these variables.
-        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+        self._stage_certificate(work_dir)
         return self._settings.script_env()
 
 
@@ -203,7 +201,7 @@ def check_csr_for_profile(csr: x509.CertificateSigningRequest, profile: Profile,
         if isinstance(value, x509.BasicConstraints):
             _check_requested_constraints(value, profile, artifact)
         elif isinstance(value, x509.KeyUsage):
-            asked = set(_key_usage_bits(value))
+            asked = set(profiles.key_usage_bits(value))
             granted = _TLS_KEY_USAGE if profile == "tls" else _CA_KEY_USAGE
             if not asked <= granted:
                 raise CheckError(
@@ -236,25 +234,6 @@ def _check_requested_constraints(value: x509.BasicConstraints, profile: Profile,
         if value.path_length != 0:
             got = "unlimited" if value.path_length is None else str(value.path_length)
             raise CheckError(artifact, f"asks for pathlen {got}; the ca profile grants pathlen:0 only")
-
-
-def _key_usage_bits(usage: x509.KeyUsage) -> list[str]:
-    bits = [
-        name
-        for name in (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-        )
-        if getattr(usage, name)
-    ]
-    if usage.key_agreement:
-        bits += [name for name in ("encipher_only", "decipher_only") if getattr(usage, name)]
-    return bits
 
 
 # --- Signing ----------------------------------------------------------------------------------

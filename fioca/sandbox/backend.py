@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fioca.pki import reference
+from fioca.sandbox.certs import issued_by
 from fioca.sandbox.store import (
     KEY_ACTIVE,
     KEY_PENDING,
@@ -151,15 +151,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when `issuer`'s name and key signed `cert`."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def parse_pem_certs(field: str, text: str) -> list[PemCert]:
@@ -376,7 +367,7 @@ class Backend:
                 f"root-crt: factory '{self.factory.name}' already has a root of trust; it cannot be replaced",
             )
         root = _parse_one_cert("root-crt", text)
-        if not (_is_ca(root.cert) and root.cert.issuer == root.cert.subject and _issued_by(root.cert, root.cert)):
+        if not (_is_ca(root.cert) and root.cert.issuer == root.cert.subject and issued_by(root.cert, root.cert)):
             raise bad_request(f"Invalid root-crt: {RULE_ROOT_SELF_SIGNED}", f"root-crt: {root.describe()}")
         self._check_ou("root-crt", root)
         return root
@@ -395,7 +386,7 @@ class Backend:
         if text is None:
             return None
         cert = _parse_one_cert(field, text)
-        if not _issued_by(cert.cert, root.cert):
+        if not issued_by(cert.cert, root.cert):
             raise bad_request(f"Invalid {field}: {RULE_CHAIN}", f"{field}: {cert.describe()}")
         for key in self.store.backend_keys(kind, KEY_PENDING, KEY_ACTIVE):
             if key.public_key == cert.public_key_der:
@@ -417,7 +408,7 @@ class Backend:
             if not _is_ca(ca.cert):
                 raise bad_request(f"Invalid ca-crt: {RULE_DEVICE_CA}", f"ca-crt: {ca.describe()}")
             self._check_ou("ca-crt", ca)
-            if not _issued_by(ca.cert, root.cert):
+            if not issued_by(ca.cert, root.cert):
                 raise bad_request(f"Invalid ca-crt: {RULE_CHAIN}", f"ca-crt: {ca.describe()}")
             if ca.serial in revoked:
                 raise bad_request(f"Invalid ca-crt: {RULE_REVOKED}", f"ca-crt: {ca.describe()} was revoked")

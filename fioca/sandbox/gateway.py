@@ -37,7 +37,6 @@ import sqlite3
 import ssl
 import tempfile
 import threading
-import uuid as uuid_module
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
@@ -47,13 +46,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fioca.sandbox.api import Route
 from fioca.sandbox.backend import GATEWAY_DOMAIN, OSTREE_DOMAIN, Backend
+from fioca.sandbox.certs import is_production, is_uuid, issued_by
 from fioca.sandbox.files import write_private_file
 from fioca.sandbox.registration import registration_routes
 from fioca.sandbox.server import GatewayContext
@@ -80,7 +79,6 @@ PRESENTED_CACHE_SIZE = 10_000
 SHUTDOWN_POLL_SECONDS = 0.05
 ROOT_VALIDITY = timedelta(days=365)
 TARGETS_VALIDITY = timedelta(days=30)
-PRODUCTION = "production"
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
@@ -129,14 +127,6 @@ class PresentedCert:
     ca: TrustedCa | None  # the device CA that signed it, None when no trusted CA did
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _common_name(name: x509.Name) -> str | None:
     names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if len(names) == 1 else None
@@ -151,11 +141,11 @@ def read_presented(der: bytes, cas: list[TrustedCa]) -> PresentedCert:
         client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in usages
     except x509.ExtensionNotFound:
         client_auth = False
-    issuer = next((ca for ca in cas if ca.cert.subject == cert.issuer and _issued_by(cert, ca.cert)), None)
+    issuer = next((ca for ca in cas if ca.cert.subject == cert.issuer and issued_by(cert, ca.cert)), None)
     return PresentedCert(
         uuid=_common_name(cert.subject),
         units=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)),
-        is_prod=any(a.value == PRODUCTION for a in cert.subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)),
+        is_prod=is_production(cert.subject),
         client_auth=client_auth,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
@@ -164,14 +154,6 @@ def read_presented(der: bytes, cas: list[TrustedCa]) -> PresentedCert:
         .decode("ascii"),
         ca=issuer,
     )
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid_module.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 class DeviceRules:
@@ -214,7 +196,7 @@ class DeviceRules:
         if presented.units != (self.factory,):
             units = ", ".join(presented.units) or "(none)"
             raise DeviceRefused(f"the certificate's OU is {units}, not factory '{self.factory}'")
-        if presented.uuid is None or not _is_uuid(presented.uuid):
+        if presented.uuid is None or not is_uuid(presented.uuid):
             raise DeviceRefused(f"the certificate's CN must be the device UUID, not {presented.uuid or '(none)'}")
 
     def _register(self, presented: PresentedCert) -> DeviceRecord:

@@ -24,11 +24,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fioca.sandbox import sota_toml
 from fioca.sandbox.api import Route
 from fioca.sandbox.backend import GATEWAY_DOMAIN, OSTREE_DOMAIN, Backend, OnlineCa, SandboxApiError
+from fioca.sandbox.certs import PRODUCTION, is_production, is_uuid, key_usage
 
 DEVICES_PATTERN = re.compile(r"^/ota/devices/$")
 DEVICE_VALIDITY = timedelta(days=7300)  # 20 years, as factory-registration-ref signs
 GATEWAY_PORT = 8443
-PRODUCTION = "production"
 
 REQUIRED_FIELDS = ("name", "uuid", "csr", "hardware-id", "sota-config-dir")
 OPTIONAL_STRING_FIELDS = ("use-ostree-server", "group")
@@ -85,7 +85,7 @@ def register_device(backend: Backend, body: Any) -> dict[str, str]:
             uuid=device_uuid,
             name=fields["name"],
             pubkey=public_key_pem,
-            is_prod=_is_production(csr.subject),
+            is_prod=is_production(csr.subject),
             ca_serial=online_ca.serial,
             owner=factory.polis_id,  # the user whose token registered it
         )
@@ -149,7 +149,7 @@ def _checked_body(body: Any) -> tuple[dict[str, str], sota_toml.Overrides]:
         else:
             fields[name] = value
     overrides = _checked_overrides(body.get("overrides"), errors)
-    if "uuid" in fields and not _is_uuid(fields["uuid"]):
+    if "uuid" in fields and not is_uuid(fields["uuid"]):
         errors.append(f"uuid: {fields['uuid']!r} is not a UUID")
     if errors:
         raise _bad_request("Invalid device registration request", *errors)
@@ -167,14 +167,6 @@ def _checked_overrides(value: Any, errors: list[str]) -> sota_toml.Overrides:
         return {}
     errors.extend(sota_toml.check_overrides(value))
     return value
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid_module.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _checked_csr(text: str, factory: str, device_uuid: str) -> x509.CertificateSigningRequest:
@@ -209,10 +201,6 @@ def _checked_csr(text: str, factory: str, device_uuid: str) -> x509.CertificateS
     return csr
 
 
-def _is_production(subject: x509.Name) -> bool:
-    return any(a.value == PRODUCTION for a in subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY))
-
-
 def sign_device_csr(csr: x509.CertificateSigningRequest, online_ca: OnlineCa, device_uuid: str) -> x509.Certificate:
     """The device certificate: the CSR's subject, signed by the online CA for 20 years."""
     ca_cert = x509.load_pem_x509_certificate(online_ca.cert_pem.encode("ascii"))
@@ -230,14 +218,7 @@ def sign_device_csr(csr: x509.CertificateSigningRequest, online_ca: OnlineCa, de
         .not_valid_before(now)
         .not_valid_after(now + DEVICE_VALIDITY)
         # Signs TLS handshakes only.
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(key_usage(digital_signature=True), critical=True)
         # A TLS client of the device gateway, nothing else.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=True)
         # Names the online CA's key, so a chain builder picks the right CA among same-named ones.

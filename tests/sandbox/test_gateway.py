@@ -29,7 +29,7 @@ from test_gateway_support import (
     make_device,
     make_documented_device,
     new_uuid,
-    start_factory,
+    running_factory,
 )
 
 from fioca.sandbox.gateway import canonical_json
@@ -40,11 +40,8 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
     """One configured factory for the rules that leave its CAs alone (fresh uuids per test)."""
-    made = start_factory(tmp_path_factory.mktemp("gateway"))
-    try:
+    with running_factory(tmp_path_factory.mktemp("gateway")) as made:
         yield made
-    finally:
-        made.sandbox.stop()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import uuid as uuid_module
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -139,14 +140,21 @@ def start_factory(base: Path, *, patch: bool = True) -> Factory:
     return Factory(sandbox=sandbox, client=client, flow=flow, gateway=gateway_of(sandbox))
 
 
-@pytest.fixture
-def fresh_factory(tmp_path: Path) -> Iterator[Factory]:
-    """A factory of its own, for tests that change its CAs or certs for good."""
-    factory = start_factory(tmp_path)
+@contextmanager
+def running_factory(base: Path) -> Iterator[Factory]:
+    """A configured factory (`start_factory`), its sandbox stopped afterwards."""
+    factory = start_factory(base)
     try:
         yield factory
     finally:
         factory.sandbox.stop()
+
+
+@pytest.fixture
+def fresh_factory(tmp_path: Path) -> Iterator[Factory]:
+    """A factory of its own, for tests that change its CAs or certs for good."""
+    with running_factory(tmp_path) as factory:
+        yield factory
 
 
 def load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

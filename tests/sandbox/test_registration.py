@@ -22,6 +22,7 @@ from test_gateway_support import (
     new_uuid,
     post_device,
     register_body,
+    running_factory,
     save_registered,
     start_factory,
 )
@@ -31,11 +32,8 @@ from fioca.sandbox import sota_toml
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
-    made = start_factory(tmp_path_factory.mktemp("registration"))
-    try:
+    with running_factory(tmp_path_factory.mktemp("registration")) as made:
         yield made
-    finally:
-        made.sandbox.stop()
 
 
 def _message(response) -> str:
