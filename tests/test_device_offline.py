@@ -237,12 +237,17 @@ def test_interrupted_batch_leaves_only_complete_folders(factory: Factory, tmp_pa
         [__import__("sys").executable, "-m", "fioca", "device", "create-offline", str(factory.pki),
          "--count", "50000", "--out", str(out)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # A shell's background job (CI, a test runner's worker) may start us with SIGINT
+        # ignored, which the child would inherit; Ctrl-C must reach it as it does in a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if out.exists() and sum(1 for p in out.iterdir() if not p.name.startswith(".")) >= 20:
             break
         time.sleep(0.05)
+    else:
+        pytest.fail("the batch made no 20 folders within 60 s")
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
