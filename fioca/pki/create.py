@@ -153,18 +153,7 @@ class CreateFlow:
         for note in self.pki.ensure():
             self.reporter.note(note)
         with self.pki.locked():
-            if self.options.resume:
-                self.journal = Journal.load(self.pki.path)  # again under the lock
-                self.check_resumable(self.journal)
-                self.plan = plan_create(
-                    online_ca=self.journal.online_ca, local_ca=self.journal.local_ca, hsm=self.options.hsm is not None
-                )
-                answer = self.saved_answer(self.journal)
-                if self.options.fresh_csrs:
-                    answer = self.refresh_csrs()
-            else:
-                self.check_no_local_root()  # again under the lock: another run may have made one
-                answer = self.request_scripts()
+            answer = self.resumed_answer() if self.options.resume else self.fresh_answer()
             report = self.audit_scripts(answer)
             result = CreateResult(self.plan, answer, report, dry_run=self.options.dry_run)
             if self.options.dry_run:
@@ -262,6 +251,20 @@ class CreateFlow:
         return f"finished: {done}"
 
     # Step 2 -----------------------------------------------------------------------------
+    def fresh_answer(self) -> ServerAnswer:
+        self.check_no_local_root()  # again under the lock: another run may have made one
+        return self.request_scripts()
+
+    def resumed_answer(self) -> ServerAnswer:
+        """The first run's answer (and plan), from the journal re-read under the lock."""
+        self.journal = Journal.load(self.pki.path)
+        self.check_resumable(self.journal)
+        self.plan = plan_create(
+            online_ca=self.journal.online_ca, local_ca=self.journal.local_ca, hsm=self.options.hsm is not None
+        )
+        answer = self.saved_answer(self.journal)
+        return self.refresh_csrs() if self.options.fresh_csrs else answer
+
     def request_scripts(self) -> ServerAnswer:
         resp = self.api.post_certs({})
         data, path = save_answer(self.pki, resp.raw)
