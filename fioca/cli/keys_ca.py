@@ -17,7 +17,7 @@ from fioca.cli.options import Format, yes_option
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, reference
-from fioca.pki.create import CreateFlow, CreateOptions, jq_field
+from fioca.pki.create import CreateFlow, CreateOptions, jq_field, read_answer_file
 
 app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
 
@@ -205,7 +205,7 @@ def extract(
 
       fioca keys ca extract create_ca --file pki/factory_certs.json
     """
-    data = _load_answer(file)
+    _, data = read_answer_file(file)
     value = jq_field(data, field)
     app_context(ctx).terminal.out(value if isinstance(value, str) else json.dumps(value, indent=2))
 
@@ -226,7 +226,7 @@ def audit(
       fioca keys ca audit pki/factory_certs.json --format json --fail-on medium
     """
     app_ctx = app_context(ctx)
-    data = _load_answer(file)
+    _, data = read_answer_file(file)
     scripts = {name: data[name] for name in reference.SCRIPT_NAMES if isinstance(data.get(name), str)}
     if not scripts:
         raise FiocaError(f"{file} holds no scripts to audit")
@@ -242,17 +242,3 @@ def audit(
         app_ctx.terminal.out(audit_text(report))
     if report.failing(script_audit.Severity[fail_on.name.upper()]):
         raise typer.Exit(int(ExitCode.REFUSED))
-
-
-def _load_answer(path: Path) -> dict:
-    try:
-        data = json.loads(path.expanduser().read_bytes())
-    except FileNotFoundError:
-        raise FiocaError(f"{path} does not exist") from None
-    except OSError as exc:
-        raise FiocaError(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise FiocaError(f"{path} is not JSON") from None
-    if not isinstance(data, dict):
-        raise FiocaError(f"{path} is not a JSON object")
-    return data

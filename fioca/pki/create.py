@@ -28,7 +28,7 @@ from typing import Any, Callable, Protocol
 import jq
 
 from fioca.api import FactoryApi, is_configured
-from fioca.errors import ApiError, CheckError, RefusedError
+from fioca.errors import ApiError, CheckError, FiocaError, RefusedError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, profiles, reference
 from fioca.pki.journal import WORK_DIR, Journal, sha256_file
@@ -107,6 +107,22 @@ def jq_field(data: Any, name: str) -> Any:
     return jq_fields(data, (name,))[name]
 
 
+def read_answer_file(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A saved answer (factory_certs.json): its bytes and its JSON object."""
+    try:
+        raw = path.expanduser().read_bytes()
+        data = json.loads(raw)
+    except FileNotFoundError:
+        raise FiocaError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise FiocaError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise FiocaError(f"{path} is not JSON") from None
+    if not isinstance(data, dict):
+        raise FiocaError(f"{path} is not a JSON object")
+    return raw, data
+
+
 def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
     """Save the answer as `jq . > factory_certs.json` would; an earlier answer is kept aside."""
     try:
@@ -180,15 +196,7 @@ class CreateFlow:
 
     def dry_run_saved(self, path: Path, *, factory: str | None) -> CreateResult:
         """The dry-run from a saved answer: no server, nothing written."""
-        try:
-            raw = path.read_bytes()
-            data = json.loads(raw)
-        except OSError as exc:
-            raise RefusedError(f"cannot read {path}: {exc.strerror}") from None
-        except (ValueError, UnicodeDecodeError):
-            raise RefusedError(f"{path} is not JSON") from None
-        if not isinstance(data, dict):
-            raise RefusedError(f"{path} is not a JSON object")
+        raw, data = read_answer_file(path)
         scripts = {name: data.get(name) for name in SCRIPT_FIELDS if isinstance(data.get(name), str)}
         inferred = reference.infer_values(scripts)
         if inferred and factory not in (None, inferred[0]):
