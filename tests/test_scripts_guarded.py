@@ -248,3 +248,11 @@ def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbo
     monkeypatch.setattr(CreateFlow, "work_dir", spy)
     assert cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env).exit_code == 0
     assert made and not made[0].exists()
+
+
+def test_dry_run_names_the_work_dir_a_real_run_uses(cli, sandbox_env, tmp_path):
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--dry-run", "--format", "json", env=sandbox_env)
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["work_dir"] == str(pki / ".fioca-work")
+    assert {step["cwd"] for step in plan["steps"]} == {str(pki / ".fioca-work")}

@@ -18,6 +18,7 @@ from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, reference
 from fioca.pki.create import CreateFlow, CreateOptions, jq_field, read_answer_file
+from fioca.pki.journal import WORK_DIR
 
 app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
 
@@ -145,7 +146,7 @@ def create(
         flow = CreateFlow(app_ctx.api(), pki, options, reporter)
         result = flow.run()
     if result.dry_run:
-        plan = result.plan.describe("<new private temporary dir>", pki.path)
+        plan = result.plan.describe(pki / WORK_DIR, pki.path)  # where a real run works
         plan["hsm_settings"] = hsm_options.describe(hsm)
         worst = result.audit.max_severity
         audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"

@@ -220,7 +220,7 @@ def dry_run_text(scripts: dict[str, str], plan: dict[str, Any], audit_line: str)
         lines.append(text.rstrip("\n"))
         lines.append("")
     lines.append("==> plan")
-    lines.append(f"work dir (private, 0700): {plan['work_dir']}")
+    lines.append(f"work dir (private, 0700; removed when done): {plan['work_dir']}")
     lines.append(f"written into it first: {', '.join(plan['inputs'])} and the scripts (0700)")
     for number, step in enumerate(plan["steps"], 1):
         lines.append(f"{number}. {step['progress']}")

@@ -84,7 +84,6 @@ class CreateResult:
     answer: ServerAnswer
     audit: Any  # script_audit.AuditReport
     dry_run: bool
-    work_dir: Path | None = None
     patch_body: dict[str, str] = field(default_factory=dict)
     root_fingerprint: str = ""
     gateway_hosts: list[str] = field(default_factory=list)
