@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fioca import facts
 from fioca.cli.audit_view import render_text
 from fioca.pki import reference
 from fioca.pki.audit import PROFILE_DAYS, AuditReport, Severity, audit_answer, audit_script
@@ -53,7 +54,7 @@ def command(script_audit, program: str, subcommand: str | None = None, **where):
 # --- the bundled reference scripts -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", reference.SCRIPT_NAMES)
+@pytest.mark.parametrize("name", facts.SCRIPT_NAMES)
 def test_reference_script_audits_clean_and_matches(name: str, refs: dict[str, str]) -> None:
     result = audit(name, refs[name], refs)
     assert result.matches_reference and result.diff == ""
@@ -222,7 +223,7 @@ CORPUS = load_corpus()
 def test_corpus_is_large_and_well_formed() -> None:
     assert len(CORPUS) >= 20
     for entry in CORPUS:
-        assert entry.script in reference.SCRIPT_NAMES, entry.path.name
+        assert entry.script in facts.SCRIPT_NAMES, entry.path.name
         assert entry.audit_expects or entry.runtime_expects, entry.path.name
         assert set(entry.runtime_expects) <= RUNTIME_KINDS, entry.path.name
         # A realistic variant of its reference, not a one-liner.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fioca import facts
 from fioca.pki import files, profiles, reference
 from tests.conftest import FACTORY, answer_with, server_certs
 
@@ -166,7 +167,7 @@ def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env,
 
     def modern_post(body):
         answer = real_post(body)
-        for name in reference.SCRIPT_NAMES:
+        for name in facts.SCRIPT_NAMES:
             answer.pop(name)
         return answer
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fioca import facts
 from fioca.pki import files, profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
@@ -81,7 +82,7 @@ FAIL_ONCE = {
 
 
 @pytest.mark.parametrize("how", sorted(FAIL_ONCE))
-@pytest.mark.parametrize("script", reference.SCRIPT_NAMES)
+@pytest.mark.parametrize("script", facts.SCRIPT_NAMES)
 def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
     text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")[script]
@@ -99,7 +100,7 @@ def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tm
     assert again.exit_code == 3
     assert f"finish it with: fioca keys ca create {pki} --resume" in again.stderr
 
-    done_before = [s for s in reference.SCRIPT_NAMES[: reference.SCRIPT_NAMES.index(script)]]
+    done_before = [s for s in facts.SCRIPT_NAMES[: facts.SCRIPT_NAMES.index(script)]]
     resumed = create(cli, sandbox_env, pki, "--resume")
     assert resumed.exit_code == 0, resumed.output
     for earlier in done_before:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fioca import facts
 from fioca.pki import files, reference
 from fioca.pki.scripts import ScriptLimits, ScriptRunner
 from tests.conftest import FACTORY, answer_with, server_certs
@@ -47,7 +48,7 @@ def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbo
     result = cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
     assert result.exit_code == 0, result.output
     answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
-    for name in reference.SCRIPT_NAMES:
+    for name in facts.SCRIPT_NAMES:
         text = answer[name]
         digest = hashlib.sha256(text.encode()).hexdigest()
         assert f"==> {name}  ({len(text.encode())} bytes, sha256 {digest})" in result.stdout

@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from fioca import facts
 from fioca.api import NOT_CONFIGURED, is_configured
 from fioca.cli import hsm_options, render
 from fioca.cli.audit_view import render_text as audit_text
@@ -61,8 +62,8 @@ def _pins(values: List[str]) -> dict[str, str]:
     pins = {}
     for value in values:
         name, sep, digest = value.partition("=")
-        if not sep or name not in reference.SCRIPT_NAMES or len(digest) != 64:
-            raise UsageError(f"--expect-sha256 takes NAME=HEX with NAME one of {', '.join(reference.SCRIPT_NAMES)}")
+        if not sep or name not in facts.SCRIPT_NAMES or len(digest) != 64:
+            raise UsageError(f"--expect-sha256 takes NAME=HEX with NAME one of {', '.join(facts.SCRIPT_NAMES)}")
         pins[name] = digest
     return pins
 
@@ -228,7 +229,7 @@ def audit(
     """
     app_ctx = app_context(ctx)
     _, data = read_answer_file(file)
-    scripts = {name: data[name] for name in reference.SCRIPT_NAMES if isinstance(data.get(name), str)}
+    scripts = {name: data[name] for name in facts.SCRIPT_NAMES if isinstance(data.get(name), str)}
     if not scripts:
         raise FiocaError(f"{file} holds no scripts to audit")
     inferred = reference.infer_values(scripts)

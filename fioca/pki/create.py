@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol
 
 import jq
 
+from fioca import facts
 from fioca.api import FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, RefusedError
 from fioca.pki import audit as script_audit
@@ -37,7 +38,7 @@ from fioca.pki.scripts import ScriptLimits, ScriptRunner, default_watch_list, re
 from fioca.pki import hsm
 from fioca.pki.hsm import HsmSettings
 
-SCRIPT_FIELDS = reference.SCRIPT_NAMES
+SCRIPT_FIELDS = facts.SCRIPT_NAMES
 
 
 class Reporter(Protocol):

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fioca import facts
 from fioca.pki import reference
 from fioca.sandbox import Sandbox
 
@@ -111,7 +112,7 @@ class Flow:
 
 def run_create_flow(pki_dir: Path, answer: dict[str, str]) -> Flow:
     """The script-era steps of PKI-SPEC section 3, with the scripts of a POST answer."""
-    write_scripts(pki_dir, {name: answer[name] for name in reference.SCRIPT_NAMES})
+    write_scripts(pki_dir, {name: answer[name] for name in facts.SCRIPT_NAMES})
     (pki_dir / "tls-csr").write_text(answer["tls-csr"])
     (pki_dir / "ca-csr").write_text(answer["ca-csr"])
     run(["./create_ca"], pki_dir)

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sandbox_helpers import FACTORY, Client
 
+from fioca import facts
 from fioca.pki import reference
 from fioca.sandbox import Sandbox
 
@@ -113,7 +114,7 @@ def test_post_empty_returns_real_csrs_and_the_reference_scripts(sandbox: Sandbox
     assert tls.public_key() != ca.public_key()
 
     expected = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{client.user_self()['polis-id']}")
-    assert {name: answer[name] for name in reference.SCRIPT_NAMES} == expected
+    assert {name: answer[name] for name in facts.SCRIPT_NAMES} == expected
     assert f"OU = {FACTORY}" in answer["create_ca"]
     assert "est-tls-csr" not in answer
 
