@@ -199,7 +199,7 @@ def show(
 def extract(
     ctx: typer.Context,
     field: str = typer.Argument(..., help="A field of the answer, e.g. create_ca, tls-csr, ca-csr."),
-    file: Path = typer.Option(Path(files.FACTORY_CERTS_JSON), "--file", help="The saved answer."),
+    file: Path = typer.Option(Path(facts.FACTORY_CERTS_JSON), "--file", help="The saved answer."),
 ) -> None:
     """Print one field of factory_certs.json, as `jq -r .FIELD` does.
 
@@ -215,7 +215,7 @@ def extract(
 @app.command()
 def audit(
     ctx: typer.Context,
-    file: Path = typer.Argument(Path(files.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),
+    file: Path = typer.Argument(Path(facts.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),
     output: Format = typer.Option(Format.text, "--format"),
     fail_on: Level = typer.Option(Level.high, "--fail-on", help="Exit non-zero on a finding at or above this."),
 ) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, List
 import typer
 from cryptography import x509
 
+from fioca import facts
 from fioca.cli import hsm_options
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.keys_ca import app
@@ -154,7 +155,7 @@ def add_device_ca(
     online_ca: bool = typer.Option(False, "--online-ca", help="A new online CA (its key stays with Foundries) for lmp-device-register."),
     local_ca: bool = typer.Option(False, "--local-ca", help="A new local CA whose key you keep, for manufacturing."),
     local_ca_filename: str = typer.Option(
-        files.LOCAL_CA_CERT, "--local-ca-filename", help="File name of the new local CA in PKI_DIR; its key is NAME.key."
+        facts.LOCAL_CA_CERT, "--local-ca-filename", help="File name of the new local CA in PKI_DIR; its key is NAME.key."
     ),
     yes: YesWriteAndSend = False,
     via: ViaOption = Via.script,

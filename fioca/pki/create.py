@@ -1,44 +1,39 @@
-"""`keys ca create`: the documented "behind the scenes" flow, one function per step.
+"""`keys ca create`: the documented "behind the scenes" flow.
 
-    1. check_not_configured  GET certs/: refuse a configured factory or a PKI dir with a root
-    2. request_scripts       POST certs/; save the answer as factory_certs.json
-       audit_scripts         judge every script before any of them runs
-    3. run_scripts           write CSRs + scripts into a private work dir; run each with `sh`
-    4. check_step            each script's products against their profiles, with `cryptography`
-    5. store_artifacts       move them into the PKI dir, 0400, never overwriting
-    6. upload                after confirmation, PATCH root-crt, tls-crt, ca-crt
+    start    fresh: refuse a configured factory (GET certs/), POST certs/, save the answer
+             as factory_certs.json with its CSRs and scripts; resumed: the journal and the
+             answer the first run saved (or, with --fresh-csrs, new CSRs)
+    audit    judge every script before any of them runs
+    run      each script in the jail, in a fresh work dir given only what it needs; what it
+             made is taken (regular files, no links, bounded), checked against what its text
+             asked openssl for and against the trust rules, kept in the PKI dir (0400) and
+             journalled
+    verify   the files to upload read back from the PKI dir and checked whole
+    upload   after confirmation, PATCH root-crt, tls-crt and ca-crt
 
-`CreateFlow.run()` reads top to bottom as those steps. A dry-run stops after the audit and
-returns the plan it would have executed. Every finished step is journalled (fioca/pki/journal.py):
-after a failure, `--resume` redoes only what is missing and uploads the root made the first
-time; it never makes a second one.
+`create()` decides fresh or resumed once (`Start`), then runs the same straight pipeline.
+Every finished step is journalled (journal.py): after a failure, `--resume` redoes only what
+is missing and uploads the root made the first time; it never makes a second one.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import jq
-
-from fioca import facts
+from fioca import facts, shapes
 from fioca.api import FactoryApi, is_configured
-from fioca.errors import ApiError, CheckError, FiocaError, RefusedError
-from fioca.pki import audit as script_audit
-from fioca.pki import files, profiles, reference
-from fioca.pki.journal import WORK_DIR, Journal, sha256_file
-from fioca.pki.plan import CreatePlan, ScriptStep, plan_create
-from fioca.pki.scripts import ScriptLimits, ScriptRunner, default_watch_list, require_tools
-from fioca.pki import hsm
+from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError
+from fioca.pki import audit, hsm, jail as jails, profiles, reference
+from fioca.pki.asked import AskedCertificate
+from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
-
-SCRIPT_FIELDS = facts.SCRIPT_NAMES
+from fioca.pki.journal import Journal
+from fioca.pki.plan import UPLOADING, CreatePlan, ScriptStep, plan_create
+from fioca.pki.scripts import ScriptLimits, ScriptRunner
 
 
 class Reporter(Protocol):
@@ -61,11 +56,13 @@ class CreateOptions:
     resume: bool = False
     fresh_csrs: bool = False  # with resume: the server no longer takes the first run's CSRs
     hsm: HsmSettings | None = None  # the root key on a PKCS#11 token (no factory_ca.key)
+    no_jail: bool = False  # run the scripts without bubblewrap (a warning, journalled)
+    reissue: bool = False  # keep in-process re-issues of what the scripts made (fresh serials)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerAnswer:
-    """The POST answer, with its fields taken out by jq programs as the document does."""
+    """The POST answer: its bytes as saved, and the parts create uses."""
 
     raw: bytes
     data: dict[str, Any]
@@ -73,17 +70,24 @@ class ServerAnswer:
     scripts_from_server: bool
     factory: str
     local_ca_cn: str
-    csrs: dict[str, Any] = field(default_factory=dict)  # tls-csr, ca-csr as taken out
+    csrs: dict[str, str]
 
-    def field(self, name: str) -> Any:
-        return self.csrs[name] if name in self.csrs else jq_field(self.data, name)
+
+@dataclass
+class Start:
+    """What "fresh or resumed" decides, once: the plan, the answer and the journal."""
+
+    plan: CreatePlan
+    answer: ServerAnswer
+    journal: Journal | None  # None for a dry-run
 
 
 @dataclass
 class CreateResult:
     plan: CreatePlan
     answer: ServerAnswer
-    audit: Any  # script_audit.AuditReport
+    audit: audit.AuditReport
+    jail: jails.Jail
     dry_run: bool
     patch_body: dict[str, str] = field(default_factory=dict)
     root_fingerprint: str = ""
@@ -91,26 +95,179 @@ class CreateResult:
     stored: list[Path] = field(default_factory=list)
 
 
-@functools.cache
-def _jq_program(names: tuple[str, ...]) -> Any:
-    # `[."a", ."tls-csr", ...]`: one compiled program takes out every field at once (compiling
-    # is the costly part); a JSON string is a valid jq string, so any name is quoted safely.
-    return jq.compile("[" + ", ".join(f".[{json.dumps(name)}]" for name in names) + "]")
+def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Reporter) -> CreateResult:
+    """The whole flow for PKI dir `path`: dry-run or real, fresh or resumed."""
+    jail = jails.find_jail(no_jail=options.no_jail, hsm=options.hsm)
+    if not options.resume:
+        _refuse_existing_pki(path)
+        if options.hsm is not None and not options.dry_run:
+            hsm.check_ready_for_new_root(options.hsm)  # a wrong PIN or a used token: before anything
+        _refuse_configured_factory(api)  # before anything is written, even the PKI dir
+    pki, notes = PkiDir.prepare(path) if not options.resume else (PkiDir.open(path), [])
+    for note in notes:
+        reporter.note(note)
+    with pki, pki.locked():
+        start = _resumed(api, pki, options, reporter) if options.resume else _fresh(api, pki, options, reporter)
+        report = audit_gate(start, options, jail, reporter)
+        result = CreateResult(start.plan, start.answer, report, jail, dry_run=options.dry_run)
+        if options.dry_run:
+            return result
+        steps = Steps(pki, start, report, jail, options, reporter)
+        for step in start.plan.steps:
+            steps.run(step)
+        result.stored = [pki / name for name in start.plan.kept]
+        result.patch_body = verified_patch_body(pki, start)
+        root = profiles.load_cert(result.patch_body["root-crt"], facts.ROOT_CERT)
+        tls = profiles.load_cert(result.patch_body["tls-crt"], facts.TLS_CERT)
+        result.root_fingerprint = profiles.fingerprint_sha256(root)
+        result.gateway_hosts = profiles.gateway_hosts(tls)
+        Upload(api, pki, options, reporter).run(result)
+        start.journal.finish()
+        return result
 
 
-def jq_fields(data: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """What `jq -r .NAME` gives for each name (None for null or missing)."""
-    return dict(zip(names, _jq_program(names).input_value(data).first()))
+def dry_run_saved(path: Path, options: CreateOptions, reporter: Reporter, *, factory: str | None) -> CreateResult:
+    """The dry-run from a saved answer (factory_certs.json): no server, nothing written."""
+    raw, data = read_answer_file(path)
+    scripts = {name: data[name] for name in facts.SCRIPT_NAMES if isinstance(data.get(name), str)}
+    inferred = reference.infer_values(scripts)
+    if inferred and factory not in (None, inferred[0]):
+        inferred = None
+    if not inferred and not factory:
+        raise RefusedError(f"cannot tell which factory {path} is for: pass -f/--factory")
+    factory_name, cn = inferred or (factory, "fio-polis-id")
+    plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
+    answer = answer_from(data, raw, factory=factory_name, local_ca_cn=cn, on_note=reporter.note)
+    check_csrs(answer, plan)
+    jail = jails.find_jail(no_jail=options.no_jail, hsm=options.hsm)
+    start = Start(plan, answer, None)
+    return CreateResult(plan, answer, audit_gate(start, options, jail, reporter), jail, dry_run=True)
 
 
-def jq_field(data: Any, name: str) -> Any:
-    return jq_fields(data, (name,))[name]
+# --- Start: fresh or resumed -------------------------------------------------------------------
+
+
+def _refuse_existing_pki(path: Path) -> None:
+    """A new root goes only into a folder that holds no root and no unfinished create."""
+    if not path.exists():
+        return
+    with PkiDir.open(path) as pki:
+        if pki.has(facts.JOURNAL_FILE):
+            journal = Journal.load(pki)
+            raise RefusedError(
+                f"{path} holds an unfinished `keys ca create` ({journal.progress()}); "
+                f"finish it with: fioca keys ca create {path} --resume"
+            )
+        for name in (facts.ROOT_KEY, facts.ROOT_CERT):
+            if pki.has(name):
+                raise RefusedError(
+                    f"{path} already holds a root of trust ({name}); the root can be set only once; use another directory"
+                )
+
+
+def _refuse_configured_factory(api: FactoryApi) -> None:
+    certs = api.get_certs()
+    if is_configured(certs):
+        raise RefusedError(
+            f"factory '{api.factory}' already has a root of trust (GET {api.certs_url} -> {certs.status}); "
+            "the root can be set only once; nothing was written"
+        )
+
+
+def _fresh(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Reporter) -> Start:
+    _refuse_existing_pki(pki.path)  # again under the lock: another run may have made one
+    plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
+    resp = api.post_certs(post_body(plan))
+    data = parse_answer(resp.raw)
+    polis = shapes.polis_id(api.users_self()["polis-id"], f"GET {api.url('users/self/')}")
+    answer = answer_from(data, resp.raw, factory=api.factory, local_ca_cn=shapes.local_ca_cn(polis), on_note=reporter.note)
+    check_csrs(answer, plan)
+    saved = save_answer(pki, answer, plan)
+    reporter.note(f"Saved the server's answer as {saved}")
+    if options.dry_run:
+        return Start(plan, answer, None)
+    journal = Journal.begin(
+        pki,
+        factory=answer.factory,
+        online_ca=plan.online_ca,
+        local_ca=plan.local_ca,
+        hsm=plan.hsm,
+        local_ca_cn=answer.local_ca_cn,
+        answer_sha256=hashlib.sha256(answer.raw).hexdigest(),
+        no_jail=options.no_jail,
+        reissue=options.reissue,
+    )
+    return Start(plan, answer, journal)
+
+
+def _resumed(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Reporter) -> Start:
+    """The first run's plan and answer, from the journal read under the lock."""
+    if not pki.has(facts.JOURNAL_FILE):
+        raise RefusedError(f"nothing to resume in {pki.path}: it holds no unfinished `keys ca create`")
+    journal = Journal.load(pki)
+    if journal.factory != api.factory:
+        raise RefusedError(f"the unfinished create in {pki.path} is for factory '{journal.factory}', not '{api.factory}'")
+    if journal.hsm != (options.hsm is not None):
+        where = "on an HSM: pass the same --hsm-module and --hsm-token-label" if journal.hsm else "in a file: drop the HSM flags"
+        raise RefusedError(f"the unfinished create in {pki.path} keeps its root key {where}")
+    if (journal.no_jail, journal.reissue) != (options.no_jail, options.reissue):
+        raise RefusedError(
+            f"the unfinished create in {pki.path} was started "
+            f"{'with' if journal.no_jail else 'without'} --no-jail and {'with' if journal.reissue else 'without'} "
+            "--reissue; resume it with the same choices"
+        )
+    plan = plan_create(online_ca=journal.online_ca, local_ca=journal.local_ca, hsm=journal.hsm)
+    reporter.note(f"Resuming the create in {pki.path} ({journal.progress()})")
+    if options.fresh_csrs:
+        return Start(plan, _fresh_csrs(api, pki, plan, journal, reporter), journal)
+    raw = pki.read_bytes(facts.FACTORY_CERTS_JSON)
+    if hashlib.sha256(raw).hexdigest() != journal.answer_sha256:
+        raise RefusedError(f"{pki / facts.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely")
+    answer = answer_from(parse_answer(raw), raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn)
+    check_csrs(answer, plan)
+    return Start(plan, answer, journal)
+
+
+def _fresh_csrs(api: FactoryApi, pki: PkiDir, plan: CreatePlan, journal: Journal, reporter: Reporter) -> ServerAnswer:
+    """--resume --fresh-csrs: new CSRs from the server, signed with the root made the first
+    time. What the first run's signing steps made is kept aside as *.stale."""
+    resp = api.post_certs(post_body(plan))
+    answer = answer_from(
+        parse_answer(resp.raw), resp.raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn, on_note=reporter.note
+    )
+    check_csrs(answer, plan)
+    signing = [step for step in plan.steps if step.script in (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR)]
+    for name in [facts.FACTORY_CERTS_JSON, *(arg for step in signing for arg in (*step.args, *step.products))]:
+        if pki.has(name):
+            pki.move_aside(name, ".stale")
+    saved = save_answer(pki, answer, plan, only=[facts.FACTORY_CERTS_JSON, *(arg for step in signing for arg in step.args)])
+    reporter.note(f"Saved the server's new answer as {saved}")
+    journal.restart_steps([step.script for step in signing], answer_sha256=hashlib.sha256(answer.raw).hexdigest())
+    return answer
+
+
+def post_body(plan: CreatePlan) -> dict[str, bool]:
+    """Today's POST body; script-era servers ignore it and send what they always sent."""
+    return {"first-time-init": True, "ca-csr": plan.online_ca, "est-tls-csr": False, "tls-csr": True}
+
+
+# --- The answer ------------------------------------------------------------------------------
+
+
+def parse_answer(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("the POST answer is not JSON; nothing was run") from None
+    if not isinstance(data, dict):
+        raise ApiError("the POST answer is not a JSON object; nothing was run")
+    return data
 
 
 def read_answer_file(path: Path) -> tuple[bytes, dict[str, Any]]:
     """A saved answer (factory_certs.json): its bytes and its JSON object."""
     try:
-        raw = path.expanduser().read_bytes()
+        raw = Path(path).expanduser().read_bytes()
         data = json.loads(raw)
     except FileNotFoundError:
         raise FiocaError(f"{path} does not exist") from None
@@ -123,290 +280,224 @@ def read_answer_file(path: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, data
 
 
-def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
-    """Save the answer as `jq . > factory_certs.json` would; an earlier answer is kept aside."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("the POST answer is not JSON; nothing was run") from None
-    if not isinstance(data, dict):
-        raise ApiError("the POST answer is not a JSON object; nothing was run")
+def answer_from(
+    data: dict, raw: bytes, *, factory: str, local_ca_cn: str, on_note: Callable[[str], None] = lambda _l: None
+) -> ServerAnswer:
+    """Take the scripts and CSRs out of an answer; fioca's own scripts when it carries none."""
+    for name in (*facts.SCRIPT_NAMES, facts.TLS_CSR, facts.ONLINE_CA_CSR):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ApiError(f"the POST answer's {name} is not a string; nothing was run")
+    present = {name: data[name] for name in facts.SCRIPT_NAMES if data.get(name) is not None}
+    if len(present) == len(facts.SCRIPT_NAMES):
+        scripts, from_server = present, True
+    elif present:
+        raise ApiError("the POST answer has some scripts but not all four; nothing was run")
+    else:
+        on_note("The answer carries no scripts (today's API sends none): using fioca's bundled scripts")
+        scripts, from_server = reference.bundled(), False
+    csrs = {name: data[name] for name in (facts.TLS_CSR, facts.ONLINE_CA_CSR) if data.get(name)}
+    return ServerAnswer(raw, data, scripts, from_server, factory, local_ca_cn, csrs)
+
+
+def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
+    """The CSRs the scripts will sign: well-formed, self-signed, values of the documented shape.
+
+    The gateway's CSR is not required to carry an OU (fioctl never checks its subject); its
+    DNS names must be host names, since sign_tls_csr copies them into its extension file.
+    The online CA's CSR becomes a device CA, whose OU the backend requires to be the factory.
+    """
+    for name in _csr_inputs(plan):
+        value = answer.csrs.get(name)
+        if not value or not value.strip():
+            raise ApiError(f"the POST answer has no {name}; nothing was run")
+        csr = profiles.load_csr(value.encode(), name)
+        if name == facts.TLS_CSR:
+            profiles.check_gateway_csr(csr, artifact=name)
+        else:
+            profiles.check_device_ca_csr(csr, factory=answer.factory, artifact=name)
+
+
+def _csr_inputs(plan: CreatePlan) -> list[str]:
+    return [name for name in (facts.TLS_CSR, facts.ONLINE_CA_CSR) if name in plan.saved]
+
+
+def save_answer(pki: PkiDir, answer: ServerAnswer, plan: CreatePlan, *, only: list[str] | None = None) -> Path:
+    """factory_certs.json as `jq . > factory_certs.json` saves it (an earlier one kept aside),
+    the CSRs (0400) and the scripts (0700), as script-era fioctl wrote them."""
+    names = plan.saved if only is None else only
+    if pki.has(facts.FACTORY_CERTS_JSON) and facts.FACTORY_CERTS_JSON in names:
+        pki.move_aside(facts.FACTORY_CERTS_JSON, "")  # factory_certs.json.1, .2, ...
     # `jq .` layout: two-space indent, keys in the server's order, UTF-8 left as is.
-    pretty = json.dumps(data, indent=2, ensure_ascii=False)
-    target = pki / files.FACTORY_CERTS_JSON
-    if target.exists():
-        target.rename(_free_name(target, numbered=True))
-    return data, pki.write_new(files.FACTORY_CERTS_JSON, (pretty + "\n").encode())
+    pretty = json.dumps(answer.data, indent=2, ensure_ascii=False) + "\n"
+    contents = {facts.FACTORY_CERTS_JSON: (pretty.encode(), facts.FILE_MODE)}
+    contents.update({name: (text.encode(), facts.FILE_MODE) for name, text in answer.csrs.items()})
+    contents.update({name: (text.encode(), facts.SCRIPT_MODE) for name, text in answer.scripts.items()})
+    for name in names:
+        data, mode = contents[name]
+        pki.write_new(name, data, mode)
+    return pki / facts.FACTORY_CERTS_JSON
 
 
-class CreateFlow:
+# --- Audit -------------------------------------------------------------------------------------
+
+
+def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail, reporter: Reporter) -> audit.AuditReport:
+    """Judge every script before any runs: pinned digests first, then high findings."""
+    answer = start.answer
+    for name, expected in options.expected_sha256.items():
+        actual = hashlib.sha256(answer.scripts[name].encode()).hexdigest()
+        if actual != expected.lower():
+            raise RefusedError(f"script {name} has sha256 {actual}, not the pinned {expected}; nothing was run")
+    report = audit.audit_scripts(
+        answer.scripts,
+        hsm=start.plan.hsm,
+        known=reference.known_sets(factory=answer.factory, local_ca_cn=answer.local_ca_cn),
+        jail=jail.describe(),
+    )
+    failing = report.failing(audit.Severity.HIGH)
+    if failing and not options.dry_run:
+        lines = [f"{item.script}: line {item.finding.line}: {item.finding.id}: {item.finding.message}" for item in failing]
+        if not options.allow_unaudited:
+            raise RefusedError(
+                f"the audit found {len(failing)} high-severity finding(s) in the server's scripts; "
+                "nothing was run (see `fioca keys ca audit`; --allow-unaudited overrides)",
+                details=lines,
+            )
+        reporter.note(f"--allow-unaudited: running scripts despite {len(failing)} high finding(s):")
+        for line in lines:
+            reporter.note(f"  {line}")
+    if options.no_jail and not options.dry_run:
+        reporter.note(f"WARNING: --no-jail: the scripts run with your user's rights, {jail.describe()}")
+    return report
+
+
+# --- Run: one step at a time ---------------------------------------------------------------------
+
+
+class Steps:
+    """Each script in a fresh work dir inside the jail; its products taken, checked, kept."""
+
     def __init__(
-        self,
-        api: FactoryApi | None,
-        pki: files.PkiDir,
-        options: CreateOptions,
+        self, pki: PkiDir, start: Start, report: audit.AuditReport, jail: jails.Jail, options: CreateOptions,
         reporter: Reporter,
-        *,
-        runner_factory: Callable[..., ScriptRunner] = ScriptRunner,
     ):
-        self.api = api
         self.pki = pki
+        self.start = start
+        self.report = report
+        self.jail = jail
         self.options = options
         self.reporter = reporter
-        self.plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
-        self.runner_factory = runner_factory
-        self.journal: Journal | None = None
+        self.env = reference.script_env(factory=start.answer.factory, local_ca_cn=start.answer.local_ca_cn)
+        if options.hsm is not None:
+            self.env.update(options.hsm.script_env())  # HSM_MODULE / HSM_TOKEN_LABEL / HSM_PIN: HSM mode only
 
-    def run(self) -> CreateResult:
-        require_tools("sh", "openssl")
-        journal = Journal.load(self.pki.path) if self.pki.path.is_dir() else None
-        if self.options.resume:
-            self.check_resumable(journal)
-        else:
-            self.check_no_unfinished_run(journal)
-            self.check_hsm_token()  # a wrong PIN or a token holding root-ca: refused before anything
-            self.check_not_configured()  # before anything is written, even the PKI dir
-        for note in self.pki.ensure():
-            self.reporter.note(note)
-        with self.pki.locked():
-            answer = self.resumed_answer() if self.options.resume else self.fresh_answer()
-            report = self.audit_scripts(answer)
-            result = CreateResult(self.plan, answer, report, dry_run=self.options.dry_run)
-            if self.options.dry_run:
-                return result
-            if self.journal is None:
-                self.journal = self.begin_journal(answer)
-            if not self.journal.stored:
-                work_dir = self.work_dir()
-                self.run_scripts(answer, work_dir)
-                result.stored = self.store_artifacts(work_dir)
-                # The work dir held the root key; its only copy now lives in the PKI dir.
-                shutil.rmtree(work_dir)
-            else:
-                result.stored = [self.pki / name for name in self.plan.kept]
-                self.verify_stored(answer)
-            root = profiles.load_cert(self.pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
-            tls = profiles.load_cert(self.pki.read_bytes(files.TLS_CERT), files.TLS_CERT)
-            result.patch_body = self.patch_body()
-            result.root_fingerprint = profiles.fingerprint_sha256(root)
-            result.gateway_hosts = profiles.gateway_hosts(tls)
-            self.upload(result)
-            self.journal.finish()
-            return result
+    @property
+    def journal(self) -> Journal:
+        assert self.start.journal is not None
+        return self.start.journal
 
-    def dry_run_saved(self, path: Path, *, factory: str | None) -> CreateResult:
-        """The dry-run from a saved answer: no server, nothing written."""
-        raw, data = read_answer_file(path)
-        scripts = {name: data.get(name) for name in SCRIPT_FIELDS if isinstance(data.get(name), str)}
-        inferred = reference.infer_values(scripts)
-        if inferred and factory not in (None, inferred[0]):
-            inferred = None
-        if not inferred and not factory:
-            raise RefusedError(f"cannot tell which factory {path} is for: pass -f/--factory")
-        factory_name, cn = inferred or (factory, "fio-<user id>")
-        answer = answer_from(data, raw, factory=factory_name, local_ca_cn=cn, on_note=self.reporter.note)
-        check_csrs(answer, self.plan)
-        return CreateResult(self.plan, answer, self.audit_scripts(answer), dry_run=True)
+    def run(self, step: ScriptStep) -> None:
+        if self.done_before(step):
+            self.reporter.progress(f"{step.progress} (done before, verified)")
+            return
+        if step.script == facts.CREATE_CA and self.options.hsm is not None:
+            self.refuse_orphan_token_key()
+        self.reporter.progress(step.progress)
+        products = self.made_by(step)
+        self.check(step, products)
+        if self.options.reissue:
+            products = self.reissued(step, products)
+        for name in step.products:
+            if self.pki.has(name):  # a product kept by a run that died before journalling it
+                self.pki.move_aside(name, ".unjournalled")
+            self.pki.write_new(name, products[name])
+        self.journal.record_step(step.script, {name: hashlib.sha256(data).hexdigest() for name, data in products.items()})
 
-    # Step 1 -----------------------------------------------------------------------------
-    def check_not_configured(self) -> None:
-        self.check_no_local_root()
-        certs = self.api.get_certs()
-        if is_configured(certs):
-            raise RefusedError(
-                f"factory '{self.api.factory}' already has a root of trust "
-                f"(GET {self.api.certs_url} -> {certs.status}); the root can be set only once; nothing was written"
-            )
-
-    def check_no_local_root(self) -> None:
-        for name in (files.ROOT_KEY, files.ROOT_CERT):
-            if self.pki.has(name):
+    def done_before(self, step: ScriptStep) -> bool:
+        """On resume: a journalled step whose kept files are intact and still pass their checks."""
+        recorded = self.journal.steps.get(step.script)
+        if not recorded:
+            return False
+        products = {}
+        for name, digest in recorded.items():
+            if not self.pki.has(name):
+                return False
+            data = self.pki.read_bytes(name)
+            if hashlib.sha256(data).hexdigest() != digest:
                 raise RefusedError(
-                    f"PKI dir {self.pki.path} already holds a root of trust ({name}); "
-                    "the root can be set only once; use another directory"
+                    f"{self.pki / name} changed since {step.script} made it (its SHA-256 differs from the journal); "
+                    "cannot resume safely"
                 )
+            products[name] = data
+        self.check(step, products, reissued=self.options.reissue)
+        return True
 
-    def check_hsm_token(self) -> None:
-        """HSM mode: log in to the token and refuse one that already holds a root-ca key.
-
-        A dry-run never touches the token (nor uses a PIN attempt)."""
-        if self.options.hsm is not None and not self.options.dry_run:
-            hsm.check_ready_for_new_root(self.options.hsm)
-
-    def check_no_unfinished_run(self, journal: Journal | None) -> None:
-        if journal is not None:
-            raise RefusedError(
-                f"PKI dir {self.pki.path} holds an unfinished `keys ca create` ({self.progress_of(journal)}); "
-                f"finish it with: fioca keys ca create {self.pki.path} --resume"
+    def made_by(self, step: ScriptStep) -> dict[str, bytes]:
+        """Run the step's script in a fresh work dir; take what it made, as bytes."""
+        self.pki.remove_folder(facts.WORK_DIR)  # left by a run that died inside a script
+        self.journal.note_work_dir(step.script)  # the root key may sit there until it is kept
+        work_dir = self.pki.make_folder(facts.WORK_DIR)
+        try:
+            runner = ScriptRunner(
+                work_dir,
+                jail=self.jail,
+                env=self.env,
+                hsm=self.options.hsm,
+                limits=ScriptLimits(timeout=self.options.script_timeout),
+                on_stderr=lambda line: self.reporter.script_stderr(step.script, line),
             )
-
-    def check_resumable(self, journal: Journal | None) -> None:
-        if journal is None:
-            raise RefusedError(f"nothing to resume in {self.pki.path}: it holds no unfinished `keys ca create`")
-        if journal.factory != self.api.factory:
-            raise RefusedError(
-                f"the unfinished create in {self.pki.path} is for factory '{journal.factory}', not '{self.api.factory}'"
-            )
-        if journal.hsm != (self.options.hsm is not None):
-            where = "on an HSM: pass the same --hsm-module and --hsm-token-label" if journal.hsm else "in a file: drop the HSM flags"
-            raise RefusedError(f"the unfinished create in {self.pki.path} keeps its root key {where}")
-
-    @staticmethod
-    def progress_of(journal: Journal) -> str:
-        if journal.stored:
-            return "every file is made; the upload did not finish"
-        done = ", ".join(journal.steps) or "no script"
-        return f"finished: {done}"
-
-    # Step 2 -----------------------------------------------------------------------------
-    def fresh_answer(self) -> ServerAnswer:
-        self.check_no_local_root()  # again under the lock: another run may have made one
-        return self.request_scripts()
-
-    def resumed_answer(self) -> ServerAnswer:
-        """The first run's answer (and plan), from the journal re-read under the lock."""
-        self.journal = Journal.load(self.pki.path)
-        self.check_resumable(self.journal)
-        self.plan = plan_create(
-            online_ca=self.journal.online_ca, local_ca=self.journal.local_ca, hsm=self.options.hsm is not None
-        )
-        answer = self.saved_answer(self.journal)
-        return self.refresh_csrs() if self.options.fresh_csrs else answer
-
-    def request_scripts(self) -> ServerAnswer:
-        resp = self.api.post_certs({})
-        data, path = save_answer(self.pki, resp.raw)
-        self.reporter.note(f"Saved the server's answer as {path}")
-        polis_id = str(self.api.users_self()["polis-id"])
-        answer = answer_from(
-            data, resp.raw, factory=self.api.factory, local_ca_cn=f"fio-{polis_id}", on_note=self.reporter.note
-        )
-        check_csrs(answer, self.plan)
-        return answer
-
-    def saved_answer(self, journal: Journal) -> ServerAnswer:
-        """On resume: the answer the first run saved, unchanged since (its SHA-256 is journalled)."""
-        raw = self.pki.read_bytes(files.FACTORY_CERTS_JSON)
-        if hashlib.sha256(raw).hexdigest() != journal.answer_sha256:
-            raise RefusedError(
-                f"{self.pki / files.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely"
-            )
-        answer = answer_from(json.loads(raw), raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn)
-        check_csrs(answer, self.plan)
-        self.reporter.note(f"Resuming the create in {self.pki.path} ({self.progress_of(journal)})")
-        return answer
-
-    def refresh_csrs(self) -> ServerAnswer:
-        """--resume --fresh-csrs: ask the server for new CSRs and sign them with the root made
-        the first time. The gateway and online-CA files of the first run are kept as *.stale."""
-        resp = self.api.post_certs({})
-        data, path = save_answer(self.pki, resp.raw)
-        self.reporter.note(f"Saved the server's new answer as {path}")
-        answer = answer_from(
-            data, resp.raw, factory=self.journal.factory, local_ca_cn=self.journal.local_ca_cn,
-            on_note=self.reporter.note,
-        )
-        check_csrs(answer, self.plan)
-        signing = [step for step in self.plan.steps if step.script in ("sign_tls_csr", "sign_ca_csr")]
-        if self.journal.stored:
-            # Back into the work dir go the files the first run's other steps made (the root
-            # among them); what the new CSRs replace steps aside, never overwritten.
-            work_dir = self.work_dir()
-            for step in self.plan.steps:
-                names = [*step.produces, step.stdout_file, step.script, *step.args]
-                for name in filter(None, names):
-                    source = self.pki / name
-                    if step in signing:
-                        if source.exists():
-                            source.rename(_free_name(self.pki / f"{name}.stale"))
-                    elif source.exists() and not (work_dir / name).exists():
-                        shutil.copy2(source, work_dir / name)
-            self.journal.stored = False
-        for step in signing:
-            self.journal.steps.pop(step.script, None)
-        self.journal.answer_sha256 = hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest()
-        self.journal.save()
-        return answer
-
-    def begin_journal(self, answer: ServerAnswer) -> Journal:
-        return Journal.begin(
-            self.pki.path,
-            factory=answer.factory,
-            online_ca=self.plan.online_ca,
-            local_ca=self.plan.local_ca,
-            hsm=self.plan.hsm,
-            local_ca_cn=answer.local_ca_cn,
-            answer_sha256=hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest(),
-        )
-
-    def audit_scripts(self, answer: ServerAnswer):
-        references = reference.rendered(factory=answer.factory, local_ca_cn=answer.local_ca_cn)
-        report = script_audit.audit_answer({**answer.data, **answer.scripts}, references)
-        for name, expected in self.options.expected_sha256.items():
-            actual = hashlib.sha256(answer.scripts[name].encode()).hexdigest()
-            if actual != expected.lower():
-                raise RefusedError(f"script {name} has sha256 {actual}, not the pinned {expected}; nothing was run")
-        failing = report.failing(script_audit.Severity.HIGH)
-        if failing and not self.options.dry_run:
-            lines = [f"{item.script}: line {item.finding.line}: {item.finding.id}: {item.finding.message}" for item in failing]
-            if not self.options.allow_unaudited:
-                raise RefusedError(
-                    f"the audit found {len(failing)} high-severity finding(s) in the server's scripts; "
-                    "nothing was run (see `fioca keys ca audit`; --allow-unaudited overrides)",
-                    details=lines,
-                )
-            self.reporter.note(f"--allow-unaudited: running scripts despite {len(failing)} high finding(s):")
-            for line in lines:
-                self.reporter.note(f"  {line}")
-        return report
-
-    # Step 3 -----------------------------------------------------------------------------
-    def work_dir(self) -> Path:
-        """The private work dir, inside the PKI dir so that a crash never strands the root key
-        somewhere else; a resumed run finds it again."""
-        path = self.pki / WORK_DIR
-        path.mkdir(mode=0o700, exist_ok=True)
-        path.chmod(0o700)
-        return path
-
-    def run_scripts(self, answer: ServerAnswer, work_dir: Path) -> None:
-        runner = self.runner_factory(
-            work_dir,
-            watch=default_watch_list(self.pki.path),
-            limits=ScriptLimits(timeout=self.options.script_timeout),
-            # HSM_MODULE / HSM_TOKEN_LABEL / HSM_PIN in HSM mode only, never otherwise.
-            env_extra=self.options.hsm.script_env() if self.options.hsm is not None else None,
-        )
-        for name in self.plan.inputs:
-            _put(work_dir / name, answer.field(name))
-        for step in self.plan.steps:
-            if step.script not in self.journal.steps:  # a finished step keeps the script that ran
-                _put(work_dir / step.script, answer.scripts[step.script], mode=0o700)
-        for step in self.plan.steps:
-            if self.step_still_good(step, answer, work_dir):
-                self.reporter.progress(f"{step.progress} (done before, verified)")
-                continue
-            if step.script == "create_ca" and self.plan.hsm:
-                self.check_no_orphan_token_key()
-            self.reporter.progress(step.progress)
-            for name in (*step.produces, step.stdout_file):
-                if name:
-                    (work_dir / name).unlink(missing_ok=True)  # a half-made product of an earlier try
-            runner.on_stderr = lambda line, script=step.script: self.reporter.script_stderr(script, line)
+            for name, text in self.start.answer.scripts.items():  # all four: a script may call a sibling
+                runner.install(name, text.encode())
+            for name in step.stages:
+                runner.put(name, self.staged(name))
             stdout = runner.run(step.script, step.args)
+            products = {name: runner.take(name) for name in step.produces}
             if step.stdout_file:
                 if not stdout.strip():
                     raise CheckError(step.stdout_file, f"script {step.script} exited 0 but printed no certificate")
-                (work_dir / step.stdout_file).write_text(stdout)
-            produced = {name: work_dir / name for name in (*step.produces, step.stdout_file) if name}
-            for name, path in produced.items():
-                if not path.is_file():
-                    raise CheckError(name, f"script {step.script} exited 0 but did not write {name}")
-            # Step 4, per step: nothing is journalled as done before it passed its checks.
-            self.check_step(step.script, answer, work_dir)
-            self.journal.record_step(step.script, produced)
+                products[step.stdout_file] = stdout
+            return products
+        finally:
+            self.pki.remove_folder(facts.WORK_DIR)  # it held a copy of the root key
+            self.journal.note_work_dir(None)
 
-    def check_no_orphan_token_key(self) -> None:
+    def staged(self, name: str) -> bytes:
+        if name in self.start.answer.csrs:
+            return self.start.answer.csrs[name].encode()
+        return self.pki.read_bytes(name)  # the root, kept by create_ca
+
+    def check(self, step: ScriptStep, products: dict[str, bytes], *, reissued: bool = False) -> None:
+        """What one script made, against what its text asked and the trust rules."""
+        checks = Checks(self.start.answer, self.pki, self.options.hsm, products)
+        for name in step.products:
+            asked = None if reissued else self.asked_for(step, name)
+            checks.product(step.script, name, asked)
+
+    def asked_for(self, step: ScriptStep, product: str) -> AskedCertificate | None:
+        """The certificate the step's text asks openssl for that became `product`; None for a key."""
+        if product in (facts.ROOT_KEY, facts.LOCAL_CA_KEY):
+            return None
+        return asked_for(self.report, step, product)
+
+    def reissued(self, step: ScriptStep, products: dict[str, bytes]) -> dict[str, bytes]:
+        """--reissue: the certificate re-made in process with a fresh serial and signature."""
+        key = self.root_key()
+        issuer = products.get(facts.ROOT_CERT) or self.pki.read_bytes(facts.ROOT_CERT)
+        again = dict(products)
+        for name, data in products.items():
+            if name in (facts.ROOT_KEY, facts.LOCAL_CA_KEY):
+                continue
+            cert = profiles.load_cert(data, name)
+            fresh = profiles.reissue(cert, issuer_cert=profiles.load_cert(issuer, facts.ROOT_CERT), issuer_key=key)
+            again[name] = profiles.cert_pem(fresh)
+        return again
+
+    def root_key(self) -> Any:
+        if self.options.hsm is not None:
+            return hsm.TokenKey(self.options.hsm, hsm.root_public_key(self.options.hsm))
+        return profiles.load_private_key(self.pki.read_bytes(facts.ROOT_KEY), facts.ROOT_KEY)
+
+    def refuse_orphan_token_key(self) -> None:
         """A run killed inside create_ca may have made the token's key pair but no certificate.
         Running create_ca again would make a second root-ca; fioca stops and says how to clear it."""
         found = hsm.root_key_objects(self.options.hsm)
@@ -417,87 +508,113 @@ class CreateFlow:
                 "delete those objects (pkcs11-tool --delete-object --label root-ca ...) and run --resume again"
             )
 
-    def step_still_good(self, step: ScriptStep, answer: ServerAnswer, work_dir: Path) -> bool:
-        """On resume: a journalled step whose files are intact and still pass their checks."""
-        recorded = self.journal.steps.get(step.script)
-        if not recorded:
-            return False
-        for name, digest in recorded.items():
-            path = work_dir / name
-            if not path.is_file() or sha256_file(path) != digest:
-                return False
-        self.check_step(step.script, answer, work_dir)
-        return True
 
-    # Step 4 -----------------------------------------------------------------------------
-    def check_step(self, script: str, answer: ServerAnswer, folder: Path) -> None:
-        """Check what one script made against its profile, with `cryptography`."""
+def asked_for(report: audit.AuditReport, step: ScriptStep, product: str) -> AskedCertificate:
+    """What the step's script text asks openssl for, to make `product`.
 
-        def cert(name: str):
-            return profiles.load_cert((folder / name).read_bytes(), name)
+    The audit names each certificate-making command's output as written (`factory_ca.pem`,
+    `$2`, or stdout); the plan knows the arguments the script gets. The API's create_device_ca
+    has its sibling sign_ca_csr make the certificate (`$here/sign_ca_csr ... > $crt`): then the
+    sibling's text is what asks.
+    """
+    positional = {f"${index}": arg for index, arg in enumerate(step.args, start=1)}
+    to_stdout = product == step.stdout_file
+    for script in (step.script, facts.SIGN_CA_CSR if step.script == facts.CREATE_DEVICE_CA else None):
+        if script is None:
+            continue
+        found = [
+            asked
+            for asked in report.script(script).asked
+            if (asked.output is None and (to_stdout or script != step.script))
+            or (asked.output is not None and positional.get(asked.output, asked.output) == product)
+        ]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise CheckError(product, f"{script} has {len(found)} openssl commands that could make it; fioca cannot tell which one did")
+    raise CheckError(product, f"the audit cannot tell which openssl command in {step.script} makes it, so it cannot be checked")
 
-        def key(name: str):
-            return profiles.load_private_key((folder / name).read_bytes(), name)
 
-        factory = answer.factory
-        root = cert(files.ROOT_CERT)
-        if script == "create_ca":
-            profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
-            if self.options.hsm is None:
-                profiles.check_key_matches(key(files.ROOT_KEY), root, files.ROOT_KEY)
-            elif (folder / files.ROOT_KEY).exists():
-                raise CheckError(files.ROOT_KEY, "written in HSM mode: the root key must exist only on the token")
-            else:
-                hsm.check_cert_matches_token(self.options.hsm, root, files.ROOT_CERT)
-        elif script == "sign_tls_csr":
-            csr = profiles.load_csr((folder / files.TLS_CSR).read_bytes(), files.TLS_CSR)
-            profiles.check_gateway_tls(cert(files.TLS_CERT), root=root, csr=csr, artifact=files.TLS_CERT)
-        elif script == "sign_ca_csr":
-            csr = profiles.load_csr((folder / files.ONLINE_CA_CSR).read_bytes(), files.ONLINE_CA_CSR)
-            profiles.check_device_ca(
-                cert(files.ONLINE_CA_CERT), root=root, factory=factory, csr=csr, artifact=files.ONLINE_CA_CERT
-            )
-        elif script == "create_device_ca":
-            local = cert(files.LOCAL_CA_CERT)
-            profiles.check_device_ca(
-                local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=files.LOCAL_CA_CERT
-            )
-            profiles.check_key_matches(key(files.LOCAL_CA_KEY), local, files.LOCAL_CA_KEY)
+class Checks:
+    """The checks of create's products: as asked, and the trust rules (profiles)."""
 
-    # Step 5 -----------------------------------------------------------------------------
-    def store_artifacts(self, work_dir: Path) -> list[Path]:
-        """Link every artifact into the PKI dir; one already there from a crashed run must be
-        the same bytes, never replaced."""
-        stored = []
-        for name in self.plan.kept:
-            data = (work_dir / name).read_bytes()
-            target = self.pki / name
-            if target.exists() and target.read_bytes() == data:
-                stored.append(target)
-                continue
-            stored.append(self.pki.write_new(name, data))
-        self.journal.mark_stored()
-        return stored
+    def __init__(self, answer: ServerAnswer, pki: PkiDir, hsm_settings: HsmSettings | None, products: dict[str, bytes]):
+        self.answer = answer
+        self.pki = pki
+        self.hsm = hsm_settings
+        self.products = products
 
-    def verify_stored(self, answer: ServerAnswer) -> None:
-        """On resume after the files were stored: they must be the journalled ones, still good."""
-        for name, digest in self.journal.fingerprints().items():
-            path = self.pki / name
-            if not path.is_file() or sha256_file(path) != digest:
-                raise RefusedError(
-                    f"{path} is missing or changed since it was made (SHA-256 differs from the journal); "
-                    "cannot resume safely"
-                )
-        for step in self.plan.steps:
-            self.check_step(step.script, answer, self.pki.path)
+    def bytes_of(self, name: str) -> bytes:
+        return self.products[name] if name in self.products else self.pki.read_bytes(name)
 
-    # Step 6 -----------------------------------------------------------------------------
-    def patch_body(self) -> dict[str, str]:
-        return {
-            f.name: "\n".join(self.pki.read_bytes(source).decode() for source in f.sources) for f in self.plan.patch
-        }
+    def cert(self, name: str):
+        return profiles.load_cert(self.bytes_of(name), name)
 
-    def upload(self, result: CreateResult) -> None:
+    def product(self, script: str, name: str, asked: AskedCertificate | None) -> None:
+        factory = self.answer.factory
+        if name == facts.ROOT_KEY:
+            profiles.check_key_matches(profiles.load_private_key(self.bytes_of(name), name), self.cert(facts.ROOT_CERT), name)
+            return
+        if name == facts.LOCAL_CA_KEY:
+            local = self.cert(facts.LOCAL_CA_CERT)
+            profiles.check_key_matches(profiles.load_private_key(self.bytes_of(name), name), local, name)
+            return
+        root = self.cert(facts.ROOT_CERT)
+        cert = self.cert(name)
+        csr = profiles.load_csr(self.answer.csrs[_CSR_OF[name]].encode(), _CSR_OF[name]) if name in _CSR_OF else None
+        if asked is not None:
+            profiles.check_as_asked(cert, asked, issuer=root, csr=csr, artifact=name)
+        if name == facts.ROOT_CERT:
+            profiles.check_new_root(cert, factory=factory, artifact=name)
+            if self.hsm is not None:
+                hsm.check_cert_matches_token(self.hsm, cert, name)
+        elif name == facts.TLS_CERT:
+            profiles.check_gateway_tls(cert, root=root, csr=csr, artifact=name)
+        elif name == facts.ONLINE_CA_CERT:
+            profiles.check_device_ca(cert, root=root, factory=factory, csr=csr, artifact=name)
+        elif name == facts.LOCAL_CA_CERT:
+            profiles.check_device_ca(cert, root=root, factory=factory, expected_cn=self.answer.local_ca_cn, artifact=name)
+
+
+_CSR_OF = {facts.TLS_CERT: facts.TLS_CSR, facts.ONLINE_CA_CERT: facts.ONLINE_CA_CSR}
+
+
+# --- Verify and upload -------------------------------------------------------------------------
+
+
+def verified_patch_body(pki: PkiDir, start: Start) -> dict[str, str]:
+    """The PATCH body, built from the stored bytes and checked whole right before the upload:
+    each file is the one journalled, and the set is checked as one PKI (profiles.check_upload)."""
+    recorded = start.journal.fingerprints()
+    stored: dict[str, bytes] = {}
+    for name in start.plan.uploaded:
+        data = pki.read_bytes(name)
+        if hashlib.sha256(data).hexdigest() != recorded.get(name):
+            raise RefusedError(f"{pki / name} is not the file create kept (SHA-256 differs from the journal); nothing was sent")
+        stored[name] = data
+    local_cn = start.answer.local_ca_cn if facts.LOCAL_CA_CERT in stored else None
+    profiles.check_upload(
+        root=stored[facts.ROOT_CERT],
+        tls=stored[facts.TLS_CERT],
+        tls_csr=start.answer.csrs[facts.TLS_CSR],
+        device_cas={name: stored[name] for name in (facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT) if name in stored},
+        online_csr=start.answer.csrs.get(facts.ONLINE_CA_CSR),
+        factory=start.answer.factory,
+        local_ca_cn=local_cn,
+    )
+    return {field.name: "\n".join(stored[source].decode() for source in field.sources) for field in start.plan.patch}
+
+
+class Upload:
+    """Ask, then PATCH; a lost answer is followed by a GET before any second try."""
+
+    def __init__(self, api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Reporter):
+        self.api = api
+        self.pki = pki
+        self.options = options
+        self.reporter = reporter
+
+    def run(self, result: CreateResult) -> None:
         if self.options.resume and self.server_has_our_root(result):
             return
         summary = {
@@ -508,28 +625,28 @@ class CreateFlow:
         }
         if not self.reporter.confirm_upload(summary):
             raise RefusedError(
-                f"upload not confirmed; nothing was sent. The new PKI is in {self.pki.path}; "
-                f"the factory still has no root of trust; upload it later with: "
-                f"fioca keys ca create {self.pki.path} --resume"
+                f"upload not confirmed; nothing was sent. The new PKI is in {self.pki.path}; the factory still has "
+                f"no root of trust; upload it later with: fioca keys ca create {self.pki.path} --resume"
             )
-        self.reporter.progress("Uploading signed certs to Foundries")
+        self.reporter.progress(UPLOADING)
+        body = {**result.patch_body, "change-meta": {}}
         try:
-            self.api.patch_certs(result.patch_body)
+            self.api.patch_certs(body)
         except ApiError as exc:
             if exc.status == 409 and self.server_has_our_root(result):
                 return  # raced with ourselves: an earlier try of this very upload went through
             if exc.status is not None:  # the server answered: it refused, nothing was applied
-                raise self.upload_failed(exc) from None
+                raise self.failed(exc) from None
             # No answer: the PATCH may have been applied. Look before trying once more.
             if self.server_has_our_root(result):
                 return
             self.reporter.note("The upload got no answer and did not apply; trying it once more")
             try:
-                self.api.patch_certs(result.patch_body)
+                self.api.patch_certs(body)
             except ApiError as again:
                 if again.status is None and self.server_has_our_root(result):
                     return
-                raise self.upload_failed(again) from None
+                raise self.failed(again) from None
 
     def server_has_our_root(self, result: CreateResult) -> bool:
         """True when the factory's root is ours (an earlier upload went through); refuses when
@@ -537,17 +654,17 @@ class CreateFlow:
         certs = self.api.get_certs()
         if not is_configured(certs):
             return False
-        theirs = profiles.load_cert(certs.body["root-crt"].encode(), "root-crt on the server")
-        if profiles.fingerprint_sha256(theirs) != result.root_fingerprint:
+        theirs = profiles.fingerprint_sha256(profiles.load_cert(certs.body["root-crt"].encode(), "root-crt on the server"))
+        if theirs != result.root_fingerprint:
             raise RefusedError(
-                f"factory '{self.api.factory}' already has a different root of trust "
-                f"({profiles.fingerprint_sha256(theirs)}); the root in {self.pki.path} was never uploaded and "
-                "cannot be; keep it for the record, and ask support if the factory's root must be reset"
+                f"factory '{self.api.factory}' already has a different root of trust ({theirs}); the root in "
+                f"{self.pki.path} was never uploaded and cannot be; keep it for the record, and ask support "
+                "if the factory's root must be reset"
             )
         self.reporter.note("The server already holds this root of trust: the earlier upload went through")
         return True
 
-    def upload_failed(self, exc: ApiError) -> ApiError:
+    def failed(self, exc: ApiError) -> ApiError:
         retry = f"fioca keys ca create {self.pki.path} --resume"
         if self.options.resume and exc.status == 400 and not self.options.fresh_csrs:
             # The first run's CSRs may have expired on the server; the root need not change.
@@ -555,67 +672,6 @@ class CreateFlow:
         else:
             hint = f"retry the upload with: {retry}"
         return ApiError(
-            f"{exc.message}; the new PKI is kept in {self.pki.path}; {hint}",
-            status=exc.status,
-            details=exc.details,
+            f"{exc.message}; the new PKI is kept in {self.pki.path}; {hint}", status=exc.status, details=exc.details
         )
 
-
-def _free_name(path: Path, *, numbered: bool = False) -> Path:
-    """The first of `path` (unless `numbered`), `path.1`, `path.2`, ... that does not exist."""
-    n = 0 if not numbered else 1
-    candidate = path if not numbered else path.with_name(f"{path.name}.1")
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
-
-
-def _put(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write a work-dir input; on resume it is already there with the same content."""
-    if path.exists():
-        if path.read_text() == text:
-            return
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
-def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
-    """The CSRs the scripts will sign must be well-formed, self-signed and for this factory."""
-    for name in plan.inputs:
-        value = answer.field(name)
-        if not isinstance(value, str) or not value.strip():
-            raise ApiError(f"the POST answer has no {name}; nothing was run")
-        csr = profiles.load_csr(value.encode(), name)
-        if not csr.is_signature_valid:
-            raise CheckError(name, "the CSR's self-signature does not verify")
-        ou = profiles.subject_ou(csr)
-        if ou != answer.factory:
-            raise CheckError(name, f"subject OU is {ou!r}, not the factory {answer.factory!r}")
-        profiles.check_server_csr(csr, gateway=name == files.TLS_CSR, artifact=name)
-
-
-def answer_from(
-    data: dict, raw: bytes, *, factory: str, local_ca_cn: str, on_note: Callable[[str], None] = lambda _l: None
-) -> ServerAnswer:
-    """Take the scripts out of an answer, or fall back to the bundled ones when it has none."""
-    taken = jq_fields(data, (*SCRIPT_FIELDS, files.TLS_CSR, files.ONLINE_CA_CSR))
-    present = {name: taken[name] for name in SCRIPT_FIELDS}
-    for name, value in present.items():
-        if value is not None and not isinstance(value, str):
-            raise ApiError(f"the POST answer's {name} is not a string; nothing was run")
-    from_server = all(isinstance(value, str) for value in present.values())
-    if from_server:
-        scripts = present
-    else:
-        if any(present.values()):
-            raise ApiError("the POST answer has some scripts but not all four; nothing was run")
-        on_note("The answer carries no scripts (today's API sends none): using fioca's bundled reference scripts")
-        scripts = reference.rendered(factory=factory, local_ca_cn=local_ca_cn)
-    csrs = {name: taken[name] for name in (files.TLS_CSR, files.ONLINE_CA_CSR)}
-    for name, value in csrs.items():
-        if value is not None and not isinstance(value, str):
-            raise ApiError(f"the POST answer's {name} is not a string; nothing was run")
-    return ServerAnswer(raw, data, scripts, from_server, factory, local_ca_cn, csrs)

@@ -1,8 +1,14 @@
-"""The PKI directory: file names, modes, atomic never-overwriting writes, and the lock.
+"""The PKI directory, and the one way fioca reads and writes private files.
 
-Every name fioctl uses lives here once. Files are written 0400 in a 0700 folder, through a
-temporary file that is fsync'ed and then hard-linked into place: a crash leaves either the
-whole file or nothing, and an existing file is never replaced.
+Every file fioca keeps is written here: 0400 (or the mode asked) in a 0700 folder, through
+a temporary file that is fsync'ed and then hard-linked into place, so a crash leaves the
+whole file or nothing and an existing file is never replaced. Records fioca rewrites by
+design (the create journal) are replaced atomically instead.
+
+Everything happens relative to a directory file descriptor opened without following
+symlinks, and every name is opened with O_NOFOLLOW: a name a script or another user turned
+into a symlink is refused, never followed. A folder or file owned by another user, or
+writable by group or others, is refused before it is used.
 """
 
 from __future__ import annotations
@@ -11,140 +17,286 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
+import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from fioca import facts
 from fioca.errors import PkiDirError, RefusedError
 
-# The PKI directory's files, named as fioctl names them.
-ROOT_KEY = "factory_ca.key"
-ROOT_CERT = "factory_ca.pem"
-TLS_CERT = "tls-crt"
-TLS_CSR = "tls-csr"
-ONLINE_CA_CERT = "online-crt"
-ONLINE_CA_CSR = "ca-csr"
-LOCAL_CA_KEY = "local-ca.key"
-LOCAL_CA_CERT = "local-ca.pem"
-FACTORY_CERTS_JSON = "factory_certs.json"
-LOCK_FILE = ".fioca.lock"
+# A PKI file is a few KiB; a bound keeps a planted huge file from being read into memory.
+MAX_FILE_BYTES = 1024 * 1024
 
-FILE_MODE = 0o400
-DIR_MODE = 0o700
+_NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _describe(path: Path) -> str:
+    return str(path)
 
 
 class PkiDir:
-    """A PKI directory on disk. Creating one makes it 0700; an existing one is tightened to 0700."""
+    """A private folder (the PKI dir, a device folder), used through one O_NOFOLLOW handle.
 
-    def __init__(self, path: Path):
+    `PkiDir.open(path)` takes an existing folder; `PkiDir.prepare(path)` also makes a
+    missing one. Both check that the folder is a real directory, ours, and not writable by
+    group or others. Close it (or use it as a context manager) when done.
+    """
+
+    def __init__(self, path: Path, fd: int):
         self.path = Path(path)
+        self._fd = fd
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> PkiDir:
+        path = Path(path).expanduser()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise PkiDirError(f"{path} does not exist") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PkiDirError(f"{path} is not a directory (or is a symlink); fioca uses only a real folder") from None
+            raise PkiDirError(f"cannot open {path}: {exc.strerror}") from None
+        folder = cls(path, fd)
+        try:
+            folder._check_private_owner()
+        except PkiDirError:
+            folder.close()
+            raise
+        return folder
+
+    @classmethod
+    def prepare(cls, path: Path) -> tuple[PkiDir, list[str]]:
+        """The folder for a new PKI: made 0700 when missing; an existing empty folder is
+        tightened to 0700 (with a note); a non-empty one must already be private."""
+        path = Path(path).expanduser()
+        notes: list[str] = []
+        if not os.path.lexists(path):
+            try:
+                path.mkdir(mode=facts.DIR_MODE, parents=True)
+            except OSError as exc:
+                raise PkiDirError(f"cannot create {path}: {exc.strerror}") from None
+        folder = cls.open(path)
+        mode = stat.S_IMODE(os.fstat(folder._fd).st_mode)
+        if mode != facts.DIR_MODE:
+            if folder.names():
+                folder.close()
+                raise RefusedError(
+                    f"{path} is not empty and is {mode:04o}, not private (0700); fioca does not change the "
+                    f"mode of a folder it did not make: run `chmod 700 {path}` yourself, or use a new folder"
+                )
+            os.fchmod(folder._fd, facts.DIR_MODE)
+            notes.append(f"{path} was an empty {mode:04o} folder; it is now 0700")
+        return folder, notes
+
+    def _check_private_owner(self) -> None:
+        st = os.fstat(self._fd)
+        _require_ours(st, self.path, "folder")
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise PkiDirError(f"{self.path} is not writable")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> PkiDir:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def ensure(self) -> list[str]:
-        """Make sure the folder exists, is a folder, is writable and is 0700. Returns notes."""
-        notes: list[str] = []
-        if self.path.exists() and not self.path.is_dir():
-            raise PkiDirError(f"PKI dir {self.path} exists and is not a directory")
-        if not self.path.exists():
-            try:
-                self.path.mkdir(mode=DIR_MODE, parents=True)
-            except OSError as exc:
-                raise PkiDirError(f"cannot create PKI dir {self.path}: {exc.strerror}") from None
-        mode = stat.S_IMODE(self.path.stat().st_mode)
-        if mode != DIR_MODE:
-            try:
-                self.path.chmod(DIR_MODE)
-            except OSError as exc:
-                raise PkiDirError(f"cannot make PKI dir {self.path} private (0700): {exc.strerror}") from None
-            notes.append(f"PKI dir {self.path} was {mode:04o}, now 0700")
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise PkiDirError(f"PKI dir {self.path} is not writable")
-        return notes
+    def __repr__(self) -> str:
+        return f"PkiDir({str(self.path)!r})"
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self._fd))
 
     def has(self, name: str) -> bool:
-        return (self.path / name).exists()
-
-    def read_bytes(self, name: str) -> bytes:
+        """True when `name` exists in the folder, as whatever it is (a symlink counts)."""
         try:
-            return (self.path / name).read_bytes()
+            os.stat(_plain(name), dir_fd=self._fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise PkiDirError(f"{self.path / name} does not exist") from None
-        except OSError as exc:
-            raise PkiDirError(f"cannot read {self.path / name}: {exc.strerror}") from None
+            return False
+        return True
 
-    def write_new(self, name: str, data: bytes, mode: int = FILE_MODE) -> Path:
-        return write_new(self.path / name, data, mode)
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold an exclusive lock on the directory; a second fioca on the same dir is refused."""
-        lock_path = self.path / LOCK_FILE
+    def read_bytes(self, name: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of a regular file fioca can trust: no symlink, ours, not writable by others."""
+        where = self.path / name
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(_plain(name), _NOFOLLOW_READ, dir_fd=self._fd)
+        except FileNotFoundError:
+            raise PkiDirError(f"{where} does not exist") from None
         except OSError as exc:
-            raise PkiDirError(f"cannot lock PKI dir {self.path} ({LOCK_FILE}): {exc.strerror}") from None
+            if exc.errno == errno.ELOOP:
+                raise PkiDirError(f"{where} is a symlink; fioca reads only regular files it can trust") from None
+            raise PkiDirError(f"cannot read {where}: {exc.strerror}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RefusedError(
-                    f"PKI dir {self.path} is in use by another fioca run (lock {LOCK_FILE}); wait for it to finish"
-                ) from None
-            yield
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PkiDirError(f"{where} is not a regular file")
+            _require_ours(st, where, "file")
+            if st.st_size > max_bytes:
+                raise PkiDirError(f"{where} is {st.st_size} bytes, more than a PKI file can be ({max_bytes})")
+            return _read_all(fd, max_bytes, where)
         finally:
             os.close(fd)
 
+    # --- writing ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _staged(path: Path, data: bytes, mode: int) -> Iterator[str]:
-    """A temp file beside `path` holding `data` (fsync'ed, `mode`) for the caller to link or
-    rename into place; the temp name is removed afterwards either way. OSError comes out as is."""
-    # mkstemp makes the file 0600, so the content is never readable by others on the way.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        yield tmp_name
-    finally:
+    def write_new(self, name: str, data: bytes, mode: int = facts.FILE_MODE) -> Path:
+        """Write `data` as `name` atomically with `mode`; an existing name is never replaced."""
+        where = self.path / name
+        if self.has(name):
+            raise RefusedError(f"{where} already exists; fioca never overwrites it")
+        try:
+            with self._staged(name, data, mode) as tmp:
+                try:
+                    # link() fails when the target exists, unlike rename(): no overwrite, no race.
+                    os.link(tmp, _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+                except FileExistsError:
+                    raise RefusedError(f"{where} already exists; fioca never overwrites it") from None
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _write_error(where, exc) from None
+        return where
+
+    def replace(self, name: str, data: bytes, mode: int = facts.RECORD_MODE) -> Path:
+        """Write `data` as `name` atomically, replacing what is there: only for fioca's own
+        records and files the user asked to overwrite. A symlink at `name` is replaced, not
+        followed (rename replaces the link itself)."""
+        where = self.path / name
+        try:
+            with self._staged(name, data, mode) as tmp:
+                os.rename(tmp, _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _write_error(where, exc) from None
+        return where
+
+    def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+            os.unlink(_plain(name), dir_fd=self._fd)
 
+    def move_aside(self, name: str, suffix: str) -> str:
+        """Give `name` the first free name `name<suffix>`, `name<suffix>.1`, ...; return it."""
+        target = self.free_name(f"{name}{suffix}")
+        try:
+            os.link(_plain(name), target, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+            os.unlink(_plain(name), dir_fd=self._fd)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise PkiDirError(f"cannot move {self.path / name} to {self.path / target}: {exc.strerror}") from None
+        return target
 
-def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
-    """Write `data` to `path` atomically with `mode`, refusing to replace an existing file."""
-    path = Path(path)
-    if path.exists():
-        raise RefusedError(f"{path} already exists; fioca never overwrites it")
-    try:
-        # A read-only or full file system fails in mkstemp, before any byte.
-        with _staged(path, data, mode) as tmp_name:
+    def move_back(self, moved: str, name: str) -> None:
+        """Undo `move_aside`: `moved` becomes `name` again (which must not exist)."""
+        os.link(_plain(moved), _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+        os.unlink(_plain(moved), dir_fd=self._fd)
+
+    def free_name(self, name: str, *, numbered: bool = False) -> str:
+        """The first of `name` (unless `numbered`), `name.1`, `name.2`, ... that does not exist."""
+        candidates = ((name if n == 0 else f"{name}.{n}") for n in range(0 if not numbered else 1, 10_000))
+        for candidate in candidates:
+            if not self.has(candidate):
+                return candidate
+        raise PkiDirError(f"no free name left for {self.path / name}")
+
+    @contextlib.contextmanager
+    def _staged(self, name: str, data: bytes, mode: int) -> Iterator[str]:
+        """A temp file beside `name` holding `data` (fsync'ed, `mode`), removed afterwards."""
+        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        # O_EXCL | O_NOFOLLOW: the temp name is new and ours; 0600 until it is complete.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self._fd)
+        try:
             try:
-                # link() fails when the target exists, unlike rename(): no silent overwrite, no race.
-                os.link(tmp_name, path)
-            except FileExistsError:
-                raise RefusedError(f"{path} already exists; fioca never overwrites it") from None
-            _fsync_dir(path.parent)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    return path
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fchmod(fd, mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            yield tmp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self._fd)
+
+    # --- sub-folders and the lock -----------------------------------------------------------
+
+    def make_folder(self, name: str) -> Path:
+        """A new private sub-folder `name` (0700); an existing name is refused, a symlink too."""
+        try:
+            os.mkdir(_plain(name), facts.DIR_MODE, dir_fd=self._fd)
+        except FileExistsError:
+            raise RefusedError(f"{self.path / name} already exists; fioca never reuses it") from None
+        except OSError as exc:
+            raise _write_error(self.path / name, exc) from None
+        return self.path / name
+
+    def remove_folder(self, name: str) -> None:
+        """Remove a sub-folder fioca made (a work dir left by a run that died), with all it holds.
+
+        Anything else at that name (a symlink, a file, another user's folder) is refused, not
+        followed or removed."""
+        try:
+            st = os.stat(_plain(name), dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise RefusedError(f"{self.path / name} is not a folder fioca made; look at it and remove it yourself")
+        _require_ours(st, self.path / name, "folder")
+        shutil.rmtree(_plain(name), dir_fd=self._fd)  # fd-based: never follows a symlink inside
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder itself (no lock file is left behind); a second
+        fioca on the same folder is refused at once."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefusedError(f"{self.path} is in use by another fioca run; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-def replace_file(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
-    """Write `data` to `path` atomically with `mode`, replacing any file there (temp file + rename).
+def _plain(name: str) -> str:
+    """A name inside the folder: never a path, never `.` or `..`."""
+    if not name or "/" in name or name in (".", ".."):
+        raise PkiDirError(f"{name!r} is not a plain file name")
+    return name
 
-    Only for files the user asked to overwrite (`device register --force`); the PKI dir uses
-    `write_new`. OSError comes out as is, for the caller to word.
-    """
-    path = Path(path)
-    with _staged(path, data, mode) as tmp_name:
-        os.replace(tmp_name, path)
-    return path
+
+def _require_ours(st: os.stat_result, where: Path, what: str) -> None:
+    if st.st_uid != os.getuid():
+        raise RefusedError(f"{where} is owned by another user (uid {st.st_uid}); fioca uses only its own {what}s")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RefusedError(
+            f"{where} is writable by group or others ({stat.S_IMODE(st.st_mode):04o}); "
+            f"fioca uses only private {what}s: run `chmod go-w {where}`"
+        )
+
+
+def _read_all(fd: int, max_bytes: int, where: Path) -> bytes:
+    chunks = []
+    size = 0
+    while chunk := os.read(fd, 65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PkiDirError(f"{where} grew past {max_bytes} bytes while it was read")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _write_error(path: Path, exc: OSError) -> PkiDirError:
@@ -153,14 +305,15 @@ def _write_error(path: Path, exc: OSError) -> PkiDirError:
     return PkiDirError(f"cannot write {path}: {exc.strerror or exc.__class__.__name__}")
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
+    """`PkiDir.write_new` for one file in a folder fioca uses once (a sota dir, a test's PKI)."""
+    path = Path(path)
+    with PkiDir.open(path.parent) as folder:
+        return folder.write_new(path.name, data, mode)
 
 
-def private_work_dir(prefix: str = "fioca-") -> Path:
-    """A fresh 0700 temporary folder for scripts to run in."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+def replace_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
+    """`PkiDir.replace` for one file the user asked to overwrite (`device register --force`)."""
+    path = Path(path)
+    with PkiDir.open(path.parent) as folder:
+        return folder.replace(path.name, data, mode)

@@ -2,95 +2,92 @@
 
 The root of trust can be set only once, and its key exists only on this machine: a crash,
 a lost answer or a server error halfway must leave a PKI dir that can be finished, never a
-second root. The journal lives in the PKI dir (`.fioca-create.json`, 0600) and is rewritten
-atomically (temp file, fsync, rename) after every step; it records each finished step with
-the SHA-256 of the files it produced, so a resumed run can tell a finished step from a
-damaged one. A successful run removes it.
+second root. The journal lives in the PKI dir (`.fioca-create.json`, 0600) and is replaced
+atomically after every change; it records each finished step with the SHA-256 of the files
+it kept, the choices the run was started with, and, while a script runs, that the work dir
+may hold a copy of the root key. A successful run removes it.
+
+It holds no secret: names, choices and digests only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 
+from fioca import facts
 from fioca.errors import PkiDirError
+from fioca.pki.files import PkiDir
 
-JOURNAL_FILE = ".fioca-create.json"
-WORK_DIR = ".fioca-work"
-VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+VERSION = 2
 
 
 @dataclass
 class Journal:
-    path: Path
+    pki: PkiDir
     factory: str
     online_ca: bool
     local_ca: bool
     hsm: bool
     local_ca_cn: str
     answer_sha256: str
+    no_jail: bool = False
+    reissue: bool = False
     steps: dict[str, dict[str, str]] = field(default_factory=dict)  # script -> {file: sha256}
-    stored: bool = False
+    running: str | None = None  # the script whose work dir exists right now
     version: int = VERSION
 
     @classmethod
-    def load(cls, pki_dir: Path) -> Journal | None:
-        path = pki_dir / JOURNAL_FILE
+    def load(cls, pki: PkiDir) -> Journal:
+        where = pki / facts.JOURNAL_FILE
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, UnicodeDecodeError):
-            raise PkiDirError(f"the create journal {path} is unreadable; it is fioca's own record, see SECURITY.md") from None
+            data = json.loads(pki.read_bytes(facts.JOURNAL_FILE))
+        except (ValueError, UnicodeDecodeError):
+            raise PkiDirError(f"the create journal {where} is not readable JSON; it is fioca's own record of the run") from None
         if not isinstance(data, dict) or data.get("version") != VERSION:
-            raise PkiDirError(f"the create journal {path} is from another fioca version")
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "path"}
+            raise PkiDirError(f"the create journal {where} is from another fioca version; finish that run with it")
+        known = {f.name for f in fields(cls)} - {"pki"}
         try:
-            return cls(path=path, **fields)
+            return cls(pki=pki, **{key: value for key, value in data.items() if key in known})
         except TypeError:
-            raise PkiDirError(f"the create journal {path} is incomplete") from None
+            raise PkiDirError(f"the create journal {where} is incomplete") from None
 
     @classmethod
-    def begin(cls, pki_dir: Path, **fields) -> Journal:
-        journal = cls(path=pki_dir / JOURNAL_FILE, **fields)
+    def begin(cls, pki: PkiDir, **values) -> Journal:
+        journal = cls(pki=pki, **values)
         journal.save()
         return journal
 
     def save(self) -> None:
         data = asdict(self)
-        data.pop("path")
-        fd, tmp = tempfile.mkstemp(prefix=".fioca-create.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)  # the journal is fioca's own record: replaced by design
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        data.pop("pki")
+        self.pki.replace(facts.JOURNAL_FILE, (json.dumps(data, indent=2) + "\n").encode(), facts.RECORD_MODE)
 
-    def record_step(self, script: str, produced: dict[str, Path]) -> None:
-        self.steps[script] = {name: sha256_file(path) for name, path in produced.items()}
+    def record_step(self, script: str, kept: dict[str, str]) -> None:
+        self.steps[script] = dict(kept)
+        self.save()
+
+    def restart_steps(self, scripts: list[str], *, answer_sha256: str) -> None:
+        """Forget finished steps (their files were moved aside) for a new answer."""
+        for script in scripts:
+            self.steps.pop(script, None)
+        self.answer_sha256 = answer_sha256
+        self.save()
+
+    def note_work_dir(self, script: str | None) -> None:
+        self.running = script
         self.save()
 
     def fingerprints(self) -> dict[str, str]:
-        """Every file the finished steps produced, with its SHA-256."""
-        return {name: digest for produced in self.steps.values() for name, digest in produced.items()}
+        """Every file the finished steps kept, with its SHA-256."""
+        return {name: digest for kept in self.steps.values() for name, digest in kept.items()}
 
-    def mark_stored(self) -> None:
-        self.stored = True
-        self.save()
+    def progress(self) -> str:
+        done = ", ".join(self.steps) or "no script"
+        text = f"finished: {done}"
+        if self.running:
+            text += f"; stopped inside {self.running}, whose work dir {self.pki / facts.WORK_DIR} may hold a copy of the root key"
+        return text
 
     def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.pki.remove(facts.JOURNAL_FILE)

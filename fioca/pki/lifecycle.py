@@ -20,20 +20,16 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from fioca import facts
 from fioca.api import NOT_CONFIGURED, FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError, UsageError
-from fioca.pki import files, profiles
+from fioca.pki import profiles
+from fioca.pki.files import PkiDir
 from fioca.pki.signer import RootSigner, Via, create_local_ca, sign_crl, sign_csr
 
 Progress = Callable[[str], None]
 Confirm = Callable[[Any], bool]
 
-CRL_REASONS = {
-    "disable": x509.ReasonFlags.certificate_hold,  # 6: reversible, known devices keep working
-    "enable": x509.ReasonFlags.remove_from_crl,  # 8: undoes a disable
-    "revoke": x509.ReasonFlags.privilege_withdrawn,  # 9, as fioctl sends: permanent
-}
-CRL_REASON_CODES = {"disable": 6, "enable": 8, "revoke": 9}
 
 
 def _quiet(_line: str) -> None:
@@ -74,7 +70,7 @@ def require_factory_root(signer: RootSigner, pki: FactoryPki) -> None:
     """The PKI dir's root must be the factory's root of trust, or nothing it signs is trusted."""
     if signer.certificate.fingerprint(hashes.SHA256()) != pki.root.fingerprint(hashes.SHA256()):
         raise RefusedError(
-            f"{signer.pki_dir / files.ROOT_CERT} is not factory '{pki.factory}'s root of trust "
+            f"{signer.pki.path / facts.ROOT_CERT} is not factory '{pki.factory}'s root of trust "
             f"(SHA-256 {profiles.fingerprint_sha256(signer.certificate)}, the factory's is "
             f"{profiles.fingerprint_sha256(pki.root)}); use the PKI dir `keys ca create` made for this factory"
         )
@@ -95,23 +91,17 @@ def ca_summary(cert: x509.Certificate, **extra: Any) -> dict[str, Any]:
 class FileChanges:
     """Backups and new files in the PKI dir, with an undo for a PATCH the server refused."""
 
-    def __init__(self, pki: files.PkiDir):
+    def __init__(self, pki: PkiDir):
         self.pki = pki
         self.moved: list[tuple[Path, Path]] = []
         self.created: list[Path] = []
 
     def move_aside(self, name: str) -> Path | None:
         """NAME -> NAME.bak (or NAME.bak.1, .2, ... when a .bak exists: a backup is never clobbered)."""
-        source = self.pki / name
-        if not source.exists():
+        if not self.pki.has(name):
             return None
-        target = backup_name(self.pki, name)
-        try:
-            os.link(source, target)  # link() refuses an existing target, unlike rename()
-            os.unlink(source)
-        except OSError as exc:
-            raise PkiDirError(f"cannot move {source} to {target}: {exc.strerror}") from None
-        self.moved.append((source, target))
+        target = self.pki / self.pki.move_aside(name, ".bak")
+        self.moved.append((self.pki / name, target))
         return target
 
     def write(self, name: str, data: bytes) -> Path:
@@ -121,20 +111,10 @@ class FileChanges:
 
     def undo(self) -> None:
         for path in reversed(self.created):
-            path.unlink(missing_ok=True)
+            self.pki.remove(path.name)
         for source, target in reversed(self.moved):
-            if not source.exists():
-                os.link(target, source)
-                os.unlink(target)
-
-
-def backup_name(pki: files.PkiDir, name: str) -> Path:
-    target = pki / f"{name}.bak"
-    n = 1
-    while target.exists():
-        target = pki / f"{name}.bak.{n}"
-        n += 1
-    return target
+            if not self.pki.has(source.name):
+                self.pki.move_back(target.name, source.name)
 
 
 def _patch(api: FactoryApi, body: dict[str, str], changes: FileChanges | None) -> dict[str, Any]:
@@ -157,7 +137,7 @@ def _patch(api: FactoryApi, body: dict[str, str], changes: FileChanges | None) -
 
 def _store_and_patch(
     api: FactoryApi,
-    pki_dir: files.PkiDir,
+    pki_dir: PkiDir,
     plan: AddDeviceCaPlan | RotateTlsPlan,
     *,
     moves: list[str],
@@ -236,7 +216,7 @@ def apply_update(api: FactoryApi, plan: UpdatePlan) -> dict[str, Any]:
 class AddDeviceCaOptions:
     online_ca: bool = False
     local_ca: bool = False
-    local_ca_filename: str = files.LOCAL_CA_CERT
+    local_ca_filename: str = facts.LOCAL_CA_CERT
     via: Via = "script"
 
 
@@ -285,7 +265,7 @@ class ApplyResult:
 
 def add_device_ca(
     api: FactoryApi,
-    pki_dir: files.PkiDir,
+    pki_dir: PkiDir,
     signer: RootSigner,
     options: AddDeviceCaOptions,
     *,
@@ -326,11 +306,11 @@ def add_device_ca(
             answer = api.post_certs({"first-time-init": False, "ca-csr": True, "est-tls-csr": False, "tls-csr": False})
             csr = _csr_from_answer(answer.body, "ca-csr", pki.factory)
             progress("Signing Foundries.io CSR for online use")
-            online = sign_csr(signer, csr, "ca", via=options.via, artifact=files.ONLINE_CA_CERT, on_stderr=on_script_stderr)
-            moves = [name for name in (files.ONLINE_CA_CERT, files.ONLINE_CA_CSR) if pki_dir.has(name)]
-            writes[files.ONLINE_CA_CSR] = profiles.csr_pem(csr)
-            writes[files.ONLINE_CA_CERT] = profiles.cert_pem(online)
-            new_cas.append(ca_summary(online, kind="online", file=files.ONLINE_CA_CERT))
+            online = sign_csr(signer, csr, "ca", via=options.via, artifact=facts.ONLINE_CA_CERT, on_stderr=on_script_stderr)
+            moves = [name for name in (facts.ONLINE_CA_CERT, facts.ONLINE_CA_CSR) if pki_dir.has(name)]
+            writes[facts.ONLINE_CA_CSR] = profiles.csr_pem(csr)
+            writes[facts.ONLINE_CA_CERT] = profiles.cert_pem(online)
+            new_cas.append(ca_summary(online, kind="online", file=facts.ONLINE_CA_CERT))
             new_pems.append(profiles.cert_pem(online).decode())
         bundle = "\n".join([pki.ca_crt.rstrip("\n") + "\n", *new_pems]) if pki.ca_crt else "\n".join(new_pems)
         plan = AddDeviceCaPlan(pki.factory, new_cas, writes, moves, {"ca-crt": bundle})
@@ -376,7 +356,7 @@ class CrlPlan:
         return {
             "factory": self.factory,
             "action": self.action,
-            "reason_code": CRL_REASON_CODES[self.action],
+            "reason_code": facts.CRL_REASON_CODES[self.action],
             "device_cas": self.targets,
             "dry_run": self.dry_run,
             "crl": self.crl_pem,
@@ -391,7 +371,7 @@ def parse_serial(text: str) -> int:
     return int(value)
 
 
-def serials_from_files(pki_dir: files.PkiDir, names: list[str]) -> list[int]:
+def serials_from_files(pki_dir: PkiDir, names: list[str]) -> list[int]:
     """The serial of each `--ca-file`, a file name inside the PKI dir (fioctl: not a path)."""
     serials = []
     for name in names:
@@ -404,7 +384,7 @@ def serials_from_files(pki_dir: files.PkiDir, names: list[str]) -> list[int]:
 
 def change_device_cas(
     api: FactoryApi,
-    pki_dir: files.PkiDir,
+    pki_dir: PkiDir,
     signer: RootSigner,
     *,
     action: str,
@@ -415,8 +395,8 @@ def change_device_cas(
     progress: Progress = _quiet,
 ) -> tuple[CrlPlan, dict[str, Any]]:
     """disable (reason 6), enable (8) or revoke (9) device CAs with a root-signed CRL."""
-    if action not in CRL_REASONS:
-        raise ValueError(f"action must be one of {', '.join(CRL_REASONS)}")
+    if action not in facts.CRL_REASON_CODES:
+        raise ValueError(f"action must be one of {', '.join(facts.CRL_REASON_CODES)}")
     if not ca_files and not ca_serials:
         raise UsageError("At least one of --ca-file or --ca-serial must be provided")
     wanted = [parse_serial(text) for text in ca_serials] + serials_from_files(pki_dir, ca_files)
@@ -434,7 +414,7 @@ def change_device_cas(
         ca_summary(by_serial[serial], disabled=str(serial) in pki.disabled_serials) for serial in wanted
     ]
     progress("Signing CRL by factory root CA")
-    crl = sign_crl(signer, [(serial, CRL_REASONS[action]) for serial in wanted])
+    crl = sign_crl(signer, [(serial, facts.CRL_REASON_CODES[action]) for serial in wanted])
     plan = CrlPlan(pki.factory, action, targets, crl, dry_run)
     if dry_run:
         return plan, {}
@@ -474,7 +454,7 @@ class RotateTlsPlan:
 
 def rotate_tls(
     api: FactoryApi,
-    pki_dir: files.PkiDir,
+    pki_dir: PkiDir,
     signer: RootSigner,
     *,
     confirm: Confirm,
@@ -490,12 +470,12 @@ def rotate_tls(
         answer = api.post_certs({"first-time-init": False, "ca-csr": False, "est-tls-csr": False, "tls-csr": True})
         csr = _csr_from_answer(answer.body, "tls-csr", pki.factory)
         progress("Signing Foundries TLS CSR")
-        cert = sign_csr(signer, csr, "tls", via=via, artifact=files.TLS_CERT, on_stderr=on_script_stderr)
-        moves = [name for name in (files.TLS_CERT, files.TLS_CSR) if pki_dir.has(name)]
+        cert = sign_csr(signer, csr, "tls", via=via, artifact=facts.TLS_CERT, on_stderr=on_script_stderr)
+        moves = [name for name in (facts.TLS_CERT, facts.TLS_CSR) if pki_dir.has(name)]
         plan = RotateTlsPlan(pki.factory, pki.tls, cert, csr, moves)
         if not confirm(plan):
             raise not_confirmed("rotating the gateway TLS certificate")
-        writes = {files.TLS_CSR: profiles.csr_pem(csr), files.TLS_CERT: profiles.cert_pem(cert)}
+        writes = {facts.TLS_CSR: profiles.csr_pem(csr), facts.TLS_CERT: profiles.cert_pem(cert)}
         return _store_and_patch(
             api, pki_dir, plan, moves=moves, writes=writes, progress=progress,
             uploading="Uploading signed certs to Foundries",

@@ -1,26 +1,44 @@
-"""The steps of `keys ca create` as data.
+"""The steps of `keys ca create` as data: what the real run executes and the dry-run prints.
 
-One plan object drives the real run, the dry-run and the audit's view of what will run: a
-dry-run prints exactly the steps a real run would execute, because both read this plan.
+A plan lists every step in order: saving the answer, each script with what it is given and
+what it must make, the checks on what it made, what is kept in the PKI dir, the check of
+the stored bytes right before the upload, and the PATCH. The flow (`create.py`) walks this
+list and nothing else; the dry-run prints it (`describe()`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from fioca.pki import files
+from fioca import facts
+
+PROGRESS = {
+    facts.CREATE_CA: "Creating offline root CA for Factory",
+    facts.SIGN_TLS_CSR: "Signing Foundries.io TLS CSR",
+    facts.SIGN_CA_CSR: "Signing Foundries.io CSR for online use",
+    facts.CREATE_DEVICE_CA: "Creating local device CA",
+}
+UPLOADING = "Uploading signed certs to Foundries.io"
 
 
 @dataclass(frozen=True)
 class ScriptStep:
-    """Run `./script args...` in the work dir (PKI-SPEC section 3, steps 3-6)."""
+    """Run `./script args...` in a fresh work dir (PKI-SPEC section 3, steps 3-6)."""
 
     script: str
     args: tuple[str, ...]
-    progress: str  # the line fioctl prints before the step
+    stages: tuple[str, ...]  # files of the PKI dir copied into the work dir first
     produces: tuple[str, ...]  # files the script must leave in the work dir
     stdout_file: str | None = None  # the script's stdout is this artifact
+    checks: tuple[str, ...] = ()  # what each product is checked against, for people
+
+    @property
+    def progress(self) -> str:
+        return PROGRESS[self.script]
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        return self.produces + ((self.stdout_file,) if self.stdout_file else ())
 
     @property
     def command(self) -> str:
@@ -30,7 +48,7 @@ class ScriptStep:
 
 @dataclass(frozen=True)
 class PatchField:
-    """One field of the PATCH: the named work-dir files joined with "\\n"."""
+    """One field of the PATCH: the named PKI-dir files joined with "\\n"."""
 
     name: str
     sources: tuple[str, ...]
@@ -41,80 +59,129 @@ class CreatePlan:
     online_ca: bool
     local_ca: bool
     hsm: bool
-    inputs: tuple[str, ...]  # files written into the work dir before any step runs
+    saved: tuple[str, ...]  # the answer's parts kept in the PKI dir before any step runs
     steps: tuple[ScriptStep, ...]
     patch: tuple[PatchField, ...]
-    kept: tuple[str, ...] = field(default=())  # what moves into the PKI dir, in order
 
     @property
     def scripts(self) -> tuple[str, ...]:
         return tuple(step.script for step in self.steps)
 
-    def describe(self, work_dir: Path | str, pki_dir: Path | str) -> dict:
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """Every file the PKI dir holds once create has finished, in the order it is made."""
+        return self.saved + tuple(name for step in self.steps for name in step.products)
+
+    @property
+    def uploaded(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(source for field in self.patch for source in field.sources))
+
+    def step(self, script: str) -> ScriptStep:
+        return next(step for step in self.steps if step.script == script)
+
+    def describe(self, *, pki_dir: str, work_dir: str, jail: str) -> dict:
         """The plan as plain data, for the dry-run's text and JSON output."""
-        return {
-            "work_dir": str(work_dir),
-            "pki_dir": str(pki_dir),
-            "hsm": self.hsm,
-            "inputs": list(self.inputs),
-            "steps": [
+        steps: list[dict] = [
+            {
+                "kind": "save",
+                "what": f"the POST answer as {facts.FACTORY_CERTS_JSON}, and its parts",
+                "files": list(self.saved),
+            }
+        ]
+        for step in self.steps:
+            steps.append(
                 {
+                    "kind": "run",
                     "progress": step.progress,
                     "command": step.command,
-                    "cwd": str(work_dir),
-                    "produces": list(step.produces) + ([step.stdout_file] if step.stdout_file else []),
+                    "cwd": work_dir,
+                    "jail": jail,
+                    "stages": list(step.stages),
+                    "produces": list(step.products),
+                    "checks": list(step.checks),
+                    "keeps": list(step.products),
                 }
-                for step in self.steps
-            ],
-            "kept": list(self.kept),
-            "patch": {f.name: " + \"\\n\" + ".join(f.sources) for f in self.patch},
-        }
+            )
+        steps.append(
+            {
+                "kind": "verify",
+                "what": "read the uploaded files back from the PKI dir and check them whole, "
+                "with the chain, right before the upload",
+                "files": list(self.uploaded),
+            }
+        )
+        steps.append(
+            {
+                "kind": "upload",
+                "progress": UPLOADING,
+                "patch": {field.name: ' + "\\n" + '.join(field.sources) for field in self.patch},
+            }
+        )
+        return {"pki_dir": pki_dir, "work_dir": work_dir, "jail": jail, "hsm": self.hsm, "steps": steps}
 
 
 def plan_create(*, online_ca: bool = True, local_ca: bool = True, hsm: bool = False) -> CreatePlan:
-    root_files = (files.ROOT_CERT,) if hsm else (files.ROOT_KEY, files.ROOT_CERT)
+    """The documented flow for these options (PKI-SPEC section 3)."""
+    root_files = (facts.ROOT_CERT,) if hsm else (facts.ROOT_KEY, facts.ROOT_CERT)
+    signing = root_files  # a signing step is given the root: its certificate, and its key unless on a token
     steps = [
-        ScriptStep("create_ca", (), "Creating offline root CA for Factory", produces=root_files),
         ScriptStep(
-            "sign_tls_csr", (files.TLS_CSR,), "Signing Foundries TLS CSR", produces=(), stdout_file=files.TLS_CERT
+            facts.CREATE_CA,
+            (),
+            stages=(),
+            produces=root_files,
+            checks=(
+                f"{facts.ROOT_CERT}: exactly what create_ca's text asks openssl for; the root-of-trust rules "
+                "(self-signed CA, OU = the factory, P-256, ECDSA-SHA256, valid from now)",
+                f"{facts.ROOT_KEY}: matches {facts.ROOT_CERT}" if not hsm else "the token's root-ca key matches it",
+            ),
+        ),
+        ScriptStep(
+            facts.SIGN_TLS_CSR,
+            (facts.TLS_CSR,),
+            stages=(*signing, facts.TLS_CSR),
+            produces=(),
+            stdout_file=facts.TLS_CERT,
+            checks=(
+                f"{facts.TLS_CERT}: as sign_tls_csr asks; signed by the root; the CSR's key and DNS names; serverAuth",
+            ),
         ),
     ]
-    inputs = [files.TLS_CSR]
+    saved = [facts.FACTORY_CERTS_JSON, facts.TLS_CSR]
     ca_sources: list[str] = []
     if online_ca:
-        inputs.append(files.ONLINE_CA_CSR)
+        saved.append(facts.ONLINE_CA_CSR)
         steps.append(
             ScriptStep(
-                "sign_ca_csr",
-                (files.ONLINE_CA_CSR,),
-                "Signing Foundries CSR for online use",
+                facts.SIGN_CA_CSR,
+                (facts.ONLINE_CA_CSR,),
+                stages=(*signing, facts.ONLINE_CA_CSR),
                 produces=(),
-                stdout_file=files.ONLINE_CA_CERT,
+                stdout_file=facts.ONLINE_CA_CERT,
+                checks=(
+                    f"{facts.ONLINE_CA_CERT}: as sign_ca_csr asks; signed by the root; the CSR's key; "
+                    "a device CA (CA:TRUE, keyCertSign) with OU = the factory",
+                ),
             )
         )
-        ca_sources.append(files.ONLINE_CA_CERT)
+        ca_sources.append(facts.ONLINE_CA_CERT)
     if local_ca:
         steps.append(
             ScriptStep(
-                "create_device_ca",
-                (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT),
-                "Creating local device CA",
-                produces=(files.LOCAL_CA_KEY, files.LOCAL_CA_CERT),
+                facts.CREATE_DEVICE_CA,
+                (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
+                stages=signing,
+                produces=(facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
+                checks=(
+                    f"{facts.LOCAL_CA_CERT}: as create_device_ca asks; signed by the root; a device CA with "
+                    "CN = fio-<polis-id>, OU = the factory",
+                    f"{facts.LOCAL_CA_KEY}: matches {facts.LOCAL_CA_CERT}",
+                ),
             )
         )
-        ca_sources.append(files.LOCAL_CA_CERT)
-    patch = [PatchField("root-crt", (files.ROOT_CERT,)), PatchField("tls-crt", (files.TLS_CERT,))]
+        ca_sources.append(facts.LOCAL_CA_CERT)
+    saved += list(facts.SCRIPT_NAMES)
+    patch = [PatchField("root-crt", (facts.ROOT_CERT,)), PatchField("tls-crt", (facts.TLS_CERT,))]
     if ca_sources:
         patch.append(PatchField("ca-crt", tuple(ca_sources)))
-    kept = [*root_files, files.TLS_CERT]
-    kept += [name for step in steps[2:] for name in (step.stdout_file, *step.produces) if name]
-    kept += inputs + [step.script for step in steps]
-    return CreatePlan(
-        online_ca=online_ca,
-        local_ca=local_ca,
-        hsm=hsm,
-        inputs=tuple(inputs),
-        steps=tuple(steps),
-        patch=tuple(patch),
-        kept=tuple(kept),
-    )
+    return CreatePlan(online_ca, local_ca, hsm, tuple(saved), tuple(steps), tuple(patch))

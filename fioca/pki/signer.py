@@ -1,40 +1,38 @@
 """Signing with the factory root: the one seam every `keys ca` command goes through.
 
-A `RootSigner` is the root certificate plus a way to use its key, in two forms:
+A `RootSigner` is the root certificate of a PKI dir plus a way to use its key:
 
 - in process: `signer.private_key()` is a `cryptography` EC private key the builders sign
   with: the file key (`FileRootSigner`), or `hsm.TokenKey`, whose `.sign()` signs on the
   PKCS#11 token (`HsmRootSigner`);
-- by script: `signer.stage_for_scripts(work_dir)` puts what the reference scripts need into
-  their private work dir (`factory_ca.pem` and, for a file key, `factory_ca.key`) and returns
-  the extra environment they need (an HSM signer returns HSM_MODULE / HSM_TOKEN_LABEL /
-  HSM_PIN there and stages no key: the scripts' HSM branch takes over).
+- by script: `signer.staged()` names the files fioca's bundled scripts need in their work dir
+  (`factory_ca.pem` and, for a file key, `factory_ca.key`) and `signer.script_env()` the
+  environment they need (an HSM signer adds HSM_MODULE / HSM_TOKEN_LABEL / HSM_PIN and
+  stages no key: the scripts' HSM branch signs on the token).
 
 The signing functions (`sign_csr`, `create_local_ca`, `sign_crl`) take a signer and a `via`
-("script" runs the bundled `sign_tls_csr` / `sign_ca_csr` / `create_device_ca` with
-`ScriptRunner`, as `create` does; "inprocess" uses the builders of `profiles`), and check
-every result against its profile before returning it. `load_root_signer(pki_dir, hsm=...)`
-picks the signer.
+("script" runs the bundled `sign_tls_csr` / `sign_ca_csr` / `create_device_ca` in the jail,
+as create does; "inprocess" uses the builders of `profiles`) and check every result, as its
+script's text asked and against the trust rules, before returning it.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol
+from functools import cache
+from typing import Any, Callable, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from fioca import facts
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import files, hsm, profiles, reference
+from fioca.pki import audit, hsm, jail as jails, profiles, reference
+from fioca.pki.asked import AskedCertificate
+from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
-from fioca.pki.scripts import ScriptRunner, default_watch_list, require_tools
+from fioca.pki.scripts import ScriptRunner
 
 Profile = Literal["tls", "ca"]
 Via = Literal["script", "inprocess"]
@@ -48,140 +46,92 @@ _CA_KEY_USAGE = {"key_cert_sign"}
 _NEUTRAL_EXTENSIONS = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
 
 
-class RootSigner(Protocol):
-    """The factory root of trust, able to sign in process and to stage itself for scripts."""
+class RootSigner:
+    """A PKI dir's `factory_ca.pem`, checked as a factory root, and a way to use its key."""
 
-    @property
-    def certificate(self) -> x509.Certificate: ...
-
-    @property
-    def factory(self) -> str: ...
-
-    @property
-    def pki_dir(self) -> Path: ...
-
-    def private_key(self) -> Any: ...
-
-    def stage_for_scripts(self, work_dir: Path) -> dict[str, str]: ...
-
-
-class _CheckedRoot:
-    """What both signers share: the PKI dir and its `factory_ca.pem`, checked as the factory root.
-
-    The factory is the root's OU unless the caller names the one it must be.
-    """
-
-    def __init__(self, pki: files.PkiDir, cert_pem: bytes, *, factory: str | None):
-        cert = profiles.load_cert(cert_pem, files.ROOT_CERT)
+    def __init__(self, pki: PkiDir, *, factory: str | None, hsm_settings: HsmSettings | None):
+        if not pki.has(facts.ROOT_CERT):
+            raise RefusedError(
+                f"{pki / facts.ROOT_CERT} does not exist: {pki.path} is not a PKI dir made by `keys ca create`"
+            )
+        cert = profiles.load_cert(pki.read_bytes(facts.ROOT_CERT), facts.ROOT_CERT)
         ou = profiles.subject_ou(cert) or ""
-        profiles.check_root(cert, factory=factory or ou, artifact=files.ROOT_CERT)
-        self._pki = pki
-        self._cert = cert
-        self._factory = ou
+        profiles.check_root(cert, factory=factory or ou, artifact=facts.ROOT_CERT)
+        self.pki = pki
+        self.certificate = cert
+        self.factory = ou
+        self.hsm = hsm_settings
 
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self._cert
+    def private_key(self) -> Any:
+        raise NotImplementedError
 
-    @property
-    def factory(self) -> str:
-        return self._factory
+    def staged(self) -> dict[str, bytes]:
+        """The root's files a signing script needs in its work dir."""
+        return {facts.ROOT_CERT: profiles.cert_pem(self.certificate)}
 
-    @property
-    def pki_dir(self) -> Path:
-        return self._pki.path
-
-    def _stage_certificate(self, work_dir: Path) -> None:
-        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+    def script_env(self, *, local_ca_cn: str) -> dict[str, str]:
+        return reference.script_env(factory=self.factory, local_ca_cn=local_ca_cn)
 
 
-class FileRootSigner(_CheckedRoot):
+class FileRootSigner(RootSigner):
     """The root key as `factory_ca.key` in the PKI dir, checked against `factory_ca.pem`."""
 
-    def __init__(self, pki_dir: Path, *, factory: str | None = None):
-        pki = files.PkiDir(pki_dir)
-        cert_pem = _read_required(pki, files.ROOT_CERT)
-        key_pem = _read_required(pki, files.ROOT_KEY)
-        super().__init__(pki, cert_pem, factory=factory)
-        key = profiles.load_private_key(key_pem, files.ROOT_KEY)
-        profiles.check_key_matches(key, self._cert, files.ROOT_KEY)
+    def __init__(self, pki: PkiDir, *, factory: str | None = None):
+        super().__init__(pki, factory=factory, hsm_settings=None)
+        if not pki.has(facts.ROOT_KEY):
+            raise RefusedError(
+                f"{pki / facts.ROOT_KEY} does not exist. If this root's key is on an HSM, pass --hsm-module and "
+                "--hsm-token-label; else this is not a PKI dir made by `keys ca create`"
+            )
+        self._key_pem = pki.read_bytes(facts.ROOT_KEY)
+        key = profiles.load_private_key(self._key_pem, facts.ROOT_KEY)
+        profiles.check_key_matches(key, self.certificate, facts.ROOT_KEY)
         self._key = key
-        self._key_pem = key_pem
 
     def __repr__(self) -> str:
-        return f"FileRootSigner({str(self._pki.path)!r}, <key hidden>)"
+        return f"FileRootSigner({str(self.pki.path)!r}, <key hidden>)"
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         return self._key
 
-    def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
-        # The key is copied as its exact bytes, 0400, into the 0700 work dir that is removed after.
-        self._stage_certificate(work_dir)
-        _write_private(work_dir / files.ROOT_KEY, self._key_pem)
-        return {}
+    def staged(self) -> dict[str, bytes]:
+        # The key's exact bytes, into a 0700 work dir inside the PKI dir, removed after.
+        return {**super().staged(), facts.ROOT_KEY: self._key_pem}
 
 
-class HsmRootSigner(_CheckedRoot):
+class HsmRootSigner(RootSigner):
     """The root key on a PKCS#11 token (label `root-ca`), checked against `factory_ca.pem`.
 
     Opening it logs in once (a wrong PIN or a missing token fails here, before anything else
     happens) and compares the token's public key with the certificate's.
     """
 
-    def __init__(self, pki_dir: Path, settings: HsmSettings, *, factory: str | None = None):
-        pki = files.PkiDir(pki_dir)
-        if not pki.has(files.ROOT_CERT):
-            raise RefusedError(
-                f"{pki / files.ROOT_CERT} does not exist: {pki.path} is not a PKI dir made by "
-                "`keys ca create` (with HSM flags it needs factory_ca.pem; the key is on the token)"
-            )
-        super().__init__(pki, pki.read_bytes(files.ROOT_CERT), factory=factory)
+    def __init__(self, pki: PkiDir, settings: HsmSettings, *, factory: str | None = None):
+        super().__init__(pki, factory=factory, hsm_settings=settings)
         public_key = hsm.root_public_key(settings)
-        if not _same_public_key(public_key, self._cert.public_key()):
+        if not profiles.same_public_key(public_key, self.certificate.public_key()):
             raise RefusedError(
                 f"the {hsm.ROOT_KEY_LABEL} key on HSM token '{settings.token_label}' is not the key of "
-                f"{pki / files.ROOT_CERT}; use the token this root was made on"
+                f"{pki / facts.ROOT_CERT}; use the token this root was made on"
             )
-        self._settings = settings
         self._key = hsm.TokenKey(settings, public_key)
 
     def __repr__(self) -> str:
-        return f"HsmRootSigner({str(self._pki.path)!r}, token_label={self._settings.token_label!r})"
+        return f"HsmRootSigner({str(self.pki.path)!r}, token_label={self.hsm.token_label!r})"
 
     def private_key(self) -> hsm.TokenKey:
         return self._key
 
-    def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
+    def script_env(self, *, local_ca_cn: str) -> dict[str, str]:
         # No key to stage: the scripts' HSM branch signs on the token with these variables.
-        self._stage_certificate(work_dir)
-        return self._settings.script_env()
+        return {**super().script_env(local_ca_cn=local_ca_cn), **self.hsm.script_env()}
 
 
-def _same_public_key(a: Any, b: Any) -> bool:
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return a.public_bytes(*spki) == b.public_bytes(*spki)
-
-
-def load_root_signer(pki_dir: Path, *, factory: str | None = None, hsm: HsmSettings | None = None) -> RootSigner:
+def load_root_signer(pki: PkiDir, *, factory: str | None = None, hsm: HsmSettings | None = None) -> RootSigner:
     """The root signer for a PKI dir: `factory_ca.key`, or the HSM token when `hsm` is given."""
     if hsm is not None:
-        return HsmRootSigner(Path(pki_dir).expanduser(), hsm, factory=factory)
-    return FileRootSigner(Path(pki_dir).expanduser(), factory=factory)
-
-
-def _read_required(pki: files.PkiDir, name: str) -> bytes:
-    if not pki.has(name):
-        raise RefusedError(
-            f"{pki / name} does not exist: {pki.path} is not a PKI dir made by `keys ca create` "
-            "(it needs factory_ca.pem and factory_ca.key)"
-        )
-    return pki.read_bytes(name)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+        return HsmRootSigner(pki, hsm, factory=factory)
+    return FileRootSigner(pki, factory=factory)
 
 
 # --- What a CSR may ask for -----------------------------------------------------------------
@@ -238,30 +188,48 @@ def _check_requested_constraints(value: x509.BasicConstraints, profile: Profile,
 
 # --- Signing ----------------------------------------------------------------------------------
 
-_SCRIPT_FOR_PROFILE = {"tls": "sign_tls_csr", "ca": "sign_ca_csr"}
-_CSR_FILE_FOR_PROFILE = {"tls": files.TLS_CSR, "ca": files.ONLINE_CA_CSR}
+_SCRIPT_FOR_PROFILE = {"tls": facts.SIGN_TLS_CSR, "ca": facts.SIGN_CA_CSR}
+_CSR_FILE_FOR_PROFILE = {"tls": facts.TLS_CSR, "ca": facts.ONLINE_CA_CSR}
+# A CN for scripts that make no local CA; fioca's scripts read LOCAL_CA_CN only in create_device_ca.
+_UNUSED_CN = "fio-unused"
 
 
-@contextmanager
-def _script_work_dir(
-    signer: RootSigner, runner_factory: Callable[..., ScriptRunner], on_stderr: Callable[[str], None]
-) -> Iterator[tuple[Path, ScriptRunner]]:
-    """A fresh private work dir with the root staged, and a runner for it; removed afterwards."""
-    require_tools("sh", "openssl")
-    work_dir = files.private_work_dir("fioca-sign-")
+@cache
+def _bundled_asked(script: str) -> tuple[AskedCertificate, ...]:
+    """What fioca's own `script` asks openssl for (its audit), to check what it made."""
+    report = audit.audit_scripts({script: reference.bundled()[script]}, hsm=False, known={}, jail="")
+    return tuple(report.script(script).asked)
+
+
+def _run_bundled(
+    signer: RootSigner,
+    script: str,
+    args: tuple[str, ...],
+    inputs: dict[str, bytes],
+    products: tuple[str, ...],
+    *,
+    local_ca_cn: str,
+    on_stderr: Callable[[str], None],
+) -> dict[str, bytes]:
+    """Run fioca's bundled `script` in the jail, in a fresh work dir inside the PKI dir; return
+    its products (stdout as "-"), taken as bytes. The caller holds the PKI dir's lock."""
+    pki = signer.pki
+    jail = jails.find_jail(hsm=signer.hsm)
+    pki.remove_folder(facts.WORK_DIR)
+    work_dir = pki.make_folder(facts.WORK_DIR)
     try:
-        env = signer.stage_for_scripts(work_dir)
-        runner = runner_factory(
-            work_dir, watch=default_watch_list(signer.pki_dir), on_stderr=on_stderr, env_extra=env
+        runner = ScriptRunner(
+            work_dir, jail=jail, env=signer.script_env(local_ca_cn=local_ca_cn), hsm=signer.hsm, on_stderr=on_stderr
         )
-        yield work_dir, runner
+        for name, text in reference.bundled().items():
+            runner.install(name, text.encode())
+        for name, data in {**signer.staged(), **inputs}.items():
+            runner.put(name, data)
+        stdout = runner.run(script, args)
+        taken = {name: runner.take(name) for name in products}
     finally:
-        # The work dir held a copy of the root key.
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _reference_script(name: str, *, factory: str, local_ca_cn: str = "fio-unused") -> str:
-    return reference.rendered(factory=factory, local_ca_cn=local_ca_cn)[name]
+        pki.remove_folder(facts.WORK_DIR)  # it held a copy of the root key
+    return {"-": stdout, **taken}
 
 
 def sign_csr(
@@ -273,7 +241,6 @@ def sign_csr(
     artifact: str | None = None,
     csr_artifact: str | None = None,
     on_stderr: Callable[[str], None] = lambda _line: None,
-    runner_factory: Callable[..., ScriptRunner] = ScriptRunner,
 ) -> x509.Certificate:
     """Sign `csr` with the root under `profile` ("tls" gateway server, "ca" device CA); checked."""
     artifact = artifact or ("tls-crt" if profile == "tls" else "ca-crt")
@@ -281,13 +248,15 @@ def sign_csr(
     if via == "script":
         script = _SCRIPT_FOR_PROFILE[profile]
         csr_file = _CSR_FILE_FOR_PROFILE[profile]
-        with _script_work_dir(signer, runner_factory, on_stderr) as (work_dir, runner):
-            (work_dir / csr_file).write_bytes(profiles.csr_pem(csr))
-            runner.install(script, _reference_script(script, factory=signer.factory))
-            stdout = runner.run(script, (csr_file,))
-        if not stdout.strip():
+        made = _run_bundled(
+            signer, script, (csr_file,), {csr_file: profiles.csr_pem(csr)}, (), local_ca_cn=_UNUSED_CN,
+            on_stderr=on_stderr,
+        )
+        if not made["-"].strip():
             raise CheckError(artifact, f"script {script} exited 0 but printed no certificate")
-        cert = profiles.load_cert(stdout, artifact)
+        cert = profiles.load_cert(made["-"], artifact)
+        (asked,) = [item for item in _bundled_asked(script) if item.output is None]
+        profiles.check_as_asked(cert, asked, issuer=signer.certificate, csr=csr, artifact=artifact)
     elif via == "inprocess":
         builder = profiles.sign_gateway_tls if profile == "tls" else profiles.sign_device_ca
         cert = builder(csr, root_cert=signer.certificate, root_key=signer.private_key())
@@ -315,20 +284,16 @@ def create_local_ca(
     cn: str,
     via: Via = "script",
     on_stderr: Callable[[str], None] = lambda _line: None,
-    runner_factory: Callable[..., ScriptRunner] = ScriptRunner,
 ) -> LocalCa:
     """A new local device CA `CN=<cn>, OU=<factory>`: a fresh key, signed by the root; checked."""
     if via == "script":
-        script = "create_device_ca"
-        with _script_work_dir(signer, runner_factory, on_stderr) as (work_dir, runner):
-            runner.install(script, _reference_script(script, factory=signer.factory, local_ca_cn=cn))
-            runner.run(script, (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT))
-            for name in (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT):
-                if not (work_dir / name).is_file():
-                    raise CheckError(name, f"script {script} exited 0 but did not write {name}")
-            key_pem = (work_dir / files.LOCAL_CA_KEY).read_bytes()
-            cert_pem = (work_dir / files.LOCAL_CA_CERT).read_bytes()
-        cert = profiles.load_cert(cert_pem, files.LOCAL_CA_CERT)
+        script = facts.CREATE_DEVICE_CA
+        names = (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT)
+        made = _run_bundled(signer, script, names, {}, names, local_ca_cn=cn, on_stderr=on_stderr)
+        key_pem, cert_pem = made[facts.LOCAL_CA_KEY], made[facts.LOCAL_CA_CERT]
+        cert = profiles.load_cert(cert_pem, facts.LOCAL_CA_CERT)
+        (asked,) = [item for item in _bundled_asked(script) if item.output == "$2"]
+        profiles.check_as_asked(cert, asked, issuer=signer.certificate, artifact=facts.LOCAL_CA_CERT)
     elif via == "inprocess":
         key = profiles.new_key()
         csr = profiles.build_device_ca_csr(key, cn=cn, factory=signer.factory)
@@ -337,16 +302,14 @@ def create_local_ca(
     else:
         raise ValueError(f"via must be one of {VIAS}, got {via!r}")
     profiles.check_device_ca(
-        cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=files.LOCAL_CA_CERT
+        cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=facts.LOCAL_CA_CERT
     )
-    profiles.check_key_matches(profiles.load_private_key(key_pem, files.LOCAL_CA_KEY), cert, files.LOCAL_CA_KEY)
+    profiles.check_key_matches(profiles.load_private_key(key_pem, facts.LOCAL_CA_KEY), cert, facts.LOCAL_CA_KEY)
     return LocalCa(cert=cert, key_pem=key_pem)
 
 
-def sign_crl(
-    signer: RootSigner, serials_reasons: list[tuple[int, x509.ReasonFlags]]
-) -> x509.CertificateRevocationList:
-    """A CRL signed by the root, in process (no script ever made CRLs); checked."""
+def sign_crl(signer: RootSigner, serials_reasons: list[tuple[int, int]]) -> x509.CertificateRevocationList:
+    """A CRL signed by the root (serial, reason code), in process (no script ever made CRLs); checked."""
     crl = profiles.build_crl(
         root_cert=signer.certificate, root_key=signer.private_key(), serials_reasons=serials_reasons
     )
