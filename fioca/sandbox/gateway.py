@@ -65,6 +65,7 @@ MAX_WORKERS = 256  # connections served at once; more wait for a free worker
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
 SHUTDOWN_POLL_SECONDS = 0.05
+CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
@@ -302,7 +303,17 @@ class DeviceConnection:
                 if request is None:
                     return  # the device closed the connection
                 if not self._answer(request):
+                    self._close_notify()
                     return
+
+    def _close_notify(self) -> None:
+        """End TLS properly when the gateway closes first, as web servers do: without a
+        close_notify, `openssl s_client` and other strict clients report a truncated answer."""
+        try:
+            self.connection.settimeout(CLOSE_NOTIFY_SECONDS)
+            self.connection.unwrap()
+        except (OSError, ValueError):
+            pass  # the device went away first: nothing left to end
 
     def _read_request(self, reader: Any) -> HttpRequest | None:
         line = reader.readline(MAX_LINE_BYTES + 1)
