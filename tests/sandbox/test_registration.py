@@ -4,6 +4,7 @@ it (PKI-SPEC sections 2, 4 and 9), its answer's files checked one by one, and it
 from __future__ import annotations
 
 import base64
+import subprocess
 import textwrap
 import uuid as uuid_module
 from collections.abc import Iterator
@@ -294,3 +295,45 @@ def test_sota_toml_refuses_keys_that_would_inject_syntax() -> None:
     with pytest.raises(sota_toml.SotaTomlError):
         sota_toml.render(gateway_url="g", ostree_url="o", hardware_id="h", sota_config_dir="/s",
                          overrides={"tls]\n[x": {"a": '"b"'}})
+
+
+# -- the files as lmp-device-register writes them ----------------------------------------------------
+
+
+def _tls_server(sota_toml_text: str) -> str:
+    import tomllib
+
+    return tomllib.loads(sota_toml_text)["tls"]["server"]
+
+
+@pytest.mark.parametrize("phase", ["shared", "factory"])
+def test_the_sota_dir_works_as_written(tmp_path: Path, phase: str) -> None:
+    """sota.toml names the gateway's real port: curl with the sota dir's files, at the URL
+    sota.toml gives, reaches the gateway, in the shared phase and with the factory's PKI."""
+    factory = start_factory(tmp_path, patch=phase == "factory")
+    try:
+        device_uuid = new_uuid()
+        csr, key = make_csr(device_uuid)
+        answer = post_device(factory.client, register_body(device_uuid, csr)).json()
+        sota = tmp_path / "sota"
+        save_registered(sota, device_uuid, answer, key)
+        url = _tls_server(answer["sota.toml"])
+        host, port = url.removeprefix("https://").split(":")
+        assert (host, int(port)) == (factory.gateway.host, factory.gateway.port)
+        done = subprocess.run(
+            ["curl", "-sS", "--cacert", "root.crt", "--cert", "client.pem", "--key", "pkey.pem",
+             "--resolve", f"{host}:{port}:127.0.0.1", "-w", "\n%{http_code}", f"{url}/device"],
+            cwd=sota, capture_output=True, text=True, timeout=30,
+        )
+        assert done.stdout.endswith("\n200"), done.stderr
+        # Twin: another device's key with these files does not make a working device.
+        _, other_key = make_csr(device_uuid)
+        save_registered(tmp_path / "impostor", device_uuid, answer, other_key)
+        failed = subprocess.run(
+            ["curl", "-sS", "--cacert", str(sota / "root.crt"), "--cert", "client.pem", "--key", "pkey.pem",
+             "--resolve", f"{host}:{port}:127.0.0.1", f"{url}/device"],
+            cwd=tmp_path / "impostor", capture_output=True, text=True, timeout=30,
+        )
+        assert failed.returncode != 0
+    finally:
+        factory.sandbox.stop()
