@@ -43,6 +43,7 @@ class TrustedCa:
     common_name: str
     disabled: bool = False  # certificateHold: known devices stay, new ones are refused
     key_id: bytes | None = None  # its subjectKeyIdentifier, to tell same-named CAs apart
+    subject_der: bytes = b""  # compared with a device certificate's issuer, byte for byte
 
     @classmethod
     def of(cls, cert: x509.Certificate, *, disabled: bool = False) -> TrustedCa:
@@ -51,7 +52,7 @@ class TrustedCa:
         except x509.ExtensionNotFound:
             key_id = None
         return cls(cert=cert, serial=str(cert.serial_number), common_name=common_name(cert.subject) or "",
-                   disabled=disabled, key_id=key_id)
+                   disabled=disabled, key_id=key_id, subject_der=cert.subject.public_bytes())
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def find_issuer(cert: x509.Certificate, cas: list[TrustedCa], *, verified: bool)
     """The trusted CA that signed `cert`. `verified`: the TLS handshake already checked the
     signature against these CAs, so one candidate by name and key id is the answer without
     checking it again; same-named CAs the key id cannot tell apart are told by signature."""
-    candidates = [ca for ca in cas if ca.cert.subject == cert.issuer]
+    issuer = cert.issuer.public_bytes()
+    # Signers copy the CA's subject bytes as the issuer; a re-encoded name is compared as a name.
+    candidates = [ca for ca in cas if ca.subject_der == issuer] or [ca for ca in cas if ca.cert.subject == cert.issuer]
     key_id = _authority_key_id(cert)
     if key_id is not None:
         candidates = [ca for ca in candidates if ca.key_id in (None, key_id)]
@@ -135,8 +138,9 @@ class DeviceRules:
         if record is None:
             record = self._register(presented, name=presented.uuid, group=None, seen=True)
         self._check_known_device(record, presented)
-        now = datetime.now(timezone.utc)
-        if record.last_seen is None or _parse_utc(record.last_seen) <= now - LAST_SEEN_RESOLUTION:
+        # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.
+        stale = (datetime.now(timezone.utc) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if record.last_seen is None or record.last_seen <= stale:
             seen = utc_now()
             self.store.touch_device(record.uuid, seen)
             record = dataclasses.replace(record, last_seen=seen)
@@ -215,6 +219,3 @@ class DeviceExists(Exception):
         super().__init__(uuid)
         self.uuid = uuid
 
-
-def _parse_utc(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)

@@ -178,3 +178,21 @@ def test_a_port_reservation_holds_the_port_but_refuses_connections(tmp_path: Pat
             probe.bind(("127.0.0.1", port))
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_data_dir_from_before_oauth_and_groups_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = tmp_path / "sandbox"
+    with Sandbox(data, factory=FACTORY) as first:
+        token = first.info.token
+    with sqlite3.connect(data / "sandbox.db") as old:  # the schema-1 shape of an older sandbox
+        for table, column in (("factory", "client_id"), ("factory", "client_secret"), ("devices", "device_group")):
+            old.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        old.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Sandbox(data, factory=FACTORY) as again:
+        assert again.info.token == token  # the same factory
+        assert again.info.client_id.startswith("sandbox-") and again.info.client_secret
+        again.store.add_device(uuid="6a1c7f0e-0000-4000-8000-000000000001", name="d", pubkey="PEM", group="lab")
+        assert again.store.device("6a1c7f0e-0000-4000-8000-000000000001").group == "lab"
+        assert again.store._execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
