@@ -32,7 +32,9 @@ import contextlib
 import functools
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -44,13 +46,14 @@ BWRAP = "bwrap"
 INSTALL_HINT = "apt-get install bubblewrap"
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WORK_DIR = "/work"  # where the work dir appears inside the jail: the cwd and HOME
-# The programs a script may call: the reference scripts' tools and a few harmless POSIX
-# text tools (`sleep` too: a waiting script must meet its timeout, not a missing command).
+# The programs a script may call: what the reference scripts and the documented offline
+# procedure use, and a few POSIX text tools scripts of that kind reach for (`sleep` too: a
+# waiting script must meet its timeout, not a missing command). Each costs a mount per run.
 REQUIRED_TOOLS = ("sh", "openssl")
 TOOLS = (
     *REQUIRED_TOOLS,
-    "basename", "cat", "chmod", "cp", "cut", "date", "dirname", "expr", "grep", "head", "ls",
-    "mkdir", "mv", "rm", "rmdir", "sed", "sleep", "sort", "tail", "tee", "touch", "tr", "uniq", "wc",
+    "basename", "cat", "chmod", "cp", "cut", "dirname", "grep", "head", "mkdir", "mv", "rm",
+    "sed", "sleep", "tail", "touch", "tr", "wc",
 )  # fmt: skip
 HSM_TOOL = "pkcs11-tool"
 # The pkcs11 engine's library names (OpenSSL 3 loads `<id>.so` from ENGINESDIR).
@@ -63,6 +66,7 @@ SOFTHSM2_CONF_VAR = "SOFTHSM2_CONF"
 SOFTHSM2_DEFAULT_CONF = "/etc/softhsm/softhsm2.conf"
 # bwrap 0.8 added --disable-userns; older ones still jail, without that extra wall.
 DISABLE_USERNS_SINCE = (0, 8, 0)
+JAIL_END_TIMEOUT = 10.0  # seconds for the kernel to kill what is left in a jail
 _MAX_SYMLINK_HOPS = 40
 
 
@@ -118,15 +122,67 @@ class Layout:
         return current
 
 
-@dataclass(frozen=True)
+@dataclass
 class Invocation:
     """How to start one script: the program and its arguments, environment, cwd and the fds
-    it must inherit (the jail's memfds; the runner closes them once it has started)."""
+    it must inherit. Once it has started, `started()`; to kill it and all it started, `end()`."""
 
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
-    pass_fds: tuple[int, ...] = ()
+    pass_fds: tuple[int, ...] = ()  # only bwrap needs them: closed here by `started()`
+    info_fd: int | None = None  # the read end of bwrap's --info-fd
+    sandbox: int | None = None  # a pidfd on the jail's PID 1
+
+    def started(self) -> None:
+        """Let go of what only bwrap needed, and learn the jail's PID 1 from bwrap's info.
+
+        bwrap writes it once the jail is set up and closes the fd before the script runs, so
+        this read ends within the jail's start-up (at end-of-file if bwrap failed)."""
+        self._close(self.pass_fds)
+        self.pass_fds = ()
+        if self.info_fd is None:
+            return
+        chunks = []
+        while chunk := os.read(self.info_fd, 4096):
+            chunks.append(chunk)
+        os.close(self.info_fd)
+        self.info_fd = None
+        found = re.search(rb'"child-pid"\s*:\s*(\d+)', b"".join(chunks))
+        if found:
+            # A pidfd, not the number: it cannot come to name another process. (PID 1 lives
+            # until the script ends, and a PID is not reused within microseconds.)
+            with contextlib.suppress(ProcessLookupError):
+                self.sandbox = os.pidfd_open(int(found.group(1)))
+
+    def end(self) -> bool:
+        """Kill the jail's PID 1, and with it, by the kernel, every process in the jail.
+        False when there is no jail to end this way."""
+        if self.sandbox is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.sandbox, signal.SIGKILL)
+        return True
+
+    def wait_ended(self, timeout: float = JAIL_END_TIMEOUT) -> bool:
+        """Wait until the jail's PID 1 is gone. bwrap itself exits as soon as the script has,
+        while PID 1 is still killing the rest; once it is gone, so is every process the
+        script started. False if it outlasted `timeout` seconds."""
+        if self.sandbox is None:
+            return True
+        poller = select.poll()
+        poller.register(self.sandbox, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+
+    def close(self) -> None:
+        owned = (*self.pass_fds, *(fd for fd in (self.info_fd, self.sandbox) if fd is not None))
+        self._close(owned)
+        self.pass_fds, self.info_fd, self.sandbox = (), None, None
+
+    @staticmethod
+    def _close(fds: tuple[int, ...]) -> None:
+        for fd in fds:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -163,16 +219,22 @@ class Jail:
             hsm_files, extra = hsm_layout(extra)
             layout = layout.merged(hsm_files)
         inside = {"PATH": SAFE_PATH, "HOME": WORK_DIR, "TMPDIR": "/tmp", "LC_ALL": "C", **extra}
-        with _memfds() as memfd:
-            options = _namespace_options(self.version) + _env_options(inside)
+        memfd = _Memfds()
+        info_read, info_write = os.pipe()
+        os.set_inheritable(info_write, True)
+        how = Invocation((), {}, str(work_dir), (info_write,), info_read)
+        try:
+            options = _namespace_options(self.version) + _env_options(inside) + ["--info-fd", str(info_write)]
             options += _layout_options(layout, memfd) + _work_options(work_dir)
             args_fd = memfd(b"\0".join(option.encode() for option in options) + b"\0")
-            yield Invocation(
-                (self.bwrap, "--args", str(args_fd), f"{WORK_DIR}/{script}", *args),
-                {"PATH": SAFE_PATH},  # bwrap's own; the script's comes from --clearenv/--setenv
-                str(work_dir),
-                tuple(memfd.opened),
-            )
+            how.argv = (self.bwrap, "--args", str(args_fd), f"{WORK_DIR}/{script}", *args)
+            how.env = {"PATH": SAFE_PATH}  # bwrap's own; the script's comes from --clearenv/--setenv
+        finally:
+            how.pass_fds = (*how.pass_fds, *memfd.opened)
+        try:
+            yield how
+        finally:
+            how.close()
 
 
 NO_JAIL = Jail(bwrap=None)

@@ -64,7 +64,7 @@ class _Capture:
         self.chunks: list[bytes] = []
         self.size = 0
         self.overflowed = False
-        self.pid: int | None = None
+        self.kill: Callable[[], None] | None = None
         self.tail: deque[str] = deque(maxlen=tail or None)
         self._partial = b""
 
@@ -74,8 +74,8 @@ class _Capture:
         self.size += len(chunk)
         if self.size > self.limit:
             self.overflowed = True
-            if self.pid is not None:
-                _kill_group(self.pid)
+            if self.kill is not None:
+                self.kill()
             return
         self.chunks.append(chunk)
         if self.on_line is not None:
@@ -169,25 +169,34 @@ class ScriptRunner:
         timed_out = threading.Event()
         with self.jail.invocation(self.work_dir, name, tuple(args), self.env_extra) as how:
             process = _start(how, stdout, stderr)
-        stdout.pid = stderr.pid = process.pid
-        if stdout.overflowed or stderr.overflowed:
-            _kill_group(process.pid)
+            how.started()
 
-        def on_timeout() -> None:
-            timed_out.set()
-            _kill_group(process.pid)
+            def kill() -> None:
+                # The jail's PID 1 (every process in the jail dies with it), else the group.
+                if not how.end():
+                    _kill_group(process.pid)
 
-        # Our own timer kills the whole group: sh's _timeout would spare grandchildren.
-        timer = threading.Timer(self.limits.timeout, on_timeout)
-        timer.start()
-        try:
-            process.wait()  # also drains stdout and stderr to the end
-        except (sh.ErrorReturnCode, sh.SignalException):
-            pass  # judged below from the exit code
-        finally:
-            timer.cancel()
-            # bwrap's group; its death ends the jail's PID namespace, whatever ran inside.
-            _kill_group(process.pid)
+            def on_timeout() -> None:
+                timed_out.set()
+                kill()
+
+            stdout.kill = stderr.kill = kill
+            if stdout.overflowed or stderr.overflowed:
+                kill()
+            # Our own timer: sh's _timeout would spare grandchildren.
+            timer = threading.Timer(self.limits.timeout, on_timeout)
+            timer.start()
+            try:
+                process.wait()  # also drains stdout and stderr to the end
+            except (sh.ErrorReturnCode, sh.SignalException):
+                pass  # judged below from the exit code
+            finally:
+                timer.cancel()
+                timer.join()  # a kill under way finishes before the jail's fds close
+                _kill_group(process.pid)  # with no jail: what is left of the script's group
+                ended = how.wait_ended()
+        if not ended:
+            raise ScriptError(f"script {name} left processes its jail could not end; stopped before anything was used")
         stderr.close()
         self._judge(name, process, stdout, stderr, timed_out.is_set())
         return stdout.data
@@ -229,7 +238,7 @@ def take(work_dir: Path, name: str, *, limit: int = ScriptLimits.max_product) ->
             raise ScriptError(f"cannot open {name} in the work dir: {exc.strerror}") from None
     finally:
         os.close(folder)
-    with os.fdopen(fd, "rb", buffering=0) as handle:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ScriptError(_refused(name, f"is a {_kind(info.st_mode)}, not a regular file"))
@@ -237,7 +246,9 @@ def take(work_dir: Path, name: str, *, limit: int = ScriptLimits.max_product) ->
             raise ScriptError(_refused(name, f"has {info.st_nlink} hard links (a product may have one)"))
         if info.st_size > limit:
             raise ScriptError(_refused(name, f"is {info.st_size} bytes, more than the {limit} a product may be"))
-        data = handle.read(limit + 1)
+        data = _read_up_to(fd, limit + 1)
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise ScriptError(_refused(name, f"grew past {limit} bytes while being read"))
     return data
@@ -248,8 +259,10 @@ def open_work_dir(work_dir: Path) -> int:
     try:
         fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        known = {errno.ELOOP: "is a symbolic link", errno.ENOTDIR: "is not a folder"}
-        what = known.get(exc.errno, f"cannot be opened ({exc.strerror})")
+        if os.path.islink(work_dir):
+            what = "is a symbolic link"
+        else:
+            what = "is not a folder" if exc.errno == errno.ENOTDIR else f"cannot be opened ({exc.strerror})"
         raise ScriptError(f"the work dir {work_dir} {what}; scripts run only in fioca's own private folder") from None
     info = os.fstat(fd)
     problem = None
@@ -282,6 +295,14 @@ def _start(how: jails.Invocation, stdout: _Capture, stderr: _Capture):
             _bg=True,
             _bg_exc=False,
         )
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, min(size, 65536))):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _plain_name(name: str) -> str:
