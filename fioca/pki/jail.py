@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
 from fioca.errors import ConfigError
+from fioca.pki.hsm import MODULE_CONFIG_VARS
 
 BWRAP = "bwrap"
 INSTALL_HINT = "apt-get install bubblewrap"
@@ -67,6 +68,9 @@ SOFTHSM2_DEFAULT_CONF = "/etc/softhsm/softhsm2.conf"
 # bwrap 0.8 added --disable-userns; older ones still jail, without that extra wall.
 DISABLE_USERNS_SINCE = (0, 8, 0)
 JAIL_END_TIMEOUT = 10.0  # seconds for the kernel to kill what is left in a jail
+TMP_SIZE = 64 * 1024 * 1024  # the jail's /tmp is memory: bounded
+# The loader's cache: inside, libraries resolve as `ldd` resolved them here.
+LOADER_CACHE = "/etc/ld.so.cache"
 _MAX_SYMLINK_HOPS = 40
 
 
@@ -205,10 +209,18 @@ class Jail:
 
     @contextlib.contextmanager
     def invocation(
-        self, work_dir: Path, script: str, args: tuple[str, ...] = (), env: Mapping[str, str] | None = None
+        self,
+        work_dir: Path,
+        script: str,
+        args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        work_dir_fd: int | None = None,
     ) -> Iterator[Invocation]:
         """The command that runs `./script args...` from `work_dir` with `env` added to the
-        explicit environment. With HSM_MODULE in `env`, the jail holds the HSM's files too."""
+        explicit environment. With HSM_MODULE in `env`, the jail holds the HSM's files too.
+        `work_dir_fd`, an fd the caller opened on the work dir and checked, is what the jail
+        binds (not the path, which could have been swapped since)."""
         extra = dict(env or {})
         if not self.contained:
             base = {"PATH": SAFE_PATH, "HOME": str(work_dir), "TMPDIR": str(work_dir), "LC_ALL": "C"}
@@ -224,8 +236,15 @@ class Jail:
         os.set_inheritable(info_write, True)
         how = Invocation((), {}, str(work_dir), (info_write,), info_read)
         try:
+            if work_dir_fd is None:
+                work = ["--bind", str(work_dir), WORK_DIR]
+            else:
+                work_fd = os.dup(work_dir_fd)
+                how.pass_fds = (*how.pass_fds, work_fd)
+                os.set_inheritable(work_fd, True)
+                work = ["--bind-fd", str(work_fd), WORK_DIR]
             options = _namespace_options(self.version) + _env_options(inside) + ["--info-fd", str(info_write)]
-            options += _layout_options(layout, memfd) + _work_options(work_dir)
+            options += _layout_options(layout, memfd) + work + ["--remount-ro", "/", "--chdir", WORK_DIR]
             args_fd = memfd(b"\0".join(option.encode() for option in options) + b"\0")
             how.argv = (self.bwrap, "--args", str(args_fd), f"{WORK_DIR}/{script}", *args)
             how.env = {"PATH": SAFE_PATH}  # bwrap's own; the script's comes from --clearenv/--setenv
@@ -302,16 +321,16 @@ def base_layout() -> Layout:
     for library in _libraries(tuple(layout.files)):
         layout.add(library)
     openssl_dir, _engines = _openssl_dirs()
-    config = os.path.join(openssl_dir, "openssl.cnf")
-    if os.path.exists(config):
-        layout.add(config)
+    for path in (os.path.join(openssl_dir, "openssl.cnf"), LOADER_CACHE):
+        if os.path.exists(path):
+            layout.add(path)
     return layout
 
 
 def hsm_layout(env: Mapping[str, str]) -> tuple[Layout, dict[str, str]]:
     """The HSM's part of the jail, and the script environment adjusted to it."""
     module = env["HSM_MODULE"]
-    configs = tuple(sorted((name, value) for name, value in env.items() if name != "HSM_PIN" and name != "HSM_MODULE"))
+    configs = tuple(sorted((name, env[name]) for name in MODULE_CONFIG_VARS if name in env))
     layout, conf = _hsm_files(module, configs)
     adjusted = dict(env)
     if conf:
@@ -381,14 +400,17 @@ def _softhsm2_tokendir(conf: str) -> str:
 def _openssl_dirs() -> tuple[str, str]:
     """(OPENSSLDIR, ENGINESDIR) as the system openssl reports them."""
     openssl = shutil.which("openssl", path=SAFE_PATH) or "openssl"
-    done = subprocess.run([openssl, "version", "-d", "-e"], capture_output=True, text=True, timeout=10)
+    done = subprocess.run(
+        [openssl, "version", "-d", "-e"], capture_output=True, text=True, timeout=10, env={"PATH": SAFE_PATH}
+    )
     dirs = dict(re.findall(r'^(OPENSSLDIR|ENGINESDIR): "(.*)"', done.stdout, re.M))
     return dirs.get("OPENSSLDIR", "/usr/lib/ssl"), dirs.get("ENGINESDIR", "")
 
 
 def _libraries(paths: tuple[str, ...]) -> list[str]:
     """Every shared library (and the dynamic loader) the programs and modules `paths` load."""
-    done = subprocess.run(["ldd", *paths], capture_output=True, text=True, timeout=30)
+    # A clean environment: LD_LIBRARY_PATH or LD_PRELOAD here must not shape what is bound.
+    done = subprocess.run(["ldd", *paths], capture_output=True, text=True, timeout=30, env={"PATH": SAFE_PATH})
     found: dict[str, None] = {}
     for line in done.stdout.splitlines():
         if "=> not found" in line:
@@ -446,7 +468,7 @@ def _env_options(env: Mapping[str, str]) -> list[str]:
 
 def _layout_options(layout: Layout, memfd: _Memfds) -> list[str]:
     # The jail's own /proc, /dev and /tmp first: a bind below /tmp (a token store) stays seen.
-    options = ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    options = ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
     for path, target in layout.symlinks.items():
         options += ["--symlink", target, path]
     for path in layout.files:
@@ -457,6 +479,3 @@ def _layout_options(layout: Layout, memfd: _Memfds) -> list[str]:
         options += ["--bind", path, path]
     return options
 
-
-def _work_options(work_dir: Path) -> list[str]:
-    return ["--bind", str(work_dir), WORK_DIR, "--remount-ro", "/", "--chdir", WORK_DIR]

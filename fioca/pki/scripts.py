@@ -23,6 +23,7 @@ containment at all, and the runner says so once through `on_note`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -160,46 +161,65 @@ class ScriptRunner:
     # --- Running ------------------------------------------------------------------------------
     def run(self, name: str, args: tuple[str, ...] = ()) -> bytes:
         """Run `./name args...` in the work dir, in the jail; return its stdout."""
-        os.close(self._open_work_dir())
         if not self.jail.contained and not self._warned:
             self._warned = True
             self.on_note(f"script {name} and the ones after it run with no jail: {self.jail.describe()}")
         stdout = _Capture(self.limits.max_stdout, "stdout")
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
-        timed_out = threading.Event()
-        with self.jail.invocation(self.work_dir, name, tuple(args), self.env_extra) as how:
-            process = _start(how, stdout, stderr)
-            how.started()
-
-            def kill() -> None:
-                # The jail's PID 1 (every process in the jail dies with it), else the group.
-                if not how.end():
-                    _kill_group(process.pid)
-
-            def on_timeout() -> None:
-                timed_out.set()
-                kill()
-
-            stdout.kill = stderr.kill = kill
-            if stdout.overflowed or stderr.overflowed:
-                kill()
-            # Our own timer: sh's _timeout would spare grandchildren.
-            timer = threading.Timer(self.limits.timeout, on_timeout)
-            timer.start()
-            try:
-                process.wait()  # also drains stdout and stderr to the end
-            except (sh.ErrorReturnCode, sh.SignalException):
-                pass  # judged below from the exit code
-            finally:
-                timer.cancel()
-                timer.join()  # a kill under way finishes before the jail's fds close
-                _kill_group(process.pid)  # with no jail: what is left of the script's group
-                ended = how.wait_ended()
+        with self._started(name, tuple(args), stdout, stderr) as (process, how):
+            timed_out = self._wait(process, how, stdout, stderr)
+            ended = how.wait_ended()
         if not ended:
             raise ScriptError(f"script {name} left processes its jail could not end; stopped before anything was used")
         stderr.close()
-        self._judge(name, process, stdout, stderr, timed_out.is_set())
+        self._judge(name, process, stdout, stderr, timed_out)
         return stdout.data
+
+    @contextlib.contextmanager
+    def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
+        """The script started in the jail, with the work dir checked and bound by its fd (the
+        path is not trusted twice)."""
+        folder = self._open_work_dir()
+        try:
+            with self.jail.invocation(self.work_dir, name, args, self.env_extra, work_dir_fd=folder) as how:
+                process = _start(how, stdout, stderr)
+                os.close(folder)
+                folder = None
+                how.started()
+                yield process, how
+        finally:
+            if folder is not None:
+                os.close(folder)
+
+    def _wait(self, process, how: jails.Invocation, stdout: _Capture, stderr: _Capture) -> bool:
+        """Wait for the script; a timeout or an output flood kills it and all it started.
+        True when it timed out."""
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            # The jail's PID 1 (every process in the jail dies with it), else the group.
+            if not how.end():
+                _kill_group(process.pid)
+
+        def on_timeout() -> None:
+            timed_out.set()
+            kill()
+
+        stdout.kill = stderr.kill = kill
+        if stdout.overflowed or stderr.overflowed:
+            kill()
+        # Our own timer: sh's _timeout would spare grandchildren.
+        timer = threading.Timer(self.limits.timeout, on_timeout)
+        timer.start()
+        try:
+            process.wait()  # also drains stdout and stderr to the end
+        except (sh.ErrorReturnCode, sh.SignalException):
+            pass  # judged from the exit code
+        finally:
+            timer.cancel()
+            timer.join()  # a kill under way finishes before the jail's fds close
+            _kill_group(process.pid)  # with no jail: what is left of the script's group
+        return timed_out.is_set()
 
     def _judge(self, name: str, process, stdout: _Capture, stderr: _Capture, timed_out: bool) -> None:
         if timed_out:
