@@ -265,7 +265,8 @@ def test_a_timeout_ends_the_jail_and_everything_in_it(tmp_path):
     bring(work, "setsid")
     os.mkfifo(work / "alive")
     runner = ScriptRunner(work, jail=JAIL, limits=ScriptLimits(timeout=0.5))
-    runner.install("stuck", "#!/bin/sh -e\n./setsid -f sleep 1000 3<>alive </dev/null >/dev/null 2>&1\nwhile :; do :; done\n")
+    daemon = "./setsid -f sleep 1000 3<>alive </dev/null >/dev/null 2>&1"
+    runner.install("stuck", f"#!/bin/sh -e\n{daemon}\nwhile :; do :; done\n")
     with pytest.raises(ScriptError, match=r"did not finish within 0.5s and was killed"):
         runner.run("stuck")
     assert not holds_open(work / "alive")
@@ -298,7 +299,8 @@ def test_a_bwrap_that_cannot_make_namespaces_says_why(tmp_path, monkeypatch):
     jails._probe.cache_clear()
     monkeypatch.setattr(jails, "SAFE_PATH", f"{fake}:/usr/bin:/bin")
     try:
-        with pytest.raises(ConfigError, match=r"cannot make the script jail here \(No permissions to create new namespace\)"):
+        why = r"cannot make the script jail here \(No permissions to create new namespace\)"
+        with pytest.raises(ConfigError, match=why):
             jails.require()
     finally:
         jails._probe.cache_clear()
@@ -377,7 +379,8 @@ def check_products(products: dict[str, bytes]) -> None:
     root = profiles.load_cert(products["factory_ca.pem"], "factory_ca.pem")
     profiles.check_root(root, factory=FACTORY, artifact="factory_ca.pem")
     tls_csr = profiles.load_csr(products["tls-csr"], "tls-csr")
-    profiles.check_gateway_tls(profiles.load_cert(products["tls-crt"], "tls-crt"), root=root, csr=tls_csr, artifact="tls-crt")
+    tls = profiles.load_cert(products["tls-crt"], "tls-crt")
+    profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact="tls-crt")
     online_csr = profiles.load_csr(products["ca-csr"], "ca-csr")
     online = profiles.load_cert(products["online-crt"], "online-crt")
     profiles.check_device_ca(online, root=root, factory=FACTORY, csr=online_csr, artifact="online-crt")
@@ -424,3 +427,24 @@ def test_hsm_mode_binds_only_the_module_and_its_token_store(tmp_path):
     assert out.splitlines()[1] == "token"  # the token's folder is there
     assert SECRET not in out
     assert "opensc-pkcs11.module: No such file or directory" in out  # the host's other modules are not there
+
+
+def test_the_documented_offline_procedure_runs_in_the_jail(tmp_path):
+    """`device create-offline --faithful` through the runner: the PKI's files put in, the
+    device's files taken out (the device folder is the work dir itself)."""
+    from fioca.device import offline
+
+    env = reference.script_env(factory=FACTORY, local_ca_cn=LOCAL_CA_CN)
+    pki = run_create_flow(work_dir(tmp_path, "pki"), script_set(reference.FIOCA), env)
+    runner = ScriptRunner(work_dir(tmp_path), jail=JAIL)
+    for name in ("local-ca.key", "local-ca.pem", "tls-crt"):
+        runner.put(name, pki[name])
+    device = str(uuid.uuid4())
+    procedure = offline.faithful_script(factory=FACTORY, device_dir=".", uuid=device, production=False)
+    runner.install("offline", "#!/bin/sh -e\n" + procedure)
+    san_line = runner.run("offline").decode()
+    assert f"DNS:{GATEWAY_HOSTS[0]}" in san_line
+    cert = profiles.load_cert(runner.take("client.pem"), "client.pem")
+    local = profiles.load_cert(pki["local-ca.pem"], "local-ca.pem")
+    profiles.check_device_cert(cert, ca=local, factory=FACTORY, uuid=device, artifact="client.pem")
+    profiles.check_key_matches(profiles.load_private_key(runner.take("pkey.pem"), "pkey.pem"), cert, "pkey.pem")

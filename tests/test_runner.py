@@ -121,6 +121,12 @@ def test_put_never_writes_through_a_planted_symlink(work, home):
     assert not (work / "tls-crt").is_symlink() and (work / "tls-crt").read_bytes() == b"CERT"
 
 
+def test_put_refuses_a_folder_planted_under_its_name(work):
+    (work / "tls-crt").mkdir()
+    with pytest.raises(ScriptError, match="cannot write tls-crt in the work dir .*: Is a directory"):
+        runner_for(work).put("tls-crt", b"CERT", replace=True)
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "."])
 def test_names_are_plain_file_names(work, name):
     with pytest.raises(ScriptError, match="not a plain file name"):

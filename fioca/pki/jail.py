@@ -231,26 +231,19 @@ class Jail:
             hsm_files, extra = hsm_layout(extra)
             layout = layout.merged(hsm_files)
         inside = {"PATH": SAFE_PATH, "HOME": WORK_DIR, "TMPDIR": "/tmp", "LC_ALL": "C", **extra}
-        memfd = _Memfds()
+        # Every fd made here is the Invocation's from the start, so `close()` frees them all.
         info_read, info_write = os.pipe()
-        os.set_inheritable(info_write, True)
-        how = Invocation((), {}, str(work_dir), (info_write,), info_read)
+        how = Invocation((), {"PATH": SAFE_PATH}, str(work_dir), (info_write,), info_read)
         try:
+            memfd = _Memfds(how)
             if work_dir_fd is None:
                 work = ["--bind", str(work_dir), WORK_DIR]
             else:
-                work_fd = os.dup(work_dir_fd)
-                how.pass_fds = (*how.pass_fds, work_fd)
-                os.set_inheritable(work_fd, True)
-                work = ["--bind-fd", str(work_fd), WORK_DIR]
-            options = _namespace_options(self.version) + _env_options(inside) + ["--info-fd", str(info_write)]
-            options += _layout_options(layout, memfd) + work + ["--remount-ro", "/", "--chdir", WORK_DIR]
-            args_fd = memfd(b"\0".join(option.encode() for option in options) + b"\0")
-            how.argv = (self.bwrap, "--args", str(args_fd), f"{WORK_DIR}/{script}", *args)
-            how.env = {"PATH": SAFE_PATH}  # bwrap's own; the script's comes from --clearenv/--setenv
-        finally:
-            how.pass_fds = (*how.pass_fds, *memfd.opened)
-        try:
+                work = ["--bind-fd", str(memfd.share(os.dup(work_dir_fd))), WORK_DIR]
+            options = _jail_options(self.version, inside, layout, memfd, [*work, "--chdir", WORK_DIR])
+            options += ["--info-fd", str(memfd.share(info_write))]
+            # bwrap's own environment is PATH alone; the script's comes from --clearenv/--setenv.
+            how.argv = (self.bwrap, "--args", str(_args_fd(options, memfd)), f"{WORK_DIR}/{script}", *args)
             yield how
         finally:
             how.close()
@@ -290,14 +283,14 @@ def _probe() -> Jail | str:
     match = re.search(r"(\d+)\.(\d+)\.(\d+)", done.stdout)
     jail = Jail(bwrap, tuple(int(n) for n in match.groups()) if match else (0, 0, 0))
     # The real jail (minus the work dir) running the shell's no-op: namespaces and the layout.
-    with _memfds() as memfd:
-        options = _namespace_options(jail.version) + _env_options({"PATH": SAFE_PATH})
-        options += _layout_options(base_layout(), memfd) + ["--remount-ro", "/"]
-        args_fd = memfd(b"\0".join(option.encode() for option in options) + b"\0")
-        done = subprocess.run(
-            [bwrap, "--args", str(args_fd), "/bin/sh", "-c", ":"],
-            pass_fds=memfd.opened, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+    how = Invocation((), {"PATH": SAFE_PATH}, "/")
+    try:
+        memfd = _Memfds(how)
+        options = _jail_options(jail.version, {"PATH": SAFE_PATH}, base_layout(), memfd, [])
+        argv = [bwrap, "--args", str(_args_fd(options, memfd)), "/bin/sh", "-c", ":"]
+        done = subprocess.run(argv, pass_fds=how.pass_fds, capture_output=True, text=True, timeout=30)
+    finally:
+        how.close()
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1].removeprefix("bwrap: ")
         return (
@@ -425,27 +418,36 @@ def _libraries(paths: tuple[str, ...]) -> list[str]:
 
 
 class _Memfds:
-    """memfds holding data for bwrap (its options, the files it writes into the jail)."""
+    """Fds bwrap inherits (memfds holding its options and the files it writes into the jail),
+    kept in the Invocation's `pass_fds` so that it closes them."""
 
-    def __init__(self) -> None:
-        self.opened: list[int] = []
+    def __init__(self, how: Invocation) -> None:
+        self.how = how
 
     def __call__(self, data: bytes) -> int:
-        fd = os.memfd_create("fioca-jail", 0)  # inheritable: bwrap reads it
-        self.opened.append(fd)
+        fd = self.share(os.memfd_create("fioca-jail", 0))
         os.write(fd, data)
         os.lseek(fd, 0, os.SEEK_SET)
         return fd
 
+    def share(self, fd: int) -> int:
+        self.how.pass_fds = (*self.how.pass_fds, fd) if fd not in self.how.pass_fds else self.how.pass_fds
+        os.set_inheritable(fd, True)
+        return fd
 
-@contextlib.contextmanager
-def _memfds() -> Iterator[_Memfds]:
-    memfd = _Memfds()
-    try:
-        yield memfd
-    finally:
-        for fd in memfd.opened:
-            os.close(fd)
+
+def _args_fd(options: list[str], memfd: _Memfds) -> int:
+    """bwrap's options in a memfd (`--args`): nothing of them, a PIN least of all, on its argv."""
+    return memfd(b"".join(option.encode() + b"\0" for option in options))
+
+
+def _jail_options(
+    version: tuple[int, ...], env: Mapping[str, str], layout: Layout, memfd: _Memfds, work: list[str]
+) -> list[str]:
+    return [
+        *_namespace_options(version), *_env_options(env), *_layout_options(layout, memfd), *work,
+        "--remount-ro", "/",
+    ]  # fmt: skip
 
 
 def _namespace_options(version: tuple[int, ...]) -> list[str]:

@@ -9,8 +9,9 @@ procedure) goes through `ScriptRunner`, in one private work dir:
 - `run(name, args)` runs `./name args...` in the jail (fioca/pki/jail.py) with the explicit
   environment plus `env_extra` (the HSM variables in HSM mode; never the API token), umask
   077, its own session, a timeout on fioca's own timer, stdout captured (bytes, capped) and
-  stderr handed on line by line (capped). A timeout or a flood kills bwrap, and with it the
-  jail's PID namespace: every process the script started;
+  stderr handed on line by line (capped). A timeout or a flood kills the jail's PID 1, and
+  with it every process the script started; `run` returns only once the jail is gone, so
+  nothing the script started (`&`, `nohup`, `setsid -f`) is alive when fioca reads its work;
 - `take(name)` reads a product as a regular file only: opened with O_NOFOLLOW|O_NONBLOCK (a
   symlink is refused, a FIFO cannot hang it), one link (no hard link to a file elsewhere),
   bounded size, read once. The bytes are the product; the path is never used again.
@@ -141,16 +142,17 @@ class ScriptRunner:
         name itself (a link is removed, never followed)."""
         folder = self._open_work_dir()
         try:
-            if replace:
-                try:
-                    os.unlink(_plain_name(name), dir_fd=folder)
-                except FileNotFoundError:
-                    pass
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
+                if replace:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(_plain_name(name), dir_fd=folder)
                 fd = os.open(_plain_name(name), flags, mode, dir_fd=folder)
             except FileExistsError:
-                raise ScriptError(f"{name} already exists in the work dir {self.work_dir}; fioca never writes over it") from None
+                where = f"the work dir {self.work_dir}"
+                raise ScriptError(f"{name} already exists in {where}; fioca never writes over it") from None
+            except OSError as exc:
+                raise ScriptError(f"cannot write {name} in the work dir {self.work_dir}: {exc.strerror}") from None
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 os.fchmod(handle.fileno(), mode)  # whatever the umask
