@@ -170,9 +170,6 @@ class ScriptRunner:
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
         with self._started(name, tuple(args), stdout, stderr) as (process, how):
             timed_out = self._wait(process, how, stdout, stderr)
-            ended = how.wait_ended()
-        if not ended:
-            raise ScriptError(f"script {name} left processes its jail could not end; stopped before anything was used")
         stderr.close()
         self._judge(name, process, stdout, stderr, timed_out)
         return stdout.data
@@ -180,7 +177,8 @@ class ScriptRunner:
     @contextlib.contextmanager
     def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
         """The script started in the jail, with the work dir checked and bound by its fd (the
-        path is not trusted twice)."""
+        path is not trusted twice). On the way out, however it is left (Ctrl-C too), the jail
+        is gone before anything else happens."""
         folder = self._open_work_dir()
         try:
             with self.jail.invocation(self.work_dir, name, args, self.env_extra, work_dir_fd=folder) as how:
@@ -188,7 +186,12 @@ class ScriptRunner:
                 os.close(folder)
                 folder = None
                 how.started()
-                yield process, how
+                try:
+                    yield process, how
+                finally:
+                    ended = how.wait_ended()
+                if not ended:
+                    raise ScriptError(f"script {name} left processes its jail could not end; nothing it made was used")
         finally:
             if folder is not None:
                 os.close(folder)
@@ -220,7 +223,7 @@ class ScriptRunner:
         finally:
             timer.cancel()
             timer.join()  # a kill under way finishes before the jail's fds close
-            _kill_group(process.pid)  # with no jail: what is left of the script's group
+            kill()  # what is left: the jail (a no-op once it has ended), or the script's group
         return timed_out.is_set()
 
     def _judge(self, name: str, process, stdout: _Capture, stderr: _Capture, timed_out: bool) -> None:
