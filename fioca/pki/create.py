@@ -34,7 +34,9 @@ from fioca.pki import audit as script_audit
 from fioca.pki import files, profiles, reference
 from fioca.pki.journal import WORK_DIR, Journal, sha256_file
 from fioca.pki.plan import CreatePlan, ScriptStep, plan_create
-from fioca.pki.scripts import ScriptLimits, ScriptRunner, default_watch_list, require_tools
+from fioca.pki import jail as jails
+from fioca.pki import scripts
+from fioca.pki.scripts import ScriptLimits, ScriptRunner
 from fioca.pki import hsm
 from fioca.pki.hsm import HsmSettings
 
@@ -156,9 +158,11 @@ class CreateFlow:
         self.plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
         self.runner_factory = runner_factory
         self.journal: Journal | None = None
+        self.jail: jails.Jail | None = None
 
     def run(self) -> CreateResult:
-        require_tools("sh", "openssl")
+        # No jail, no scripts: stop before anything is sent (a dry-run runs none).
+        self.jail = None if self.options.dry_run else jails.require()
         journal = Journal.load(self.pki.path) if self.pki.path.is_dir() else None
         if self.options.resume:
             self.check_resumable(journal)
@@ -372,7 +376,7 @@ class CreateFlow:
     def run_scripts(self, answer: ServerAnswer, work_dir: Path) -> None:
         runner = self.runner_factory(
             work_dir,
-            watch=default_watch_list(self.pki.path),
+            jail=self.jail,
             limits=ScriptLimits(timeout=self.options.script_timeout),
             # HSM_MODULE / HSM_TOKEN_LABEL / HSM_PIN in HSM mode only, never otherwise.
             env_extra=self.options.hsm.script_env() if self.options.hsm is not None else None,
@@ -397,11 +401,11 @@ class CreateFlow:
             if step.stdout_file:
                 if not stdout.strip():
                     raise CheckError(step.stdout_file, f"script {step.script} exited 0 but printed no certificate")
-                (work_dir / step.stdout_file).write_text(stdout)
+                # Written by fioca, as a new file: never through a name the script planted.
+                runner.put(step.stdout_file, stdout, replace=True)
             produced = {name: work_dir / name for name in (*step.produces, step.stdout_file) if name}
-            for name, path in produced.items():
-                if not path.is_file():
-                    raise CheckError(name, f"script {step.script} exited 0 but did not write {name}")
+            for name in produced:
+                runner.take(name)  # a regular file with one link, or refused
             # Step 4, per step: nothing is journalled as done before it passed its checks.
             self.check_step(step.script, answer, work_dir)
             self.journal.record_step(step.script, produced)
@@ -470,7 +474,7 @@ class CreateFlow:
         the same bytes, never replaced."""
         stored = []
         for name in self.plan.kept:
-            data = (work_dir / name).read_bytes()
+            data = scripts.take(work_dir, name)
             target = self.pki / name
             if target.exists() and target.read_bytes() == data:
                 stored.append(target)

@@ -34,7 +34,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from fioca.errors import CheckError, RefusedError
 from fioca.pki import files, hsm, profiles, reference
 from fioca.pki.hsm import HsmSettings
-from fioca.pki.scripts import ScriptRunner, default_watch_list, require_tools
+from fioca.pki import jail as jails
+from fioca.pki.scripts import ScriptRunner
 
 Profile = Literal["tls", "ca"]
 Via = Literal["script", "inprocess"]
@@ -247,13 +248,11 @@ def _script_work_dir(
     signer: RootSigner, runner_factory: Callable[..., ScriptRunner], on_stderr: Callable[[str], None]
 ) -> Iterator[tuple[Path, ScriptRunner]]:
     """A fresh private work dir with the root staged, and a runner for it; removed afterwards."""
-    require_tools("sh", "openssl")
+    jail = jails.require()  # before anything is staged
     work_dir = files.private_work_dir("fioca-sign-")
     try:
         env = signer.stage_for_scripts(work_dir)
-        runner = runner_factory(
-            work_dir, watch=default_watch_list(signer.pki_dir), on_stderr=on_stderr, env_extra=env
-        )
+        runner = runner_factory(work_dir, jail=jail, on_stderr=on_stderr, env_extra=env)
         yield work_dir, runner
     finally:
         # The work dir held a copy of the root key.
@@ -282,7 +281,7 @@ def sign_csr(
         script = _SCRIPT_FOR_PROFILE[profile]
         csr_file = _CSR_FILE_FOR_PROFILE[profile]
         with _script_work_dir(signer, runner_factory, on_stderr) as (work_dir, runner):
-            (work_dir / csr_file).write_bytes(profiles.csr_pem(csr))
+            runner.put(csr_file, profiles.csr_pem(csr))
             runner.install(script, _reference_script(script, factory=signer.factory))
             stdout = runner.run(script, (csr_file,))
         if not stdout.strip():
@@ -323,11 +322,8 @@ def create_local_ca(
         with _script_work_dir(signer, runner_factory, on_stderr) as (work_dir, runner):
             runner.install(script, _reference_script(script, factory=signer.factory, local_ca_cn=cn))
             runner.run(script, (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT))
-            for name in (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT):
-                if not (work_dir / name).is_file():
-                    raise CheckError(name, f"script {script} exited 0 but did not write {name}")
-            key_pem = (work_dir / files.LOCAL_CA_KEY).read_bytes()
-            cert_pem = (work_dir / files.LOCAL_CA_CERT).read_bytes()
+            key_pem = runner.take(files.LOCAL_CA_KEY)
+            cert_pem = runner.take(files.LOCAL_CA_CERT)
         cert = profiles.load_cert(cert_pem, files.LOCAL_CA_CERT)
     elif via == "inprocess":
         key = profiles.new_key()
