@@ -129,7 +129,7 @@ class World:
 
 def start_world(folder: Path) -> World:
     (folder / "home").mkdir(parents=True)
-    box = Sandbox(folder / "sandbox", factory=FACTORY)
+    box = Sandbox(folder / "sandbox", factory=FACTORY, scripts="fioca")
     box.start()
     return World(folder, box)
 

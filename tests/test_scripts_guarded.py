@@ -17,7 +17,6 @@ import pytest
 
 from fioca import facts
 from fioca.pki import files, reference
-from fioca.pki.scripts import ScriptLimits, ScriptRunner
 from tests.conftest import FACTORY, answer_with, server_certs
 
 CORPUS = Path(__file__).parent / "hostile_scripts"
@@ -192,45 +191,6 @@ def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_pa
     assert cli("keys", "ca", "create", tmp_path / "b", "--yes", "--expect-sha256", "create_ca=zz", env=sandbox_env).exit_code == 2
     ok = cli("keys", "ca", "create", tmp_path / "c", "--yes", "--expect-sha256", f"create_ca={good}", env=sandbox_env)
     assert ok.exit_code == 0, ok.output
-
-
-def test_runner_gives_scripts_a_minimal_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("FIOCTL_TOKEN", "secret-token-value")
-    monkeypatch.setenv("HSM_PIN", "1234")
-    work = tmp_path / "work"
-    work.mkdir(mode=0o700)
-    runner = ScriptRunner(work, watch=[])
-    runner.install("show_env", "#!/bin/sh -e\nenv\numask\n")
-    out = runner.run("show_env")
-    names = {line.split("=", 1)[0] for line in out.splitlines() if "=" in line}
-    assert names <= {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "PWD", "SHLVL", "_", "OLDPWD"}
-    assert "secret-token-value" not in out and "1234" not in out
-    assert out.strip().splitlines()[-1] == "0077"
-
-
-def test_runner_refuses_a_script_that_touches_watched_files(tmp_path):
-    work, outside = tmp_path / "work", tmp_path / "pki"
-    work.mkdir()
-    outside.mkdir()
-    (outside / "factory_ca.pem").write_text("root")
-    runner = ScriptRunner(work, watch=[outside])
-    runner.install("sneaky", f"#!/bin/sh -e\necho changed > {outside}/factory_ca.pem\n")
-    with pytest.raises(Exception, match="changed files outside its work dir"):
-        runner.run("sneaky")
-
-
-def test_runner_kills_the_whole_group_on_timeout(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    marker = tmp_path / "still-running"
-    runner = ScriptRunner(work, watch=[], limits=ScriptLimits(timeout=1))
-    runner.install("spawner", f"#!/bin/sh -e\n(sleep 3; touch {marker}) &\nwhile true; do sleep 1; done\n")
-    with pytest.raises(Exception, match="did not finish within 1s"):
-        runner.run("spawner")
-    import time
-
-    time.sleep(2.5)
-    assert not marker.exists()
 
 
 def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):

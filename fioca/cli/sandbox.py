@@ -13,6 +13,9 @@ from typing import Any
 import typer
 
 from fioca.cli.context import app_context
+from fioca.sandbox.backend import DEFAULT_SCRIPTS, SCRIPT_CHOICES
+from fioca.sandbox.certs import is_canonical_uuid
+from fioca.sandbox.oauth import decide_device, normal_user_code
 from fioca.sandbox.server import (
     DEFAULT_FACTORY,
     DEFAULT_HOST,
@@ -21,6 +24,8 @@ from fioca.sandbox.server import (
     SandboxError,
 )
 from fioca.sandbox.store import DB_FILE_NAME, Store
+
+NO_SCRIPTS = "none"
 
 app = typer.Typer(
     help=(
@@ -41,8 +46,9 @@ DATA_OPTION_HELP = "Sandbox data dir (made 0700; holds the state, keys, token, s
 @app.command(
     help=(
         "Serve the sandbox in the foreground until Ctrl-C or SIGTERM.\n\n"
-        "Writes DIR/sandbox.json and DIR/fioctl.yaml (0600) for clients; the token is never printed.\n\n"
-        "Example: fioca sandbox serve --data ./sandbox --factory acme --api-port 8443"
+        "Writes DIR/sandbox.json, DIR/fioctl.yaml (API token) and DIR/fioctl-oauth.yaml (OAuth client "
+        "credential) for clients, 0600; no secret is printed.\n\n"
+        "Example: fioca sandbox serve --data ./sandbox --factory acme --gateway-port 8443"
     )
 )
 def serve(
@@ -51,17 +57,32 @@ def serve(
     factory: str = typer.Option(DEFAULT_FACTORY, "--factory", help="Factory name (fixed once the data dir exists)."),
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
     api_port: int = typer.Option(0, "--api-port", min=0, max=65535, help="API port; 0 picks a free one."),
-    gateway_port: int = typer.Option(0, "--gateway-port", min=0, max=65535, help="Gateway port; 0 picks a free one."),
+    gateway_port: int = typer.Option(
+        0, "--gateway-port", min=0, max=65535,
+        help="Gateway port; 0 picks a free one. The sota.toml of registered devices names it (8443 as the real one).",
+    ),
+    scripts: str = typer.Option(
+        DEFAULT_SCRIPTS, "--scripts",
+        help=f"What a POST certs answer carries: the API's scripts ({', '.join(SCRIPT_CHOICES)}) or {NO_SCRIPTS} "
+        "(today's API: CSRs only).",
+    ),
+    token_header: str = typer.Option(
+        None, "--token-header", help="Also accept the API token in this header (what fioctl's TOKEN_HEADER names).",
+    ),
 ) -> None:
+    if scripts != NO_SCRIPTS and scripts not in SCRIPT_CHOICES:
+        raise typer.BadParameter(f"must be one of {', '.join((*SCRIPT_CHOICES, NO_SCRIPTS))}", param_hint="--scripts")
     context = app_context(ctx)
     request_log = _log_requests_to(context.terminal.err) if context.options.get("verbose") else None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with Sandbox(data, factory=factory, host=host, api_port=api_port, gateway_port=gateway_port) as sandbox:
+        with Sandbox(data, factory=factory, host=host, api_port=api_port, gateway_port=gateway_port,
+                     scripts=None if scripts == NO_SCRIPTS else scripts, token_header=token_header) as sandbox:
             info = sandbox.info
             context.terminal.err(
-                f"sandbox ready: api {info.api_url}, gateway {info.gateway_url}, config {data / FIOCTL_CONFIG_FILE}"
+                f"sandbox ready: api {info.api_url}, gateway {info.gateway_url} ({info.gateway_host}),"
+                f" config {data / FIOCTL_CONFIG_FILE}"
             )
             while not stop.wait(1.0):
                 pass
@@ -106,6 +127,8 @@ def delete_device(
     uuid: str = typer.Argument(..., help="The device UUID (its certificate's CN)."),
     data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
 ) -> None:
+    if not is_canonical_uuid(uuid):
+        raise typer.BadParameter("must be a lower-case hyphenated UUID, as devices are recorded", param_hint="UUID")
     store = _open_store(data)
     try:
         if not store.set_device_deny_listed(uuid, True):
@@ -113,6 +136,30 @@ def delete_device(
     finally:
         store.close()
     app_context(ctx).terminal.err(f"device {uuid} deleted (deny-listed)")
+
+
+@app.command(
+    "approve-device",
+    help=(
+        "Approve a device waiting in the OAuth device flow (lmp-device-register without a token "
+        "prints a user code and polls): what a user does in the browser.\n\n"
+        "Example: fioca sandbox approve-device --data ./sandbox BCDF-GHJK"
+    ),
+)
+def approve_device(
+    ctx: typer.Context,
+    user_code: str = typer.Argument(..., help="The user code the device printed."),
+    data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
+    deny: bool = typer.Option(False, "--deny", help="Deny the device instead."),
+) -> None:
+    store = _open_store(data)
+    try:
+        decided = decide_device(store, user_code, approve=not deny)
+    finally:
+        store.close()
+    if not decided:
+        raise SandboxError(f"no device is waiting with user code {user_code!r} (expired, decided, or mistyped)")
+    app_context(ctx).terminal.err(f"device with user code {normal_user_code(user_code)} {'denied' if deny else 'approved'}")
 
 
 def _open_store(data: Path) -> Store:
@@ -123,7 +170,7 @@ def _open_store(data: Path) -> Store:
 
 
 def _device_table(records: list[dict[str, Any]]) -> str:
-    columns = ("uuid", "name", "is_prod", "ca_serial", "owner", "created_at", "last_seen", "deny_listed")
+    columns = ("uuid", "name", "group", "is_prod", "ca_serial", "owner", "created_at", "last_seen", "deny_listed")
     rows = [[str(record[column] if record[column] is not None else "-") for column in columns] for record in records]
     widths = [max([len(column), *(len(row[index]) for row in rows)]) for index, column in enumerate(columns)]
     lines = ["  ".join(column.upper().ljust(width) for column, width in zip(columns, widths)).rstrip()]

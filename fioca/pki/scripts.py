@@ -1,32 +1,47 @@
-"""Running a server-sent script with the `sh` package: contained, timed, and watched.
+"""The one script runner: a script run with the `sh` package inside the jail, timed and capped,
+its outputs taken without trusting it.
 
-Each script runs as a file (so its `#!/bin/sh -e` is in force) in the private work dir, with:
-- a minimal environment: PATH, the locale, HOME pointed at the work dir, and the HSM
-  variables only when the caller passes them (never the API token);
-- umask 077 and its own session, so a timeout or an output flood kills its whole group;
-- stdout captured as the result (with a size limit), stderr streamed to the user line by line;
-- a snapshot of what lies outside the work dir (the PKI dir, the user's ssh and fioctl
-  config) taken before and compared after: a script that touched any of it is a failure.
+Every script fioca runs (create's four, the lifecycle commands' signing scripts, the offline
+procedure) goes through `ScriptRunner`, in one private work dir:
+
+- `install(name, text)` and `put(name, data)` write the scripts (0700, as fioctl did) and their
+  inputs (CSRs) with O_EXCL|O_NOFOLLOW: nothing is written through a name a script planted;
+- `run(name, args)` runs `./name args...` in the jail (fioca/pki/jail.py) with the explicit
+  environment plus `env_extra` (the HSM variables in HSM mode; never the API token), umask
+  077, its own session, a timeout on fioca's own timer, stdout captured (bytes, capped) and
+  stderr handed on line by line (capped). A timeout or a flood kills the jail's PID 1, and
+  with it every process the script started; `run` returns only once the jail is gone, so
+  nothing the script started (`&`, `nohup`, `setsid -f`) is alive when fioca reads its work;
+- `take(name)` reads a product as a regular file only: opened with O_NOFOLLOW|O_NONBLOCK (a
+  symlink is refused, a FIFO cannot hang it), one link (no hard link to a file elsewhere),
+  bounded size, read once. The bytes are the product; the path is never used again.
+
+The work dir must be a real folder (not a symlink), owned by this user, mode 0700; it is
+checked before every use. With the jail, nothing outside the work dir can change during a
+script, so nothing outside it is watched. With `--no-jail` (jail.NO_JAIL) there is no
+containment at all, and the runner says so once through `on_note`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import shutil
 import signal
 import stat
 import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import sh
 
-from fioca.errors import ConfigError, ScriptError
+from fioca import facts
+from fioca.errors import ScriptError
+from fioca.pki import jail as jails
 
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE")
+INPUT_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class ScriptLimits:
     timeout: float = 120.0  # seconds; a root CA takes well under one
     max_stdout: int = 1024 * 1024  # a certificate is about 1 KiB
     max_stderr: int = 1024 * 1024
+    max_product: int = 256 * 1024  # a file `take` reads: a key or a certificate is under 4 KiB
     stderr_tail: int = 8  # lines quoted in the error when a script fails
 
 
@@ -50,7 +66,7 @@ class _Capture:
         self.chunks: list[bytes] = []
         self.size = 0
         self.overflowed = False
-        self.pid: int | None = None
+        self.kill: Callable[[], None] | None = None
         self.tail: deque[str] = deque(maxlen=tail or None)
         self._partial = b""
 
@@ -60,8 +76,8 @@ class _Capture:
         self.size += len(chunk)
         if self.size > self.limit:
             self.overflowed = True
-            if self.pid is not None:
-                _kill_group(self.pid)
+            if self.kill is not None:
+                self.kill()
             return
         self.chunks.append(chunk)
         if self.on_line is not None:
@@ -85,89 +101,213 @@ class _Capture:
         self.on_line(line)
 
     @property
-    def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", "replace")
-
-
-def require_tools(*names: str) -> None:
-    """One clear line when `sh` or `openssl` is missing, instead of a failed script."""
-    for name in names:
-        if shutil.which(name, path=SAFE_PATH) is None:
-            raise ConfigError(f"`{name}` is not installed (looked in {SAFE_PATH}); install it and run again")
-
-
-def minimal_env(work_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {"PATH": SAFE_PATH, "HOME": str(work_dir), "TMPDIR": str(work_dir)}
-    for name in LOCALE_VARS:
-        if name in os.environ:
-            env[name] = os.environ[name]
-    env.update(extra or {})
-    return env
-
-
-def _snapshot(paths: Iterable[Path], skip: Path) -> dict[str, tuple]:
-    """(mode, size, mtime, inode) of each watched path and its direct children."""
-    seen: dict[str, tuple] = {}
-    for root in paths:
-        candidates = [root]
-        if root.is_dir():
-            try:
-                candidates += sorted(root.iterdir())
-            except OSError:
-                pass
-        for path in candidates:
-            if path == skip or skip in path.parents:
-                continue
-            try:
-                st = path.lstat()
-            except OSError:
-                continue
-            seen[str(path)] = (stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
-    return seen
-
-
-def default_watch_list(pki_dir: Path) -> list[Path]:
-    home = Path.home()
-    return [pki_dir, home, home / ".ssh", home / ".config", home / ".config" / "fioctl.yaml"]
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 class ScriptRunner:
-    """Installs and runs scripts in one private work dir."""
+    """Installs, runs and takes the products of scripts in one private work dir.
+
+    `jail`: the jail to run in; None means `jail.require()` (the probed bubblewrap jail, or
+    ConfigError when there is none). `env_extra`: added to the script's explicit environment
+    (with HSM_MODULE in it, the jail also holds the HSM's module and token store).
+    """
 
     def __init__(
         self,
         work_dir: Path,
         *,
-        watch: list[Path],
+        jail: jails.Jail | None = None,
         on_stderr: Callable[[str], None] = lambda _line: None,
+        on_note: Callable[[str], None] = lambda _line: None,
         env_extra: dict[str, str] | None = None,
         limits: ScriptLimits = ScriptLimits(),
     ):
-        self.work_dir = work_dir
-        self.watch = watch
+        self.work_dir = Path(work_dir)
+        self.jail = jail if jail is not None else jails.require()
         self.on_stderr = on_stderr
+        self.on_note = on_note
         self.env_extra = env_extra or {}
         self.limits = limits
+        self._warned = False
+        os.close(self._open_work_dir())
 
+    # --- Writing into the work dir ----------------------------------------------------------
     def install(self, name: str, text: str) -> Path:
-        path = self.work_dir / name
-        # O_EXCL: a script never replaces a file in the work dir (e.g. one a previous step made).
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        return path
+        """Write a script (0700); never over a file already there."""
+        return self.put(name, text.encode("utf-8"), mode=facts.SCRIPT_MODE)
 
-    def run(self, name: str, args: tuple[str, ...] = ()) -> str:
-        """Run `./name args...` in the work dir; return its stdout."""
-        script = self.work_dir / name
+    def put(self, name: str, data: bytes, *, mode: int = INPUT_MODE, replace: bool = False) -> Path:
+        """Write an input (a CSR, a certificate) as a new file; `replace` first removes the
+        name itself (a link is removed, never followed)."""
+        folder = self._open_work_dir()
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                if replace:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(_plain_name(name), dir_fd=folder)
+                fd = os.open(_plain_name(name), flags, mode, dir_fd=folder)
+            except FileExistsError:
+                where = f"the work dir {self.work_dir}"
+                raise ScriptError(f"{name} already exists in {where}; fioca never writes over it") from None
+            except OSError as exc:
+                raise ScriptError(f"cannot write {name} in the work dir {self.work_dir}: {exc.strerror}") from None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                os.fchmod(handle.fileno(), mode)  # whatever the umask
+        finally:
+            os.close(folder)
+        return self.work_dir / name
+
+    # --- Running ------------------------------------------------------------------------------
+    def run(self, name: str, args: tuple[str, ...] = ()) -> bytes:
+        """Run `./name args...` in the work dir, in the jail; return its stdout."""
+        if not self.jail.contained and not self._warned:
+            self._warned = True
+            self.on_note(f"script {name} and the ones after it run with no jail: {self.jail.describe()}")
         stdout = _Capture(self.limits.max_stdout, "stdout")
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
-        before = _snapshot(self.watch, skip=self.work_dir)
+        with self._started(name, tuple(args), stdout, stderr) as (process, how):
+            timed_out = self._wait(process, how, stdout, stderr)
+        stderr.close()
+        self._judge(name, process, stdout, stderr, timed_out)
+        return stdout.data
 
-        process = sh.Command(str(script))(
-            *args,
-            _cwd=str(self.work_dir),
-            _env=minimal_env(self.work_dir, self.env_extra),
+    @contextlib.contextmanager
+    def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
+        """The script started in the jail, with the work dir checked and bound by its fd (the
+        path is not trusted twice). On the way out, however it is left (Ctrl-C too), the jail
+        is gone before anything else happens."""
+        folder = self._open_work_dir()
+        try:
+            with self.jail.invocation(self.work_dir, name, args, self.env_extra, work_dir_fd=folder) as how:
+                process = _start(how, stdout, stderr)
+                os.close(folder)
+                folder = None
+                how.started()
+                try:
+                    yield process, how
+                finally:
+                    ended = how.wait_ended()
+                if not ended:
+                    raise ScriptError(f"script {name} left processes its jail could not end; nothing it made was used")
+        finally:
+            if folder is not None:
+                os.close(folder)
+
+    def _wait(self, process, how: jails.Invocation, stdout: _Capture, stderr: _Capture) -> bool:
+        """Wait for the script; a timeout or an output flood kills it and all it started.
+        True when it timed out."""
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            # The jail's PID 1 (every process in the jail dies with it), else the group.
+            if not how.end():
+                _kill_group(process.pid)
+
+        def on_timeout() -> None:
+            timed_out.set()
+            kill()
+
+        stdout.kill = stderr.kill = kill
+        if stdout.overflowed or stderr.overflowed:
+            kill()
+        # Our own timer: sh's _timeout would spare grandchildren.
+        timer = threading.Timer(self.limits.timeout, on_timeout)
+        timer.start()
+        try:
+            process.wait()  # also drains stdout and stderr to the end
+        except (sh.ErrorReturnCode, sh.SignalException):
+            pass  # judged from the exit code
+        finally:
+            timer.cancel()
+            timer.join()  # a kill under way finishes before the jail's fds close
+            kill()  # what is left: the jail (a no-op once it has ended), or the script's group
+        return timed_out.is_set()
+
+    def _judge(self, name: str, process, stdout: _Capture, stderr: _Capture, timed_out: bool) -> None:
+        if timed_out:
+            raise ScriptError(f"script {name} did not finish within {self.limits.timeout:g}s and was killed")
+        for capture in (stdout, stderr):
+            if capture.overflowed:
+                raise ScriptError(f"script {name} wrote more than {capture.limit} bytes to {capture.kind} and was killed")
+        code = _exit_code(process)
+        if code != 0:
+            last = "; ".join(line for line in stderr.tail if line.strip())[-600:]
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise ScriptError(f"script {name} {how}" + (f": {last}" if last else ""))
+
+    # --- Taking the products -----------------------------------------------------------------
+    def take(self, name: str, *, limit: int | None = None) -> bytes:
+        """The bytes of product `name` (see `take`), at most ScriptLimits.max_product."""
+        return take(self.work_dir, name, limit=self.limits.max_product if limit is None else limit)
+
+    def _open_work_dir(self) -> int:
+        return open_work_dir(self.work_dir)
+
+
+def take(work_dir: Path, name: str, *, limit: int = ScriptLimits.max_product) -> bytes:
+    """The bytes of product `name` in `work_dir`: a regular file with one link, at most `limit`
+    bytes, read once. Anything else is refused with ScriptError, and nothing read through it."""
+    folder = open_work_dir(work_dir)
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            fd = os.open(_plain_name(name), flags, dir_fd=folder)
+        except FileNotFoundError:
+            raise ScriptError(f"{name} was not written: the script exited 0 without making it") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ScriptError(_refused(name, "is a symbolic link")) from None
+            raise ScriptError(f"cannot open {name} in the work dir: {exc.strerror}") from None
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ScriptError(_refused(name, f"is a {_kind(info.st_mode)}, not a regular file"))
+        if info.st_nlink != 1:
+            raise ScriptError(_refused(name, f"has {info.st_nlink} hard links (a product may have one)"))
+        if info.st_size > limit:
+            raise ScriptError(_refused(name, f"is {info.st_size} bytes, more than the {limit} a product may be"))
+        data = _read_up_to(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ScriptError(_refused(name, f"grew past {limit} bytes while being read"))
+    return data
+
+
+def open_work_dir(work_dir: Path) -> int:
+    """An fd on the work dir after checking it is fioca's: a real folder, this user's, 0700."""
+    try:
+        fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if os.path.islink(work_dir):
+            what = "is a symbolic link"
+        else:
+            what = "is not a folder" if exc.errno == errno.ENOTDIR else f"cannot be opened ({exc.strerror})"
+        raise ScriptError(f"the work dir {work_dir} {what}; scripts run only in fioca's own private folder") from None
+    info = os.fstat(fd)
+    problem = None
+    if info.st_uid != os.geteuid():
+        problem = f"is owned by uid {info.st_uid}, not you"
+    elif stat.S_IMODE(info.st_mode) != facts.DIR_MODE:
+        problem = f"is mode {stat.S_IMODE(info.st_mode):04o}, not 0700"
+    if problem:
+        os.close(fd)
+        raise ScriptError(f"the work dir {work_dir} {problem}; scripts run only in fioca's own private folder")
+    return fd
+
+
+def _start(how: jails.Invocation, stdout: _Capture, stderr: _Capture):
+    with open(os.devnull, "rb") as nothing:
+        return sh.Command(how.argv[0])(
+            *how.argv[1:],
+            _cwd=how.cwd,
+            _env=how.env,
+            _in=nothing,  # no terminal, no pipe left open: a read gets end-of-file
             _out=stdout,
             _err=stderr,
             _tty_out=False,  # a pipe, not a pty: the certificate's bytes arrive as written
@@ -175,49 +315,38 @@ class ScriptRunner:
             _out_bufsize=65536,
             _err_bufsize=4096,
             _new_session=True,
+            _pass_fds=set(how.pass_fds),
             _preexec_fn=lambda: os.umask(0o077),
             _bg=True,
             _bg_exc=False,
         )
-        stdout.pid = stderr.pid = process.pid
-        if stdout.overflowed or stderr.overflowed:
-            _kill_group(process.pid)
-        # Our own timer kills the whole process group: sh's _timeout would spare grandchildren.
-        timed_out = threading.Event()
 
-        def on_timeout() -> None:
-            timed_out.set()
-            _kill_group(process.pid)
 
-        timer = threading.Timer(self.limits.timeout, on_timeout)
-        timer.start()
-        try:
-            process.wait()  # also drains stdout and stderr to the end
-        except (sh.ErrorReturnCode, sh.SignalException):
-            pass  # judged below from the exit code
-        finally:
-            timer.cancel()
-            _kill_group(process.pid)  # nothing the script started outlives it
-        stderr.close()
+def _read_up_to(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, min(size, 65536))):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
-        changed = _diff(before, _snapshot(self.watch, skip=self.work_dir))
-        if changed:
-            raise ScriptError(
-                f"script {name} changed files outside its work dir: {', '.join(changed[:5])}; stopped before any upload"
-            )
-        last = "; ".join(line for line in stderr.tail if line.strip())[-600:]
-        if timed_out.is_set():
-            raise ScriptError(f"script {name} did not finish within {self.limits.timeout:g}s and was killed")
-        for capture in (stdout, stderr):
-            if capture.overflowed:
-                raise ScriptError(
-                    f"script {name} wrote more than {capture.limit} bytes to {capture.kind} and was killed"
-                )
-        code = _exit_code(process)
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            raise ScriptError(f"script {name} {how}" + (f": {last}" if last else ""))
-        return stdout.text
+
+def _plain_name(name: str) -> str:
+    """A file name in the work dir itself: no folders, nothing hidden behind `..`."""
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise ScriptError(f"{name!r} is not a plain file name in the work dir")
+    return name
+
+
+def _refused(name: str, why: str) -> str:
+    return f"{name} {why}; fioca takes only regular files a script wrote, and read nothing through it"
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def _exit_code(process) -> int:
@@ -232,9 +361,3 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _diff(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
-    changed = [path for path in after if before.get(path) != after[path]]
-    changed += [path for path in before if path not in after]
-    return sorted(changed)

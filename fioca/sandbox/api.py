@@ -2,8 +2,12 @@
 
 A stdlib `ThreadingHTTPServer` with TLS: one daemon thread per connection, the TLS handshake
 done in that thread (not in the accept loop, so a stalled client blocks nobody). The routing
-table is data, so the device registration routes (`/ota/devices/`) can be added next to the
-certs routes without touching this file.
+table is data (routes.py).
+
+Each route names the scope its methods need (`auth.py`): 401 without a valid credential, 403
+when the credential's scope does not cover the method. A route without a scope (OAuth's own)
+takes no credential. A JSON route's body is parsed whatever the Content-Type says
+(lmp-device-register's curl may label it form data); a form route gets the raw body.
 
 Requests are logged (method, path, status) on the `fioca.sandbox.api` logger; headers never
 are, so the token cannot reach a log.
@@ -11,7 +15,6 @@ are, so the token cannot reach a log.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -24,28 +27,32 @@ from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from fioca.sandbox.backend import Backend, SandboxApiError
+from fioca.sandbox.auth import Authenticator
+from fioca.sandbox.backend import SandboxApiError
+from fioca.sandbox.oauth import SCOPE_ALL
 from fioca.sandbox.store import Store
 from fioca.sandbox.tls import TlsFiles
 
 log = logging.getLogger("fioca.sandbox.api")
 
-TOKEN_HEADER = "OSF-TOKEN"
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
 class Request:
-    """What a route handler sees: the parsed JSON body (None when there was none)."""
+    """What a route handler sees: the parsed JSON body (None when there was none, or for a
+    form route), and the raw bytes."""
 
     method: str
     path: str
     params: Mapping[str, str]  # the route pattern's named groups, URL-decoded
     headers: Message
     body: Any = None
+    raw_body: bytes = b""
+    query: Mapping[str, str] = field(default_factory=dict)
 
 
 # A handler answers (status, JSON-able body).
@@ -54,32 +61,21 @@ Handler = Callable[[Request], tuple[int, Any]]
 
 @dataclass(frozen=True)
 class Route:
-    """One path pattern and its handlers by method. A `factory` group is checked against the
-    sandbox's factory (404 when it differs); `name` is what injected faults match on."""
+    """One path pattern and its handlers by method. A `factory` group (or `?factory=` query
+    parameter) is checked against the sandbox's factory (404 when it differs); `name` is what
+    injected faults match on. `scope`: what the caller's credentials must allow (None: no
+    credentials at all), per method in `scopes` where it differs. `form`: the body is
+    urlencoded, handed over raw."""
 
     name: str
     pattern: re.Pattern[str]
     methods: Mapping[str, Handler] = field(default_factory=dict)
+    scope: str | None = SCOPE_ALL
+    scopes: Mapping[str, str | None] = field(default_factory=dict)
+    form: bool = False
 
-
-def certs_routes(backend: Backend) -> list[Route]:
-    """The Factory certs API of PKI-SPEC section 2."""
-    return [
-        Route(
-            name="certs",
-            pattern=re.compile(r"^/ota/factories/(?P<factory>[^/]+)/certs/$"),
-            methods={
-                "GET": lambda request: backend.get_certs(),
-                "POST": lambda request: (201, backend.post_certs(request.body)),
-                "PATCH": lambda request: (200, backend.patch_certs(request.body)),
-            },
-        ),
-        Route(
-            name="users-self",
-            pattern=re.compile(r"^/ota/factories/(?P<factory>[^/]+)/users/self/$"),
-            methods={"GET": lambda request: (200, backend.user_self())},
-        ),
-    ]
+    def scope_of(self, method: str) -> str | None:
+        return self.scopes.get(method, self.scope)
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -88,10 +84,12 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], *, store: Store, tls: TlsFiles, routes: list[Route]):
+    def __init__(self, address: tuple[str, int], *, store: Store, tls: TlsFiles, routes: list[Route],
+                 authenticator: Authenticator):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.store = store
         self.routes = list(routes)
+        self.authenticator = authenticator
         super().__init__(address, ApiRequestHandler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -146,22 +144,25 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self._send_json(status, body, headers)
 
     def _answer(self) -> tuple[int, Any, dict[str, str]]:
-        path = urlsplit(self.path).path
+        target = urlsplit(self.path)
+        path = target.path
         raw_body = self._read_body()  # read first, so a refusal leaves the connection clean
         if raw_body is None:
             return 413, {"message": "Request body too large or not length-delimited", "errors": []}, {}
         route, match = self._find_route(path)
         if route is None or match is None:
             return 404, {"message": "Not found", "errors": []}, {}
-        if not self._authorized():
-            return 401, {"message": "Unauthorized", "errors": []}, {}
+        method = "GET" if self.command == "HEAD" and "HEAD" not in route.methods else self.command
+        refusal = self._refusal(route.scope_of(method))
+        if refusal is not None:
+            return refusal
         params = {name: unquote(value) for name, value in match.groupdict().items()}
+        query = dict(parse_qsl(target.query, keep_blank_values=True))
         factory = self.server.store.factory()
-        if "factory" in params and (factory is None or params["factory"] != factory.name):
-            return 404, {"message": f"Factory not found: {params['factory']}", "errors": []}, {}
-        handler = route.methods.get(self.command)
-        if handler is None and self.command == "HEAD":
-            handler = route.methods.get("GET")
+        for asked in (params.get("factory"), query.get("factory")):
+            if asked is not None and (factory is None or asked != factory.name):
+                return 404, {"message": f"Factory not found: {asked}", "errors": []}, {}
+        handler = route.methods.get(method)
         if handler is None:
             allowed = ", ".join(sorted(route.methods))
             return 405, {"message": f"Method not allowed: {self.command}", "errors": []}, {"Allow": allowed}
@@ -169,20 +170,33 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         if fault is not None and not fault.apply:
             time.sleep(fault.stall)
             return fault.status, {"message": fault.message, "errors": ["injected by the sandbox"]}, {}
+        body = None
+        if raw_body and not route.form:
+            try:
+                body = json.loads(raw_body)
+            except (ValueError, UnicodeDecodeError) as error:
+                return 400, {"message": "Invalid JSON body", "errors": [str(error)]}, {}
         try:
-            body = json.loads(raw_body) if raw_body else None
-        except (ValueError, UnicodeDecodeError) as error:
-            return 400, {"message": "Invalid JSON body", "errors": [str(error)]}, {}
-        try:
-            status, answer = handler(
-                Request(method=self.command, path=path, params=params, headers=self.headers, body=body)
-            )
+            status, answer = handler(Request(method=self.command, path=path, params=params, headers=self.headers,
+                                             body=body, raw_body=raw_body, query=query))
         except SandboxApiError as error:
             return error.status, error.body, {}
         if fault is not None:  # applied; now the answer is held back, then lost
             time.sleep(fault.stall)
             return fault.status, {"message": fault.message, "errors": ["injected by the sandbox"]}, {}
         return status, answer, {}
+
+    def _refusal(self, scope: str | None) -> tuple[int, Any, dict[str, str]] | None:
+        """401 without a valid credential, 403 when its scope is short; None when allowed."""
+        if scope is None:
+            return None
+        principal = self.server.authenticator.principal(self.headers)
+        if principal is None:
+            return 401, {"message": "Unauthorized", "errors": []}, {}
+        if not principal.may(scope):
+            return 403, {"message": f"Forbidden: the token's scope does not allow this ({scope} needed)",
+                         "errors": []}, {}
+        return None
 
     def _find_route(self, path: str) -> tuple[Route | None, re.Match[str] | None]:
         for route in self.server.routes:
@@ -204,19 +218,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return self.rfile.read(length) if length else b""
-
-    def _authorized(self) -> bool:
-        factory = self.server.store.factory()
-        if factory is None:
-            return False
-        presented = self.headers.get(TOKEN_HEADER)
-        if presented is None:
-            authorization = self.headers.get("Authorization", "")
-            if authorization.startswith("Bearer "):
-                presented = authorization[len("Bearer "):]
-        if not presented:
-            return False
-        return hmac.compare_digest(presented.encode("utf-8"), factory.token.encode("utf-8"))
 
     def _send_json(self, status: int, body: Any, headers: Mapping[str, str]) -> None:
         payload = (json.dumps(body, indent=2) + "\n").encode("utf-8")

@@ -1,7 +1,9 @@
 """The emulated backend of the Factory certs API, independent of HTTP.
 
 It generates the keys and CSRs the real backend keeps (gateway TLS, online device CA, EST),
-and enforces the server-side rules of PKI-SPEC section 2 on every PATCH. Its checks are
+and enforces the server-side rules of PKI-SPEC section 2 on every PATCH. The POST answer
+carries the API's scripts of one revision (the script era, 2020-2023: what the documented
+flow `jq -r .create_ca` runs) or none (today's API), as the sandbox was asked. Its checks are
 written here, apart from the client's profiles in `fioca.pki.profiles`, on purpose: a bug on
 one side must not hide the same bug on the other.
 
@@ -20,8 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fioca import facts
 from fioca.pki import reference
-from fioca.sandbox.certs import issued_by
+from fioca.sandbox.certs import is_ca, issued_by
 from fioca.sandbox.store import (
     KEY_ACTIVE,
     KEY_PENDING,
@@ -33,14 +36,18 @@ from fioca.sandbox.store import (
     utc_now,
 )
 
-PATCH_FIELDS = ("root-crt", "ca-crt", "tls-crt", "est-tls-crt", "ca-revoke-crl")
-POST_FLAGS = ("first-time-init", "ca-csr", "est-tls-csr", "tls-csr")
+PATCH_FIELDS = facts.PATCH_FIELDS
+POST_FLAGS = facts.POST_FLAGS
 
 # Where the real service puts a factory's hosts; the gateway CSR asks for both names.
-GATEWAY_DOMAIN = "ota-lite.foundries.io"
-OSTREE_DOMAIN = "ostree.foundries.io"
 EST_DOMAIN = "est.foundries.io"
 ONLINE_CA_CN = "online-ca"
+
+# What a POST answer carries besides the CSRs: the API's scripts of a revision, fioca's own
+# bundled scripts rendered the same way ("fioca": what the sandbox sent before it knew the
+# API's; for client tests that need an answer with scripts the audit passes), or none.
+SCRIPT_CHOICES = (*reference.API_REVISIONS, reference.FIOCA)
+DEFAULT_SCRIPTS = "api-2026"
 
 # The rules, worded once so every refusal names the rule it enforces.
 RULE_ROOT_ONCE = "the root of trust can only be set once"
@@ -51,7 +58,6 @@ RULE_BACKEND_KEY = "must certify a key the backend generated (a CSR from POST ..
 RULE_DEVICE_CA = "a device CA must be a CA certificate (basicConstraints CA:TRUE)"
 RULE_LOCAL_CA_CN = "a local device CA's CN must be fio-<user polis-id>"
 RULE_KEEP_CAS = "ca-crt must keep every device CA already present unless a CRL in ca-revoke-crl revokes it"
-RULE_REVOKED = "a revoked device CA is revoked for good and cannot come back"
 RULE_CRL_SIGNER = "the CRL must be signed by the factory root of trust"
 RULE_CRL_SERIALS = "every serial in the CRL must belong to a device CA in ca-crt"
 
@@ -146,13 +152,6 @@ def _subject_values(name: x509.Name, oid: x509.ObjectIdentifier) -> list[str]:
     return [str(attribute.value) for attribute in name.get_attributes_for_oid(oid)]
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def parse_pem_certs(field: str, text: str) -> list[PemCert]:
     """Every certificate in a PEM field, in order; 400 when there is none or one is broken."""
     blocks = _PEM_CERT_RE.findall(text)
@@ -212,8 +211,11 @@ def _new_key_and_csr(factory: str, common_name: str, dns_names: list[str], *, ca
 class Backend:
     """The certs API's server-side logic for the one factory a Store holds."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, scripts: str | None = DEFAULT_SCRIPTS):
+        if scripts is not None and scripts not in SCRIPT_CHOICES:
+            raise ValueError(f"unknown script set {scripts!r}; one of {', '.join(SCRIPT_CHOICES)}, or None")
         self.store = store
+        self.scripts = scripts
         # One writer at a time; the store's transaction also guards against other processes.
         self._lock = threading.Lock()
 
@@ -264,7 +266,7 @@ class Backend:
     # -- POST certs --------------------------------------------------------------------------
 
     def post_certs(self, body: Any) -> dict[str, Any]:
-        """Make the asked keys and return their CSRs (and the four reference scripts)."""
+        """Make the asked keys and return their CSRs (and the scripts, in the script era)."""
         flags = self._post_flags(body)
         factory = self.factory
         with self._lock, self.store.transaction():
@@ -283,17 +285,25 @@ class Backend:
                 raise bad_request("Nothing to create: ask for at least one of tls-csr, ca-csr, est-tls-csr")
             answer: dict[str, Any] = {}
             if flags["tls-csr"]:
-                answer["tls-csr"] = self._new_backend_key("tls", f"{factory.gateway_id}.{GATEWAY_DOMAIN}",
-                                                          [f"{factory.gateway_id}.{GATEWAY_DOMAIN}",
-                                                           f"{factory.gateway_id}.{OSTREE_DOMAIN}"])
+                gateway_host = f"{factory.gateway_id}.{facts.GATEWAY_DOMAIN}"
+                answer["tls-csr"] = self._new_backend_key(
+                    "tls", gateway_host, [gateway_host, f"{factory.gateway_id}.{facts.OSTREE_DOMAIN}"]
+                )
             if flags["ca-csr"]:
                 answer["ca-csr"] = self._new_backend_key("ca", ONLINE_CA_CN, [], ca=True)
             if flags["est-tls-csr"]:
                 est_host = f"{factory.gateway_id}.{EST_DOMAIN}"
                 answer["est-tls-csr"] = self._new_backend_key("est", est_host, [est_host])
-        # The script era's answer also carried the scripts, rendered for this factory and user.
-        answer.update(reference.rendered(factory=factory.name, local_ca_cn=self.local_ca_cn))
+        answer.update(self._scripts(factory.name))
         return answer
+
+    def _scripts(self, factory: str) -> dict[str, str]:
+        """The script era's answer carried the scripts, rendered for this factory and user."""
+        if self.scripts is None:
+            return {}
+        if self.scripts == reference.FIOCA:
+            return reference.rendered(factory=factory, local_ca_cn=self.local_ca_cn)
+        return reference.api_scripts(self.scripts, factory=factory, local_ca_cn=self.local_ca_cn)
 
     @staticmethod
     def _post_flags(body: Any) -> dict[str, bool]:
@@ -367,7 +377,7 @@ class Backend:
                 f"root-crt: factory '{self.factory.name}' already has a root of trust; it cannot be replaced",
             )
         root = _parse_one_cert("root-crt", text)
-        if not (_is_ca(root.cert) and root.cert.issuer == root.cert.subject and issued_by(root.cert, root.cert)):
+        if not (is_ca(root.cert) and root.cert.issuer == root.cert.subject and issued_by(root.cert, root.cert)):
             raise bad_request(f"Invalid root-crt: {RULE_ROOT_SELF_SIGNED}", f"root-crt: {root.describe()}")
         self._check_ou("root-crt", root)
         return root
@@ -398,20 +408,18 @@ class Backend:
 
     def _checked_device_cas(self, text: str, root: PemCert) -> list[PemCert]:
         cas = parse_pem_certs("ca-crt", text)
-        backend_keys = {key.public_key for key in self.store.backend_keys("ca", KEY_PENDING, KEY_ACTIVE)}
-        revoked = self.store.revoked_ca_serials()
+        # A revoked online CA may come back too ("keys ca update"): its key is still here.
+        backend_keys = {key.public_key for key in self.store.backend_keys("ca", KEY_PENDING, KEY_ACTIVE, KEY_REVOKED)}
         seen: set[str] = set()
         for ca in cas:
             if ca.serial in seen:
                 raise bad_request("Invalid ca-crt: each device CA may appear once", f"ca-crt: {ca.describe()} is repeated")
             seen.add(ca.serial)
-            if not _is_ca(ca.cert):
+            if not is_ca(ca.cert):
                 raise bad_request(f"Invalid ca-crt: {RULE_DEVICE_CA}", f"ca-crt: {ca.describe()}")
             self._check_ou("ca-crt", ca)
             if not issued_by(ca.cert, root.cert):
                 raise bad_request(f"Invalid ca-crt: {RULE_CHAIN}", f"ca-crt: {ca.describe()}")
-            if ca.serial in revoked:
-                raise bad_request(f"Invalid ca-crt: {RULE_REVOKED}", f"ca-crt: {ca.describe()} was revoked")
             if ca.public_key_der in backend_keys:
                 continue  # an online CA: the backend holds its key
             common_names = _subject_values(ca.cert.subject, NameOID.COMMON_NAME)
@@ -479,11 +487,7 @@ class Backend:
         ca_text = fields.get("ca-crt", current.ca_crt)
         cas = new_cas if new_cas is not None else current_cas
         if new_cas is not None:
-            ca_keys = {key.public_key: key for key in self.store.backend_keys("ca", KEY_PENDING, KEY_ACTIVE)}
-            for ca in new_cas:
-                key = ca_keys.get(ca.public_key_der)
-                if key is not None:
-                    self.store.set_backend_key_state(key.id, KEY_ACTIVE, cert_pem=ca.pem, cert_serial=ca.serial)
+            self._activate_cas(new_cas, {serial for serial, action in crl_actions if action == "revoke"})
 
         revoked: set[str] = set()
         for serial, action in crl_actions:
@@ -515,6 +519,21 @@ class Backend:
                 updated_at=current.updated_at if first else now,
             )
         )
+
+    def _activate_cas(self, cas: list[PemCert], revoked_now: set[str]) -> None:
+        """The CAs of a new ca-crt become active: an online CA's key is used again, and a CA
+        revoked earlier and sent again (fioctl's help: re-add it with `keys ca update`) is
+        trusted again, its devices with it."""
+        ca_keys = {key.public_key: key for key in self.store.backend_keys("ca", KEY_PENDING, KEY_ACTIVE, KEY_REVOKED)}
+        revoked_before = self.store.revoked_ca_serials()
+        for ca in cas:
+            if ca.serial in revoked_now:
+                continue
+            key = ca_keys.get(ca.public_key_der)
+            if key is not None:
+                self.store.set_backend_key_state(key.id, KEY_ACTIVE, cert_pem=ca.pem, cert_serial=ca.serial)
+            if ca.serial in revoked_before:
+                self.store.unrevoke_ca_serial(ca.serial)
 
     # -- what the gateway and device registration use ----------------------------------------
 

@@ -28,13 +28,27 @@ def is_production(subject: x509.Name) -> bool:
     return any(a.value == PRODUCTION for a in subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY))
 
 
-def is_uuid(text: str) -> bool:
-    """`text` parses as a UUID (a device's CN and registration uuid must)."""
+def is_canonical_uuid(text: object) -> bool:
+    """`text` is a UUID in its one canonical spelling: lower-case hex, hyphenated 8-4-4-4-12.
+
+    Upper case, `{...}`, `urn:uuid:` and the hyphen-less form parse as the same UUID; the
+    sandbox refuses them rather than normalising, so one device never has two spellings (a
+    deleted device cannot come back, a known one cannot get a second key, under another).
+    """
+    if not isinstance(text, str):
+        return False
     try:
-        uuid_module.UUID(text)
+        return str(uuid_module.UUID(text)) == text
     except ValueError:
         return False
-    return True
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    """basicConstraints says CA:TRUE."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False) -> x509.KeyUsage:

@@ -2,22 +2,25 @@
 
 What it serves and trusts follows the backend, without a restart:
 
-* Before the factory owns its PKI (no accepted `tls-crt`), it serves a *shared* gateway
-  certificate from a sandbox-owned shared CA (`DIR/gateway-shared-ca.pem`, made once, 0600)
-  naming `<gateway id>.ota-lite.foundries.io`, and trusts only that shared CA, which issues no
-  device certificates: no device can connect or register before the PATCH.
+* Before the factory owns its PKI (no accepted `tls-crt`), it serves the shared gateway
+  certificate (`shared_pki.py`) naming `<gateway id>.ota-lite.foundries.io` and
+  `<gateway id>.ostree.foundries.io`, and trusts the shared device CA, which signs the devices
+  registered in that phase (`POST /ota/devices/`).
 * Once `tls-crt` is accepted it serves `tls-crt` with the key the backend holds, and trusts
   the device CAs of `ca-crt` (a revoked CA has left `ca-crt`, so its devices fail the TLS
   handshake). A rotated `tls-crt` or a changed `ca-crt` is picked up on the next connection:
   each accept compares `Store.certs_generation` (bumped by every save of the certs) with the
-  one the cached `SSLContext` was built at, and builds a new context only when they differ.
+  one the cached `SSLContext` was built at, and builds a new one only when they differ.
+
+The rules (`device_rules.py`) run on every request, not once per connection: on a connection
+kept open, a request after the device was deleted, its CA disabled (for a device not known
+yet) or revoked, or the PKI switched, is refused like a new connection would be. A request
+whose device CA is no longer trusted is answered 403 and the connection closed.
 
 The handshake checks the chain (a device CA is a trust anchor) but not the dates, so that an
 expired or not-yet-valid certificate gets a readable 403 like every other refusal of an
-authenticated device: wrong OU, no extendedKeyUsage (one without clientAuth already fails
-OpenSSL's purpose check in the handshake), a deleted (deny-listed) uuid, a known uuid with a
-new key, a new device under a disabled CA. An unknown device from a trusted CA is
-registered on its first request and served in the same round trip.
+authenticated device. An unknown device from a trusted CA is registered on its first request
+and served in the same round trip.
 
 Probes: `GET /device` (the device record as JSON), `GET /repo/1.root.json` (TUF root metadata
 signed by a sandbox repo key), `GET /repo/targets.json` with `x-ats-tags` (empty targets).
@@ -26,19 +29,16 @@ signed by a sandbox repo key), `GET /repo/targets.json` with `x-ats-tags` (empty
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import queue
 import socket
 import socketserver
-import sqlite3
 import ssl
 import tempfile
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
 from http import HTTPStatus
 from pathlib import Path
@@ -46,27 +46,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fioca.sandbox.api import Route
-from fioca.sandbox.backend import GATEWAY_DOMAIN, OSTREE_DOMAIN, Backend
-from fioca.sandbox.certs import is_production, is_uuid, issued_by
-from fioca.sandbox.files import write_private_file
-from fioca.sandbox.registration import registration_routes
-from fioca.sandbox.server import GatewayContext
-from fioca.sandbox.store import DeviceRecord, Store, utc_now
-from fioca.sandbox.tls import issue_server_cert, make_ca
+from fioca.sandbox.backend import Backend
+from fioca.sandbox.context import GatewayContext
+from fioca.sandbox.device_rules import DeviceRefused, DeviceRules, PresentedCert, TrustedCa, read_presented
+from fioca.sandbox.shared_pki import SharedPki
+from fioca.sandbox.store import DeviceRecord
+from fioca.sandbox.tuf import TufRepo
 
 log = logging.getLogger("fioca.sandbox.gateway")
-
-SHARED_CA_CERT = "gateway-shared-ca.pem"
-SHARED_CA_KEY = "gateway-shared-ca.key"
-SHARED_SERVER_CERT = "gateway-shared.pem"
-SHARED_SERVER_KEY = "gateway-shared.key"
-REPO_KEY = "gateway-repo.key"
-REPO_ROOT = "gateway-repo-root.json"
 
 HANDSHAKE_TIMEOUT_SECONDS = 10
 REQUEST_TIMEOUT_SECONDS = 30
@@ -77,205 +65,18 @@ MAX_WORKERS = 256  # connections served at once; more wait for a free worker
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
 SHUTDOWN_POLL_SECONDS = 0.05
-ROOT_VALIDITY = timedelta(days=365)
-TARGETS_VALIDITY = timedelta(days=30)
+CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
 
 
-# -- the hooks the sandbox calls ---------------------------------------------------------------
-
-
 def create_gateway(context: GatewayContext) -> DeviceGateway:
-    """The sandbox's gateway factory (see fioca.sandbox.server.GatewayContext)."""
+    """The sandbox's gateway factory (see fioca.sandbox.context.GatewayContext)."""
     return DeviceGateway(context)
 
 
-def api_routes(context: GatewayContext) -> list[Route]:
-    """Routes served on the API port: online device registration (`/ota/devices/`)."""
-    return registration_routes(context.backend)
-
-
-# -- what a device presents ---------------------------------------------------------------------
-
-
-class DeviceRefused(Exception):
-    """The gateway refuses an authenticated device; the message is the 403 body's `message`."""
-
-
-@dataclass(frozen=True)
-class TrustedCa:
-    """A device CA of ca-crt, as the gateway trusts it."""
-
-    cert: x509.Certificate
-    serial: str
-    common_name: str
-
-
-@dataclass(frozen=True)
-class PresentedCert:
-    """What the gateway needs from a device certificate, parsed once per certificate."""
-
-    uuid: str | None
-    units: tuple[str, ...]
-    is_prod: bool
-    client_auth: bool
-    not_before: datetime
-    not_after: datetime
-    pubkey_pem: str
-    ca: TrustedCa | None  # the device CA that signed it, None when no trusted CA did
-
-
-def _common_name(name: x509.Name) -> str | None:
-    names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if len(names) == 1 else None
-
-
-def read_presented(der: bytes, cas: list[TrustedCa]) -> PresentedCert:
-    """Parse a device certificate and find which trusted CA signed it (name and signature:
-    an added online CA shares its subject with the first one)."""
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in usages
-    except x509.ExtensionNotFound:
-        client_auth = False
-    issuer = next((ca for ca in cas if ca.cert.subject == cert.issuer and issued_by(cert, ca.cert)), None)
-    return PresentedCert(
-        uuid=_common_name(cert.subject),
-        units=tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)),
-        is_prod=is_production(cert.subject),
-        client_auth=client_auth,
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        pubkey_pem=cert.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode("ascii"),
-        ca=issuer,
-    )
-
-
-class DeviceRules:
-    """PKI-SPEC section 7's rules for an authenticated device; registers new devices."""
-
-    def __init__(self, store: Store, factory: str, local_ca_cn: str, owner: str):
-        self.store = store
-        self.factory = factory
-        self.local_ca_cn = local_ca_cn
-        self.owner = owner
-
-    def admit(self, presented: PresentedCert) -> DeviceRecord:
-        """The device's record (registered now if new, last_seen updated), or DeviceRefused."""
-        self._check_certificate(presented)
-        uuid = presented.uuid
-        assert uuid is not None and presented.ca is not None  # checked above
-        record = self.store.device(uuid)
-        if record is None:
-            record = self._register(presented)
-        self._check_known_device(record, presented)
-        now = utc_now()
-        if record.last_seen != now:  # second precision: at most one write a second per device
-            self.store.touch_device(uuid)
-            record = dataclasses.replace(record, last_seen=now)
-        return record
-
-    def _check_certificate(self, presented: PresentedCert) -> None:
-        ca = presented.ca
-        if ca is None:
-            raise DeviceRefused(f"the certificate is not signed by a device CA of factory '{self.factory}'")
-        now = datetime.now(timezone.utc)
-        if now < presented.not_before:
-            raise DeviceRefused(f"the certificate is not valid yet (notBefore {presented.not_before:%Y-%m-%dT%H:%M:%SZ})")
-        if now > presented.not_after:
-            raise DeviceRefused(f"the certificate has expired (notAfter {presented.not_after:%Y-%m-%dT%H:%M:%SZ})")
-        if not ca.cert.not_valid_before_utc <= now <= ca.cert.not_valid_after_utc:
-            raise DeviceRefused(f"the device CA serial {ca.serial} is outside its validity period")
-        if not presented.client_auth:
-            raise DeviceRefused("the certificate lacks extendedKeyUsage clientAuth")
-        if presented.units != (self.factory,):
-            units = ", ".join(presented.units) or "(none)"
-            raise DeviceRefused(f"the certificate's OU is {units}, not factory '{self.factory}'")
-        if presented.uuid is None or not is_uuid(presented.uuid):
-            raise DeviceRefused(f"the certificate's CN must be the device UUID, not {presented.uuid or '(none)'}")
-
-    def _register(self, presented: PresentedCert) -> DeviceRecord:
-        """First request of an unknown device: record it, exactly once even under a race."""
-        uuid, ca = presented.uuid, presented.ca
-        assert uuid is not None and ca is not None
-        if ca.serial in self.store.disabled_ca_serials():
-            raise DeviceRefused(f"device CA serial {ca.serial} is disabled: it may not register new devices")
-        try:
-            record = self.store.add_device(
-                uuid=uuid,
-                name=uuid,  # a device registered by the gateway is named after its uuid
-                pubkey=presented.pubkey_pem,
-                is_prod=presented.is_prod,
-                ca_serial=ca.serial,
-                # A local CA is named after its user (fio-<polis-id>); that user owns its devices.
-                owner=self.owner if ca.common_name == self.local_ca_cn else None,
-            )
-            log.info("registered device %s (device CA serial %s)", uuid, ca.serial)
-            return record
-        except sqlite3.IntegrityError:
-            # Another connection of the same device registered it first: use that record.
-            record = self.store.device(uuid)
-            if record is None:
-                raise
-            return record
-
-    @staticmethod
-    def _check_known_device(record: DeviceRecord, presented: PresentedCert) -> None:
-        if record.deny_listed:
-            raise DeviceRefused(f"device {record.uuid} was deleted (it is on the deny-list)")
-        if record.pubkey != presented.pubkey_pem:
-            raise DeviceRefused(f"device {record.uuid} is registered with another public key")
-
-
 # -- what the gateway serves and trusts ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SharedPki:
-    """The service's default gateway identity, used before a factory owns its PKI."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def _names_host(cert_path: Path, host: str) -> bool:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, x509.ExtensionNotFound):
-        return False
-    return host in names.get_values_for_type(x509.DNSName) and cert.not_valid_after_utc > datetime.now(timezone.utc)
-
-
-def ensure_shared_pki(data_dir: Path, gateway_id: str) -> SharedPki:
-    """Make (once) the shared CA and a gateway certificate for this factory's gateway host."""
-    shared = SharedPki(
-        ca_cert=data_dir / SHARED_CA_CERT, server_cert=data_dir / SHARED_SERVER_CERT, server_key=data_dir / SHARED_SERVER_KEY
-    )
-    ca_key_path = data_dir / SHARED_CA_KEY
-    gateway_host = f"{gateway_id}.{GATEWAY_DOMAIN}"
-    if shared.ca_cert.exists() and ca_key_path.exists():
-        ca_cert = x509.load_pem_x509_certificate(shared.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-    else:
-        ca_cert, ca_key = make_ca("fioca sandbox shared gateway CA")
-        write_private_file(ca_key_path, _private_pem(ca_key))
-        write_private_file(shared.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    if not (_names_host(shared.server_cert, gateway_host) and shared.server_key.exists()):
-        cert, key = issue_server_cert(ca_cert, ca_key, [gateway_host, f"{gateway_id}.{OSTREE_DOMAIN}"])  # type: ignore[arg-type]
-        write_private_file(shared.server_key, _private_pem(key))
-        write_private_file(shared.server_cert, cert.public_bytes(serialization.Encoding.PEM))
-    return shared
-
-
-def _private_pem(key: Any) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 @dataclass
@@ -288,10 +89,11 @@ class TrustState:
     shared: bool
     presented: dict[bytes, PresentedCert] = dataclasses.field(default_factory=dict)
 
-    def read(self, der: bytes) -> PresentedCert:
+    def read(self, der: bytes, *, verified: bool) -> PresentedCert:
+        """The parsed certificate. `verified`: this state's handshake checked its signature."""
         presented = self.presented.get(der)
         if presented is None:
-            presented = read_presented(der, self.cas)
+            presented = read_presented(x509.load_der_x509_certificate(der), self.cas, verified=verified)
             if len(self.presented) >= PRESENTED_CACHE_SIZE:
                 self.presented.clear()  # crude bound; a rebuild costs one parse per device
             self.presented[der] = presented
@@ -317,9 +119,9 @@ def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, gener
     context = _server_context()
     identity = backend.gateway_identity()
     if identity is None:
-        context.load_cert_chain(shared.server_cert, shared.server_key)
-        context.load_verify_locations(cafile=shared.ca_cert)
-        return TrustState(generation=generation, ssl_context=context, cas=[], shared=True)
+        context.load_cert_chain(shared.gateway_cert, shared.gateway_key)
+        context.load_verify_locations(cadata=shared.device_ca_pem)
+        return TrustState(generation=generation, ssl_context=context, cas=[TrustedCa.of(shared.device_ca)], shared=True)
 
     # load_cert_chain only reads files: a 0600 temp file in the 0700 data dir, removed at once.
     fd, chain_path = tempfile.mkstemp(dir=data_dir, prefix=".gateway-chain.", suffix=".pem")
@@ -330,75 +132,10 @@ def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, gener
     finally:
         os.unlink(chain_path)
     device_cas = backend.device_cas()
-    cas = [
-        TrustedCa(cert=ca.cert, serial=ca.serial, common_name=_common_name(ca.cert.subject) or "")
-        for ca in device_cas
-    ]
     if device_cas:
         context.load_verify_locations(cadata="".join(ca.pem for ca in device_cas))
+    cas = [TrustedCa.of(ca.cert, disabled=ca.disabled) for ca in device_cas]
     return TrustState(generation=generation, ssl_context=context, cas=cas, shared=False)
-
-
-# -- the TUF repository probes --------------------------------------------------------------------
-
-
-def canonical_json(value: Any) -> bytes:
-    """TUF's canonical form: sorted keys, no spaces (enough for the ASCII metadata here)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _expires(delta: timedelta) -> str:
-    return (datetime.now(timezone.utc) + delta).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-class TufRepo:
-    """A one-key TUF repository: signed root metadata (made once) and empty targets."""
-
-    def __init__(self, key: ed25519.Ed25519PrivateKey, root_json: bytes):
-        self._key = key
-        self.root_json = root_json
-        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.public_key = {"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": public.hex()}}
-        self.key_id = hashlib.sha256(canonical_json(self.public_key)).hexdigest()
-
-    @classmethod
-    def ensure(cls, data_dir: Path) -> TufRepo:
-        """The repo of this data dir: its key and 1.root.json are made once and kept."""
-        key_path, root_path = data_dir / REPO_KEY, data_dir / REPO_ROOT
-        if key_path.exists() and root_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            assert isinstance(key, ed25519.Ed25519PrivateKey)
-            return cls(key, root_path.read_bytes())
-        key = ed25519.Ed25519PrivateKey.generate()
-        repo = cls(key, b"")
-        repo.root_json = json.dumps(repo._root_metadata(), indent=2).encode("utf-8") + b"\n"
-        write_private_file(key_path, _private_pem(key))
-        write_private_file(root_path, repo.root_json)
-        return repo
-
-    def _signed(self, signed: dict[str, Any]) -> dict[str, Any]:
-        signature = self._key.sign(canonical_json(signed))
-        return {"signatures": [{"keyid": self.key_id, "sig": signature.hex()}], "signed": signed}
-
-    def _root_metadata(self) -> dict[str, Any]:
-        role = {"keyids": [self.key_id], "threshold": 1}
-        return self._signed(
-            {
-                "_type": "root",
-                "spec_version": "1.0.0",
-                "version": 1,
-                "expires": _expires(ROOT_VALIDITY),
-                "consistent_snapshot": False,
-                "keys": {self.key_id: self.public_key},
-                "roles": {"root": role, "targets": dict(role), "snapshot": dict(role), "timestamp": dict(role)},
-            }
-        )
-
-    def targets(self) -> bytes:
-        metadata = self._signed(
-            {"_type": "targets", "spec_version": "1.0.0", "version": 1, "expires": _expires(TARGETS_VALIDITY), "targets": {}}
-        )
-        return json.dumps(metadata, indent=2).encode("utf-8") + b"\n"
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -412,7 +149,7 @@ class DeviceGateway:
         self.backend = context.backend
         self.store = context.store
         self.data_dir = context.data_dir
-        self.shared = ensure_shared_pki(context.data_dir, factory.gateway_id)
+        self.shared = context.shared
         self.repo = TufRepo.ensure(context.data_dir)
         self.rules = DeviceRules(
             context.store, factory=factory.name, local_ca_cn=context.backend.local_ca_cn, owner=factory.polis_id
@@ -552,8 +289,8 @@ class DeviceConnection:
     def __init__(self, connection: ssl.SSLSocket, gateway: DeviceGateway, state: TrustState):
         self.connection = connection
         self.gateway = gateway
-        self.state = state
-        self._presented: PresentedCert | None = None
+        self.handshake_state = state  # the CAs that verified this connection's certificate
+        self._presented: tuple[TrustState, PresentedCert] | None = None
 
     def serve(self) -> None:
         with self.connection.makefile("rb") as reader:
@@ -565,9 +302,18 @@ class DeviceConnection:
                     return
                 if request is None:
                     return  # the device closed the connection
-                self._answer(request)
-                if not request.keep_alive:
+                if not self._answer(request):
+                    self._close_notify()
                     return
+
+    def _close_notify(self) -> None:
+        """End TLS properly when the gateway closes first, as web servers do: without a
+        close_notify, `openssl s_client` and other strict clients report a truncated answer."""
+        try:
+            self.connection.settimeout(CLOSE_NOTIFY_SECONDS)
+            self.connection.unwrap()
+        except (OSError, ValueError):
+            pass  # the device went away first: nothing left to end
 
     def _read_request(self, reader: Any) -> HttpRequest | None:
         line = reader.readline(MAX_LINE_BYTES + 1)
@@ -615,18 +361,23 @@ class DeviceConnection:
         if length:
             reader.read(length)
 
-    def _answer(self, request: HttpRequest) -> None:
+    def _answer(self, request: HttpRequest) -> bool:
+        """Answer one request; False when the connection must close after it."""
         head = request.method == "HEAD"
+        presented = None
         try:
-            device = self.gateway.rules.admit(self._presented_cert())
+            presented = self._presented_cert()
+            device = self.gateway.rules.admit(presented)
         except DeviceRefused as refusal:
             log.info("%s %s 403: %s", request.method, request.path, refusal)
-            self._send(403, {"message": str(refusal)}, head=head, keep_alive=request.keep_alive)
-            return
+            # A certificate no trusted CA vouches for any more ends the connection it opened.
+            keep_alive = request.keep_alive and presented is not None and presented.ca is not None
+            self._send(403, {"message": str(refusal)}, head=head, keep_alive=keep_alive)
+            return keep_alive
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             self._send(500, {"message": "internal gateway error"}, head=head, keep_alive=False)
-            return
+            return False
         if request.method not in ("GET", "HEAD"):
             status, body = 405, {"message": f"method not allowed: {request.method}"}
         else:
@@ -635,6 +386,7 @@ class DeviceConnection:
                 body = device_json(device, self.gateway.rules.factory)
         log.info("%s %s %s (device %s)", request.method, request.path, status, device.uuid)
         self._send(status, body, head=head, keep_alive=request.keep_alive)
+        return request.keep_alive
 
     def _route(self, request: HttpRequest) -> tuple[int, Any]:
         repo = self.gateway.repo
@@ -649,12 +401,15 @@ class DeviceConnection:
         return 404, {"message": f"not found: {request.path}"}
 
     def _presented_cert(self) -> PresentedCert:
-        if self._presented is None:
+        """The device's certificate read against what the gateway trusts *now*: a request
+        after a revocation or a PKI switch finds no trusted CA for it."""
+        state = self.gateway.trust_state()
+        if self._presented is None or self._presented[0] is not state:
             der = self.connection.getpeercert(binary_form=True)
             if der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
                 raise DeviceRefused("no client certificate")
-            self._presented = self.state.read(der)
-        return self._presented
+            self._presented = state, state.read(der, verified=state is self.handshake_state)
+        return self._presented[1]
 
     def _send(self, status: int, body: Any, *, head: bool, keep_alive: bool) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8") + b"\n"
@@ -681,6 +436,7 @@ def device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
         "pubkey": device.pubkey,
         "is_prod": device.is_prod,
         "ca_serial": device.ca_serial,
+        "group": device.group,
         "created_at": device.created_at,
         "last_seen": device.last_seen,
     }

@@ -1,43 +1,49 @@
 """`Sandbox`: the emulated factory as one object, its data dir, and its two listening ports.
 
 The data dir (0700) holds:
-  sandbox.db        all state (store.py), 0600
-  api-ca.pem/.key   the API's own CA, api-server.pem/.key its server certificate (tls.py)
-  sandbox.json      {api_url, gateway_url, factory, token, cacert}, 0600, rewritten on start
-  fioctl.yaml       a fioctl-style config pointing at this sandbox, 0600, rewritten on start
-  sandbox.lock      held while a Sandbox runs on the dir
+  sandbox.db         all state (store.py), 0600
+  api-ca.pem/.key    the API's own CA, api-server.pem/.key its server certificate (tls.py)
+  shared-*.pem/.key  the service's shared PKI, used before the factory has its own (shared_pki.py)
+  gateway-repo.*     the gateway's TUF repo key and root metadata (tuf.py)
+  sandbox.json       how clients reach it (SandboxInfo.as_dict), 0600, rewritten on start
+  fioctl.yaml        a fioctl-style config with the API token, 0600, rewritten on start
+  fioctl-oauth.yaml  the same with the OAuth application credential instead of the token
+                     (`clientcredentials`, as `fioctl login` writes it), 0600, rewritten on start
+  sandbox.lock       held while a Sandbox runs on the dir
 
-The device gateway plugs in through a `GatewayFactory` (see `GatewayContext`). When none is
-given, `fioca/sandbox/gateway.py` is used if it exists: it must define
-`create_gateway(context: GatewayContext) -> GatewayServer` and may define
-`api_routes(context: GatewayContext) -> list[Route]` (e.g. `/ota/devices/` registration),
-which are served by the API next to the certs routes. Without gateway.py the gateway port is
-only *reserved* (`PortReservation`): bound, never listening, so a client gets "connection
-refused" at once instead of hanging, and the URL in sandbox.json is already the final one.
+The API port serves the certs API, the device API (registration, pre-registration, fioctl's
+device calls) and OAuth (routes.py). The gateway port serves devices over mTLS (gateway.py);
+another gateway plugs in through a `GatewayFactory` (context.py), and `PortReservation`
+holds the port without serving (a client gets "connection refused" at once).
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib
-import importlib.util
 import json
 import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable
+import uuid as uuid_module
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO
 
 import yaml
 
 from fioca.errors import FiocaError
-from fioca.sandbox.api import ApiServer, Route, certs_routes
-from fioca.sandbox.backend import Backend
+from fioca.sandbox.api import ApiServer, Route
+from fioca.sandbox.auth import Authenticator
+from fioca.sandbox.backend import DEFAULT_SCRIPTS, SCRIPT_CHOICES, Backend
+from fioca.sandbox.context import GatewayContext, GatewayFactory, GatewayServer
 from fioca.sandbox.files import ensure_private_dir, write_private_file
+from fioca.sandbox.gateway import create_gateway
+from fioca.sandbox.oauth import ACCESS_TOKEN_SECONDS, OAuthServer
+from fioca.sandbox.registration import Registrar
+from fioca.sandbox.routes import certs_routes, device_routes, oauth_routes
+from fioca.sandbox.shared_pki import ensure_shared_pki, gateway_hosts
 from fioca.sandbox.store import FactoryRecord, Store
 from fioca.sandbox.tls import TlsFiles, ensure_api_tls
 
@@ -46,9 +52,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_USER_NAME = "Sandbox User"
 INFO_FILE = "sandbox.json"
 FIOCTL_CONFIG_FILE = "fioctl.yaml"
+FIOCTL_OAUTH_CONFIG_FILE = "fioctl-oauth.yaml"
 LOCK_FILE = "sandbox.lock"
-GATEWAY_MODULE = "fioca.sandbox.gateway"
 SHUTDOWN_POLL_SECONDS = 0.05
+OAUTH_PATH = "/oauth"
 
 
 class SandboxError(FiocaError):
@@ -64,41 +71,23 @@ class SandboxInfo:
     factory: str
     token: str = field(repr=False)
     cacert: Path
+    gateway_host: str = ""  # the name the gateway's certificate is for; resolve it to gateway_url's address
+    oauth_url: str = ""  # fioctl's clientcredentials.url: <api_url>/oauth
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
 
     def as_dict(self) -> dict[str, str]:
         return {
             "api_url": self.api_url,
             "gateway_url": self.gateway_url,
+            "gateway_host": self.gateway_host,
             "factory": self.factory,
             "token": self.token,
             "cacert": str(self.cacert),
+            "oauth_url": self.oauth_url,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
         }
-
-
-@dataclass(frozen=True)
-class GatewayContext:
-    """Everything a device gateway needs from the sandbox."""
-
-    data_dir: Path
-    host: str
-    port: int  # 0 = pick a free port
-    store: Store
-    backend: Backend
-    api_tls: TlsFiles
-
-
-class GatewayServer(Protocol):
-    """What the sandbox needs from a device gateway."""
-
-    @property
-    def port(self) -> int: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-GatewayFactory = Callable[[GatewayContext], GatewayServer]
 
 
 class PortReservation:
@@ -121,14 +110,6 @@ class PortReservation:
         self._socket.close()
 
 
-def _gateway_module() -> Any | None:
-    # find_spec first: a missing gateway.py means "reserve the port", while an ImportError
-    # raised from inside an existing gateway.py is a bug that must surface.
-    if importlib.util.find_spec(GATEWAY_MODULE) is None:
-        return None
-    return importlib.import_module(GATEWAY_MODULE)
-
-
 def url_for(host: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
@@ -144,15 +125,30 @@ class Sandbox:
         api_port: int = 0,
         gateway_port: int = 0,
         gateway_factory: GatewayFactory | None = None,
+        scripts: str | None = DEFAULT_SCRIPTS,
+        token_header: str | None = None,
+        access_token_seconds: int = ACCESS_TOKEN_SECONDS,
     ):
+        """`scripts`: what a POST certs answer carries besides the CSRs: the API's scripts of a
+        revision ("api-2026", the default, because the documented flow runs the server's
+        scripts; or "api-2023"), fioca's own ("fioca"), or None (today's API: CSRs only).
+        `token_header`: a header name accepted for the API token besides OSF-TOKEN (what
+        fioctl's TOKEN_HEADER renames it to). `access_token_seconds`: how long OAuth access
+        tokens live. 0 for a port picks a free one."""
+        if scripts is not None and scripts not in SCRIPT_CHOICES:
+            raise SandboxError(f"unknown script set {scripts!r}; one of {', '.join(SCRIPT_CHOICES)}, or none")
         self.data_dir = Path(data_dir)
         self.factory_name = factory
         self.host = host
         self.api_port = api_port
         self.gateway_port = gateway_port
         self.gateway_factory = gateway_factory
+        self.scripts = scripts
+        self.token_header = token_header
+        self.access_token_seconds = access_token_seconds
         self.store: Store | None = None
         self.backend: Backend | None = None
+        self.oauth: OAuthServer | None = None
         self._info: SandboxInfo | None = None
         self._lock_file: IO[str] | None = None
         self._api: ApiServer | None = None
@@ -176,26 +172,16 @@ class Sandbox:
         self._take_dir_lock()
         self.store = Store(self.data_dir)
         factory = self._open_factory(self.store)
-        self.backend = Backend(self.store)
+        self.backend = Backend(self.store, scripts=self.scripts)
         tls = ensure_api_tls(self.data_dir, self.host)
-
         context = GatewayContext(
-            data_dir=self.data_dir, host=self.host, port=self.gateway_port,
-            store=self.store, backend=self.backend, api_tls=tls,
+            data_dir=self.data_dir, host=self.host, port=self.gateway_port, store=self.store,
+            backend=self.backend, api_tls=tls, shared=ensure_shared_pki(self.data_dir, factory.gateway_id),
         )
-        routes: list[Route] = certs_routes(self.backend)
-        gateway_factory = self.gateway_factory
-        if gateway_factory is None:
-            module = _gateway_module()
-            if module is None:
-                gateway_factory = PortReservation
-            else:
-                gateway_factory = module.create_gateway
-                if hasattr(module, "api_routes"):
-                    routes += list(module.api_routes(context))
         try:
-            self._api = ApiServer((self.host, self.api_port), store=self.store, tls=tls, routes=routes)
-            self._gateway = gateway_factory(context)
+            self._gateway = (self.gateway_factory or create_gateway)(context)
+            self._api = ApiServer((self.host, self.api_port), store=self.store, tls=tls,
+                                  routes=self._routes(context), authenticator=self._authenticator())
         except OSError as error:
             raise SandboxError(f"cannot listen on {self.host}: {error.strerror or error}") from error
         self._gateway.start()
@@ -205,16 +191,38 @@ class Sandbox:
             name="sandbox-api", daemon=True,
         )
         self._api_thread.start()
+        self._info = self._client_view(factory, tls)
+        self._write_client_files(self._info)
+        return self._info
 
-        self._info = SandboxInfo(
-            api_url=url_for(self.host, self._api.port),
+    def _routes(self, context: GatewayContext) -> list[Route]:
+        assert self.backend is not None and self._gateway is not None
+        gateway = self._gateway
+        self.oauth = OAuthServer(self.backend.store, verification_uri=lambda: f"{self.info.oauth_url}/device/",
+                                 access_token_seconds=self.access_token_seconds)
+        # sota.toml names the port the gateway really listens on, so a device's files work as written.
+        registrar = Registrar(self.backend, context.shared, gateway_port=lambda: gateway.port)
+        hint = f"To authorize a device, run: fioca sandbox approve-device --data {self.data_dir} <user code>"
+        return [*certs_routes(self.backend), *device_routes(registrar), *oauth_routes(self.oauth, hint)]
+
+    def _authenticator(self) -> Authenticator:
+        assert self.store is not None and self.oauth is not None
+        return Authenticator(self.store, self.oauth, token_header=self.token_header)
+
+    def _client_view(self, factory: FactoryRecord, tls: TlsFiles) -> SandboxInfo:
+        assert self._api is not None and self._gateway is not None
+        api_url = url_for(self.host, self._api.port)
+        return SandboxInfo(
+            api_url=api_url,
             gateway_url=url_for(self.host, self._gateway.port),
+            gateway_host=gateway_hosts(factory.gateway_id)[0],
             factory=factory.name,
             token=factory.token,
             cacert=tls.ca_cert.resolve(),
+            oauth_url=api_url + OAUTH_PATH,
+            client_id=factory.client_id or "",
+            client_secret=factory.client_secret or "",
         )
-        self._write_client_files(self._info)
-        return self._info
 
     def stop(self) -> None:
         """Stop serving and release the data dir; safe to call more than once."""
@@ -233,6 +241,7 @@ class Sandbox:
             self.store.close()
             self.store = None
         self.backend = None
+        self.oauth = None
         if self._lock_file is not None:
             self._lock_file.close()  # closing drops the flock
             self._lock_file = None
@@ -260,14 +269,24 @@ class Sandbox:
     def inject_fault(self, *, method: str = "*", route: str = "*", status: int = 500,
                      message: str = "injected fault", times: int = 1, stall: float = 0.0,
                      apply: bool = False) -> None:
-        """Make the next `times` requests to `route` ("certs", "users-self", "*") with `method`
-        fail with `status` before reaching the backend. With `stall`, hold the answer back that
-        many seconds first (a client timeout); with `apply` too, the backend applies the request
-        and then the answer stalls (an answer lost after the change was made)."""
+        """Make the next `times` requests to `route` ("certs", "users-self", "devices",
+        "oauth-token", ..., "*"; see routes.py) with `method` fail with `status` before reaching
+        the backend. With `stall`, hold the answer back that many seconds first (a client
+        timeout); with `apply` too, the backend applies the request and then the answer stalls
+        (an answer lost after the change was made)."""
         if self.store is None:
             raise SandboxError("the sandbox is not running; call start() first")
         self.store.add_fault(method=method, route=route, status=status, message=message, times=times,
                              stall=stall, apply=apply)
+
+    # -- the user's side of the OAuth device flow ---------------------------------------------
+
+    def approve_device(self, user_code: str, *, approve: bool = True) -> bool:
+        """What the user does in the browser for lmp-device-register's device flow: approve
+        (or deny) the device showing `user_code`. False when no pending authorization has it."""
+        if self.oauth is None:
+            raise SandboxError("the sandbox is not running; call start() first")
+        return self.oauth.decide(user_code, approve=approve)
 
     # -- steps of start ----------------------------------------------------------------------
 
@@ -283,7 +302,7 @@ class Sandbox:
         self._lock_file = lock_file
 
     def _open_factory(self, store: Store) -> FactoryRecord:
-        """The dir's factory; created on first start with a fresh token and ids."""
+        """The dir's factory; created on first start with a fresh token, credential and ids."""
         factory = store.factory()
         if factory is None:
             return store.create_factory(
@@ -291,23 +310,38 @@ class Sandbox:
                 token=secrets.token_urlsafe(32),
                 polis_id=secrets.token_hex(12),
                 user_name=DEFAULT_USER_NAME,
-                gateway_id=secrets.token_hex(6),
+                # Real gateway ids look like UUIDs (ec056c71-...): <id>.ota-lite.foundries.io.
+                gateway_id=str(uuid_module.uuid4()),
+                client_id=_new_client_id(),
+                client_secret=secrets.token_urlsafe(32),
             )
         if factory.name != self.factory_name:
             raise SandboxError(
                 f"data dir {self.data_dir} belongs to factory '{factory.name}', not '{self.factory_name}';"
                 f" use --factory {factory.name} or another --data dir"
             )
+        if not factory.client_id:  # a data dir made by a sandbox older than OAuth
+            store.set_oauth_client(_new_client_id(), secrets.token_urlsafe(32))
+            factory = store.factory()
+            assert factory is not None
         return factory
 
     def _write_client_files(self, info: SandboxInfo) -> None:
         write_private_file(self.data_dir / INFO_FILE, json.dumps(info.as_dict(), indent=2) + "\n")
-        config = {
-            "factory": info.factory,
-            "token": info.token,
-            "server": {"url": info.api_url, "cacert": str(info.cacert)},
-        }
+        server = {"url": info.api_url, "cacert": str(info.cacert)}
+        config = {"factory": info.factory, "token": info.token, "server": server}
         write_private_file(self.data_dir / FIOCTL_CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+        oauth_config = {
+            "factory": info.factory,
+            "server": server,
+            "clientcredentials": {"client_id": info.client_id, "client_secret": info.client_secret,
+                                  "url": info.oauth_url},
+        }
+        write_private_file(self.data_dir / FIOCTL_OAUTH_CONFIG_FILE, yaml.safe_dump(oauth_config, sort_keys=False))
+
+
+def _new_client_id() -> str:
+    return f"sandbox-{secrets.token_hex(8)}"
 
 
 def read_info(data_dir: Path) -> SandboxInfo:
@@ -317,7 +351,9 @@ def read_info(data_dir: Path) -> SandboxInfo:
         data = json.loads(path.read_text(encoding="utf-8"))
         return SandboxInfo(
             api_url=data["api_url"], gateway_url=data["gateway_url"], factory=data["factory"],
-            token=data["token"], cacert=Path(data["cacert"]),
+            token=data["token"], cacert=Path(data["cacert"]), gateway_host=data.get("gateway_host", ""),
+            oauth_url=data.get("oauth_url", ""), client_id=data.get("client_id", ""),
+            client_secret=data.get("client_secret", ""),
         )
     except (OSError, ValueError, KeyError) as error:
         raise SandboxError(f"no usable {INFO_FILE} in {data_dir}; start the sandbox there first") from error

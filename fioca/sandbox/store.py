@@ -1,12 +1,17 @@
 """The sandbox's state: one SQLite file, `DIR/sandbox.db`, for one emulated factory.
 
-It holds what the real backend keeps: the factory and its token, the certs the user uploaded,
-the private keys the backend generated (gateway TLS, online CA, EST), the disabled and revoked
-device CA serials, the devices the gateway registered, and injected faults.
+It holds what the real backend keeps: the factory, its API token and its OAuth application
+credential, the certs the user uploaded, the private keys the backend generated (gateway TLS,
+online CA, EST), the disabled and revoked device CA serials, the devices (registered, pre-
+registered or deny-listed), the OAuth tokens and device authorizations it issued (as SHA-256
+hashes only: a copy of the db does not hold a usable access token), and injected faults.
 
 The db file holds private keys and the token, so it is created 0600 (SQLite gives its WAL and
 shm files the same mode). One connection is shared by every thread behind a re-entrant lock;
 WAL mode lets a second process (the CLI's `devices` command) read while the server runs.
+`synchronous=NORMAL`: in WAL mode a commit then survives a crash of the sandbox but not of the
+machine, and costs no fsync; an emulator's state does not need more, and a registration
+burst must not wait on the disk.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DB_FILE_NAME = "sandbox.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Kinds of keys the backend generates, and what becomes of them.
 KEY_KINDS = ("tls", "ca", "est")
@@ -29,6 +34,13 @@ KEY_PENDING = "pending"  # CSR handed out, no certificate accepted yet
 KEY_ACTIVE = "active"  # its certificate was accepted and is served / used
 KEY_RETIRED = "retired"  # replaced by a newer key of the same kind (tls, est)
 KEY_REVOKED = "revoked"  # online CA whose certificate was revoked by a CRL
+
+# Columns added after schema 1, for data dirs made by an older sandbox: (table, column, type).
+_ADDED_COLUMNS = (
+    ("factory", "client_id", "TEXT"),
+    ("factory", "client_secret", "TEXT"),
+    ("devices", "device_group", "TEXT"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -42,7 +54,9 @@ CREATE TABLE IF NOT EXISTS factory (
     polis_id   TEXT NOT NULL,
     user_name  TEXT NOT NULL,
     gateway_id TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    client_id     TEXT,   -- the OAuth application credential (`fioctl login`)
+    client_secret TEXT
 );
 CREATE TABLE IF NOT EXISTS certs (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -84,7 +98,24 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen   TEXT,
     deny_listed INTEGER NOT NULL DEFAULT 0,
     ca_serial   TEXT,
-    owner       TEXT
+    owner       TEXT,
+    device_group TEXT
+);
+CREATE TABLE IF NOT EXISTS oauth_tokens (
+    access_hash  TEXT PRIMARY KEY,   -- SHA-256 hex of the access token
+    refresh_hash TEXT UNIQUE,        -- of the refresh token; NULL when none was issued
+    grant_type   TEXT NOT NULL,
+    client_id    TEXT NOT NULL,
+    scope        TEXT NOT NULL,
+    expires_at   REAL NOT NULL       -- Unix time
+);
+CREATE TABLE IF NOT EXISTS device_authorizations (
+    code_hash  TEXT PRIMARY KEY,     -- SHA-256 hex of the device_code
+    user_code  TEXT NOT NULL UNIQUE,
+    client_id  TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    state      TEXT NOT NULL         -- pending | approved | denied | used
 );
 CREATE TABLE IF NOT EXISTS faults (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,8 +143,10 @@ class FactoryRecord:
     user_name: str
     gateway_id: str
     created_at: str
+    client_id: str | None = None
+    client_secret: str | None = None
 
-    def __repr__(self) -> str:  # the token must never end up in a log or traceback
+    def __repr__(self) -> str:  # the token and secret must never end up in a log or traceback
         return f"FactoryRecord(name={self.name!r}, polis_id={self.polis_id!r}, gateway_id={self.gateway_id!r})"
 
 
@@ -157,6 +190,29 @@ class DeviceRecord:
     deny_listed: bool
     ca_serial: str | None
     owner: str | None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class OAuthToken:
+    """An issued access token (known by its hash), what it may do and until when."""
+
+    access_hash: str
+    grant_type: str
+    client_id: str
+    scope: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """An OAuth device authorization (RFC 8628), known by the hash of its device_code."""
+
+    user_code: str
+    client_id: str
+    scope: str
+    expires_at: float
+    state: str
 
 
 @dataclass(frozen=True)
@@ -191,12 +247,20 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
+            self._add_missing_columns()
             self._conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
             self._conn.execute("INSERT OR IGNORE INTO certs (id) VALUES (1)")
+
+    def _add_missing_columns(self) -> None:
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row["name"] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -231,17 +295,24 @@ class Store:
             user_name=row["user_name"],
             gateway_id=row["gateway_id"],
             created_at=row["created_at"],
+            client_id=row["client_id"],
+            client_secret=row["client_secret"],
         )
 
-    def create_factory(self, *, name: str, token: str, polis_id: str, user_name: str, gateway_id: str) -> FactoryRecord:
+    def create_factory(self, *, name: str, token: str, polis_id: str, user_name: str, gateway_id: str,
+                       client_id: str, client_secret: str) -> FactoryRecord:
         self._execute(
-            "INSERT INTO factory (id, name, token, polis_id, user_name, gateway_id, created_at)"
-            " VALUES (1, ?, ?, ?, ?, ?, ?)",
-            (name, token, polis_id, user_name, gateway_id, utc_now()),
+            "INSERT INTO factory (id, name, token, polis_id, user_name, gateway_id, created_at, client_id, client_secret)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, token, polis_id, user_name, gateway_id, utc_now(), client_id, client_secret),
         )
         record = self.factory()
         assert record is not None
         return record
+
+    def set_oauth_client(self, client_id: str, client_secret: str) -> None:
+        """Give a factory made by an older sandbox its OAuth application credential."""
+        self._execute("UPDATE factory SET client_id = ?, client_secret = ? WHERE id = 1", (client_id, client_secret))
 
     # -- uploaded certs ----------------------------------------------------------------------
 
@@ -309,11 +380,15 @@ class Store:
         return {row["serial"] for row in self._execute("SELECT serial FROM revoked_ca_serials").fetchall()}
 
     def revoke_ca_serial(self, serial: str) -> None:
-        """Revocation is permanent; a revoked serial is never disabled any more, just gone."""
+        """A revoked serial is gone from ca-crt and never disabled any more; it comes back only
+        when its CA is uploaded again (unrevoke_ca_serial)."""
         self._execute(
             "INSERT OR IGNORE INTO revoked_ca_serials (serial, revoked_at) VALUES (?, ?)", (serial, utc_now())
         )
         self.enable_ca_serial(serial)
+
+    def unrevoke_ca_serial(self, serial: str) -> None:
+        self._execute("DELETE FROM revoked_ca_serials WHERE serial = ?", (serial,))
 
     # -- devices (used by the gateway and registration) --------------------------------------
 
@@ -336,23 +411,102 @@ class Store:
         is_prod: bool = False,
         ca_serial: str | None = None,
         owner: str | None = None,
+        group: str | None = None,
+        seen: bool = True,
     ) -> DeviceRecord:
+        """Record a new device (sqlite3.IntegrityError when the uuid exists, deleted or not).
+        `seen=False` for a pre-registered device that has not connected yet."""
         now = utc_now()
+        record = DeviceRecord(uuid=uuid, name=name, pubkey=pubkey, is_prod=is_prod, created_at=now,
+                              last_seen=now if seen else None, deny_listed=False, ca_serial=ca_serial,
+                              owner=owner, group=group)
         self._execute(
-            "INSERT INTO devices (uuid, name, pubkey, is_prod, created_at, last_seen, ca_serial, owner)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (uuid, name, pubkey, int(is_prod), now, now, ca_serial, owner),
+            "INSERT INTO devices (uuid, name, pubkey, is_prod, created_at, last_seen, ca_serial, owner, device_group)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (uuid, name, pubkey, int(is_prod), now, record.last_seen, ca_serial, owner, group),
         )
-        record = self.device(uuid)
-        assert record is not None
         return record
 
-    def touch_device(self, uuid: str) -> None:
-        self._execute("UPDATE devices SET last_seen = ? WHERE uuid = ?", (utc_now(), uuid))
+    def devices_named(self, name: str) -> list[DeviceRecord]:
+        rows = self._execute("SELECT * FROM devices WHERE name = ? AND deny_listed = 0 ORDER BY uuid", (name,))
+        return [_device_from_row(row) for row in rows.fetchall()]
+
+    def denied_devices(self) -> list[DeviceRecord]:
+        rows = self._execute("SELECT * FROM devices WHERE deny_listed = 1 ORDER BY created_at, uuid").fetchall()
+        return [_device_from_row(row) for row in rows]
+
+    def touch_device(self, uuid: str, when: str) -> None:
+        self._execute("UPDATE devices SET last_seen = ? WHERE uuid = ?", (when, uuid))
 
     def set_device_deny_listed(self, uuid: str, deny_listed: bool = True) -> bool:
         """Put a device on (or take it off) the deny-list; False when there is no such device."""
         cursor = self._execute("UPDATE devices SET deny_listed = ? WHERE uuid = ?", (int(deny_listed), uuid))
+        return cursor.rowcount > 0
+
+    def forget_denied_device(self, uuid: str) -> bool:
+        """Take a deleted device off the deny-list for good, so its uuid can be used again
+        (fioctl's `devices delete-denied`); False when no deleted device has that uuid."""
+        cursor = self._execute("DELETE FROM devices WHERE uuid = ? AND deny_listed = 1", (uuid,))
+        return cursor.rowcount > 0
+
+    # -- OAuth (oauth.py) ----------------------------------------------------------------------
+
+    def add_oauth_token(self, *, access_hash: str, refresh_hash: str | None, grant_type: str, client_id: str,
+                        scope: str, expires_at: float) -> None:
+        self._execute(
+            "INSERT INTO oauth_tokens (access_hash, refresh_hash, grant_type, client_id, scope, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (access_hash, refresh_hash, grant_type, client_id, scope, expires_at),
+        )
+
+    def oauth_token(self, access_hash: str) -> OAuthToken | None:
+        row = self._execute(
+            "SELECT access_hash, grant_type, client_id, scope, expires_at FROM oauth_tokens WHERE access_hash = ?",
+            (access_hash,),
+        ).fetchone()
+        return None if row is None else OAuthToken(**{key: row[key] for key in row.keys()})
+
+    def take_refresh_token(self, refresh_hash: str, client_id: str) -> OAuthToken | None:
+        """The token pair a refresh token belongs to, removed (a refresh token works once, and
+        the access token it came with ends with it); None when unknown or another client's."""
+        with self.transaction():
+            row = self._execute(
+                "SELECT access_hash, grant_type, client_id, scope, expires_at FROM oauth_tokens"
+                " WHERE refresh_hash = ? AND client_id = ?", (refresh_hash, client_id),
+            ).fetchone()
+            if row is None:
+                return None
+            self._execute("DELETE FROM oauth_tokens WHERE access_hash = ?", (row["access_hash"],))
+        return OAuthToken(**{key: row[key] for key in row.keys()})
+
+    def add_device_authorization(self, *, code_hash: str, user_code: str, client_id: str, scope: str,
+                                 expires_at: float) -> None:
+        self._execute(
+            "INSERT INTO device_authorizations (code_hash, user_code, client_id, scope, expires_at, state)"
+            " VALUES (?, ?, ?, ?, ?, 'pending')",
+            (code_hash, user_code, client_id, scope, expires_at),
+        )
+
+    def device_authorization(self, code_hash: str) -> DeviceAuthorization | None:
+        row = self._execute(
+            "SELECT user_code, client_id, scope, expires_at, state FROM device_authorizations WHERE code_hash = ?",
+            (code_hash,),
+        ).fetchone()
+        return None if row is None else DeviceAuthorization(**{key: row[key] for key in row.keys()})
+
+    def decide_device_authorization(self, user_code: str, state: str, now: float) -> bool:
+        """A user approves or denies a pending, unexpired authorization; False when none is."""
+        cursor = self._execute(
+            "UPDATE device_authorizations SET state = ? WHERE user_code = ? AND state = 'pending' AND expires_at > ?",
+            (state, user_code, now),
+        )
+        return cursor.rowcount > 0
+
+    def use_device_authorization(self, code_hash: str) -> bool:
+        """Mark an approved authorization used; True only for the one caller that did it."""
+        cursor = self._execute(
+            "UPDATE device_authorizations SET state = 'used' WHERE code_hash = ? AND state = 'approved'", (code_hash,)
+        )
         return cursor.rowcount > 0
 
     # -- injected faults ---------------------------------------------------------------------
@@ -397,4 +551,5 @@ def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
         deny_listed=bool(row["deny_listed"]),
         ca_serial=row["ca_serial"],
         owner=row["owner"],
+        group=row["device_group"],
     )

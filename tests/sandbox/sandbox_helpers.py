@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fioca import facts
-from fioca.pki import reference
 from fioca.sandbox import Sandbox
 
 FACTORY = "acme-factory"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -34,11 +36,12 @@ def test_a_missing_or_wrong_token_is_401_json(sandbox: Sandbox, token: str) -> N
     assert Client(sandbox).get_certs().status_code == 206  # the twin: the right token passes
 
 
-def test_a_bearer_token_is_accepted_too(sandbox: Sandbox) -> None:
+def test_the_api_token_is_not_a_bearer_token(sandbox: Sandbox) -> None:
+    """Bearer carries base64(OAuth access token) (test_oauth.py), never the API token."""
     client = Client(sandbox, token="")
-    bearer = {"Authorization": f"Bearer {sandbox.info.token}"}
-    assert client.request("GET", "certs/", headers=bearer).status_code == 206
-    assert client.request("GET", "certs/", headers={"Authorization": "Bearer nope"}).status_code == 401
+    for value in (sandbox.info.token, base64.b64encode(sandbox.info.token.encode()).decode(), "nope"):
+        assert client.request("GET", "certs/", headers={"Authorization": f"Bearer {value}"}).status_code == 401
+    assert client.request("GET", "certs/", headers={"OSF-TOKEN": sandbox.info.token}).status_code == 206
 
 
 def test_unknown_factory_path_and_method(sandbox: Sandbox, client: Client) -> None:
@@ -94,12 +97,15 @@ def _ou(csr: x509.CertificateSigningRequest) -> str:
     return csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
 
 
-def test_post_empty_returns_real_csrs_and_the_reference_scripts(sandbox: Sandbox, client: Client) -> None:
+UUID_LIKE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def test_post_empty_returns_real_csrs_and_the_api_scripts(sandbox: Sandbox, client: Client) -> None:
     response = client.post_certs({})
     assert response.status_code == 201
     answer = response.json()
     gateway_id = sandbox.store.factory().gateway_id
-    assert len(gateway_id) == 12
+    assert UUID_LIKE.match(gateway_id)  # as real ones: ec056c71-...
 
     tls = _csr(answer["tls-csr"])
     assert tls.subject.rfc4514_string() == f"OU={FACTORY},CN={gateway_id}.ota-lite.foundries.io"
@@ -113,7 +119,8 @@ def test_post_empty_returns_real_csrs_and_the_reference_scripts(sandbox: Sandbox
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert tls.public_key() != ca.public_key()
 
-    expected = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{client.user_self()['polis-id']}")
+    local_ca_cn = f"fio-{client.user_self()['polis-id']}"
+    expected = reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=local_ca_cn)  # the default
     assert {name: answer[name] for name in facts.SCRIPT_NAMES} == expected
     assert f"OU = {FACTORY}" in answer["create_ca"]
     assert "est-tls-csr" not in answer

@@ -32,7 +32,7 @@ from test_gateway_support import (
     running_factory,
 )
 
-from fioca.sandbox.gateway import canonical_json
+from fioca.sandbox.tuf import canonical_json
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

@@ -27,7 +27,8 @@ from test_gateway_support import (
 )
 
 from fioca.sandbox import Sandbox
-from fioca.sandbox.gateway import REPO_ROOT, SHARED_CA_CERT, SHARED_CA_KEY, SHARED_SERVER_KEY
+from fioca.sandbox import shared_pki
+from fioca.sandbox.tuf import REPO_ROOT
 
 HOLD = x509.ReasonFlags.certificate_hold
 UNHOLD = x509.ReasonFlags.remove_from_crl
@@ -56,15 +57,20 @@ def registered_online_device(factory: Factory, folder: Path) -> Device:
 def test_shared_pki_before_the_patch_then_tls_crt_without_restart(tmp_path: Path) -> None:
     factory = start_factory(tmp_path, patch=False)
     try:
-        shared_ca = factory.sandbox.data_dir / SHARED_CA_CERT
-        before = served_certificate(factory, shared_ca)
+        shared_root = factory.sandbox.data_dir / shared_pki.ROOT_CERT
+        before = served_certificate(factory, shared_root)
         names = before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert factory.gateway.host in names.get_values_for_type(x509.DNSName)
+        assert names.get_values_for_type(x509.DNSName) == [factory.gateway.host, factory.gateway.host.replace(".ota-lite.", ".ostree.")]
+        # The shared phase: a device registers and reaches the gateway with the files it got.
+        shared_device = registered_online_device(factory, tmp_path / "shared")
+        assert (tmp_path / "shared" / "root.crt").read_bytes() == shared_root.read_bytes()
+        reply = factory.gateway.get(shared_device, cafile=tmp_path / "shared" / "root.crt")
+        assert reply.status == 200 and reply.json()["uuid"] == shared_device.uuid
+        # A factory device (its local CA not uploaded yet) is not trusted by the shared PKI ...
         device = make_device(tmp_path / "devices", factory.local_ca())
-        # The shared PKI vouches for no factory device: refused, and nothing is registered.
-        factory.gateway.refused_handshake(device, cafile=shared_ca)
+        factory.gateway.refused_handshake(device, cafile=shared_root)
         assert factory.stored(device) is None
-        # Twin: the factory root does not verify the shared certificate.
+        # ... and the factory root does not verify the shared certificate.
         factory.gateway.refused_handshake(device, cafile=factory.root_file)
 
         port = factory.gateway.port
@@ -75,18 +81,23 @@ def test_shared_pki_before_the_patch_then_tls_crt_without_restart(tmp_path: Path
         assert factory.get(device).status == 200  # same gateway, same port, no restart
         assert factory.gateway.port == port
         assert factory.stored(device) is not None
+        # The shared-phase device no longer trusts the gateway, nor the gateway it.
+        factory.gateway.refused_handshake(shared_device, cafile=tmp_path / "shared" / "root.crt")
+        factory.gateway.refused_handshake(shared_device, cafile=factory.root_file)
     finally:
         factory.sandbox.stop()
 
 
 def test_shared_pki_and_repo_key_are_made_once_and_private(tmp_path: Path) -> None:
     data = tmp_path / "sandbox"
+    kept = (shared_pki.ROOT_CERT, shared_pki.ROOT_KEY, shared_pki.DEVICE_CA_CERT, shared_pki.DEVICE_CA_KEY,
+            shared_pki.GATEWAY_CERT, REPO_ROOT)
     with Sandbox(data, factory="acme-factory"):
-        first = {name: (data / name).read_bytes() for name in (SHARED_CA_CERT, SHARED_CA_KEY, REPO_ROOT)}
+        first = {name: (data / name).read_bytes() for name in kept}
     with Sandbox(data, factory="acme-factory"):
-        again = {name: (data / name).read_bytes() for name in (SHARED_CA_CERT, SHARED_CA_KEY, REPO_ROOT)}
+        again = {name: (data / name).read_bytes() for name in kept}
     assert again == first
-    for name in (SHARED_CA_KEY, SHARED_SERVER_KEY, "gateway-repo.key"):
+    for name in (shared_pki.ROOT_KEY, shared_pki.DEVICE_CA_KEY, shared_pki.GATEWAY_KEY, "gateway-repo.key"):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600
     assert not list(data.glob(".gateway-chain.*"))  # the temp file for the served key is gone
 

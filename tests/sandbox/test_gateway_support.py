@@ -60,6 +60,21 @@ class Reply:
 
 
 @dataclass
+class KeptConnection:
+    """Requests on one open connection; `get` answers (status, JSON body, Connection header)."""
+
+    connection: http.client.HTTPConnection
+
+    def get(self, path: str = "/device") -> tuple[int, Any, str]:
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Connection", "")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass
 class Gateway:
     """Where devices reach the sandbox gateway: the tls-crt host name, resolved to loopback."""
 
@@ -78,6 +93,16 @@ class Gateway:
                 connection.request(method, path, headers=headers or {})
                 response = connection.getresponse()
                 return Reply(response.status, response.read(), tls.getpeercert(binary_form=True))
+
+    def session(self, device: Device, *, cafile: Path) -> KeptConnection:
+        """One mTLS connection kept open for several requests (keep-alive)."""
+        context = ssl.create_default_context(cafile=str(cafile))
+        context.load_cert_chain(str(device.cert), str(device.key))
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        tls = context.wrap_socket(raw, server_hostname=self.host)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        connection.sock = tls
+        return KeptConnection(connection)
 
     def refused_handshake(self, device: Device, *, cafile: Path) -> Exception:
         """Assert the TLS layer refuses the device (no HTTP answer at all); the error raised."""
@@ -179,9 +204,11 @@ def make_device(
     not_after: datetime | None = None,
     production: bool = False,
     key: ec.EllipticCurvePrivateKey | None = None,
+    ca: bool | None = None,
 ) -> Device:
     """A device certificate signed by `issuer`; every rule-relevant field can be bent.
-    `usages=[]` leaves out extendedKeyUsage altogether."""
+    `usages=[]` leaves out extendedKeyUsage altogether; `ca` adds basicConstraints CA:TRUE or
+    CA:FALSE (None: no basicConstraints, as the documented procedure makes them)."""
     issuer_cert, issuer_key = issuer
     device_uuid = device_uuid or new_uuid()
     key = key or ec.generate_private_key(ec.SECP256R1())
@@ -213,6 +240,8 @@ def make_device(
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
     )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     usages = [CLIENT_AUTH] if usages is None else usages
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=True)

@@ -4,6 +4,7 @@ it (PKI-SPEC sections 2, 4 and 9), its answer's files checked one by one, and it
 from __future__ import annotations
 
 import base64
+import subprocess
 import textwrap
 import uuid as uuid_module
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from test_gateway_support import (
     start_factory,
 )
 
-from fioca.sandbox import sota_toml
+from fioca.sandbox import shared_pki, sota_toml
 
 
 @pytest.fixture(scope="module")
@@ -74,21 +75,21 @@ def test_registration_answers_the_device_files(factory: Factory, tmp_path: Path)
 
     assert answer["root.crt"] == factory.flow.root_crt
     assert answer["client.chained"] == answer["client.pem"] + online.cert_pem
-    gateway = factory.gateway.host
+    gateway = f"{factory.gateway.host}:{factory.gateway.port}"  # the port the gateway listens on
     ostree = gateway.replace(".ota-lite.", ".ostree.")
     assert answer["sota.toml"] == (
         "[tls]\n"
-        f'server = "https://{gateway}:8443"\n'
+        f'server = "https://{gateway}"\n'
         'ca_source = "file"\npkey_source = "file"\ncert_source = "file"\n\n'
         "[provision]\n"
-        f'server = "https://{gateway}:8443"\n'
+        f'server = "https://{gateway}"\n'
         'primary_ecu_hardware_id = "intel-corei7-64"\n\n'
         "[uptane]\n"
-        f'repo_server = "https://{gateway}:8443/repo"\n'
+        f'repo_server = "https://{gateway}/repo"\n'
         'key_source = "file"\n\n'
         "[pacman]\n"
         'type = "ostree+compose_apps"\n'
-        f'ostree_server = "https://{ostree}:8443/ostree"\n\n'
+        f'ostree_server = "https://{ostree}/ostree"\n\n'
         "[storage]\n"
         'type = "sqlite"\npath = "/var/sota/"\n\n'
         "[import]\n"
@@ -143,7 +144,7 @@ def test_without_ostree_server_the_gateway_serves_ostree(factory: Factory) -> No
     device_uuid = new_uuid()
     csr, _ = make_csr(device_uuid)
     text = post_device(factory.client, register_body(device_uuid, csr, **{"use-ostree-server": "false"})).json()["sota.toml"]
-    assert f'ostree_server = "https://{factory.gateway.host}:8443/treehub"' in text
+    assert f'ostree_server = "https://{factory.gateway.host}:{factory.gateway.port}/treehub"' in text
 
 
 def test_head_probe_answers_below_500(factory: Factory) -> None:
@@ -177,7 +178,7 @@ def test_duplicate_uuid_is_a_conflict(factory: Factory) -> None:
         ({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n"}, "not a PEM"),
         ({"csr": 42}, "csr: must be a string"),
         ({"hardware-id": None}, "hardware-id: this field is required"),
-        ({"uuid": "1234"}, "is not a UUID"),
+        ({"uuid": "1234"}, "is not a lower-case hyphenated UUID"),
         ({"overrides": {"tls": {"server": 1}}}, "overrides: must map"),
         ({"overrides": {"tls": {"server": '"x"\n[evil]'}}}, "must fit on one line"),
     ],
@@ -222,17 +223,30 @@ def test_tampered_csr_is_refused(factory: Factory) -> None:
     assert factory.sandbox.store.device(device_uuid) is None
 
 
-def test_no_online_ca_before_the_pki_exists(tmp_path: Path) -> None:
+def test_before_the_pki_exists_the_shared_pki_signs(tmp_path: Path) -> None:
     factory = start_factory(tmp_path, patch=False)
     try:
         device_uuid = new_uuid()
         csr, _ = make_csr(device_uuid)
-        response = post_device(factory.client, register_body(device_uuid, csr))
-        assert response.status_code == 409 and "not configured" in _message(response)
-        assert factory.sandbox.store.device(device_uuid) is None
-        # Twin: once the PKI is uploaded the same request registers the device.
+        response = post_device(factory.client, register_body(device_uuid, csr, group="lab"))
+        assert response.status_code == 201, response.text
+        answer = response.json()
+        data = factory.sandbox.data_dir
+        shared_ca = x509.load_pem_x509_certificate((data / shared_pki.DEVICE_CA_CERT).read_bytes())
+        assert answer["root.crt"] == (data / shared_pki.ROOT_CERT).read_text()
+        cert = x509.load_pem_x509_certificate(answer["client.pem"].encode())
+        cert.verify_directly_issued_by(shared_ca)
+        assert answer["client.chained"] == answer["client.pem"] + (data / shared_pki.DEVICE_CA_CERT).read_text()
+        record = factory.sandbox.store.device(device_uuid)
+        assert record.ca_serial == str(shared_ca.serial_number) and record.group == "lab"
+        # Twin: once the factory's PKI is uploaded, its online CA signs and its root is answered.
         assert factory.client.patch_certs(factory.flow.patch_body()).status_code == 200
-        assert post_device(factory.client, register_body(device_uuid, csr)).status_code == 201
+        other = new_uuid()
+        csr, _ = make_csr(other)
+        answer = post_device(factory.client, register_body(other, csr)).json()
+        assert answer["root.crt"] == factory.flow.root_crt
+        online = x509.load_pem_x509_certificate(factory.flow.online_crt.encode())
+        x509.load_pem_x509_certificate(answer["client.pem"].encode()).verify_directly_issued_by(online)
     finally:
         factory.sandbox.stop()
 
@@ -281,3 +295,45 @@ def test_sota_toml_refuses_keys_that_would_inject_syntax() -> None:
     with pytest.raises(sota_toml.SotaTomlError):
         sota_toml.render(gateway_url="g", ostree_url="o", hardware_id="h", sota_config_dir="/s",
                          overrides={"tls]\n[x": {"a": '"b"'}})
+
+
+# -- the files as lmp-device-register writes them ----------------------------------------------------
+
+
+def _tls_server(sota_toml_text: str) -> str:
+    import tomllib
+
+    return tomllib.loads(sota_toml_text)["tls"]["server"]
+
+
+@pytest.mark.parametrize("phase", ["shared", "factory"])
+def test_the_sota_dir_works_as_written(tmp_path: Path, phase: str) -> None:
+    """sota.toml names the gateway's real port: curl with the sota dir's files, at the URL
+    sota.toml gives, reaches the gateway, in the shared phase and with the factory's PKI."""
+    factory = start_factory(tmp_path, patch=phase == "factory")
+    try:
+        device_uuid = new_uuid()
+        csr, key = make_csr(device_uuid)
+        answer = post_device(factory.client, register_body(device_uuid, csr)).json()
+        sota = tmp_path / "sota"
+        save_registered(sota, device_uuid, answer, key)
+        url = _tls_server(answer["sota.toml"])
+        host, port = url.removeprefix("https://").split(":")
+        assert (host, int(port)) == (factory.gateway.host, factory.gateway.port)
+        done = subprocess.run(
+            ["curl", "-sS", "--cacert", "root.crt", "--cert", "client.pem", "--key", "pkey.pem",
+             "--resolve", f"{host}:{port}:127.0.0.1", "-w", "\n%{http_code}", f"{url}/device"],
+            cwd=sota, capture_output=True, text=True, timeout=30,
+        )
+        assert done.stdout.endswith("\n200"), done.stderr
+        # Twin: another device's key with these files does not make a working device.
+        _, other_key = make_csr(device_uuid)
+        save_registered(tmp_path / "impostor", device_uuid, answer, other_key)
+        failed = subprocess.run(
+            ["curl", "-sS", "--cacert", str(sota / "root.crt"), "--cert", "client.pem", "--key", "pkey.pem",
+             "--resolve", f"{host}:{port}:127.0.0.1", f"{url}/device"],
+            cwd=tmp_path / "impostor", capture_output=True, text=True, timeout=30,
+        )
+        assert failed.returncode != 0
+    finally:
+        factory.sandbox.stop()

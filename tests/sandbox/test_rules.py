@@ -223,10 +223,14 @@ def test_crl_disable_enable_and_revoke(sandbox: Sandbox, client: Client, configu
     assert body["ca-crt"] == configured.online_crt
     assert body["disabled-ca-serials"] == []
 
-    # Revoked is for good: the CA cannot come back, and the CRL cannot name it again.
-    _refused(client.patch_certs({"ca-crt": configured.ca_crt}), 400, "revoked")
+    # A revoked CA is out of ca-crt: a CRL cannot name it any more ...
     again = make_crl(configured, [(local, x509.ReasonFlags.remove_from_crl)])
     _refused(client.patch_certs({"ca-revoke-crl": again}), 400, f"There is no active device CA with serial {local}")
+    # ... but `keys ca update` with its certificate re-adds it, as fioctl's help says.
+    assert client.patch_certs({"ca-crt": configured.ca_crt}).status_code == 200
+    body = client.get_certs().json()
+    assert body["ca-crt"] == configured.ca_crt and body["disabled-ca-serials"] == []
+    assert sandbox.store.revoked_ca_serials() == set()
 
 
 def test_crl_for_an_unknown_serial_is_refused(client: Client, configured: Flow) -> None:

@@ -13,7 +13,8 @@ import yaml
 from sandbox_helpers import FACTORY, Client, create_flow
 
 from fioca.sandbox import Sandbox, SandboxError, read_info
-from fioca.sandbox.server import GatewayContext, PortReservation
+from fioca.sandbox.context import GatewayContext
+from fioca.sandbox.server import PortReservation
 
 
 def _mode(path: Path) -> int:
@@ -89,26 +90,40 @@ def test_files_are_private_and_client_files_are_right(sandbox: Sandbox) -> None:
     data = sandbox.data_dir
     assert _mode(data) == 0o700
     files = sorted(path.name for path in data.iterdir())
-    for required in ("sandbox.db", "api-ca.pem", "api-ca.key", "api-server.pem", "api-server.key", "sandbox.json", "fioctl.yaml"):
+    for required in ("sandbox.db", "api-ca.pem", "api-ca.key", "api-server.pem", "api-server.key", "sandbox.json",
+                     "fioctl.yaml", "fioctl-oauth.yaml"):
         assert required in files
     for path in data.iterdir():
         assert _mode(path) == 0o600, path.name  # includes sandbox.db-wal / -shm while running
 
     info = sandbox.info
+    gateway_id = sandbox.store.factory().gateway_id
     assert json.loads((data / "sandbox.json").read_text()) == {
         "api_url": info.api_url,
         "gateway_url": info.gateway_url,
+        "gateway_host": f"{gateway_id}.ota-lite.foundries.io",
         "factory": FACTORY,
         "token": info.token,
         "cacert": str(data.resolve() / "api-ca.pem"),
+        "oauth_url": info.api_url + "/oauth",
+        "client_id": info.client_id,
+        "client_secret": info.client_secret,
     }
+    assert info.client_id.startswith("sandbox-") and len(info.client_secret) >= 32
     assert info.api_url.startswith("https://127.0.0.1:") and info.gateway_url.startswith("https://127.0.0.1:")
     assert yaml.safe_load((data / "fioctl.yaml").read_text()) == {
         "factory": FACTORY,
         "token": info.token,
         "server": {"url": info.api_url, "cacert": str(info.cacert)},
     }
-    assert info.token not in repr(info) and info.token not in repr(sandbox.store.factory())
+    assert yaml.safe_load((data / "fioctl-oauth.yaml").read_text()) == {
+        "factory": FACTORY,
+        "server": {"url": info.api_url, "cacert": str(info.cacert)},
+        "clientcredentials": {"client_id": info.client_id, "client_secret": info.client_secret,
+                              "url": info.api_url + "/oauth"},
+    }
+    for secret in (info.token, info.client_secret):
+        assert secret not in repr(info) and secret not in repr(sandbox.store.factory())
 
 
 def test_a_loose_existing_dir_is_tightened(tmp_path: Path) -> None:
@@ -163,3 +178,21 @@ def test_a_port_reservation_holds_the_port_but_refuses_connections(tmp_path: Pat
             probe.bind(("127.0.0.1", port))
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_data_dir_from_before_oauth_and_groups_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = tmp_path / "sandbox"
+    with Sandbox(data, factory=FACTORY) as first:
+        token = first.info.token
+    with sqlite3.connect(data / "sandbox.db") as old:  # the schema-1 shape of an older sandbox
+        for table, column in (("factory", "client_id"), ("factory", "client_secret"), ("devices", "device_group")):
+            old.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        old.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Sandbox(data, factory=FACTORY) as again:
+        assert again.info.token == token  # the same factory
+        assert again.info.client_id.startswith("sandbox-") and again.info.client_secret
+        again.store.add_device(uuid="6a1c7f0e-0000-4000-8000-000000000001", name="d", pubkey="PEM", group="lab")
+        assert again.store.device("6a1c7f0e-0000-4000-8000-000000000001").group == "lab"
+        assert again.store._execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"

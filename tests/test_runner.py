@@ -1,0 +1,247 @@
+"""The one script runner (fioca/pki/scripts.py): what it gives a script, how it stops one, and
+how it takes a script's products without trusting them. Real bwrap, sh and openssl.
+
+Every product a script leaves is hostile until taken: a symlink (`tls-crt ->
+~/.ssh/authorized_keys`), a hard link (`ln factory_ca.key x`), a FIFO, a folder, a file too
+big: each is refused with one clear line, and nothing outside the work dir is read or
+written through it. The twins: a plain file is taken, byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from fioca.errors import ScriptError
+from fioca.pki import jail as jails
+from fioca.pki.scripts import ScriptLimits, ScriptRunner, take
+
+JAIL = jails.require()
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def runner_for(work: Path, **options) -> ScriptRunner:
+    return ScriptRunner(work, jail=JAIL, **options)
+
+
+# --- What a script gets ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jail", [JAIL, jails.NO_JAIL], ids=["jail", "no-jail"])
+def test_a_script_gets_a_minimal_environment_and_umask(work, monkeypatch, jail):
+    monkeypatch.setenv("FIOCTL_TOKEN", "secret-token-value")
+    monkeypatch.setenv("HSM_PIN", "1234-not-passed")
+    runner = ScriptRunner(work, jail=jail, env_extra={"FACTORY": "acme"})
+    runner.install("show_env", "#!/bin/sh -e\nset\numask\n")
+    out = runner.run("show_env").decode()
+    names = {line.split("=", 1)[0] for line in out.splitlines() if "=" in line}
+    shell_own = {"IFS", "OPTIND", "PPID", "PS1", "PS2", "PS4", "PWD"}
+    assert names - shell_own == {"PATH", "HOME", "TMPDIR", "LC_ALL", "FACTORY"}
+    assert "secret-token-value" not in out and "1234-not-passed" not in out
+    assert out.strip().splitlines()[-1] == "0077"
+    home = jails.WORK_DIR if jail.contained else str(work)
+    assert f"HOME='{home}'" in out and f"PWD='{home}'" in out
+
+
+def test_stdout_is_bytes_and_stderr_comes_line_by_line(work):
+    lines: list[str] = []
+    runner = runner_for(work, on_stderr=lines.append)
+    runner.install("talk", "#!/bin/sh -e\nprintf 'a\\0b\\377'\necho one >&2\nprintf 'two' >&2\n")
+    assert runner.run("talk") == b"a\0b\xff"
+    assert lines == ["one", "two"]
+
+
+def test_a_failing_script_is_one_line_with_its_last_words(work):
+    runner = runner_for(work)
+    runner.install("fails", "#!/bin/sh -e\necho 'openssl: bad key' >&2\nexit 3\n")
+    with pytest.raises(ScriptError, match=r"^script fails exited with status 3: openssl: bad key$"):
+        runner.run("fails")
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_an_output_flood_is_killed(work, stream):
+    runner = runner_for(work, limits=ScriptLimits(max_stdout=4096, max_stderr=4096))
+    redirect = ">&2" if stream == "stderr" else ""
+    runner.install("flood", f"#!/bin/sh -e\nwhile :; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx {redirect}; done\n")
+    with pytest.raises(ScriptError, match=f"wrote more than 4096 bytes to {stream} and was killed"):
+        runner.run("flood")
+
+
+def test_a_script_that_waits_on_stdin_gets_end_of_file(work):
+    runner = runner_for(work)
+    runner.install("reader", "#!/bin/sh -e\ncat\necho done\n")
+    assert runner.run("reader") == b"done\n"
+
+
+def test_with_the_jail_a_log_file_in_home_is_no_refusal(work, home):
+    """Issue 10.10: the user's own files changing during a script stop nothing."""
+    log = home / "session.log"
+    runner = runner_for(work)
+    runner.install("slow", "#!/bin/sh -e\necho started >&2\n")
+    runner.on_stderr = lambda _line: log.write_text(log.read_text() + "line\n" if log.exists() else "line\n")
+    assert runner.run("slow") == b""
+    assert log.read_text() == "line\n"
+
+
+# --- Writing inputs ----------------------------------------------------------------------------
+
+
+def test_install_and_put_write_new_files_with_their_modes(work):
+    runner = runner_for(work)
+    script = runner.install("create_ca", "#!/bin/sh\n")
+    csr = runner.put("tls-csr", b"CSR")
+    assert stat.S_IMODE(script.stat().st_mode) == 0o700
+    assert stat.S_IMODE(csr.stat().st_mode) == 0o600 and csr.read_bytes() == b"CSR"
+    with pytest.raises(ScriptError, match="tls-csr already exists in the work dir .* never writes over it"):
+        runner.put("tls-csr", b"other")
+    assert csr.read_bytes() == b"CSR"
+
+
+def test_put_never_writes_through_a_planted_symlink(work, home):
+    """A script leaves `tls-crt -> ~/.ssh/authorized_keys`; fioca then writes tls-crt itself."""
+    (home / ".ssh").mkdir()
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text("ssh-ed25519 AAAA user\n")
+    (work / "tls-crt").symlink_to(keys)
+    runner = runner_for(work)
+    with pytest.raises(ScriptError, match="already exists"):
+        runner.put("tls-crt", b"CERT")
+    runner.put("tls-crt", b"CERT", replace=True)
+    assert keys.read_text() == "ssh-ed25519 AAAA user\n"
+    assert not (work / "tls-crt").is_symlink() and (work / "tls-crt").read_bytes() == b"CERT"
+
+
+def test_put_refuses_a_folder_planted_under_its_name(work):
+    (work / "tls-crt").mkdir()
+    with pytest.raises(ScriptError, match="cannot write tls-crt in the work dir .*: Is a directory"):
+        runner_for(work).put("tls-crt", b"CERT", replace=True)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "", "."])
+def test_names_are_plain_file_names(work, name):
+    with pytest.raises(ScriptError, match="not a plain file name"):
+        runner_for(work).put(name, b"x")
+    assert not (work.parent / "escape").exists()
+
+
+# --- Taking products -----------------------------------------------------------------------------
+
+
+def bring(work: Path, tool: str) -> None:
+    """A script can bring any program it likes into its work dir (`ln` is not in the jail)."""
+    shutil.copy(shutil.which(tool), work / tool)
+
+
+def test_a_plain_product_is_taken_byte_for_byte(work):
+    runner = runner_for(work)
+    runner.install("make", "#!/bin/sh -e\nopenssl ecparam -genkey -name prime256v1 -noout -out factory_ca.key\n")
+    runner.run("make")
+    data = runner.take("factory_ca.key")
+    assert data.startswith(b"-----BEGIN EC PRIVATE KEY-----") and data == (work / "factory_ca.key").read_bytes()
+
+
+def test_a_symlinked_product_is_refused_and_not_read(work, home):
+    (home / ".ssh").mkdir()
+    keys = home / ".ssh" / "authorized_keys"
+    keys.write_text("ssh-ed25519 AAAA user\n")
+    bring(work, "ln")
+    runner = runner_for(work)
+    runner.install("plant", f"#!/bin/sh -e\n./ln -s {keys} tls-crt\n./ln -s /etc/hostname factory_ca.pem\n")
+    runner.run("plant")
+    assert os.readlink(work / "tls-crt") == str(keys)
+    for name in ("tls-crt", "factory_ca.pem"):
+        with pytest.raises(ScriptError, match=rf"^{name} is a symbolic link; fioca takes only regular files"):
+            runner.take(name)
+    assert keys.read_text() == "ssh-ed25519 AAAA user\n"
+
+
+def test_a_hard_linked_product_is_refused(work):
+    bring(work, "ln")
+    runner = runner_for(work)
+    runner.install(
+        "link", "#!/bin/sh -e\nopenssl ecparam -genkey -name prime256v1 -noout -out factory_ca.key\n./ln factory_ca.key x\n"
+    )
+    runner.run("link")
+    for name in ("factory_ca.key", "x"):
+        with pytest.raises(ScriptError, match=rf"^{name} has 2 hard links \(a product may have one\)"):
+            runner.take(name)
+
+
+def test_a_hard_link_to_a_file_outside_cannot_even_be_made(work, tmp_path):
+    outside = tmp_path / "outside.key"
+    outside.write_text("KEY")
+    bring(work, "ln")
+    runner = runner_for(work)
+    runner.install("link", f"#!/bin/sh -e\n./ln {outside} stolen\n")
+    with pytest.raises(ScriptError, match="exited with status 1"):
+        runner.run("link")
+    assert outside.stat().st_nlink == 1
+
+
+def test_a_fifo_product_is_refused_without_hanging(work):
+    os.mkfifo(work / "tls-crt")  # as a script's own mkfifo would leave it
+    with pytest.raises(ScriptError, match=r"^tls-crt is a FIFO, not a regular file"):
+        runner_for(work).take("tls-crt")
+
+
+def test_a_folder_product_is_refused(work):
+    runner = runner_for(work)
+    runner.install("folder", "#!/bin/sh -e\nmkdir tls-crt\n")
+    runner.run("folder")
+    with pytest.raises(ScriptError, match=r"^tls-crt is a folder, not a regular file"):
+        runner.take("tls-crt")
+
+
+def test_an_oversized_product_is_refused(work):
+    runner = runner_for(work, limits=ScriptLimits(max_product=65536))
+    runner.install("big", "#!/bin/sh -e\nhead -c 65537 /dev/zero > local-ca.pem\nhead -c 65536 /dev/zero > ok\n")
+    runner.run("big")
+    with pytest.raises(ScriptError, match=r"^local-ca.pem is 65537 bytes, more than the 65536 a product may be"):
+        runner.take("local-ca.pem")
+    assert runner.take("ok") == bytes(65536)
+
+
+def test_a_missing_product_is_named(work):
+    with pytest.raises(ScriptError, match=r"^local-ca.pem was not written"):
+        take(work, "local-ca.pem")
+
+
+# --- The work dir ----------------------------------------------------------------------------------
+
+
+def test_the_work_dir_must_be_a_private_folder_of_ours(tmp_path, work):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(ScriptError, match=r"work dir .*/link is a symbolic link"):
+        runner_for(tmp_path / "link")
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o700)
+    loose.chmod(0o755)
+    with pytest.raises(ScriptError, match=r"work dir .*/loose is mode 0755, not 0700"):
+        runner_for(loose)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(ScriptError, match=r"work dir .*/theirs is owned by uid 65534, not you"):
+        runner_for(theirs)
+    runner_for(work).install("ok", "#!/bin/sh\n")  # the twin: a 0700 folder of ours
+
+
+def test_a_work_dir_swapped_for_a_symlink_later_is_refused_at_take(tmp_path, work):
+    runner = runner_for(work)
+    runner.put("tls-crt", b"CERT")
+    work.rename(tmp_path / "moved")
+    (tmp_path / "work").symlink_to(tmp_path / "moved")
+    with pytest.raises(ScriptError, match="is a symbolic link"):
+        runner.take("tls-crt")
