@@ -214,15 +214,13 @@ def _run_bundled(
     """Run fioca's bundled `script` in the jail, in a fresh work dir inside the PKI dir; return
     its products (stdout as "-"), taken as bytes. The caller holds the PKI dir's lock."""
     pki = signer.pki
-    jail = jails.find_jail(hsm=signer.hsm)
+    jail = jails.require()
     pki.remove_folder(facts.WORK_DIR)
     work_dir = pki.make_folder(facts.WORK_DIR)
     try:
-        runner = ScriptRunner(
-            work_dir, jail=jail, env=signer.script_env(local_ca_cn=local_ca_cn), hsm=signer.hsm, on_stderr=on_stderr
-        )
+        runner = ScriptRunner(work_dir, jail=jail, env_extra=signer.script_env(local_ca_cn=local_ca_cn), on_stderr=on_stderr)
         for name, text in reference.bundled().items():
-            runner.install(name, text.encode())
+            runner.install(name, text)
         for name, data in {**signer.staged(), **inputs}.items():
             runner.put(name, data)
         stdout = runner.run(script, args)
