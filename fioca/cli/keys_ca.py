@@ -25,11 +25,8 @@ from fioca.pki.journal import WORK_DIR
 app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
 
 
-class Level(str, Enum):
-    info = "info"
-    low = "low"
-    medium = "medium"
-    high = "high"
+# `keys ca audit --fail-on`: the audit's own severities, by name.
+Level = Enum("Level", {severity.label: severity.label for severity in script_audit.Severity}, type=str)
 
 
 class CliReporter:
@@ -256,5 +253,5 @@ def audit(
         app_ctx.terminal.out(json.dumps(report.to_sarif(tool_version=metadata.version("fioca")), indent=2))
     else:
         app_ctx.terminal.out(audit_text(report))
-    if report.failing(script_audit.Severity[fail_on.name.upper()]):
+    if report.failing(script_audit.Severity.parse(fail_on.value)):
         raise typer.Exit(int(ExitCode.REFUSED))

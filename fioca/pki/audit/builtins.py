@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from fioca.pki.audit import knowledge, paths
-from fioca.pki.audit.expand import lookup, read_env
+from fioca.pki.audit.expand import read_env
 from fioca.pki.audit.report import Severity
 from fioca.pki.audit.state import ARG, COMPUTED, EMPTY, ENV, Field, Invocation, Output, State, Value
 
@@ -457,7 +457,3 @@ def noop(inv: Invocation) -> Output:
 def computed(inv: Invocation) -> Output:
     """date, uuidgen, seq ...: print something the audit does not compute."""
     return Output(Value.unknown(f"$({inv.name})", COMPUTED), None, "data")
-
-
-def variable_value(inv: Invocation, name: str) -> tuple[Value, ...] | None:
-    return lookup(inv.state, name, inv.line)

@@ -39,19 +39,19 @@ def network(inv: Invocation) -> Output:
     return Output()
 
 
-def interpreter(inv: Invocation) -> Output:
-    inv.find("runs-interpreter", Severity.HIGH, f"runs {inv.name}, whose code the audit cannot read")
-    return Output()
+def _rated(finding_id: str, severity: Severity, message: str) -> Handler:
+    """A kind of program whose running is the finding: `message` names it with {name}."""
+
+    def handler(inv: Invocation) -> Output:
+        inv.find(finding_id, severity, message.format(name=inv.name))
+        return Output()
+
+    return handler
 
 
-def persistence(inv: Invocation) -> Output:
-    inv.find("persistence", Severity.HIGH, f"{inv.name} installs work that runs later, outside the script")
-    return Output()
-
-
-def process_control(inv: Invocation) -> Output:
-    inv.find("process-control", Severity.MEDIUM, f"{inv.name} signals other processes")
-    return Output()
+interpreter = _rated("runs-interpreter", Severity.HIGH, "runs {name}, whose code the audit cannot read")
+persistence = _rated("persistence", Severity.HIGH, "{name} installs work that runs later, outside the script")
+process_control = _rated("process-control", Severity.MEDIUM, "{name} signals other processes")
 
 
 def unknown(inv: Invocation) -> Output:
@@ -97,7 +97,7 @@ HANDLERS: dict[str, Handler] = {
     "command": builtins.command, "xargs": builtins.xargs, "sudo": builtins.privileged, "doas": builtins.privileged,
     "su": builtins.privileged, "runuser": builtins.privileged, "cat": texttools.cat, "sed": texttools.sed,
     "tr": texttools.tr, "mkdir": fileops.make_dir, "ln": fileops.link, "chmod": fileops.chmod,
-    "umask": fileops.umask, "dd": fileops.dd, "tee": fileops.tee, "mktemp": fileops.make_temp, "find": fileops.find,
+    "link": fileops.link, "umask": fileops.umask, "dd": fileops.dd, "tee": fileops.tee, "mktemp": fileops.make_temp, "find": fileops.find,
     "tar": fileops.tar, "openssl": openssl.openssl, "pkcs11-tool": openssl.pkcs11_tool,
     "softhsm2-util": openssl.softhsm2_util, "p11tool": builtins.noop,
 }  # fmt: skip

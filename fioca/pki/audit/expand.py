@@ -169,24 +169,21 @@ class Expander:
         if part.length:
             return [Value.of(str(len(v.text))) if v.known else Value.unknown(part.source, COMPUTED) for v in base or (EMPTY,)]
         op = part.op
+        # The word after the operator is audited whether or not it is used: what the audit
+        # cannot tell empty from set would run it.
+        word = self.values(part.arg) if part.arg is not None and op not in ("%", "%%", "#", "##") else [EMPTY]
         if op is None or op in ("?", ":?"):
             return [v.tainted(*mode_taint) for v in base or (EMPTY,)]
         if op in ("-", ":-", "=", ":="):
-            default = self.values(part.arg) if part.arg else [EMPTY]
-            if base is None:
-                chosen = default
-            else:
-                chosen = []
-                for v in base:
-                    chosen += default if (op.startswith(":") and v.known and not v.text) else [v]
+            chosen = word if base is None else [c for v in base for c in _default(v, word, op.startswith(":"))]
             if op in ("=", ":=") and base is None:
                 state.vars[part.name] = tuple(chosen)
-            return [v.tainted(*mode_taint) for v in chosen]
+            return [v.tainted(*mode_taint) for v in dict.fromkeys(chosen)]
         if op in ("+", ":+"):
-            alternative = self.values(part.arg) if part.arg else [EMPTY]
             if base is None:
                 return [EMPTY.tainted(*mode_taint)]
-            return [a.tainted(*mode_taint) for v in base for a in (alternative if v.text or not op.startswith(":") else [EMPTY])]
+            chosen = [c for v in base for c in _alternate(v, word, op.startswith(":"))]
+            return [v.tainted(*mode_taint) for v in dict.fromkeys(chosen)]
         return [self.trim(v, part) for v in base or (EMPTY,)]
 
     def trim(self, value: Value, part: Param) -> Value:
@@ -237,6 +234,28 @@ class Expander:
         if x is None or y is None:
             return None
         return _binary(node[1], x, y)
+
+
+def _emptiness(value: Value) -> tuple[bool, bool]:
+    """(surely empty, maybe empty): what fioca sets from the user's settings is never empty."""
+    empty = value.known and not value.text
+    return empty, empty or (not value.known and not value.prefix and value.kinds() != {ENV})
+
+
+def _default(value: Value, word: list[Value], colon: bool) -> list[Value]:
+    """`${x-word}` / `${x:-word}` of a set variable: x, or the word where x may be empty."""
+    empty, maybe_empty = _emptiness(value)
+    if not colon or not maybe_empty:
+        return [value]
+    return word if empty else [value] + word
+
+
+def _alternate(value: Value, word: list[Value], colon: bool) -> list[Value]:
+    """`${x+word}` / `${x:+word}` of a set variable: the word, or nothing where x may be empty."""
+    empty, maybe_empty = _emptiness(value)
+    if not colon or not maybe_empty:
+        return word
+    return [EMPTY] if empty else word + [EMPTY]
 
 
 def _binary(op: str, x: int, y: int) -> int | None:

@@ -12,7 +12,7 @@ import re
 
 from fioca.pki.audit import knowledge, paths
 from fioca.pki.audit.report import Severity
-from fioca.pki.audit.state import ARG, COMPUTED, TMP, Field, FileInfo, Invocation, Output, Value, norm
+from fioca.pki.audit.state import ARG, COMPUTED, TMP, Field, FileInfo, Invocation, Output, Value
 
 
 def remove(inv: Invocation) -> Output:
@@ -58,6 +58,8 @@ def touch(inv: Invocation) -> Output:
 
 def copy(inv: Invocation) -> Output:
     """cp, mv, install: each source's content and key go with it to the destination."""
+    if inv.name == "cp" and any(re.fullmatch(r"-[a-zA-Z]*[ls][a-zA-Z]*|--link|--symbolic-link", t) for t in inv.texts[1:]):
+        return link(inv)
     operands = inv.operands(knowledge.VALUE_OPTIONS.get(inv.name, set()))
     target_dir = inv.option("-t", "--target-directory")
     if target_dir is not None:
@@ -80,11 +82,11 @@ def copy(inv: Invocation) -> Output:
 
 
 def link(inv: Invocation) -> Output:
-    symbolic = any(t in ("-s", "--symbolic") or re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", t) for t in inv.texts[1:])
+    symbolic = any(t in ("-s", "--symbolic", "--symbolic-link") or re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", t) for t in inv.texts[1:])
     kind = "a symbolic link: a write through it lands where it points" if symbolic else \
         "a hard link: the file stays reachable under another name after the work dir is gone"  # fmt: skip
-    inv.find("links-file", Severity.HIGH, f"ln makes {kind}")
-    for f in inv.operands(knowledge.VALUE_OPTIONS["ln"]):
+    inv.find("links-file", Severity.HIGH, f"{inv.name} makes {kind}")
+    for f in inv.operands(knowledge.VALUE_OPTIONS.get(inv.name, set())):
         paths.check(inv.state, f, "check", inv.line)
     target = inv.option("-t", "--target-directory")
     if target is not None:
@@ -200,7 +202,3 @@ def unknown_files(inv: Invocation) -> None:
     for f in inv.operands():
         if "/" in f.text or f.text.startswith("~") or f.value.lead is not None:
             paths.check(inv.state, f, "check", inv.line)
-
-
-def is_work_file(name: str) -> bool:
-    return not norm(name).startswith(("/", "~", ".."))

@@ -48,7 +48,7 @@ DELETERS = {"rm", "rmdir", "unlink", "shred"}
 TOOLS = (NETWORK | INTERPRETERS | SHELLS | PRIVILEGE | PERSISTENCE | WRAPPERS | DETACHING | PURE | READERS | DELETERS
          | {"openssl", "pkcs11-tool", "cp", "mv", "ln", "install", "mkdir", "touch", "chmod", "dd", "find", "tee",
             "sed", "awk", "gawk", "mawk", "nawk", "eval", "source", ".", "set", "export", "cd", "trap", "alias",
-            "read", "local", "readonly", "mktemp", "truncate", "softhsm2-util", "p11tool"})  # fmt: skip
+            "read", "local", "readonly", "mktemp", "truncate", "softhsm2-util", "p11tool", "link"})  # fmt: skip
 
 # Options that take a value, per program, so that the value is not taken for a file.
 VALUE_OPTIONS = {
@@ -126,7 +126,7 @@ OPENSSL_VALUE_OPTIONS = {
     "enddate", "crl_reason", "revoke", "crldays", "crlhours", "policy", "outdir", "ss_cert", "spkac", "param_out",
     "conv_form", "param_enc", "copy_extensions", "not_before", "not_after", "dgst", "accept", "proxy", "kdfopt",
     "propquery", "provider", "provider-path", "CRL", "crl_compromise", "crl_CA_compromise", "valid", "peerkey",
-    "sigfile", "preserve_dates", "keyopt", "keygen_engine", "set_issuer",
+    "sigfile", "keyopt", "keygen_engine", "set_issuer", "pre", "post",
 }  # fmt: skip
 # Options that take a value only in some subcommands (`req -verify` is a flag, `dgst -verify` is not).
 OPENSSL_SUB_VALUE_OPTIONS = {
@@ -138,13 +138,11 @@ OPENSSL_SUB_VALUE_OPTIONS = {
 OPENSSL_READ_OPTIONS = {"in", "config", "extfile", "key", "CA", "CAkey", "CAserial", "signkey", "paramfile", "certfile",
                         "CAfile", "untrusted", "inkey", "cert", "keyfile", "ss_cert", "spkac", "peerkey", "signature",
                         "prverify", "verify", "sign", "signer", "CRL", "sigfile"}  # fmt: skip
-OPENSSL_WRITE_OPTIONS = {"out", "keyout", "writerand", "param_out", "outdir"}
 # The options through which openssl signs with a key: the only proper readers of a private key.
 OPENSSL_SIGNING_KEY_OPTIONS = {"key", "CAkey", "signkey"}
 OPENSSL_KEY_CONVERTERS = {"ec", "pkey"}  # `-in KEY -out FILE` writes the key in another form
 OPENSSL_NETWORK = {"s_client", "s_server", "s_time", "ocsp", "cmp", "tsget", "httpd"}
 OPENSSL_DECODERS = {"base64", "enc"}
-OPENSSL_CERT_MAKERS = {"req", "x509", "ca"}
 OPENSSL_DATE_OPTIONS = {"startdate", "not_before"}  # a start date other than now: backdating
 OPENSSL_END_OPTIONS = {"enddate", "not_after"}
 # subjectKeyIdentifier / authorityKeyIdentifier values openssl computes itself.

@@ -160,6 +160,8 @@ def _loaders(inv: Invocation, options: Options) -> None:
             inv.find("eval-data", Severity.HIGH, f"loads the openssl engine {f.text}: a shared library runs inside openssl")
             if "/" in f.text:
                 paths.read(inv.state, f, inv.line, "openssl -engine")
+    if options.sub == "engine" and any(f in ("pre", "post") for f in options.flags) or options.get("pre"):
+        inv.find("eval-data", Severity.HIGH, "openssl engine -pre/-post loads and drives an engine: code runs inside openssl")
     for f in options.values.get("provider", []) + options.values.get("provider-path", []):
         if f.text not in ("default", "base", "pkcs11"):
             inv.find("eval-data", Severity.HIGH, f"loads the openssl provider {f.text}: a shared library runs inside openssl")
@@ -194,6 +196,9 @@ def _products(inv: Invocation, options: Options, signing_key: FileInfo | None) -
             key, origin = before.key, before.origin
         elif source is not None or inv.stdin is not None:
             key, origin = f"made from {source.text if source is not None else 'its input'}", "data"
+    for name in ("writerand", "param_out", "outdir"):
+        for f in options.values.get(name, []):
+            paths.write(inv.state, f, inv.line, FileInfo(None, None, "data"))
     keyout = options.get("keyout")
     if keyout is not None:
         paths.write(inv.state, keyout, inv.line, FileInfo(None, keyout.text, "keygen" if options.get("newkey") else "data"))
@@ -356,6 +361,8 @@ def _config(inv: Invocation, f: Field | None) -> Config | None:
         return None
     info = paths.read(inv.state, f, inv.line, "openssl")
     if info is None or info.content is None:
+        if info is not None:  # a file of the work dir the audit cannot read: another script may have planted it
+            inv.find("unresolved-value", Severity.HIGH, f"reads the openssl config {f.text}, which this script did not write: the audit cannot see what it asks")
         return None
     config = parse_config(info.content.text, info.line)
     checked = (paths.norm(f.text), info.line)

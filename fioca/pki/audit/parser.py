@@ -311,9 +311,7 @@ class _Converter:
     def strict(self, node: dict, allowed: set[str], what: str) -> None:
         """A field this adapter does not read, set to something, is a node it does not know."""
         for key, value in node.items():
-            if key in allowed or key in _POSITIONS or value in (None, False, [], {}, "") or _is_position(value):
-                continue
-            if True:
+            if not (key in allowed or key in _POSITIONS or value in (None, False, [], {}, "") or _is_position(value)):
                 raise _Unsupported(f"{what} with {key}", self.line(node))
 
     # statements

@@ -25,7 +25,7 @@ from fioca.pki.audit.parser import (
 )  # fmt: skip
 from fioca.pki.audit.report import Command, Severity
 from fioca.pki.audit.state import (
-    MAX_DEPTH, EMPTY, Field, FileInfo, Invocation, Output, State, Value, World,
+    COMPUTED, MAX_ALTERNATIVES, MAX_DEPTH, EMPTY, Field, FileInfo, Invocation, Output, State, Value, World,
 )  # fmt: skip
 
 _HARMLESS_FIRST = {"set", "trap", ":", "true", "false", "echo", "printf", "[", "test", "exit", "shift", "local",
@@ -175,9 +175,25 @@ def _loop(state: State, node: Loop, line: int) -> Output:
     walk(state, node.cond)
     if _always(node) and not _exits(node.body):
         state.find("endless-loop", Severity.MEDIUM, line, "a loop whose condition never changes and that has no break or exit: it ends only when killed")
-    body = state.copy()
-    out = walk(body, node.body)
-    state.merge(body)
+    return _rounds(state, node.body, {})
+
+
+def _rounds(state: State, body: list[Stmt], loop_vars: dict[str, tuple[Value, ...]]) -> Output:
+    """A loop body runs any number of times: walked once to see which variables it changes,
+    then again with those unknown (a value built over rounds is not one the audit can read)."""
+    probe = state.copy()
+    probe.world = state.world.fork()
+    probe.vars.update(loop_vars)
+    walk(probe, body)
+    changed = {n for n, v in probe.vars.items() if n not in loop_vars and v != state.vars.get(n)}
+    rounds = state.copy()
+    rounds.vars.update(loop_vars)
+    for name in changed:
+        rounds.vars[name] = (Value.unknown(f"${name}", COMPUTED),)
+    out = walk(rounds, body)
+    for name in loop_vars:
+        rounds.vars.setdefault(name, loop_vars[name])
+    state.merge(rounds)
     return out
 
 
@@ -215,17 +231,16 @@ def _for(state: State, node: For, line: int) -> Output:
         values = [v for v in (state.positional or (Value.unknown("$@", "arg"),))]
     else:
         values = [f.value for word in node.items for alt in expander.fields(word) for f in alt]
-    body = state.copy()
-    body.vars[node.name] = tuple(dict.fromkeys(values)) or (EMPTY,)
-    out = walk(body, node.body)
-    state.merge(body)
-    return out
+    return _rounds(state, node.body, {node.name: tuple(dict.fromkeys(values)) or (EMPTY,)})
 
 
 def _case(state: State, node: Case, line: int) -> Output:
-    Expander(state, run_subst).value(node.word)
+    expander = Expander(state, run_subst)
+    expander.value(node.word)
     out = Output()
-    for _patterns, body in node.items:
+    for patterns, body in node.items:
+        for pattern in patterns:
+            expander.value(pattern)
         branch = state.copy()
         out = walk(branch, body)
         state.merge(branch)
@@ -277,9 +292,7 @@ def run_call(state: State, node: Call, line: int, stdin: Output | None, stdout: 
         if alias is not None:
             return _through_alias(state, node, alias, line)
     assigned = [(a, expander.values(a.value) if a.value else [EMPTY]) for a in node.assigns]
-    alternatives: list[list[Field]] = [[]]
-    for word in node.args:
-        alternatives = [done + more for done in alternatives for more in expander.fields(word)][:16]
+    alternatives = _argv_alternatives(expander, node.args)
     prefix_of = node.args[0].literal() if node.args else None
     for assign, values in assigned:
         for value in values:
@@ -291,6 +304,22 @@ def run_call(state: State, node: Call, line: int, stdin: Output | None, stdout: 
         if argv:
             out = run_argv(state, argv, line, stdin, stdout, taints=frozenset(expander.taints))
     return out
+
+
+def _argv_alternatives(expander: Expander, words: list[Word]) -> list[list[Field]]:
+    """Each way the command line can read; past MAX_ALTERNATIVES, the words that vary are
+    taken as unknown (rated for the worst), never dropped."""
+    per_word = [expander.fields(word) for word in words]
+    count = 1
+    for options in per_word:
+        count *= len(options)
+    if count > MAX_ALTERNATIVES:
+        per_word = [options if len(options) == 1 else [[Field(Value.unknown(w.source, COMPUTED), line=w.line)]]
+                    for w, options in zip(words, per_word)]  # fmt: skip
+    alternatives: list[list[Field]] = [[]]
+    for options in per_word:
+        alternatives = [done + more for done in alternatives for more in options]
+    return alternatives
 
 
 def _unquoted(word: Word) -> bool:
