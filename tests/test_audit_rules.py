@@ -243,3 +243,11 @@ def test_pathological_nesting_fails_closed() -> None:
     assert deep.max_severity == Severity.HIGH and {f.id for f in deep.findings} == {"unparsable"}
     nested = 'x="' + '$(echo "' * 30 + "hi" + '")' * 30 + '"\n'
     assert audit(nested).max_severity is None
+
+
+def test_a_value_the_mode_set_makes_later_tests_decided_by_the_mode() -> None:
+    body = 'if [ -n "$HSM_MODULE" ]; then extra=-engine; fi\nif [ -n "$extra" ]; then\n\tcurl -s https://192.0.2.1/\nfi\n'
+    [without] = [f for f in audit(body, hsm=False).findings if f.id == "network-access"]
+    assert not without.in_mode and without.message.endswith("(in a branch that runs only in HSM mode)")
+    [with_hsm] = [f for f in audit(body, hsm=True).findings if f.id == "network-access"]
+    assert with_hsm.in_mode

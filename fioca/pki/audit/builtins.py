@@ -168,7 +168,7 @@ def test(inv: Invocation) -> Output:
         if re.fullmatch(r"-[efdrwxsLhbcpSgukOGN]", f.text):
             paths.check(inv.state, args[i + 1], "check", inv.line)
     truth = _truth(args)
-    by_mode = any(t.startswith("env:HSM_") for f in args for t in f.value.taints)
+    by_mode = any(t.startswith("env:HSM_") or t == "mode" for f in args for t in f.value.taints)
     return Output(truth=None if truth is None else truth != negate, by_mode=by_mode)
 
 
@@ -231,9 +231,9 @@ def export(inv: Invocation) -> Output:
             value = Value((f.value.parts[0][len(name) + 1 :],) + f.value.parts[1:], f.value.taints, f.value.computed)
             value = Value(tuple(p for p in value.parts if p != ""), value.taints, value.computed)
             sets_env(inv.state, name, value, inv.line)
-            inv.state.vars[name] = (value,)
+            inv.state.assign(name, (value,))
         elif inv.name != "export" and name not in inv.state.vars:
-            inv.state.vars[name] = (EMPTY,)
+            inv.state.assign(name, (EMPTY,))
     return Output()
 
 

@@ -166,6 +166,8 @@ class Expander:
         state = self.state
         base = lookup(state, part.name, line)
         mode_taint = frozenset({f"env:{part.name}"}) if part.name in knowledge.HSM_VARS else frozenset()
+        if part.name in state.world.set_by_mode:
+            mode_taint |= {"mode"}  # unset here, set on the other mode's path
         if part.length:
             return [Value.of(str(len(v.text))) if v.known else Value.unknown(part.source, COMPUTED) for v in base or (EMPTY,)]
         op = part.op
@@ -177,7 +179,7 @@ class Expander:
         if op in ("-", ":-", "=", ":="):
             chosen = word if base is None else [c for v in base for c in _default(v, word, op.startswith(":"))]
             if op in ("=", ":=") and base is None:
-                state.vars[part.name] = tuple(chosen)
+                state.assign(part.name, tuple(chosen))
             return [v.tainted(*mode_taint) for v in dict.fromkeys(chosen)]
         if op in ("+", ":+"):
             if base is None:

@@ -250,6 +250,7 @@ class World:
     called: set[str] = field(default_factory=set)  # functions some path called
     configs_read: set[tuple[str, int]] = field(default_factory=set)  # (file, line) whose entries were checked
     assigned: set[str] = field(default_factory=set)  # variables the script sets somewhere
+    set_by_mode: set[str] = field(default_factory=set)  # ... in a branch the mode decides
     errexit_line: int | None = None
     first_effect_line: int | None = None
 
@@ -287,6 +288,14 @@ class State:
     returned: bool = False  # ended by `return`: the function ends, the script goes on
     in_function: bool = False
     dead_note: str = ""  # why this path cannot run in the audited mode
+    by_mode: bool = False  # inside a branch the mode decides: what it sets depends on the mode
+
+    def assign(self, name: str, values: tuple[Value, ...]) -> None:
+        """`name=value`: a value set where the mode decided the branch says so (`mode` taint),
+        so that a test of it later is known to be decided by the mode too."""
+        if self.by_mode:
+            self.world.set_by_mode.add(name)
+        self.vars[name] = tuple(v.tainted("mode") for v in values) if self.by_mode else values
 
     @property
     def profile(self) -> knowledge.Profile:

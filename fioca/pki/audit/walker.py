@@ -65,7 +65,7 @@ def run_stmt(state: State, stmt: Stmt, stdin: Output | None = None, *, piped: bo
     if stmt.background:
         state.find("background-job", Severity.HIGH, stmt.line, "starts a background job (&) that can outlive the script")
     stdin, targets, to_stderr = _redirects(state, stmt, stdin)
-    where = targets[-1].text if targets else "stderr" if to_stderr else "|" if piped else None
+    where = targets[-1][0].text if targets else "stderr" if to_stderr else "|" if piped else None
     cmd = stmt.cmd
     if isinstance(cmd, Call):
         out = run_call(state, cmd, stmt.line, stdin, where)
@@ -85,18 +85,18 @@ def run_stmt(state: State, stmt: Stmt, stdin: Output | None = None, *, piped: bo
         out = _define(state, cmd, stmt.line)
     if stmt.negated and out.truth is not None:
         out = Output(out.content, out.key, out.origin, not out.truth, out.by_mode)
-    for target in targets:
-        _write_output(state, target, out, stmt)
+    for target, append in targets:
+        _write_output(state, target, append, out, stmt)
     return Output(truth=out.truth, by_mode=out.by_mode) if targets or to_stderr else out
 
 
 # --- redirections ---------------------------------------------------------------------------------
 
 
-def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output | None, list[Field], bool]:
-    """The statement's input, the files its output goes to, and whether it goes to stderr."""
+def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output | None, list[tuple[Field, bool]], bool]:
+    """The statement's input, the files its output goes to (appended or not), whether it goes to stderr."""
     expander = Expander(state, run_subst)
-    targets: list[Field] = []
+    targets: list[tuple[Field, bool]] = []
     to_stderr = False
     for redirect in stmt.redirects:
         if redirect.heredoc is not None:
@@ -118,18 +118,18 @@ def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output |
             stdin = Output(info.content if info else None, info.key if info else None, "data")
         if redirect.op != "<":
             if fd == "1":
-                targets.append(field if redirect.op != ">>" else Field(target, True, True, redirect.line))
+                targets.append((field, redirect.op == ">>"))
             else:
                 paths.check(state, field, "write", redirect.line)
     return stdin, targets, to_stderr
 
 
-def _write_output(state: State, target: Field, out: Output, stmt: Stmt) -> None:
-    """`> file` (or `>> file`: the Field's glob flag marks an append) of what a command printed."""
+def _write_output(state: State, target: Field, append: bool, out: Output, stmt: Stmt) -> None:
+    """`> file` or `>> file` of what a command printed."""
     if target.text in knowledge.ALLOWED_DEVICES:
         return
     content, key, origin, first = out.content, out.key, out.origin, out.line
-    if target.glob:  # >>
+    if append:
         before = state.file(target.text)
         content = before.content + content if before and before.content is not None and content is not None else None
         key = key or (before.key if before else None)
@@ -166,7 +166,10 @@ def _if(state: State, node: If) -> Output:
         dead_state = state.dead("in a branch that runs only " + ("without HSM" if state.hsm else "in HSM mode"), hsm=not state.hsm)
     else:
         dead_state = state.dead("in a branch that never runs", hsm=state.hsm)
+    dead_state.by_mode = test.by_mode or state.by_mode
+    saved, state.by_mode = state.by_mode, test.by_mode or state.by_mode
     out = walk(state, live or [])  # first, so that what both branches do is reported as live
+    state.by_mode = saved
     walk(dead_state, dead or [])
     return out
 
@@ -298,7 +301,7 @@ def run_call(state: State, node: Call, line: int, stdin: Output | None, stdout: 
         for value in values:
             commands.sets_env(state, assign.name, value, assign.line, before=prefix_of)
         if not node.args:
-            state.vars[assign.name] = tuple(values)
+            state.assign(assign.name, tuple(values))
     out = Output()
     for argv in alternatives:
         if argv:
