@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from fioca.pki.asked import AskedCertificate
-from fioca.pki.audit import AuditReport, Command, ScriptAudit, Severity
+from fioca.pki.audit.report import AuditReport, Command, ScriptAudit, Severity
 
 _INDENT = "  "
 _ARGV_WIDTH = 100
@@ -64,7 +64,7 @@ def _command_lines(command: Command) -> list[str]:
     argv = " ".join(command.argv)
     if len(argv) > _ARGV_WIDTH:
         argv = argv[: _ARGV_WIDTH - 3] + "..."
-    lines = [f"{_INDENT}line {command.line:<4} {argv}"]
+    lines = [f"{_INDENT}line {command.line:<4} {argv}" + ("" if command.in_mode else "   (not in this mode)")]
     details = []
     if command.key_type:
         key = command.key_type

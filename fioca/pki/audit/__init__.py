@@ -65,7 +65,7 @@ def _audit_one(name: str, text: str, tree: parser.Script | parser.ParseFailure, 
     known_set, closest, diff = _compare(name, text, known)
     audit = ScriptAudit(
         name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest(), known_set=known_set, closest=closest,
-        diff=diff, commands=world.commands, reads=list(world.reads), writes=list(world.writes),
+        diff=diff, commands=sorted(world.commands, key=lambda c: c.line), reads=list(world.reads), writes=list(world.writes),
         deletes=list(world.deletes), findings=sorted(world.findings, key=lambda f: (f.line, -f.severity, f.id)),
         asked=list(world.asked),
     )  # fmt: skip

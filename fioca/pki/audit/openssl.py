@@ -435,7 +435,7 @@ def _asked(inv: Invocation, options: Options, config: Config | None, extfile: Co
     stdout = inv.stdout if inv.stdout not in (None, "|", "stderr") else None
     digest = inv.command.digest or (config.get("req", "default_md") if config and sub == "req" else None)
     days = inv.command.days if options.get("days") is not None else None if sub == "ca" else knowledge.OPENSSL_DEFAULT_DAYS
-    self_signed = sub == "req" or bool(options.get("signkey")) or (sub == "x509" and not options.get("CA"))
+    self_signed = (sub in ("req", "x509") and not options.get("CA")) or bool(options.get("signkey")) or "selfsign" in flags
     return AskedCertificate(
         script=inv.state.profile.script, line=inv.line, command=kind, output=out.text if out is not None else stdout,
         self_signed=self_signed, days=days, digest=digest, extensions=extensions, subject=subject,

@@ -124,6 +124,7 @@ class Command:
     digest: str | None = None
     subject: str | None = None
     extensions: list[str] | None = None  # "name = value" lines from the config it reads
+    in_mode: bool = True  # False in a branch that cannot run in the audited mode
 
     @property
     def program(self) -> str:

@@ -340,7 +340,7 @@ def _through_alias(state: State, node: Call, alias: str, line: int) -> Output:
 def run_argv(state: State, argv: list[Field], line: int, stdin: Output | None, stdout: str | None = None,
              *, bypass_functions: bool = False, taints: frozenset[str] = frozenset()) -> Output:  # fmt: skip
     """One command with its arguments expanded: resolve the program, then its handler."""
-    record = Command(line=state.at_line or line, argv=[f.text for f in argv])
+    record = Command(line=state.at_line or line, argv=[f.text for f in argv], in_mode=state.in_mode)
     state.world.commands.append(record)
     names = _resolve(state, argv[0], line)
     out = Output()
