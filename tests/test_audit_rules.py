@@ -79,6 +79,8 @@ TWINS = [
     ("create_ca", "sed -n '1e cp factory_ca.key /tmp/k' factory_ca.pem\n", "sed -n '1p' factory_ca.pem\n", "eval-data"),
     ("create_ca", "sed 's/a/b/e' ca.cnf\n", "sed 's/a/b/g' ca.cnf\n", "eval-data"),
     ("create_ca", "sed -n 'w /tmp/k' factory_ca.pem\n", "sed -n 'w k' factory_ca.pem\n", "absolute-path"),
+    ("create_ca", "printf 'BEGIN { system(\"id\") }' > p.awk\nawk -f p.awk ca.cnf\n", "cat > p.awk <<'EOF'\n{ print $1 }\nEOF\nawk -f p.awk ca.cnf\n", "eval-data"),
+    ("create_ca", "cat > s.sed <<'EOF'\n1e id\nEOF\nsed -f s.sed ca.cnf\n", "cat > s.sed <<'EOF'\n1p\nEOF\nsed -n -f s.sed ca.cnf\n", "eval-data"),
     ("create_ca", "ln factory_ca.key k\n", "cp factory_ca.pem k\n", "links-file"),
     ("sign_tls_csr", "ln -s ../tls-crt out\n", "cp factory_ca.pem out\n", "links-file"),
     ("create_ca", 'cp -t "$(cat where)" factory_ca.pem\n', "mkdir d\ncp -t d factory_ca.pem\n", "unresolved-path"),

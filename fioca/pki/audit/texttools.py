@@ -55,11 +55,16 @@ def filter_tool(inv: Invocation) -> Output:
 
 def sed(inv: Invocation) -> Output:
     explicit = [inv.args[i + 1] for i, f in enumerate(inv.args[:-1]) if f.text in ("-e", "--expression")]
+    program_file = inv.option("-f", "--file")
+    if program_file is not None:
+        program = _program_file(inv, program_file)
+        if program is not None:
+            explicit.append(Field(Value.of(program), False, True, inv.line))
     operands = inv.operands(knowledge.VALUE_OPTIONS["sed"])
-    for script in explicit or operands[:1]:
+    for script in explicit if explicit or program_file is not None else operands[:1]:
         _sed_script(inv, script)
     if any(t.startswith("-i") or t == "--in-place" for t in inv.texts[1:]):
-        for f in operands if explicit else operands[1:]:
+        for f in operands if explicit or program_file is not None else operands[1:]:
             paths.write(inv.state, f, inv.line, FileInfo(None, None, "data"))
     return filter_tool(inv)
 
@@ -118,23 +123,39 @@ def _sed_commands(text: str) -> list[tuple[str, str]]:
 
 
 def awk(inv: Invocation) -> Output:
-    program = next((f for f in inv.operands(knowledge.VALUE_OPTIONS["awk"])), None)
-    if program is not None and "-f" not in inv.texts:
-        text = program.value.literal()
-        if text is None:
-            inv.find("eval-data", Severity.HIGH, f"awk runs a program built at run time ({program.text})")
-        elif re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;}]*\|", text):
-            inv.find("eval-data", Severity.HIGH, "the awk program runs commands (system(), pipes)")
-        else:
-            for m in re.finditer(r"print[f]?[^;}]*?>>?\s*(\"[^\"]*\"|\S+)", text):
-                target = m.group(1).strip('"')
-                if m.group(1).startswith('"'):
-                    paths.write(inv.state, Field(Value.of(target), False, True, inv.line), inv.line, FileInfo(None))
-                else:
-                    inv.find("unresolved-path", Severity.HIGH, f"the awk program writes to {target}, a file named at run time")
-            for m in re.finditer(r"getline\s*<\s*(\"[^\"]*\"|\S+)", text):
-                paths.read(inv.state, Field(Value.of(m.group(1).strip('"')), False, True, inv.line), inv.line, "awk")
+    program_file = inv.option("-f")
+    if program_file is not None:
+        program = _program_file(inv, program_file)
+    else:
+        first = next(iter(inv.operands(knowledge.VALUE_OPTIONS["awk"])), None)
+        program = first.value.literal() if first is not None else ""
+        if program is None:
+            inv.find("eval-data", Severity.HIGH, f"awk runs a program built at run time ({first.text})")
+    if program:
+        _awk_program(inv, program)
     return filter_tool(inv)
+
+
+def _program_file(inv: Invocation, f: Field) -> str | None:
+    """`awk -f FILE`, `sed -f FILE`: the program, when the script wrote it as known text."""
+    info = paths.read(inv.state, f, inv.line, inv.name)
+    if info is None or not info.written or info.content is None or not info.content.known:
+        inv.find("eval-data", Severity.HIGH, f"{inv.name} -f {f.text} runs a program the audit cannot read")
+        return None
+    return info.content.text
+
+
+def _awk_program(inv: Invocation, text: str) -> None:
+    if re.search(r"\bsystem\s*\(|\|\s*getline|\|&|print[^;}]*\|", text):
+        inv.find("eval-data", Severity.HIGH, "the awk program runs commands (system(), pipes)")
+    for m in re.finditer(r"print[f]?[^;}]*?>>?\s*(\"[^\"]*\"|\S+)", text):
+        target = m.group(1).strip('"')
+        if m.group(1).startswith('"'):
+            paths.write(inv.state, Field(Value.of(target), False, True, inv.line), inv.line, FileInfo(None))
+        else:
+            inv.find("unresolved-path", Severity.HIGH, f"the awk program writes to {target}, a file named at run time")
+    for m in re.finditer(r"getline\s*<\s*(\"[^\"]*\"|\S+)", text):
+        paths.read(inv.state, Field(Value.of(m.group(1).strip('"')), False, True, inv.line), inv.line, "awk")
 
 
 def decoder(inv: Invocation) -> Output:
