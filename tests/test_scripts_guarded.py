@@ -90,10 +90,12 @@ def test_bundled_reference_scripts_audit_clean(cli, sandbox_env, tmp_path):
     cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
     result = cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("matches the reference") == 4
+    assert result.stdout.count("matches the known script set fioca") == 4
     assert "0 high, 0 medium, 0 low" in result.stdout
     as_json = json.loads(cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--format", "json").stdout)
-    assert all(script["matches_reference"] for script in as_json["scripts"])
+    assert [script["known_set"] for script in as_json["scripts"]] == ["fioca"] * 4
+    sarif = json.loads(cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--format", "sarif").stdout)
+    assert sarif["version"] == "2.1.0" and [a["location"]["uri"] for a in sarif["runs"][0]["artifacts"]] == list(facts.SCRIPT_NAMES)
     # --fail-on info: the HSM variables are INFO findings, so this threshold trips.
     assert cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--fail-on", "info").exit_code == 3
 
