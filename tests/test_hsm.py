@@ -453,13 +453,15 @@ def test_the_audit_shows_the_hsm_branch_of_the_saved_answer(made: HsmPki, tmp_pa
     assert "pkcs11-tool --module $HSM_MODULE" in result.stdout
     assert "export PKCS11_MODULE_PATH=$HSM_MODULE" in result.stdout
     assert "passes env:HSM_PIN" in result.stdout and "HIGH" not in result.stdout
-    # Its twin: a create_ca that puts the PIN on pkcs11-tool's command line is refused.
+    # Its twin: a create_ca that puts the PIN on pkcs11-tool's command line is reported (MEDIUM:
+    # a local exposure, as the API's own scripts have it), and --fail-on medium refuses it.
     data = json.loads(answer.read_text())
     data["create_ca"] = data["create_ca"].replace("--pin env:HSM_PIN", '--pin "$HSM_PIN"')
     hostile = tmp_path / "hostile.json"
     hostile.write_text(json.dumps(data))
-    flagged = made.world.cli("keys", "ca", "audit", hostile)
-    assert flagged.exit_code == 3 and "reads-secret-env" in flagged.stdout
+    reported = made.world.cli("keys", "ca", "audit", hostile, "--hsm")
+    assert reported.exit_code == 0 and "MEDIUM  line 28: hsm-pin-on-command-line:" in reported.stdout
+    assert made.world.cli("keys", "ca", "audit", hostile, "--hsm", "--fail-on", "medium").exit_code == 3
 
 
 def test_resume_refuses_to_make_a_second_root_key_on_the_token(tmp_path, monkeypatch):

@@ -1,38 +1,53 @@
 """Text layout of an audit report (`fioca keys ca audit --format text`).
 
 A pure function of the report: the CLI prints what it returns. JSON output is
-`AuditReport.to_dict()` and needs no layout.
+`AuditReport.to_dict()`, SARIF `AuditReport.to_sarif()`; neither needs a layout. The script
+text quoted in diffs came from the server: control characters are shown escaped, so that no
+byte of it can rewrite the terminal.
 """
 
 from __future__ import annotations
 
-from fioca.pki.audit import AuditReport, Command, ScriptAudit, Severity
+import re
+
+from fioca.pki.asked import AskedCertificate
+from fioca.pki.audit.report import AuditReport, Command, ScriptAudit, Severity
 
 _INDENT = "  "
 _ARGV_WIDTH = 100
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def render_text(report: AuditReport) -> str:
-    """Every script (header, reference, diff, commands, files, findings), then a summary line."""
-    blocks = [_script_block(script) for script in report.scripts]
+    """The mode and jail, every script (header, known set, diff, commands, certificates,
+    files, findings), then a summary line."""
+    head = f"audited for a run {'with the root key on an HSM' if report.hsm else 'without HSM'}; jail: {report.jail or 'unknown'}"
+    blocks = [head] + [_script_block(script) for script in report.scripts]
     if not report.scripts:
         blocks.append("no scripts in the answer (a modern answer carries only CSRs)")
-    return "\n\n".join(blocks) + "\n\n" + _summary(report) + "\n"
+    return _safe("\n\n".join(blocks) + "\n\n" + _summary(report) + "\n")
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}" if ord(m.group()) > 0xFF else f"\\x{ord(m.group()):02x}", text)
 
 
 def _script_block(script: ScriptAudit) -> str:
     lines = [f"== {script.name}  {script.size} bytes  sha256 {script.sha256}"]
-    if script.matches_reference:
-        lines.append("matches the reference")
+    if script.known_set:
+        lines.append(f"matches the known script set {script.known_set}")
     elif script.diff:
-        lines.append("differs from the reference:")
+        lines.append(f"matches no known script; differs from the closest ({script.closest}):")
         lines.extend(_INDENT + line for line in script.diff.rstrip("\n").split("\n"))
     else:
-        lines.append("no reference to compare with")
+        lines.append("no known script to compare with")
     if script.commands:
         lines.append("commands:")
         for command in script.commands:
             lines.extend(_command_lines(command))
+    if script.asked:
+        lines.append("certificates asked for:")
+        lines.extend(_asked_line(asked) for asked in script.asked)
     for label, names in (("reads", script.reads), ("writes", script.writes), ("deletes", script.deletes)):
         lines.append(f"{label}: {', '.join(names) if names else '-'}")
     if script.findings:
@@ -49,7 +64,7 @@ def _command_lines(command: Command) -> list[str]:
     argv = " ".join(command.argv)
     if len(argv) > _ARGV_WIDTH:
         argv = argv[: _ARGV_WIDTH - 3] + "..."
-    lines = [f"{_INDENT}line {command.line:<4} {argv}"]
+    lines = [f"{_INDENT}line {command.line:<4} {argv}" + ("" if command.in_mode else "   (not in this mode)")]
     details = []
     if command.key_type:
         key = command.key_type
@@ -72,6 +87,15 @@ def _command_lines(command: Command) -> list[str]:
     for extension in command.extensions or []:
         lines.append(pad + "ext " + extension)
     return lines
+
+
+def _asked_line(asked: AskedCertificate) -> str:
+    where = asked.output or "stdout"
+    days = asked.days if asked.days is not None else "computed"
+    signed = "self-signed" if asked.self_signed else "signed by a CA"
+    extensions = "unknown" if asked.extensions is None else str(len(asked.extensions))
+    return (f"{_INDENT}{asked.script} line {asked.line}: {asked.command} -> {where}, {signed}, days {days}, "
+            f"digest {asked.digest or 'default'}, {extensions} extension(s)")  # fmt: skip
 
 
 def _summary(report: AuditReport) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -18,17 +19,14 @@ from fioca.cli.options import Format, yes_option
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.pki import audit as script_audit
 from fioca.pki import files, reference
-from fioca.pki.create import CreateFlow, CreateOptions, jq_field, read_answer_file
+from fioca.pki.create import RUNNER_JAIL, CreateFlow, CreateOptions, jq_field, known_scripts, read_answer_file
 from fioca.pki.journal import WORK_DIR
 
 app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
 
 
-class Level(str, Enum):
-    info = "info"
-    low = "low"
-    medium = "medium"
-    high = "high"
+# `keys ca audit --fail-on`: the audit's own severities, by name.
+Level = Enum("Level", {severity.label: severity.label for severity in script_audit.Severity}, type=str)
 
 
 class CliReporter:
@@ -212,12 +210,21 @@ def extract(
     app_context(ctx).terminal.out(value if isinstance(value, str) else json.dumps(value, indent=2))
 
 
+class AuditFormat(str, Enum):
+    """`keys ca audit --format`: text for people, JSON for scripts, SARIF for code scanners."""
+
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
 @app.command()
 def audit(
     ctx: typer.Context,
     file: Path = typer.Argument(Path(facts.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),
-    output: Format = typer.Option(Format.text, "--format"),
+    output: AuditFormat = typer.Option(AuditFormat.text, "--format", help="text, json, or sarif (SARIF 2.1.0)."),
     fail_on: Level = typer.Option(Level.high, "--fail-on", help="Exit non-zero on a finding at or above this."),
+    hsm: bool = typer.Option(False, "--hsm", help="Audit as a run with the root key on an HSM would use the scripts."),
 ) -> None:
     """Report what every script in a saved answer does, and what in it is dangerous.
 
@@ -226,21 +233,25 @@ def audit(
       fioca keys ca audit pki/factory_certs.json
 
       fioca keys ca audit pki/factory_certs.json --format json --fail-on medium
+
+      fioca keys ca audit pki/factory_certs.json --format sarif > audit.sarif
     """
     app_ctx = app_context(ctx)
     _, data = read_answer_file(file)
-    scripts = {name: data[name] for name in facts.SCRIPT_NAMES if isinstance(data.get(name), str)}
+    scripts = {name: data[name] for name in facts.SCRIPT_NAMES if name in data and data[name] is not None}
     if not scripts:
         raise FiocaError(f"{file} holds no scripts to audit")
-    inferred = reference.infer_values(scripts)
+    inferred = reference.infer_values({k: v for k, v in scripts.items() if isinstance(v, str)})
     if inferred is None:
         factory = app_ctx.options.get("factory") or "<factory>"
         inferred = (factory, "fio-<user id>")
-    references = reference.rendered(factory=inferred[0], local_ca_cn=inferred[1])
-    report = script_audit.audit_answer(data, references)
-    if output is Format.json:
+    known = known_scripts(factory=inferred[0], local_ca_cn=inferred[1])
+    report = script_audit.audit_scripts(scripts, hsm=hsm, known=known, jail=RUNNER_JAIL)
+    if output is AuditFormat.json:
         app_ctx.terminal.out(json.dumps(report.to_dict(), indent=2))
+    elif output is AuditFormat.sarif:
+        app_ctx.terminal.out(json.dumps(report.to_sarif(tool_version=metadata.version("fioca")), indent=2))
     else:
         app_ctx.terminal.out(audit_text(report))
-    if report.failing(script_audit.Severity[fail_on.name.upper()]):
+    if report.failing(script_audit.Severity.parse(fail_on.value)):
         raise typer.Exit(int(ExitCode.REFUSED))
