@@ -20,7 +20,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	@set -e; \
-	$(BIN)/fioca sandbox serve --data $(DEMO)/sandbox --scripts fioca & pid=$$!; \
+	$(BIN)/fioca sandbox serve --data $(DEMO)/sandbox & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -f $(DEMO)/sandbox/sandbox.json ] && break; sleep 0.1; done; \
 	export FIOCTL_CONFIG=$(DEMO)/sandbox/fioctl.yaml; \

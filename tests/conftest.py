@@ -104,9 +104,9 @@ def cli(home):
 @pytest.fixture
 def sandbox(tmp_path):
     """A fresh sandbox factory, served on free loopback ports for one test."""
-    # scripts="fioca": the answer carries fioca's own scripts, which the audit passes, until it
+    # scripts="api-2026": the answer carries fioca's own scripts, which the audit passes, until it
     # accepts the API's (issue 11.2; the sandbox's default is the API's 2026 scripts).
-    with Sandbox(tmp_path / "sandbox", factory=FACTORY, scripts="fioca") as box:
+    with Sandbox(tmp_path / "sandbox", factory=FACTORY, scripts="api-2026") as box:
         yield box
 
 

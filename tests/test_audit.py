@@ -26,17 +26,14 @@ from fioca.pki import reference
 from fioca.pki.asked import AskedExtension
 from fioca.pki.audit import AuditReport, ScriptAudit, Severity, audit_scripts
 from fioca.pki.audit.knowledge import PROFILES
-from fioca.pki.create import known_scripts
 
 FACTORY = "acme"
 LOCAL_CA_CN = "fio-abc"
 JAIL = "bubblewrap 0.8.0"
 CORPUS_DIR = Path(__file__).parent / "hostile_scripts"
-ENV_BASED_DIR = Path(__file__).parent / "audit_scripts" / "env-based"
 RUNTIME_KINDS = {"timeout", "output-limit", "no-output", "profile-mismatch", "wrong-subject", "wrong-issuer"}
 
-KNOWN = known_scripts(factory=FACTORY, local_ca_cn=LOCAL_CA_CN)
-ENV_BASED = {name: (ENV_BASED_DIR / name).read_text() for name in facts.SCRIPT_NAMES}
+KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn=LOCAL_CA_CN)
 
 
 def audit_set(scripts: dict[str, str], *, hsm: bool = False) -> AuditReport:
@@ -68,9 +65,8 @@ def command(result: ScriptAudit, program: str, subcommand: str | None = None, **
 
 
 @pytest.mark.parametrize("hsm", [False, True], ids=["file-key", "hsm"])
-@pytest.mark.parametrize("which", ["bundled", "env-based"])
-def test_fiocas_scripts_audit_clean(which: str, hsm: bool) -> None:
-    scripts = KNOWN[reference.FIOCA] if which == "bundled" else ENV_BASED
+def test_fiocas_scripts_audit_clean(hsm: bool) -> None:
+    scripts = KNOWN[reference.FIOCA]
     report = audit_set(scripts, hsm=hsm)
     assert [s.name for s in report.scripts] == list(facts.SCRIPT_NAMES)
     for result in report.scripts:
@@ -78,13 +74,12 @@ def test_fiocas_scripts_audit_clean(which: str, hsm: bool) -> None:
         assert verdict(result) == ("info", {"reads-hsm-env"}), (result.name, result.findings)
         assert all("fioca sets" in f.message or "env:HSM_PIN" in f.message for f in result.findings)
         assert len(result.sha256) == 64 and result.size == len(scripts[result.name].encode())
-    if which == "bundled":
-        assert {s.known_set for s in report.scripts} == {reference.FIOCA}
-        assert all(s.diff == "" for s in report.scripts)
+    assert {s.known_set for s in report.scripts} == {reference.FIOCA}
+    assert all(s.diff == "" for s in report.scripts)
 
 
 def test_env_based_scripts_read_the_factory_through_openssl() -> None:
-    result = audit("create_ca", ENV_BASED["create_ca"])
+    result = audit("create_ca", KNOWN[reference.FIOCA]["create_ca"])
     [root] = result.asked
     assert root.subject == (("CN", "Factory-CA"), ("OU", "$ENV::FACTORY"))
     assert any(f.id == "reads-hsm-env" and "$FACTORY" in f.message for f in result.findings)
@@ -237,7 +232,7 @@ def test_a_script_that_is_not_text_fails_closed() -> None:
 
 
 def test_a_script_of_another_factory_differs_from_the_closest_known_one() -> None:
-    other = reference.rendered(factory="other", local_ca_cn=LOCAL_CA_CN)
+    other = reference.bundled()
     report = audit_set(other)
     create_ca = report.scripts[0]
     assert create_ca.known_set is None and create_ca.closest == reference.FIOCA

@@ -11,9 +11,8 @@ from fioca import facts
 from fioca.pki import reference
 from fioca.pki.audit import Severity, audit_scripts, parser
 from fioca.pki.audit.parser import Call, If, ParseFailure, Param, Script, Subst, Text
-from fioca.pki.create import known_scripts
 
-KNOWN = known_scripts(factory="acme", local_ca_cn="fio-abc")
+KNOWN = reference.known_sets(factory="acme", local_ca_cn="fio-abc")
 CORPUS = sorted((Path(__file__).parent / "hostile_scripts").iterdir())
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from fioca.pki import reference
 from fioca.pki.audit import ScriptAudit, Severity, audit_scripts
-from fioca.pki.create import known_scripts
 
-KNOWN = known_scripts(factory="acme", local_ca_cn="fio-abc")
+KNOWN = reference.known_sets(factory="acme", local_ca_cn="fio-abc")
 SHEBANG = "#!/bin/sh -e\n"
 
 

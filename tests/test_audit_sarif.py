@@ -12,9 +12,8 @@ import pytest
 from fioca.pki import reference
 from fioca.pki.audit import audit_scripts
 from fioca.pki.audit.report import RULES
-from fioca.pki.create import known_scripts
 
-KNOWN = known_scripts(factory="acme", local_ca_cn="fio-abc")
+KNOWN = reference.known_sets(factory="acme", local_ca_cn="fio-abc")
 LEVELS = {"none", "note", "warning", "error"}
 
 

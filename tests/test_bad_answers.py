@@ -331,7 +331,7 @@ def world(tmp_path_factory) -> Iterator[FakeWorld]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY, scripts="fioca") as sandbox:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY, scripts="api-2026") as sandbox:
         yield sandbox
 
 

@@ -199,7 +199,7 @@ def test_the_newcomer_path_as_subprocesses(fioca_subprocess, tmp_path):
 
     data = tmp_path / "sandbox"
     server = subprocess.Popen([sys.executable, "-m", "fioca", "sandbox", "serve", "--data", str(data),
-                               "--factory", FACTORY, "--scripts", "fioca"], stderr=subprocess.PIPE, text=True)
+                               "--factory", FACTORY], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(200):
             if (data / "sandbox.json").exists():

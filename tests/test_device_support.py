@@ -47,7 +47,7 @@ class Factory:
         self.base = base
         self.home = base / "home"
         self.home.mkdir(parents=True)
-        self.sandbox = Sandbox(base / "sandbox", factory=FACTORY, scripts="fioca")
+        self.sandbox = Sandbox(base / "sandbox", factory=FACTORY, scripts="api-2026")
         self.sandbox.start()
         self.env = {"FIOCTL_CONFIG": str(self.sandbox.data_dir / "fioctl.yaml")}
         self.pki = base / "pki"

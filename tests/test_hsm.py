@@ -129,7 +129,7 @@ class World:
 
 def start_world(folder: Path) -> World:
     (folder / "home").mkdir(parents=True)
-    box = Sandbox(folder / "sandbox", factory=FACTORY, scripts="fioca")
+    box = Sandbox(folder / "sandbox", factory=FACTORY, scripts="api-2026")
     box.start()
     return World(folder, box)
 
@@ -473,7 +473,7 @@ def test_resume_refuses_to_make_a_second_root_key_on_the_token(tmp_path, monkeyp
     token = new_token(tmp_path / "token", "orphan")
     try:
         polis = world.sandbox.backend.user_self()["polis-id"]
-        script = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
+        script = reference.bundled()["create_ca"]
         dies = script.replace("--label root-ca >&2\n", "--label root-ca >&2\n\tkill -9 $$\n")
         assert dies != script
         answer_with(monkeypatch, world.sandbox, {"create_ca": dies})

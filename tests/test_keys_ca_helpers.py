@@ -121,7 +121,7 @@ def created_template(tmp_path_factory):
         patch.setenv("HOME", str(base / "home"))
         for name in _SETTINGS_ENV:
             patch.delenv(name, raising=False)
-        with Sandbox(base / "sandbox", factory="acme", scripts="fioca"):
+        with Sandbox(base / "sandbox", factory="acme", scripts="api-2026"):
             patch.setenv("FIOCTL_CONFIG", str(base / "sandbox" / "fioctl.yaml"))
             assert main(["keys", "ca", "create", str(base / "pki"), "--yes"]) == 0
     return base
@@ -136,5 +136,5 @@ def created(created_template, tmp_path):
     """
     shutil.copytree(created_template / "sandbox", tmp_path / "sandbox", ignore=shutil.ignore_patterns("sandbox.lock"))
     shutil.copytree(created_template / "pki", tmp_path / "pki", ignore=shutil.ignore_patterns(".fioca.lock"))
-    with Sandbox(tmp_path / "sandbox", factory="acme", scripts="fioca") as box:
+    with Sandbox(tmp_path / "sandbox", factory="acme", scripts="api-2026") as box:
         yield Created(tmp_path / "pki", {"FIOCTL_CONFIG": str(tmp_path / "sandbox" / "fioctl.yaml")}, box)

@@ -26,7 +26,7 @@ AT_ONCE = 25
 def start_sandbox(data: Path) -> tuple[subprocess.Popen, dict]:
     (data / "sandbox.json").unlink(missing_ok=True)
     process = subprocess.Popen([sys.executable, "-m", "fioca", "sandbox", "serve", "--data", str(data),
-                                "--factory", FACTORY, "--scripts", "fioca"], stderr=subprocess.PIPE, text=True)
+                                "--factory", FACTORY], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (data / "sandbox.json").exists():
         assert process.poll() is None, process.stderr.read()

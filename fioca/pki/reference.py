@@ -71,14 +71,14 @@ def known_sets(*, factory: str, local_ca_cn: str) -> dict[str, dict[str, str]]:
 
 
 def infer_values(scripts: dict[str, str]) -> tuple[str, str] | None:
-    """(factory, local CA CN) that would render these scripts from a template set, if any.
+    """(factory, local CA CN) that would render these scripts from an API revision, if any.
 
     Lets an answer saved on another machine be recognised without asking a server who the
     factory and the user were.
     """
     factory = cn = None
-    for script_set in SCRIPT_SETS:
-        for name, template in _texts(script_set).items():
+    for revision in API_REVISIONS:
+        for name, template in _texts(revision).items():
             text = scripts.get(name)
             found = re.fullmatch(_template_pattern(template), text) if isinstance(text, str) else None
             if found:
@@ -100,16 +100,5 @@ def _template_pattern(template: str) -> str:
 
 
 def render(template: str, *, factory: str, local_ca_cn: str) -> str:
-    """Paste the values into a template, as a server does (transitional: until fioca's own
-    scripts take their values from `script_env`, they are templates too)."""
+    """Paste the values into a template, as a server renders its scripts."""
     return template.replace(FACTORY_PLACEHOLDER, factory).replace(LOCAL_CA_CN_PLACEHOLDER, local_ca_cn)
-
-
-def rendered(*, factory: str, local_ca_cn: str) -> dict[str, str]:
-    """Transitional: fioca's own scripts rendered for one factory and user."""
-    return {name: render(text, factory=factory, local_ca_cn=local_ca_cn) for name, text in _texts(FIOCA).items()}
-
-
-def templates() -> dict[str, str]:
-    """Transitional: fioca's own scripts as templates."""
-    return dict(_texts(FIOCA))

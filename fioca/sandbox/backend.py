@@ -43,10 +43,8 @@ POST_FLAGS = facts.POST_FLAGS
 EST_DOMAIN = "est.foundries.io"
 ONLINE_CA_CN = "online-ca"
 
-# What a POST answer carries besides the CSRs: the API's scripts of a revision, fioca's own
-# bundled scripts rendered the same way ("fioca": what the sandbox sent before it knew the
-# API's; for client tests that need an answer with scripts the audit passes), or none.
-SCRIPT_CHOICES = (*reference.API_REVISIONS, reference.FIOCA)
+# What a POST answer carries besides the CSRs: the API's scripts of a revision, or none.
+SCRIPT_CHOICES = reference.API_REVISIONS
 DEFAULT_SCRIPTS = "api-2026"
 
 # The rules, worded once so every refusal names the rule it enforces.
@@ -182,16 +180,15 @@ def _parse_crl(text: str) -> x509.CertificateRevocationList:
 
 
 def _new_key_and_csr(factory: str, common_name: str, dns_names: list[str], *, ca: bool) -> tuple[str, str, bytes]:
-    """A fresh P-256 key and its CSR: (key PEM, CSR PEM, public key DER)."""
+    """A fresh P-256 key and its CSR: (key PEM, CSR PEM, public key DER).
+
+    A server CSR (gateway, EST) names only its host, as fioctl's tests model it; a CA's CSR
+    carries OU=<factory>, which the backend requires of every device CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, factory),
-            ]
-        )
-    )
+    names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if ca:
+        names.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, factory))
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(names))
     if dns_names:
         # Order matters: devices take the gateway host from the first name, OSTree from the second.
         builder = builder.add_extension(
@@ -301,8 +298,6 @@ class Backend:
         """The script era's answer carried the scripts, rendered for this factory and user."""
         if self.scripts is None:
             return {}
-        if self.scripts == reference.FIOCA:
-            return reference.rendered(factory=factory, local_ca_cn=self.local_ca_cn)
         return reference.api_scripts(self.scripts, factory=factory, local_ca_cn=self.local_ca_cn)
 
     @staticmethod

@@ -131,7 +131,7 @@ class Sandbox:
     ):
         """`scripts`: what a POST certs answer carries besides the CSRs: the API's scripts of a
         revision ("api-2026", the default, because the documented flow runs the server's
-        scripts; or "api-2023"), fioca's own ("fioca"), or None (today's API: CSRs only).
+        scripts; or "api-2023"), or None (today's API: CSRs only).
         `token_header`: a header name accepted for the API token besides OSF-TOKEN (what
         fioctl's TOKEN_HEADER renames it to). `access_token_seconds`: how long OAuth access
         tokens live. 0 for a port picks a free one."""

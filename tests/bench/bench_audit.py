@@ -11,8 +11,8 @@ import os
 import statistics
 import time
 
+from fioca.pki import reference
 from fioca.pki.audit import audit_scripts
-from fioca.pki.create import known_scripts
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 GOAL_MS = 50.0
@@ -20,7 +20,7 @@ GOAL_MS = 50.0
 
 def measure_audit(rounds: int = ROUNDS) -> dict[str, float]:
     """Milliseconds to audit four scripts: the first call, and the median and worst after it."""
-    known = known_scripts(factory="bench", local_ca_cn="fio-0123456789abcdef")
+    known = reference.known_sets(factory="bench", local_ca_cn="fio-0123456789abcdef")
     cases = [(scripts, hsm) for scripts in known.values() for hsm in (False, True)]
     times = []
     for _ in range(max(rounds, 1)):

@@ -69,7 +69,7 @@ def run_in_process(base: Path, n: int) -> float:
         def err(self, text: str = "") -> None:
             pass
 
-    with Sandbox(base / f"inproc-{n}-sandbox", factory="bench", scripts="fioca") as box:
+    with Sandbox(base / f"inproc-{n}-sandbox", factory="bench", scripts="api-2026") as box:
         saved = os.environ.get("FIOCTL_CONFIG")
         os.environ["FIOCTL_CONFIG"] = str(box.data_dir / "fioctl.yaml")
         try:
@@ -96,7 +96,7 @@ def startup_cost() -> float:
 def run_round(base: Path, n: int) -> tuple[float, float]:
     results = []
     for flow in ("fioca", "hand"):
-        with Sandbox(base / f"{flow}-{n}-sandbox", factory="bench", scripts="fioca") as box:
+        with Sandbox(base / f"{flow}-{n}-sandbox", factory="bench", scripts="api-2026") as box:
             info = box.info
             env = {k: v for k, v in os.environ.items() if not k.startswith("FIOCTL_")}
             if flow == "fioca":

@@ -69,7 +69,7 @@ def test_without_scripts_the_documented_flow_has_nothing_to_run(tmp_path: Path) 
         assert done.returncode != 0  # `jq -r .create_ca` gives "null": there is no script to run
 
 
-@pytest.mark.parametrize("scripts", [*reference.API_REVISIONS, reference.FIOCA, None])
+@pytest.mark.parametrize("scripts", [*reference.API_REVISIONS, None])
 def test_both_post_bodies_are_accepted_by_every_kind_of_answer(tmp_path: Path, scripts: str | None) -> None:
     with Sandbox(tmp_path / "sandbox", factory=FACTORY, scripts=scripts) as box:
         client = Client(box)
