@@ -234,7 +234,7 @@ def test_revoke_dry_run_pretty_is_fioctls_layout(cli, created):
                  env=created.env)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("-----BEGIN X509 CRL-----")
-    pretty = result.stdout.split("-----END X509 CRL-----\n", 1)[1]
+    pretty = result.stdout.split("-----END X509 CRL-----\n\n", 1)[1]  # fioctl's Println of the PEM: a blank line
     assert pretty.startswith("Certificate Revocation List:\n\tIssuer: CN=Factory-CA,OU=acme\n\tValidity:\n")
     assert f"\t\tSerial: {serial}\n" in pretty
     assert "\t\t\t\tx509v3 Reason Code:\n\t\t\t\t\t Revoke - 9\n" in pretty
@@ -305,7 +305,13 @@ def test_rotate_tls_twice(cli, created):
     first = created.read("tls-crt")
     result = cli("keys", "ca", "rotate-tls", created.pki, "--yes", env=created.env)
     assert result.exit_code == 0, result.output
-    assert "Requesting new Foundries TLS CSR" in result.stderr and "Signing Foundries TLS CSR" in result.stderr
+    progress = [line for line in result.stderr.splitlines() if not line.startswith(" ")]
+    assert progress[:2] == ["Requesting new Foundries.io TLS CSR", "Signing Foundries.io TLS CSR"]
+    assert progress[-3:] == [  # fioctl's words; fioca moves files only once the change is confirmed
+        "Moving existing TLS cert file from tls-crt to tls-crt.bak",
+        "Moving existing file from tls-csr to tls-csr.bak",
+        "Uploading signed certs to Foundries.io",
+    ]
     assert created.read("tls-crt.bak") == first
     new = created.cert("tls-crt")
     assert mode(created.pki / "tls-crt") == 0o400
@@ -359,13 +365,53 @@ def test_sign_ca_profile_by_choice_and_via_script(cli, created, tmp_path):
     profiles.check_device_ca(profiles.load_cert(result.stdout, "stdout"), root=created.root(), factory=FACTORY, csr=csr)
 
 
-def test_sign_never_infers_the_profile_from_the_csr(cli, created, tmp_path):
+def test_sign_infers_a_device_ca_from_the_csr_as_fioctl_does(cli, created, tmp_path):
     from test_keys_ca_signer import ca_csr
 
     result = cli("keys", "ca", "sign", "--pki-dir", created.pki, write_csr(tmp_path, ca_csr()))
+    assert result.exit_code == 0, result.output
+    cert = profiles.load_cert(result.stdout, "signed")
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert (constraints.ca, constraints.path_length) == (True, 0)
+    assert "as a device CA (the CSR asks for CA:TRUE)" in result.stderr
+
+
+def test_sign_profile_overrides_what_the_csr_asks(cli, created, tmp_path):
+    from test_keys_ca_signer import ca_csr
+
+    result = cli("keys", "ca", "sign", "--pki-dir", created.pki, "--profile", "tls", write_csr(tmp_path, ca_csr()))
     assert result.exit_code == 4
     assert "asks for CA:TRUE; the tls profile makes a server certificate (use --profile ca)" in result.stderr
     assert "BEGIN CERTIFICATE" not in result.stdout
+
+
+def test_sign_copies_ip_uri_and_email_names_as_fioctl_does(cli, created, tmp_path):
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    names = [
+        x509.DNSName("gw.example.com"),
+        x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
+        x509.UniformResourceIdentifier("spiffe://example/gw"),
+        x509.RFC822Name("ops@example.com"),
+    ]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    path = write_csr(tmp_path, csr)
+    result = cli("keys", "ca", "sign", "--pki-dir", created.pki, path)
+    assert result.exit_code == 0, result.output
+    cert = profiles.load_cert(result.stdout, "signed")
+    assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == names
+    assert not profiles.is_ca(cert)
+    # The reference script copies DNS names only: refused up front, not signed short of names.
+    by_script = cli("keys", "ca", "sign", "--pki-dir", created.pki, "--via", "script", path)
+    assert by_script.exit_code == 2 and "sign it in process (--via inprocess)" in by_script.stderr
 
 
 def test_sign_refuses_more_than_the_ca_profile(cli, created, tmp_path):

@@ -9,15 +9,16 @@ stops with fioctl's message before it does anything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from fioca.cli.context import AppContext
 from fioca.errors import UsageError
-from fioca.pki.hsm import HsmSettings
+
+if TYPE_CHECKING:
+    from fioca.pki.hsm import HsmSettings
 
 PIN_ENV = "FIOCA_HSM_PIN"
 
@@ -67,6 +68,8 @@ def resolve_hsm(
         return None
     if not token_label:
         raise UsageError("--hsm-token-label is required with --hsm-module")
+    from fioca.pki.hsm import HsmSettings  # cryptography: only when an HSM is asked for
+
     module_path = str(Path(module).expanduser())
     if not need_pin:
         return HsmSettings(module=module_path, token_label=token_label, pin="")
@@ -77,7 +80,7 @@ def _pin(app_ctx: AppContext, flag_pin: Optional[str], token_label: str) -> str:
     if flag_pin:
         app_ctx.terminal.err(PIN_FLAG_WARNING)
         return flag_pin
-    from_env = os.environ.get(PIN_ENV)
+    from_env = app_ctx.settings.hsm_pin  # FIOCA_HSM_PIN, read in fioca.config
     if from_env:
         return from_env
     if app_ctx.terminal.interactive():
