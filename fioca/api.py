@@ -63,10 +63,13 @@ class Response:
 
 
 class _Deadline:
-    """Shuts the sockets of one request down when its time is up, wherever it is waiting.
+    """Shuts the connections of one request down when its time is up, wherever it waits.
 
     A per-read timeout restarts with every byte; this does not. The connection classes below
-    register each socket they open with the deadline of the request running in their thread.
+    register each socket they open (or reuse) with the deadline of the request running in
+    their thread. The deadline keeps a duplicate of each socket (TLS takes the original's file
+    descriptor over): shutting a duplicate down ends the connection, and so wakes a read
+    blocked on it in any thread.
     """
 
     _current = threading.local()
@@ -87,6 +90,10 @@ class _Deadline:
     def __exit__(self, *_exc: object) -> None:
         self._timer.cancel()
         _Deadline._current.value = None
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
     @classmethod
     def watch(cls, sock: socket.socket) -> None:
@@ -95,10 +102,14 @@ class _Deadline:
             deadline._add(sock)
 
     def _add(self, sock: socket.socket) -> None:
+        try:
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:
+            return
         with self._lock:
-            self._sockets.append(sock)
+            self._sockets.append(duplicate)
             if self.expired:  # a retry after the deadline: no new wait
-                _shut(sock)
+                _shut(duplicate)
 
     def _expire(self) -> None:
         with self._lock:
@@ -124,7 +135,7 @@ class _WatchedHTTPConnection(HTTPConnection):
 class _WatchedHTTPSConnection(HTTPSConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _Deadline.watch(sock)
+        _Deadline.watch(sock)  # the TCP connection, so a stalled TLS handshake is cut too
         return sock
 
 
