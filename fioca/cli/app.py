@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from fioca.cli.argv import fioctl_style
 from fioca.cli.context import AppContext, Terminal
-from fioca.cli.lean import LeanGroup
+from fioca.cli.lean import LeanCommand, LeanGroup
 
 COMMON = {
     "no_args_is_help": True,
@@ -43,11 +44,11 @@ CA_HELP = (
     "of your Factory, which manages mutual TLS between your devices and the device gateway.\n\n"
     "\b\n"
     "Examples:\n"
-    "  fioca keys ca create ./pki --dry-run         # see the scripts and the plan first\n"
+    "  fioca keys ca create ./pki --dry-run     # the scripts and the plan, first\n"
     "  fioca keys ca create ./pki\n"
     "  fioca keys ca show --just-device-cas > cas.pem\n"
     "  fioca keys ca add-device-ca ./pki --local-ca --local-ca-filename line-2.pem\n"
-    "  fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run --pretty"
+    "  fioca keys ca disable-device-ca ./pki --ca-serial 42 --dry-run --pretty"
 )
 
 
@@ -152,8 +153,11 @@ class FioctlCommandLine(LeanGroup):
 
 
 def _group(name: str, sub_app: typer.Typer) -> Any:
+    for info in sub_app.registered_commands:  # the same classes (and usage lines) as `keys ca`
+        if info.cls in (None, TyperCommand):
+            info.cls = LeanCommand
     holder = typer.Typer(**COMMON)  # gives the group the root's plain help layout
-    holder.add_typer(sub_app, name=name)
+    holder.add_typer(sub_app, name=name, cls=LeanGroup)
     return typer.main.get_command(holder).commands[name]
 
 
@@ -191,11 +195,11 @@ app = typer.Typer(
         "Reproduce and audit `fioctl keys ca`: the FoundriesFactory device-gateway PKI, step by step.\n\n"
         "fioca reads fioctl's settings (~/.config/fioctl.yaml, FIOCTL_TOKEN, FIOCTL_FACTORY) and takes "
         "fioctl's command lines; it adds a dry-run, an audit of the server's scripts, and resume.\n\n"
-        "Start with the sandbox, a local factory:\n\n"
         "\b\n"
+        "Examples, with the sandbox (a local factory) as the server:\n"
         "  fioca sandbox serve --data ./sandbox &\n"
         "  export FIOCTL_CONFIG=./sandbox/fioctl.yaml\n"
-        "  fioca keys ca create ./pki --dry-run      # what the server sent, and the plan\n"
+        "  fioca keys ca create ./pki --dry-run    # what the server sent; the plan\n"
         "  fioca keys ca create ./pki\n"
         "  fioca keys ca show --pretty"
     ),
@@ -208,12 +212,14 @@ app = typer.Typer(
 def root(
     ctx: typer.Context,
     factory: Optional[str] = typer.Option(
-        None, "-f", "--factory", help="Factory name (env FIOCTL_FACTORY).", show_default="from the config file"
+        None, "-f", "--factory", metavar="FACTORY", help="Factory name (env FIOCTL_FACTORY).",
+        show_default="from the config file"
     ),
     token: Optional[str] = typer.Option(
         None,
         "-t",
         "--token",
+        metavar="TOKEN",
         help="API token (env FIOCTL_TOKEN, safer: a flag's value is visible to other users of the machine).",
         show_default=False,
     ),

@@ -194,7 +194,7 @@ def register(
 
     \b
     Example:
-      fioca device register --sota-dir /var/sota --name dev1 --hwid raspberrypi4-64
+      fioca device register --sota-dir /var/sota --name dev1 --hwid rpi4
     """
     app_ctx = app_context(ctx)
     api = device_register.RegistrationApi(app_ctx.settings, log=app_ctx.terminal.err)
@@ -253,7 +253,7 @@ def check(
     \b
     Examples:
       fioca device check ./pki/devices/<uuid> --pki-dir ./pki
-      fioca device check /var/sota --resolve <id>.ota-lite.foundries.io:8443:127.0.0.1
+      fioca device check /var/sota --resolve GATEWAY_HOST:8443:127.0.0.1
     """
     app_ctx = app_context(ctx)
     if resolve and gateway_url:

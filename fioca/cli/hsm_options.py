@@ -26,6 +26,7 @@ HsmModule = Annotated[
     Optional[str],
     typer.Option(
         "--hsm-module",
+        metavar="MODULE",
         help="PKCS#11 module (.so) of the HSM holding the root key, e.g. /usr/lib/softhsm/libsofthsm2.so.",
         show_default=False,
     ),
@@ -34,13 +35,14 @@ HsmPin = Annotated[
     Optional[str],
     typer.Option(
         "--hsm-pin",
+        metavar="PIN",
         help=f"The token's user PIN. Visible to other users of the machine: prefer env {PIN_ENV} or the prompt.",
         show_default=False,
     ),
 ]
 HsmTokenLabel = Annotated[
     Optional[str],
-    typer.Option("--hsm-token-label", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
+    typer.Option("--hsm-token-label", metavar="LABEL", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
 ]
 
 PIN_FLAG_WARNING = (

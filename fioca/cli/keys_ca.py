@@ -79,7 +79,7 @@ def create(
     pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing)."),
     online_ca: bool = typer.Option(
         True, "--online-ca/--no-online-ca",
-        help="Create an online CA owned by Foundries.io that works with lmp-device-register (--online-ca=false: none).",
+        help="Create an online CA owned by Foundries.io that works with lmp-device-register.",
     ),
     local_ca: bool = typer.Option(
         True, "--local-ca/--no-local-ca",
@@ -122,10 +122,10 @@ def create(
 
     \b
     Examples:
-      fioca keys ca create ./pki --dry-run          # see the scripts and the plan first
+      fioca keys ca create ./pki --dry-run     # the scripts and the plan, first
       fioca keys ca create ./pki
       fioca keys ca create ./pki --online-ca=false --yes
-      fioca keys ca create ./pki --resume            # finish a run that stopped halfway
+      fioca keys ca create ./pki --resume      # finish a run that stopped halfway
     """
     from fioca.pki import files
     from fioca.pki.create import CreateFlow, CreateOptions
@@ -207,7 +207,7 @@ def show(
       fioca keys ca show
       fioca keys ca show --pretty
       fioca keys ca show --just-root > factory_ca.pem
-      fioca keys ca show --just-device-cas > cas.pem    # then: fioca keys ca update cas.pem
+      fioca keys ca show --just-device-cas > cas.pem     # update takes it back
     """
     from fioca.api import NOT_CONFIGURED, NOT_CONFIGURED_HINT, is_configured
     from fioca.cli import fioctl_layout

@@ -131,7 +131,8 @@ def update(
 
     \b
     Examples:
-      fioca keys ca show --just-device-cas > cas.pem && cat pki/other-ca.pem >> cas.pem
+      fioca keys ca show --just-device-cas > cas.pem
+      cat pki/other-ca.pem >> cas.pem
       fioca keys ca update cas.pem --dry-run
       fioca keys ca update cas.pem --yes
     """
@@ -314,7 +315,7 @@ def disable_device_ca(
 
     \b
     Examples:
-      fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run --pretty
+      fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run
       fioca keys ca disable-device-ca ./pki --ca-serial 1234567890 --yes
     """
     _crl_command(
@@ -368,8 +369,8 @@ def revoke_device_ca(
 
     \b
     Examples:
-      fioca keys ca revoke-device-ca ./pki --ca-file local-ca.pem --dry-run --pretty
-      fioca keys ca revoke-device-ca ./pki --ca-serial 1234567890 --ca-serial 42 --yes
+      fioca keys ca revoke-device-ca ./pki --ca-file local-ca.pem --dry-run
+      fioca keys ca revoke-device-ca ./pki --ca-serial 1234 --ca-serial 42 --yes
     """
     _crl_command(
         ctx, "revoke", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)

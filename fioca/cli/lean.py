@@ -1,4 +1,5 @@
-"""Typer's command and group classes, with plain values converted without pydantic.
+"""Typer's command and group classes, with plain values converted without pydantic, and
+usage lines as Click and fioctl write them (`PKI_DIR`, not Typer's `{PKI_DIR}`).
 
 Typer converts every parameter value through a pydantic TypeAdapter, and loading pydantic
 costs about as much as loading Typer itself: `fioca keys ca extract` and the `--help` of any
@@ -13,12 +14,14 @@ suite drives every command through it, so a Typer that changes them fails there,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
 
 _PLAIN = (str, Path, bool)
+_REQUIRED = re.compile(r"^\{([A-Z0-9_]+)\}(\.\.\.)?$")
 
 
 class _Plain:
@@ -53,10 +56,19 @@ def _lean(param: Any) -> Any:
 class _LeanParams:
     def get_params(self, ctx: Any) -> list[Any]:
         # Here rather than in __init__: Typer appends the root's completion options later.
-        return [_lean(param) for param in super().get_params(ctx)]  # type: ignore[misc]
+        params = [_lean(param) for param in super().get_params(ctx)]  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "param_type_name", "") == "argument" and param.metavar is None:
+                param.metavar = param.name.upper()  # PKI_DIR, as usage lines name arguments
+        return params
 
     def get_help_option(self, ctx: Any) -> Any:
         return _lean(super().get_help_option(ctx))  # type: ignore[misc]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # Typer writes a required argument as {PKI_DIR}; usage lines elsewhere, and fioctl's, say PKI_DIR.
+        self.get_params(ctx)
+        return [_REQUIRED.sub(r"\1\2", piece) for piece in super().collect_usage_pieces(ctx)]  # type: ignore[misc]
 
 
 class LeanCommand(_LeanParams, TyperCommand):
