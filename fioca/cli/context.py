@@ -53,8 +53,9 @@ class Terminal:
         terminal, made visible when it is."""
         if sys.stdout.isatty():
             self.out(text)
-        else:
-            typer.echo(text)
+        else:  # not typer.echo: it strips what looks like colour codes when not on a terminal
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
 
     def interactive(self) -> bool:
         """A person can answer: one of the standard streams is a terminal, and it can be opened."""
