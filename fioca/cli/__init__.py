@@ -9,7 +9,6 @@ imported inside `main()`, under that handler.
 from __future__ import annotations
 
 import sys
-import traceback
 
 from fioca import interrupts
 from fioca.errors import ExitCode, FiocaError
@@ -89,6 +88,8 @@ def _unexpected(terminal, exc: Exception) -> int:
     if isinstance(exc, Abort) or interrupts.received():
         return _interrupted(terminal)
     if tracebacks_wanted():
+        import traceback
+
         traceback.print_exc()
     terminal.err(f"ERROR: internal error ({exc.__class__.__name__}); set FIOCA_TRACEBACK=1 to see where")
     return int(ExitCode.ERROR)

@@ -8,8 +8,6 @@ which Click prints as typed.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,16 +53,20 @@ CA_HELP = (
 GROUP_SETTINGS = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": HELP_OPTIONS}
 
 
-def _keys_group() -> Any:
-    from fioca.cli import keys_ca, keys_ca_lifecycle
+def _keys_ca_app() -> typer.Typer:
+    from fioca.cli import keys_ca
 
-    ca = LazyCommands(
-        name="ca",
-        help=CA_HELP,
-        # create, show, extract, audit; update, add-device-ca, disable/enable/revoke, rotate-tls, sign
-        infos=[*keys_ca.app.registered_commands, *keys_ca_lifecycle.app.registered_commands],
-        **GROUP_SETTINGS,
-    )
+    return keys_ca.app  # create, show, extract, audit
+
+
+def _keys_ca_lifecycle_app() -> typer.Typer:
+    from fioca.cli import keys_ca_lifecycle
+
+    return keys_ca_lifecycle.app  # update, add-device-ca, disable/enable/revoke-device-ca, rotate-tls, sign
+
+
+def _keys_group() -> Any:
+    ca = LazyCommands(name="ca", help=CA_HELP, sources=[_keys_ca_app, _keys_ca_lifecycle_app], **GROUP_SETTINGS)
     return LeanGroup(name="keys", help=KEYS_HELP, commands={"ca": ca}, **GROUP_SETTINGS)
 
 
@@ -81,17 +83,30 @@ def _sandbox_group() -> Any:
 
 
 class LazyCommands(LeanGroup):
-    """A group whose commands are built from their Typer registrations when first used:
-    `keys ca show --help` builds one command, not eleven."""
+    """A group whose commands are built from their Typer registrations when first used, and
+    whose modules are imported in order until the command is found: `keys ca show --help`
+    imports one module and builds one command, not eleven."""
 
-    def __init__(self, *, infos: list[Any], **attrs: Any):
+    def __init__(self, *, sources: list[Callable[[], typer.Typer]], **attrs: Any):
         super().__init__(**attrs)
-        self._infos = {info.name or info.callback.__name__.replace("_", "-"): info for info in infos}
+        self._sources = list(sources)
+        self._infos: dict[str, Any] = {}
+
+    def _load_next(self) -> bool:
+        if not self._sources:
+            return False
+        for info in self._sources.pop(0)().registered_commands:
+            self._infos[info.name or info.callback.__name__.replace("_", "-")] = info
+        return True
 
     def list_commands(self, ctx: Any) -> list[str]:
+        while self._load_next():
+            pass
         return list(self._infos)
 
     def get_command(self, ctx: Any, name: str) -> Any:
+        while name not in self._infos and self._load_next():
+            pass
         if name not in self.commands and name in self._infos:
             self.commands[name] = typer.main.get_command_from_info(
                 self._infos[name], pretty_exceptions_short=True, rich_markup_mode=None
@@ -99,6 +114,7 @@ class LazyCommands(LeanGroup):
         return self.commands.get(name)
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
+        self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(name) for name in self._infos)
         rows = [(name, _short_help(info, limit)) for name, info in self._infos.items()]
         with formatter.section("Commands"):
@@ -107,7 +123,7 @@ class LazyCommands(LeanGroup):
 
 def _short_help(info: Any, limit: int) -> str:
     """The first sentence of a command's help, cut at a word to fit (as Click cuts it)."""
-    text = " ".join((info.help or info.callback.__doc__ or "").strip().split("\n\n")[0].split())
+    text = info.short_help or " ".join((info.help or info.callback.__doc__ or "").strip().split("\n\n")[0].split())
     text = text.split(". ")[0].rstrip(".")
     if len(text) <= limit:
         return text
@@ -177,6 +193,9 @@ def _version(value: bool) -> None:
 
 
 def _tool_version(program: str, flag: str) -> str:
+    import shutil
+    import subprocess
+
     path = shutil.which(program)
     if path is None:
         return "not found (fioca needs it: apt-get install " + ("openssl" if program == "openssl" else "bubblewrap") + ")"

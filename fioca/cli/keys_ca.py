@@ -73,7 +73,7 @@ def _pins(values: List[str]) -> dict[str, str]:
     return pins
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="Create the factory PKI (its root is set only once)")
 def create(
     ctx: typer.Context,
     pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing)."),
@@ -188,7 +188,7 @@ def _print_dry_run(app_ctx: AppContext, result: CreateResult, pki, hsm, output: 
         app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="Show certificates known to the Factory")
 def show(
     ctx: typer.Context,
     pretty: bool = typer.Option(False, "--pretty", help="Display human readable output of each certificate (fioctl's layout)."),
@@ -228,7 +228,7 @@ def show(
         app_ctx.terminal.write(stderr, err=True)
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="Print a field of factory_certs.json, as jq -r")
 def extract(
     ctx: typer.Context,
     jq_filter: str = typer.Argument(

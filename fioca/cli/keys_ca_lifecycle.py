@@ -111,7 +111,7 @@ def _update_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="Update the device CAs the gateway trusts")
 def update(
     ctx: typer.Context,
     ca_bundle_file: Path = typer.Argument(
@@ -173,7 +173,7 @@ def _add_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command("add-device-ca", cls=LeanCommand)
+@app.command("add-device-ca", cls=LeanCommand, short_help="Add an online or local device CA")
 def add_device_ca(
     ctx: typer.Context,
     pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="The PKI dir `keys ca create` made."),
@@ -294,7 +294,7 @@ CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Show the CRL that wo
 CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also show the CRL in a pretty format (fioctl's).")]
 
 
-@app.command("disable-device-ca", cls=LeanCommand)
+@app.command("disable-device-ca", cls=LeanCommand, short_help="Disable a device CA: no new devices from it")
 def disable_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -323,7 +323,7 @@ def disable_device_ca(
     )
 
 
-@app.command("enable-device-ca", cls=LeanCommand)
+@app.command("enable-device-ca", cls=LeanCommand, short_help="Re-enable a disabled device CA (not in fioctl)")
 def enable_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -348,7 +348,7 @@ def enable_device_ca(
     )
 
 
-@app.command("revoke-device-ca", cls=LeanCommand)
+@app.command("revoke-device-ca", cls=LeanCommand, short_help="Revoke a device CA: its devices are refused")
 def revoke_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -393,7 +393,7 @@ def _rotate_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command("rotate-tls", cls=LeanCommand)
+@app.command("rotate-tls", cls=LeanCommand, short_help="Rotate the device gateway's TLS certificate")
 def rotate_tls(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -439,7 +439,7 @@ def rotate_tls(
 # --- sign -------------------------------------------------------------------------------------------------
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="Sign a CSR with the Factory root CA")
 def sign(
     ctx: typer.Context,
     csr_file: Path = typer.Argument(..., metavar="CSR", help="PEM certificate signing request."),
