@@ -45,7 +45,8 @@ MAX_BODY = 4 * 1024 * 1024
 PRINT_LIMIT = 512
 # The certs fields that hold PEM text (or null).
 CERT_FIELDS = facts.CERT_FIELDS
-SANDBOX_INFO_FILE = "sandbox.json"  # what `fioca sandbox serve` writes beside its fioctl.yaml
+SANDBOX_INFO_FILE = "sandbox.json"
+DEVICES_PATH = "/ota/devices/"  # what `fioca sandbox serve` writes beside its fioctl.yaml
 MASK = "********"
 
 NOT_CONFIGURED = "Factory PKI is not configured. Please, see `fioca keys ca create`."
@@ -169,6 +170,14 @@ class _Adapter(HTTPAdapter):
             pool_kwargs["ssl_context"] = self._ssl_context
         super().init_poolmanager(connections, maxsize, block=block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Through a proxy (HTTPS_PROXY) too: the same trust and the same watched connections.
+        if self._ssl_context is not None:
+            proxy_kwargs.setdefault("ssl_context", self._ssl_context)
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        return manager
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -440,21 +449,23 @@ class FactoryApi(HttpClient):
 
 
 class DeviceRegistrationApi(HttpClient):
-    """lmp-device-register's endpoint, `DEVICE_API` (default https://api.foundries.io/ota/devices/;
-    a factory-registration-ref server is e.g. http://host/sign)."""
+    """lmp-device-register's endpoint: `DEVICE_API` when set (a factory-registration-ref
+    server is e.g. http://host/sign), else the API's /ota/devices/. The factory (the CSR's OU)
+    is DEVICE_FACTORY's, else the settings'."""
 
     def __init__(self, settings: Settings, *, log: Callable[[str], None] | None = None):
+        settings.require_auth()
+        self.factory = settings.device_factory or settings.require_factory()
         super().__init__(settings, log=log)
-        self.devices_url = settings.device_api
+        self.devices_url = settings.device_api or f"{self.base}{DEVICES_PATH}"
+        self.use_token_header()
 
     def probe(self) -> int:
         """HEAD without a token first, as lmp-device-register does: below 500 means "it is there"."""
         return self.request("HEAD", self.devices_url, ok=tuple(range(100, 500)), authenticated=False).status
 
-    def register(self, body: dict[str, Any]) -> Response:
-        """POST the registration; only 201 is success. Needs a token or client credentials."""
-        if not self._auth_headers:
-            self.use_token_header()
+    def create(self, body: dict[str, Any]) -> Response:
+        """POST the registration; only 201 is success."""
         resp = self.request("POST", self.devices_url, body, ok=(201,))
         _require_object(resp, "POST", self.devices_url)
         return resp

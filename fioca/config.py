@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -94,7 +94,7 @@ class Settings:
     proxy: str | None = field(default=None, repr=False)  # HTTPS_PROXY / HTTP_PROXY (may hold a password)
     no_proxy: str = ""
     # lmp-device-register's environment, for `fioca device register`.
-    device_api: str = facts.DEFAULT_DEVICE_API
+    device_api: str | None = None  # DEVICE_API; None: the API's /ota/devices/
     device_factory: str | None = None
     device_production: bool = False
     hsm_pin: str | None = field(default=None, repr=False)  # FIOCA_HSM_PIN
@@ -133,15 +133,6 @@ class Settings:
             )
         return self.factory
 
-    def require_token(self) -> str:
-        """Kept for callers that need the token itself (OAuth users have none)."""
-        self.require_auth()
-        if not self.token:
-            raise ConfigError(f"this needs an API token; {self.auth_source} holds OAuth client credentials only")
-        return self.token
-
-    def with_client_credentials(self, credentials: ClientCredentials) -> Settings:
-        return replace(self, client_credentials=credentials)
 
 
 # --- Reading the file ---------------------------------------------------------------------------
@@ -301,7 +292,7 @@ def load_settings(
         client_credentials=_client_credentials(data, config_path),
         proxy=proxy,
         no_proxy=no_proxy,
-        device_api=env.get("DEVICE_API") or facts.DEFAULT_DEVICE_API,
+        device_api=env.get("DEVICE_API") or None,
         device_factory=env.get("DEVICE_FACTORY") or None,
         device_production="PRODUCTION" in env,
         hsm_pin=env.get("FIOCA_HSM_PIN") or None,
