@@ -258,3 +258,20 @@ def test_verbose_never_shows_a_token_or_bearer(cli, stub, tmp_path):
     result = cli("-c", config, "keys", "ca", "show", "-v")  # -v anywhere, as fioctl takes it
     assert f"GET {stub.url}/ota/factories/{FACTORY}/certs/ -> 206" in result.stderr
     assert base64.b64encode(ACCESS.encode()).decode() not in result.output
+
+
+def test_device_registration_api_is_lmp_device_registers(stub, tmp_path):
+    """HEAD without a token (below 500 is fine), then POST with it; DEVICE_API names the endpoint."""
+    from fioca.api import DeviceRegistrationApi
+
+    stub.routes[("HEAD", "/sign")] = lambda _r: Answer(401, {})
+    stub.routes[("POST", "/sign")] = lambda _r: Answer(201, {"client.pem": "..."})
+    config = write_config(tmp_path / "fioctl.yaml", stub, token="tok-0123456789")
+    settings = load_settings(config=config, environ={"DEVICE_API": f"{stub.url}/sign", "DEVICE_FACTORY": "other"})
+    api = DeviceRegistrationApi(settings)
+    assert api.factory == "other" and api.probe() == 401
+    assert api.create({"name": "d"}).status == 201
+    head, post = stub.requests
+    assert "OSF-TOKEN" not in head.headers and post.headers["OSF-TOKEN"] == "tok-0123456789"
+    default = DeviceRegistrationApi(load_settings(config=config, environ={}))
+    assert default.devices_url == f"{stub.url}/ota/devices/" and default.factory == FACTORY
