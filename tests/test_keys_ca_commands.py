@@ -3,6 +3,7 @@ the real CLI against the real sandbox: happy paths, each documented error, files
 
 from __future__ import annotations
 
+import shutil
 import stat
 
 import pytest
@@ -430,3 +431,56 @@ def test_sign_needs_the_root_key(cli, tmp_path):
     result = cli("keys", "ca", "sign", "--pki-dir", empty, write_csr(tmp_path, tls_csr()))
     assert result.exit_code == 3
     assert "factory_ca.pem does not exist" in result.stderr
+
+
+# --- fioctl's progress lines, word for word, in fioctl's order ----------------------------------------------
+
+
+FIOCTL_LINES = {
+    "Fetching a list of existing device CAs", "Creating local device CA", "Requesting new Foundries.io Online Device CA CSR",
+    "Signing Foundries.io CSR for online use", "Uploading signed certs to Foundries.io",
+    "Generating Certificate Revocation List", "Signing CRL by Factory root CA", "Uploading CRL to Foundries.io",
+}
+
+
+def progress_lines(stderr: str) -> list[str]:
+    """The progress lines, in order: fioctl's, and fioca's own "Moving existing ..." ones; the
+    plan fioca shows before it asks comes between them."""
+    return [line for line in stderr.splitlines() if line in FIOCTL_LINES or line.startswith("Moving existing ")]
+
+
+def test_add_device_ca_says_what_fioctl_says(cli, created):
+    result = cli("keys", "ca", "add-device-ca", created.pki, "--online-ca", "--local-ca", "--local-ca-filename",
+                 "line-2.pem", "--yes", env=created.env)
+    assert result.exit_code == 0, result.output
+    assert progress_lines(result.stderr) == [
+        "Fetching a list of existing device CAs",
+        "Creating local device CA",
+        "Requesting new Foundries.io Online Device CA CSR",
+        "Signing Foundries.io CSR for online use",
+        "Moving existing online device CA file from online-crt to online-crt.bak",  # fioca: once confirmed
+        "Moving existing file from ca-csr to ca-csr.bak",  # fioca keeps the old CSR too
+        "Uploading signed certs to Foundries.io",
+    ]
+
+
+def test_crl_commands_say_what_fioctl_says(cli, created):
+    result = cli("keys", "ca", "disable-device-ca", created.pki, "--ca-file", "local-ca.pem", "--yes", env=created.env)
+    assert result.exit_code == 0, result.output
+    assert progress_lines(result.stderr) == [
+        "Generating Certificate Revocation List",
+        "Signing CRL by Factory root CA",
+        "Uploading CRL to Foundries.io",
+    ]
+
+
+def test_text_output_quotes_paths_that_need_it(cli, created, tmp_path):
+    from fioca.text import quote_path
+
+    spaced = tmp_path / "my pki"
+    shutil.copytree(created.pki, spaced)
+    result = cli("keys", "ca", "add-device-ca", spaced, "--local-ca", "--local-ca-filename", "line 2.pem", "--yes",
+                 env=created.env)
+    assert result.exit_code == 0, result.output
+    assert f"  line 2.pem           {quote_path(spaced / 'line 2.pem')}" in result.stdout.splitlines()
+    assert "'" in quote_path(spaced / "line 2.pem")
