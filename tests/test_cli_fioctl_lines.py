@@ -59,6 +59,11 @@ def test_what_is_not_fioctls_is_left_alone(tree, line):
     assert fioctl_style(line.split(), tree) == line.split()
 
 
+def test_a_global_option_without_its_value_is_a_usage_error(cli):
+    result = cli("keys", "ca", "show", "-f")
+    assert result.exit_code == 2 and "'-f'" in result.stderr and "needs a value" in result.stderr
+
+
 def test_a_bool_that_is_not_one_is_a_usage_error(cli):
     result = cli("keys", "ca", "create", "./pki", "--online-ca=maybe")
     assert result.exit_code == 2 and "--online-ca" in result.stderr

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from typer import BadParameter
+
 # Global options (in the root) and whether each takes a value.
 _ANYWHERE = {"-c": True, "--config": True, "-v": False, "--verbose": False, "--server": True}
 _UNDER_KEYS = {"-f": True, "--factory": True, "-t": True, "--token": True}
@@ -59,13 +61,12 @@ def fioctl_style(args: list[str], root: Any) -> list[str]:
             args = [*args[:index], "-" + value, *args[index:]]
             value = None
         if path and name in globals_here:
-            hoisted.append(name)
-            if takes_value:
-                if value is None and index < len(args):
-                    value = args[index]
-                    index += 1
-                if value is not None:
-                    hoisted.append(value)
+            if takes_value and value is None:
+                if index >= len(args):
+                    raise BadParameter(f"{name} needs a value", param_hint=f"'{name}'")
+                value = args[index]
+                index += 1
+            hoisted += [name, value] if takes_value else [name]
             continue
         if option is None:
             rest.append(token)
