@@ -1,5 +1,6 @@
 """The Factory API over `requests`: certs GET/POST/PATCH, users/self, device registration, and
-the OAuth token refresh. The only module of fioca that speaks HTTP to a server.
+the OAuth token refresh; and the device gateway's mTLS GET as a device (`device_get`). The
+only module of fioca that speaks HTTP to a server.
 
 Errors are rendered the way fioctl renders them:
     HTTP error during POST 'https://.../certs/': 409 Conflict
@@ -17,6 +18,7 @@ server echoes back in an error body is masked.
 from __future__ import annotations
 
 import base64
+import http.client
 import ipaddress
 import json
 import socket
@@ -469,6 +471,50 @@ class DeviceRegistrationApi(HttpClient):
         resp = self.request("POST", self.devices_url, body, ok=(201,))
         _require_object(resp, "POST", self.devices_url)
         return resp
+
+
+# --- The device gateway, as a device (fioca device check) --------------------------------------------
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to `address` with SNI, certificate name check and Host header for `self.host`."""
+
+    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._address = address
+        self._tls_context = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        _Deadline.watch(raw)
+        try:
+            self.sock = self._tls_context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
+
+def device_get(
+    host: str, port: int, address: str, *, context: ssl.SSLContext, path: str, timeout: float, max_body: int
+) -> tuple[int, str, bytes]:
+    """One mTLS GET to the gateway as a device: (status, reason, at most max_body + 1 bytes).
+
+    TCP goes to `address`; the TLS name and Host are `host` (curl's --resolve). TLS and socket
+    errors are raised as they come, for the caller to tell a refused handshake from an
+    unreachable gateway; past `timeout` seconds in all, TimeoutError."""
+    connection = _PinnedHTTPSConnection(host, port, address, context, timeout)
+    with _Deadline(timeout) as deadline:
+        try:
+            connection.request("GET", path, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            raw = response.read(max_body + 1)
+        except OSError:
+            if deadline.expired:
+                raise TimeoutError(f"no complete answer within {timeout:g} s") from None
+            raise
+        finally:
+            connection.close()
+    return response.status, response.reason, raw
 
 
 # --- OAuth client credentials (fioctl login) --------------------------------------------------------
