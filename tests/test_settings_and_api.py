@@ -7,11 +7,8 @@ TOKEN_HEADER yet.
 from __future__ import annotations
 
 import base64
-import json
-import os
 import ssl
 import stat
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
