@@ -43,6 +43,11 @@ SIGN_CA_CSR = "sign_ca_csr"
 CREATE_DEVICE_CA = "create_device_ca"
 SCRIPT_NAMES = (CREATE_CA, SIGN_TLS_CSR, SIGN_CA_CSR, CREATE_DEVICE_CA)
 
+# --- How the root signs (keys ca sign, add-device-ca, rotate-tls) ---------------------------
+
+SIGN_PROFILES = ("tls", "ca")  # a gateway (server) certificate, a device CA
+SIGN_VIAS = ("script", "inprocess")  # the bundled reference scripts with openssl, or in process
+
 # --- The Factory API -------------------------------------------------------------------------
 
 DEFAULT_API = "https://api.foundries.io"

@@ -41,7 +41,7 @@ from fioca.sandbox.tls import make_ca, issue_server_cert
 from tests.conftest import FACTORY, config_env, record_certs_calls
 
 TOKEN = "tok-bad-answers-0123456789"
-DETAIL_PREFIXES = ("= ", " * ")
+DETAIL_PREFIXES = ("= ", " * ", "  ")  # fioctl's detail lines, then fioca's hints (what to do next)
 USER_NOTE = b"my own notes; fioca must never touch this\n"
 GATEWAY_NAMES = ["0a1b2c.ota-lite.foundries.io", "0a1b2c.ostree.foundries.io"]
 

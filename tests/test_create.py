@@ -127,22 +127,23 @@ def test_without_a_terminal_and_without_yes_it_refuses_before_posting(cli, sandb
 
 
 def test_declined_confirmation_uploads_nothing(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
-    from fioca.cli.context import Terminal
+    from tests.terminal import answering_tty
 
-    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
-    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="n\n")
+    with answering_tty(monkeypatch, "n\n") as tty:
+        result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env)
+        screen = tty.screen()
     assert result.exit_code == 3
-    assert "Upload? [y/N]" in result.stderr
+    assert "Upload? [y/N]" in screen  # asked on the terminal, not on stderr
     assert "upload not confirmed; nothing was sent" in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
     assert server_certs(sandbox)[0] == 206
 
 
 def test_confirmed_upload(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
-    from fioca.cli.context import Terminal
+    from tests.terminal import answering_tty
 
-    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
-    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="y\n")
+    with answering_tty(monkeypatch, "y\n"):
+        result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env)
     assert result.exit_code == 0, result.output
     assert "Root of trust SHA-256 fingerprint:" in result.stderr
     assert server_certs(sandbox)[0] == 200

@@ -153,6 +153,27 @@ def pem_blocks(pem: bytes | str, artifact: str) -> list[PemBlock]:
     return blocks
 
 
+def pem_spans(text: str) -> list[tuple[int, int]]:
+    """Where each PEM block of `text` starts and ends."""
+    return [match.span() for match in _PEM_BLOCK.finditer(text)]
+
+
+def pem_only(text: str) -> str:
+    """`text` without what lies outside its PEM blocks, as fioctl skips it when it reads a
+    bundle (the server's `ca-crt`, a file for `update`). Whitespace between blocks is kept,
+    so a clean bundle comes back byte for byte; other text becomes one newline."""
+    spans = pem_spans(text)
+    if not spans:
+        return ""
+    kept = [text[spans[0][0] : spans[0][1]]]
+    for (_, end), (start, stop) in zip(spans, spans[1:]):
+        between = text[end:start]
+        kept += [between if not between.strip() else "\n", text[start:stop]]
+    tail = text[spans[-1][1] :]
+    kept.append(tail if not tail.strip() else "\n")
+    return "".join(kept)
+
+
 def _refuse_stray_text(between: str, artifact: str) -> None:
     # openssl tolerates prose around blocks; a checker should not: it hides what was produced.
     stray = between.strip()
@@ -430,6 +451,18 @@ def _dns_names(extensions: x509.Extensions, artifact: str) -> list[str]:
     return san.value.get_values_for_type(x509.DNSName)
 
 
+def _san_names(extensions: x509.Extensions) -> list[x509.GeneralName]:
+    """Every subjectAltName entry, in order (DNS, IP, URI, email: what `keys ca sign` copies)."""
+    try:
+        return list(extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def _san_text(names: list[x509.GeneralName]) -> str:
+    return ", ".join(str(name.value) for name in names) or "none"
+
+
 # A host name as a device dials it: dot-separated LDH labels, no wildcard, no trailing dot.
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", re.I)
 
@@ -519,13 +552,13 @@ def check_gateway_tls(
             ExtensionOID.BASIC_CONSTRAINTS,  # only as CA:FALSE, checked below
         ],
     )
-    wanted_names = _dns_names(csr.extensions, "tls-csr")
-    names = _dns_names(cert.extensions, artifact)
+    wanted_names = _san_names(csr.extensions)
+    names = _san_names(cert.extensions)
     if names != wanted_names:
+        kind = "DNS names " if all(isinstance(name, x509.DNSName) for name in [*names, *wanted_names]) else ""
         raise CheckError(
             artifact,
-            f"subjectAltName DNS names must be the tls-csr's {', '.join(wanted_names) or 'none'} (same order), "
-            f"got {', '.join(names) or 'none'}",
+            f"subjectAltName {kind}must be the tls-csr's {_san_text(wanted_names)} (same order), got {_san_text(names)}",
         )
     if not names:
         raise CheckError(artifact, "subjectAltName must hold the gateway's DNS names, got none")
@@ -788,10 +821,12 @@ def build_root(key: Any, *, factory: str, now: datetime | None = None) -> x509.C
 def sign_gateway_tls(
     csr: x509.CertificateSigningRequest, *, root_cert: x509.Certificate, root_key: Any, now: datetime | None = None
 ) -> x509.Certificate:
-    """The gateway server cert for `tls-csr`, as `sign_tls_csr` makes it."""
+    """The gateway server cert for `tls-csr`, as `sign_tls_csr` makes it. The CSR's names are
+    copied as they are: DNS names for the gateway (checked before), also IP, URI and email
+    names for `keys ca sign`, as fioctl copies them."""
     _verified_csr(csr, "tls-csr")
-    dns_names = _dns_names(csr.extensions, "tls-csr")
-    if not dns_names:
+    san_names = _san_names(csr.extensions)
+    if not san_names:
         raise CheckError("tls-csr", "has no DNS names in subjectAltName")
     builder = (
         _issued_for_csr(csr, issuer=root_cert, start=_start(now), days=GATEWAY_TLS_DAYS)
@@ -799,8 +834,8 @@ def sign_gateway_tls(
         .add_extension(key_usage(digital_signature=True), critical=True)
         # extendedKeyUsage = critical, serverAuth
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=True)
-        # subjectAltName = the CSR's DNS names, same order
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
+        # subjectAltName = the CSR's names, same order
+        .add_extension(x509.SubjectAlternativeName(san_names), critical=False)
         # authorityKeyIdentifier = keyid
         .add_extension(_authority_key_identifier(root_cert), critical=False)
         # subjectKeyIdentifier (OpenSSL 3 adds it by itself)

@@ -45,6 +45,8 @@ VIAS: tuple[str, ...] = ("script", "inprocess")
 # What each profile grants; a CSR asking for anything beyond it is refused, not trimmed.
 _TLS_KEY_USAGE = {"digital_signature", "key_encipherment", "key_agreement"}
 _CA_KEY_USAGE = {"key_cert_sign"}
+# The names a server certificate may carry, as fioctl's `keys ca sign` copies them.
+_TLS_NAME_KINDS = (x509.DNSName, x509.IPAddress, x509.UniformResourceIdentifier, x509.RFC822Name)
 # Extensions a CSR may carry whatever the profile: they name keys, they grant nothing.
 _NEUTRAL_EXTENSIONS = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
 
@@ -214,9 +216,11 @@ def check_csr_for_profile(csr: x509.CertificateSigningRequest, profile: Profile,
                 names = ", ".join(oid._name for oid in extra)
                 raise CheckError(artifact, f"asks for extendedKeyUsage {names}; the tls profile grants serverAuth only")
         elif isinstance(value, x509.SubjectAlternativeName) and profile == "tls":
-            others = [type(name).__name__ for name in value if not isinstance(name, x509.DNSName)]
+            others = [type(name).__name__ for name in value if not isinstance(name, _TLS_NAME_KINDS)]
             if others:
-                raise CheckError(artifact, f"asks for subjectAltName {', '.join(others)}; the tls profile takes DNS names only")
+                raise CheckError(
+                    artifact, f"asks for subjectAltName {', '.join(others)}; the tls profile takes DNS, IP, URI and email names"
+                )
         else:
             raise CheckError(artifact, f"asks for {extension.oid._name}, which the {profile} profile does not grant")
     if profile == "tls":
