@@ -96,7 +96,7 @@ def test_help_starts_without_the_heavy_modules(tmp_path):
     """What `fioca --help`, `keys ca show --help` and `keys ca extract` import (speed: make bench)."""
     answer = tmp_path / "factory_certs.json"
     answer.write_text('{"create_ca": "#!/bin/sh\\n"}')
-    heavy = ("requests", "cryptography", "sh", "yaml", "pydantic", "fioca.sandbox", "fioca.pki.audit", "fioca.api")
+    heavy = ("requests", "cryptography", "sh", "yaml", "pydantic", "fioca.sandbox", "fioca.pki.audit.walker", "fioca.api")
     probe = (
         "import sys\nfrom fioca.cli import main\n"
         "code = main(sys.argv[1:])\n"

@@ -48,13 +48,9 @@ DATA_OPTION_HELP = "Sandbox data dir (made 0700; holds the state, keys, token, s
     help=(
         "Serve the sandbox in the foreground until Ctrl-C or SIGTERM.\n\n"
         "Writes DIR/sandbox.json, DIR/fioctl.yaml (API token) and DIR/fioctl-oauth.yaml (OAuth client "
-        "credential) for clients, 0600; no secret is printed.
-
-"
-        "
-"
-        "Example:
-"
+        "credential) for clients, 0600; no secret is printed.\n\n"
+        "\b\n"
+        "Example:\n"
         "  fioca sandbox serve --data ./sandbox --factory acme --gateway-port 8443"
     )
 )
