@@ -90,7 +90,7 @@ def test_reference_sign_and_device_ca_details(refs: dict[str, str]) -> None:
         "keyUsage = critical, digitalSignature",
         "extendedKeyUsage = critical, serverAuth",
         "subjectAltName = $dns",
-        "authorityKeyIdentifier = keyid",
+        "authorityKeyIdentifier = keyid, issuer",
     ]
     assert "$1" in tls.reads and "factory_ca.key" in tls.reads and "factory_ca.srl" in tls.writes
     # The DNS names come from a pipeline inside $(...): its commands are listed too.
