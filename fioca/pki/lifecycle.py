@@ -63,9 +63,10 @@ def fetch_pki(api: FactoryApi) -> FactoryPki:
     if not is_configured(certs):
         raise FiocaError(NOT_CONFIGURED)
     body = certs.body
-    root = profiles.load_cert(body["root-crt"], "root-crt")
-    cas = profiles.load_cert_bundle(body["ca-crt"], "ca-crt") if body.get("ca-crt") else []
-    tls = profiles.load_cert(body["tls-crt"], "tls-crt") if body.get("tls-crt") else None
+    # The server's text around PEM blocks is skipped, as fioctl skips it.
+    root = profiles.load_server_cert(body["root-crt"], "root-crt")
+    cas = profiles.load_server_cert_bundle(body["ca-crt"], "ca-crt") if body.get("ca-crt") else []
+    tls = profiles.load_server_cert(body["tls-crt"], "tls-crt") if body.get("tls-crt") else None
     disabled = [str(serial) for serial in body.get("disabled-ca-serials") or []]
     return FactoryPki(api.factory, root, cas, tls, disabled, body)
 
@@ -348,7 +349,8 @@ def _csr_from_answer(body: dict[str, Any], name: str, factory: str) -> x509.Cert
         raise ApiError(f"the POST answer has no {name}; nothing was signed")
     csr = profiles.load_csr(value, name)
     ou = profiles.subject_ou(csr)
-    if ou != factory:
+    # A device CA's OU must be the factory; the gateway's CSR may name a CN only (fioctl never checks it).
+    if name == files.ONLINE_CA_CSR and ou != factory:
         raise CheckError(name, f"subject OU is {ou!r}, not the factory {factory!r}")
     return csr
 
