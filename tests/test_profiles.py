@@ -633,6 +633,18 @@ def test_server_loaders_still_check_the_blocks(made: dict[str, Pki]) -> None:
         profiles.load_server_cert(b"see: " + profiles.cert_pem(pki.root), "root-crt")
 
 
+def test_pem_only_keeps_the_blocks_as_the_server_loaders_find_them(made: dict[str, Pki]) -> None:
+    pki = made["fioca"]
+    clean = profiles.certs_pem([pki.online_ca, pki.local_ca]).decode()
+    assert profiles.pem_only(clean) == clean  # a clean bundle comes back byte for byte
+    noisy = "# the online CA\n" + profiles.cert_pem(pki.online_ca).decode() + "and the local one:\n" + \
+        profiles.cert_pem(pki.local_ca).decode() + "-- end"  # fmt: skip
+    # Each run of other text becomes one newline.
+    assert profiles.pem_only(noisy) == profiles.cert_pem(pki.online_ca).decode() + profiles.cert_pem(pki.local_ca).decode()
+    assert profiles.load_cert_bundle(profiles.pem_only(noisy), "ca-crt") == [pki.online_ca, pki.local_ca]
+    assert len(profiles.pem_spans(noisy)) == 2 and profiles.pem_only("no blocks here") == ""
+
+
 def test_wrong_type_fails(made: dict[str, Pki]) -> None:
     pki = made["fioca"]
     with fails("must be a PEM CERTIFICATE, got a CERTIFICATE REQUEST block"):

@@ -90,6 +90,8 @@ from fioca.pki.profiles.pem import (
     load_server_cert,
     load_server_cert_bundle,
     pem_blocks,
+    pem_only,
+    pem_spans,
 )
 from fioca.pki.profiles.strict import check_as_asked, check_made_by_scripts, check_upload, openssl_generation
 from fioca.pki.profiles.trust import (
@@ -121,7 +123,7 @@ __all__ = [
     "crl_reason", "csr_asks_for_ca", "csr_pem", "describe", "fingerprint_sha256", "gateway_hosts", "is_ca",
     "key_id_sha1", "key_id_sha256", "key_usage", "key_usage_bits", "key_usage_names", "load_cert",
     "load_cert_bundle", "load_crl", "load_csr", "load_private_key", "load_server_cert", "load_server_cert_bundle",
-    "name_text", "new_key", "openssl_generation", "pem_blocks", "pki_notes", "private_key_pem", "profile_differences",
+    "name_text", "new_key", "openssl_generation", "pem_blocks", "pem_only", "pem_spans", "pki_notes", "private_key_pem", "profile_differences",
     "recognise", "reissue", "reissue_pki", "script_profiles", "serial_decimal", "sign_device_ca",
     "sign_device_cert", "sign_gateway_tls", "subject_cn", "subject_key_identifier", "subject_ou",
 ]  # fmt: skip

@@ -21,12 +21,12 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fioca import facts
 from fioca.errors import CheckError
 from fioca.pki.profiles import der
-from fioca.pki.profiles.details import PRODUCTION, extension, name_text, same_key, subject_key_identifier
+from fioca.pki.profiles.details import PRODUCTION, general_names, name_text, same_key, subject_key_identifier
 
 ROOT_DAYS = facts.SCRIPT_VALIDITY.root
 GATEWAY_TLS_DAYS = facts.SCRIPT_VALIDITY.gateway_tls
@@ -105,18 +105,15 @@ def build_root(key: Any, *, factory: str, now: datetime | None = None) -> x509.C
     return builder.sign(key, hashes.SHA256())
 
 
-def _dns_names(csr: x509.CertificateSigningRequest) -> list[str]:
-    found = extension(csr, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    return found.value.get_values_for_type(x509.DNSName) if found is not None else []
-
-
 def sign_gateway_tls(
     csr: x509.CertificateSigningRequest, *, root_cert: x509.Certificate, root_key: Any, now: datetime | None = None
 ) -> x509.Certificate:
-    """The gateway server cert for `tls-csr`, as fioca's `sign_tls_csr` makes it."""
+    """The gateway server cert for `tls-csr`, as fioca's `sign_tls_csr` makes it. The CSR's
+    names are copied as they are: DNS names for the gateway (checked before), and IP, URI and
+    email names too for `keys ca sign`, as fioctl copies them."""
     _verified_csr(csr, "tls-csr")
-    dns_names = _dns_names(csr)
-    if not dns_names:
+    names = general_names(csr)
+    if not names:
         raise CheckError("tls-csr", "has no DNS names in subjectAltName")
     builder = (
         _issued_for_csr(csr, issuer=root_cert, start=_start(now), days=GATEWAY_TLS_DAYS)
@@ -124,8 +121,8 @@ def sign_gateway_tls(
         .add_extension(key_usage(digital_signature=True), critical=True)
         # extendedKeyUsage = critical, serverAuth
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=True)
-        # subjectAltName = the CSR's DNS names, same order
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
+        # subjectAltName = the CSR's names, same order
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         # authorityKeyIdentifier = keyid, issuer
         .add_extension(authority_key_identifier(root_cert), critical=False)
         # subjectKeyIdentifier (OpenSSL 3 adds it by itself)

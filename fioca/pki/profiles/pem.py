@@ -92,6 +92,27 @@ def pem_blocks(pem: bytes | str, artifact: str, *, lenient: bool = False) -> lis
     return blocks
 
 
+def pem_spans(text: str) -> list[tuple[int, int]]:
+    """Where each PEM block of `text` starts and ends, found as the server loaders find them."""
+    return [match.span() for match in _PEM_BLOCK_IN_TEXT.finditer(text)]
+
+
+def pem_only(text: str) -> str:
+    """`text` without what lies outside its PEM blocks, as fioctl skips it when it reads a
+    bundle (the server's `ca-crt`). Whitespace between blocks is kept, so a clean bundle comes
+    back byte for byte; other text becomes one newline."""
+    spans = pem_spans(text)
+    if not spans:
+        return ""
+    kept = [text[spans[0][0] : spans[0][1]]]
+    for (_, end), (start, stop) in zip(spans, spans[1:]):
+        between = text[end:start]
+        kept += [between if not between.strip() else "\n", text[start:stop]]
+    tail = text[spans[-1][1] :]
+    kept.append(tail if not tail.strip() else "\n")
+    return "".join(kept)
+
+
 def _refuse_stray_text(between: str, artifact: str) -> None:
     # openssl tolerates prose around blocks; a checker of what was made should not.
     stray = between.strip()

@@ -166,9 +166,7 @@ def _name_differences(
             found.append(f"subject is {name_text(cert.subject)} (asked: {asked_text})")
     elif not asked.self_signed and csr is not None:
         if cert.subject.public_bytes() != csr.subject.public_bytes():
-            found.append(
-                f"subject is {name_text(cert.subject)} (asked: the CSR's {name_text(csr.subject)})"
-            )
+            found.append(f"subject is {name_text(cert.subject)} (asked: the CSR's {name_text(csr.subject)})")
     else:
         notes.append("the subject was not compared with the script's text")
     signer = cert if asked.self_signed else issuer
