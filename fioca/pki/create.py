@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -203,6 +204,7 @@ class CreateFlow:
                 self.verify_stored(answer)
             root = profiles.load_cert(self.pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
             tls = profiles.load_cert(self.pki.read_bytes(files.TLS_CERT), files.TLS_CERT)
+            self.check_before_upload(answer)
             result.patch_body = self.patch_body()
             result.root_fingerprint = profiles.fingerprint_sha256(root)
             result.gateway_hosts = profiles.gateway_hosts(tls)
@@ -451,7 +453,8 @@ class CreateFlow:
 
     # Step 4 -----------------------------------------------------------------------------
     def check_step(self, script: str, answer: ServerAnswer, folder: Path) -> None:
-        """Check what one script made against its profile, with `cryptography`."""
+        """Check what one script made: the trust tier, then that it is exactly what a known script
+        set asks for (the audit cannot yet say what this script's own text asked)."""
 
         def cert(name: str):
             return profiles.load_cert((folder / name).read_bytes(), name)
@@ -459,10 +462,14 @@ class CreateFlow:
         def key(name: str):
             return profiles.load_private_key((folder / name).read_bytes(), name)
 
+        def csr(name: str):
+            return profiles.load_csr((folder / name).read_bytes(), name)
+
         factory = answer.factory
         root = cert(files.ROOT_CERT)
         if script == "create_ca":
             profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
+            profiles.check_made_by_scripts(root, profiles.Role.ROOT, factory=factory, artifact=files.ROOT_CERT)
             if self.options.hsm is None:
                 profiles.check_key_matches(key(files.ROOT_KEY), root, files.ROOT_KEY)
             elif (folder / files.ROOT_KEY).exists():
@@ -470,18 +477,23 @@ class CreateFlow:
             else:
                 hsm.check_cert_matches_token(self.options.hsm, root, files.ROOT_CERT)
         elif script == "sign_tls_csr":
-            csr = profiles.load_csr((folder / files.TLS_CSR).read_bytes(), files.TLS_CSR)
-            profiles.check_gateway_tls(cert(files.TLS_CERT), root=root, csr=csr, artifact=files.TLS_CERT)
+            tls, tls_csr = cert(files.TLS_CERT), csr(files.TLS_CSR)
+            profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact=files.TLS_CERT)
+            profiles.check_made_by_scripts(
+                tls, profiles.Role.GATEWAY_TLS, issuer=root, csr=tls_csr, artifact=files.TLS_CERT
+            )
         elif script == "sign_ca_csr":
-            csr = profiles.load_csr((folder / files.ONLINE_CA_CSR).read_bytes(), files.ONLINE_CA_CSR)
-            profiles.check_device_ca(
-                cert(files.ONLINE_CA_CERT), root=root, factory=factory, csr=csr, artifact=files.ONLINE_CA_CERT
+            online, online_csr = cert(files.ONLINE_CA_CERT), csr(files.ONLINE_CA_CSR)
+            profiles.check_device_ca(online, root=root, factory=factory, csr=online_csr, artifact=files.ONLINE_CA_CERT)
+            profiles.check_made_by_scripts(
+                online, profiles.Role.DEVICE_CA, issuer=root, csr=online_csr, artifact=files.ONLINE_CA_CERT
             )
         elif script == "create_device_ca":
             local = cert(files.LOCAL_CA_CERT)
             profiles.check_device_ca(
                 local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=files.LOCAL_CA_CERT
             )
+            profiles.check_made_by_scripts(local, profiles.Role.DEVICE_CA, issuer=root, artifact=files.LOCAL_CA_CERT)
             profiles.check_key_matches(key(files.LOCAL_CA_KEY), local, files.LOCAL_CA_KEY)
 
     # Step 5 -----------------------------------------------------------------------------
@@ -512,6 +524,36 @@ class CreateFlow:
             self.check_step(step.script, answer, self.pki.path)
 
     # Step 6 -----------------------------------------------------------------------------
+    def check_before_upload(self, answer: ServerAnswer) -> None:
+        """Every certificate about to leave, re-read from its stored bytes and checked whole
+        (profiles.check_upload), against the time fioca stored it."""
+
+        def stored(name: str) -> tuple[Any, datetime]:
+            made_at = datetime.fromtimestamp((self.pki / name).stat().st_mtime, timezone.utc)
+            return profiles.load_cert(self.pki.read_bytes(name), name), made_at
+
+        def server_csr(name: str):
+            return profiles.load_csr(answer.field(name).encode(), name)
+
+        factory = answer.factory
+        root, made_at = stored(files.ROOT_CERT)
+        root_key = None if self.plan.hsm else profiles.load_private_key(self.pki.read_bytes(files.ROOT_KEY), files.ROOT_KEY)
+        profiles.check_upload(
+            root, role=profiles.Role.ROOT, factory=factory, key=root_key, made_at=made_at, artifact=files.ROOT_CERT
+        )
+        issued = [(files.TLS_CERT, profiles.Role.GATEWAY_TLS, server_csr(files.TLS_CSR), None, None)]
+        if self.plan.online_ca:
+            issued.append((files.ONLINE_CA_CERT, profiles.Role.DEVICE_CA, server_csr(files.ONLINE_CA_CSR), None, None))
+        if self.plan.local_ca:
+            local_key = profiles.load_private_key(self.pki.read_bytes(files.LOCAL_CA_KEY), files.LOCAL_CA_KEY)
+            issued.append((files.LOCAL_CA_CERT, profiles.Role.DEVICE_CA, None, local_key, answer.local_ca_cn))
+        for name, role, csr, key, cn in issued:
+            cert, made_at = stored(name)
+            profiles.check_upload(
+                cert, role=role, factory=factory, issuer=root, csr=csr, key=key, expected_cn=cn, made_at=made_at,
+                artifact=name,
+            )  # fmt: skip
+
     def patch_body(self) -> dict[str, str]:
         return {
             f.name: "\n".join(self.pki.read_bytes(source).decode() for source in f.sources) for f in self.plan.patch
@@ -557,7 +599,7 @@ class CreateFlow:
         certs = self.api.get_certs()
         if not is_configured(certs):
             return False
-        theirs = profiles.load_cert(certs.body["root-crt"].encode(), "root-crt on the server")
+        theirs = profiles.load_server_cert(certs.body["root-crt"].encode(), "root-crt on the server")
         if profiles.fingerprint_sha256(theirs) != result.root_fingerprint:
             raise RefusedError(
                 f"factory '{self.api.factory}' already has a different root of trust "
@@ -603,7 +645,9 @@ def _put(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
-    """The CSRs the scripts will sign must be well-formed, self-signed and for this factory."""
+    """The CSRs the scripts will sign must be well-formed and self-signed; the online CA's must be
+    for this factory (a device CA's OU is the factory). The gateway's subject is not checked:
+    fioctl never does, and a server may send a CN only."""
     for name in plan.inputs:
         value = answer.field(name)
         if not isinstance(value, str) or not value.strip():
@@ -612,7 +656,7 @@ def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
         if not csr.is_signature_valid:
             raise CheckError(name, "the CSR's self-signature does not verify")
         ou = profiles.subject_ou(csr)
-        if ou != answer.factory:
+        if name == files.ONLINE_CA_CSR and ou != answer.factory:
             raise CheckError(name, f"subject OU is {ou!r}, not the factory {answer.factory!r}")
         profiles.check_server_csr(csr, gateway=name == files.TLS_CSR, artifact=name)
 

@@ -300,7 +300,26 @@ def sign_csr(
         profiles.check_gateway_tls(cert, root=signer.certificate, csr=csr, artifact=artifact)
     else:
         profiles.check_device_ca(cert, root=signer.certificate, factory=signer.factory, csr=csr, artifact=artifact)
+    role = profiles.Role.GATEWAY_TLS if profile == "tls" else profiles.Role.DEVICE_CA
+    _check_as_fioca_asks(cert, role, signer, csr=csr, via=via, artifact=artifact)
     return cert
+
+
+def _check_as_fioca_asks(
+    cert: x509.Certificate,
+    role: profiles.Role,
+    signer: RootSigner,
+    *,
+    csr: x509.CertificateSigningRequest | None,
+    via: Via,
+    artifact: str,
+) -> None:
+    """What fioca just made is exactly what its own scripts ask for (run by this openssl; the
+    in-process builders make what OpenSSL 3 makes)."""
+    openssl = profiles.openssl_generation() if via == "script" else 3
+    profiles.check_as_asked(
+        cert, profiles.FIOCA.asked(role), issuer=signer.certificate, csr=csr, openssl=openssl, artifact=artifact
+    )
 
 
 @dataclass(frozen=True)
@@ -339,6 +358,7 @@ def create_local_ca(
     profiles.check_device_ca(
         cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=files.LOCAL_CA_CERT
     )
+    _check_as_fioca_asks(cert, profiles.Role.DEVICE_CA, signer, csr=None, via=via, artifact=files.LOCAL_CA_CERT)
     profiles.check_key_matches(profiles.load_private_key(key_pem, files.LOCAL_CA_KEY), cert, files.LOCAL_CA_KEY)
     return LocalCa(cert=cert, key_pem=key_pem)
 
