@@ -107,11 +107,11 @@ def test_create_refuses_what_no_script_set_asks_for(
 def test_the_upload_check_reads_the_stored_files(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     """A root stored long after its notBefore is refused right before the PATCH; the twin, the
     same files with their real store time, goes up."""
-    from fioca.cli.context import Terminal
+    from tests.terminal import answering_tty
 
-    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
     pki = tmp_path / "pki"
-    declined = cli("keys", "ca", "create", pki, env=sandbox_env, input="n\n")
+    with answering_tty(monkeypatch, "n\n"):
+        declined = cli("keys", "ca", "create", pki, env=sandbox_env)
     assert declined.exit_code == 3, declined.output
     root_path = pki / files.ROOT_CERT
     stored_at = root_path.stat().st_mtime
