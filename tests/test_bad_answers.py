@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fioca import facts
 from fioca.errors import CheckError
 from fioca.pki import files, profiles
 from fioca.sandbox.server import Sandbox
@@ -450,7 +451,7 @@ def test_raw_answer(cli, world, tmp_path, case):
     assert [(seen.method, seen.route) for seen in world.api.seen] == expected_requests
     after = snapshot(pki)
     assert_kept(before, after)
-    assert files.ROOT_KEY not in after and no_temp_files(pki) == []
+    assert facts.ROOT_KEY not in after and no_temp_files(pki) == []
     assert config.read_bytes() == config_before
 
 
@@ -651,9 +652,9 @@ def test_bad_post_answer(cli, box, box_env, recorded, tmp_path, monkeypatch, cas
     after = snapshot(pki)
     assert_kept(before, after)
     # Refused before any script ran: no key, no certificate, no script in the PKI dir.
-    assert not {files.ROOT_KEY, files.ROOT_CERT, files.TLS_CERT, "create_ca"} & set(after)
+    assert not {facts.ROOT_KEY, facts.ROOT_CERT, facts.TLS_CERT, "create_ca"} & set(after)
     if case == "csr-is-a-private-key":
-        body = "".join(json.loads((pki / files.FACTORY_CERTS_JSON).read_text())["ca-csr"].splitlines()[1:-1])
+        body = "".join(json.loads((pki / facts.FACTORY_CERTS_JSON).read_text())["ca-csr"].splitlines()[1:-1])
         assert body[:40] not in result.output  # key material is never echoed
 
 
@@ -759,10 +760,10 @@ def test_pki_dir_refusing_writes(cli, box_env, recorded, tmp_path, monkeypatch):
     pki = user_pki_dir(tmp_path)
     before = snapshot(pki)
     result = cli("keys", "ca", "create", pki, "--yes", env=box_env)
-    assert_error(result, f"cannot write {pki / files.FACTORY_CERTS_JSON}", "Permission denied")
+    assert_error(result, f"cannot write {pki / facts.FACTORY_CERTS_JSON}", "Permission denied")
     assert "PATCH" not in [m for m, _ in recorded]
     assert_kept(before, snapshot(pki))
-    assert files.FACTORY_CERTS_JSON not in snapshot(pki)
+    assert facts.FACTORY_CERTS_JSON not in snapshot(pki)
 
 
 class _HalfThenFull:
@@ -791,7 +792,7 @@ def test_full_disk_while_storing_the_root_key(cli, box, box_env, recorded, tmp_p
 
     def fdopen(fd, *args, **kwargs):
         handle = real_fdopen(fd, *args, **kwargs)
-        if f".{files.ROOT_KEY}." in os.readlink(f"/proc/self/fd/{fd}"):
+        if f".{facts.ROOT_KEY}." in os.readlink(f"/proc/self/fd/{fd}"):
             return _HalfThenFull(handle)
         return handle
 
@@ -799,11 +800,11 @@ def test_full_disk_while_storing_the_root_key(cli, box, box_env, recorded, tmp_p
     pki = user_pki_dir(tmp_path)
     before = snapshot(pki)
     result = cli("keys", "ca", "create", pki, "--yes", env=box_env)
-    assert_error(result, f"no space left to write {pki / files.ROOT_KEY}")
+    assert_error(result, f"no space left to write {pki / facts.ROOT_KEY}")
     assert "Uploading" not in result.stderr
     assert [m for m, _ in recorded] == ["POST"]
     assert no_temp_files(pki) == []  # the half-written temporary file is gone
-    assert not (pki / files.ROOT_KEY).exists()  # and no partial key took its place
+    assert not (pki / facts.ROOT_KEY).exists()  # and no partial key took its place
     assert_kept(before, snapshot(pki))
 
 
@@ -816,8 +817,8 @@ def signing_pki(tmp_path_factory) -> Path:
     pki = tmp_path_factory.mktemp("signing") / "pki"
     pki.mkdir(mode=0o700)
     key = profiles.new_key()
-    files.write_new(pki / files.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_new(pki / files.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(pki / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(pki / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     return pki
 
 

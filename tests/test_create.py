@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from fioca import facts
-from fioca.pki import files, profiles, reference
+from fioca.pki import profiles, reference
 from tests.conftest import FACTORY, answer_with, server_certs
 
-KEY_FILES = (files.ROOT_KEY, files.LOCAL_CA_KEY)
+KEY_FILES = (facts.ROOT_KEY, facts.LOCAL_CA_KEY)
 
 
 def mode(path: Path) -> int:
@@ -45,38 +45,38 @@ def test_create_runs_the_documented_flow(cli, sandbox, sandbox_env, recorder, tm
     assert recorder[0][1] == {}
     patch = recorder[1][1]
     read = lambda name: (pki / name).read_text()  # noqa: E731
-    want = {"root-crt": read(files.ROOT_CERT), "tls-crt": read(files.TLS_CERT)}
-    bundle = [read(name) for name, on in ((files.ONLINE_CA_CERT, online), (files.LOCAL_CA_CERT, local)) if on]
+    want = {"root-crt": read(facts.ROOT_CERT), "tls-crt": read(facts.TLS_CERT)}
+    bundle = [read(name) for name, on in ((facts.ONLINE_CA_CERT, online), (facts.LOCAL_CA_CERT, local)) if on]
     if bundle:
         want["ca-crt"] = "\n".join(bundle)
     assert patch == want
 
     # Files: 0400 in a 0700 folder; the answer saved as jq . would; no stray work files.
     assert mode(pki) == 0o700
-    kept = {p.name for p in pki.iterdir()} - {files.LOCK_FILE}
-    expected_files = {files.FACTORY_CERTS_JSON, files.ROOT_KEY, files.ROOT_CERT, files.TLS_CERT, files.TLS_CSR}
+    kept = {p.name for p in pki.iterdir()} - {facts.LOCK_FILE}
+    expected_files = {facts.FACTORY_CERTS_JSON, facts.ROOT_KEY, facts.ROOT_CERT, facts.TLS_CERT, facts.TLS_CSR}
     expected_files |= {"create_ca", "sign_tls_csr"}
     if online:
-        expected_files |= {files.ONLINE_CA_CERT, files.ONLINE_CA_CSR, "sign_ca_csr"}
+        expected_files |= {facts.ONLINE_CA_CERT, facts.ONLINE_CA_CSR, "sign_ca_csr"}
     if local:
-        expected_files |= {files.LOCAL_CA_KEY, files.LOCAL_CA_CERT, "create_device_ca"}
+        expected_files |= {facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT, "create_device_ca"}
     assert kept == expected_files
     for name in kept:
         assert mode(pki / name) == 0o400, name
-    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
-    assert (pki / files.FACTORY_CERTS_JSON).read_text() == json.dumps(answer, indent=2, ensure_ascii=False) + "\n"
+    answer = json.loads((pki / facts.FACTORY_CERTS_JSON).read_text())
+    assert (pki / facts.FACTORY_CERTS_JSON).read_text() == json.dumps(answer, indent=2, ensure_ascii=False) + "\n"
 
     # The server holds what was uploaded, and every artifact meets its profile.
     status, certs = server_certs(sandbox)
     assert status == 200
     assert certs["root-crt"] == want["root-crt"]
-    root = profiles.load_cert(read(files.ROOT_CERT), "root")
+    root = profiles.load_cert(read(facts.ROOT_CERT), "root")
     profiles.check_root(root, factory=FACTORY)
-    profiles.check_key_matches(profiles.load_private_key(read(files.ROOT_KEY), "key"), root, "key")
-    tls = profiles.load_cert(read(files.TLS_CERT), "tls")
-    profiles.check_gateway_tls(tls, root=root, csr=profiles.load_csr(read(files.TLS_CSR), "csr"))
+    profiles.check_key_matches(profiles.load_private_key(read(facts.ROOT_KEY), "key"), root, "key")
+    tls = profiles.load_cert(read(facts.TLS_CERT), "tls")
+    profiles.check_gateway_tls(tls, root=root, csr=profiles.load_csr(read(facts.TLS_CSR), "csr"))
     if local:
-        local_ca = profiles.load_cert(read(files.LOCAL_CA_CERT), "local")
+        local_ca = profiles.load_cert(read(facts.LOCAL_CA_CERT), "local")
         polis = sandbox.backend.user_self()["polis-id"]
         profiles.check_device_ca(local_ca, root=root, factory=FACTORY, expected_cn=f"fio-{polis}")
 
@@ -110,11 +110,11 @@ def test_second_create_is_refused_with_nothing_changed(cli, sandbox, sandbox_env
 def test_pki_dir_with_a_root_is_refused_before_any_post(cli, sandbox_env, recorder, tmp_path):
     pki = tmp_path / "pki"
     pki.mkdir()
-    (pki / files.ROOT_KEY).write_text("mine, do not touch")
+    (pki / facts.ROOT_KEY).write_text("mine, do not touch")
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
     assert result.exit_code == 3
     assert "already holds a root of trust (factory_ca.key)" in result.stderr
-    assert (pki / files.ROOT_KEY).read_text() == "mine, do not touch"
+    assert (pki / facts.ROOT_KEY).read_text() == "mine, do not touch"
     assert recorder == []
 
 
@@ -159,7 +159,7 @@ def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder,
     assert "script sign_ca_csr exited with status 7: cannot open the CA key" in result.stderr
     assert "Uploading" not in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
-    assert not (tmp_path / "pki" / files.ROOT_KEY).exists()
+    assert not (tmp_path / "pki" / facts.ROOT_KEY).exists()
 
 
 def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
@@ -184,7 +184,7 @@ def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env,
 def test_extract_prints_a_field_as_jq_r_does(cli, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
     assert cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env).exit_code == 0
-    saved = pki / files.FACTORY_CERTS_JSON
+    saved = pki / facts.FACTORY_CERTS_JSON
     answer = json.loads(saved.read_text())
     result = cli("keys", "ca", "extract", "create_ca", "--file", saved)
     assert result.exit_code == 0

@@ -15,8 +15,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from fioca import facts
 from fioca.device import offline, sota
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from test_device_support import FACTORY, Factory
 
 PATHS = {"in-process": [], "faithful": ["--faithful"]}
@@ -54,7 +55,7 @@ def test_one_device_folder_is_what_var_sota_needs(factory: Factory, tmp_path: Pa
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(offline.PARTIAL_PREFIX)] == []
 
     cert = _cert(folder)
-    local_ca = profiles.load_cert((factory.pki / files.LOCAL_CA_CERT).read_bytes(), "local-ca.pem")
+    local_ca = profiles.load_cert((factory.pki / facts.LOCAL_CA_CERT).read_bytes(), "local-ca.pem")
     profiles.check_device_cert(cert, ca=local_ca, factory=FACTORY, uuid=device["uuid"])
     assert profiles.subject_cn(cert) == device["uuid"] and profiles.subject_ou(cert) == FACTORY
     usage = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE)
@@ -63,7 +64,7 @@ def test_one_device_folder_is_what_var_sota_needs(factory: Factory, tmp_path: Pa
     assert eku.critical and list(eku.value) == [x509.ExtendedKeyUsageOID.CLIENT_AUTH]
     key = profiles.load_private_key((folder / "pkey.pem").read_bytes(), "pkey.pem")
     profiles.check_key_matches(key, cert, "pkey.pem")
-    assert (folder / "root.crt").read_bytes() == (factory.pki / files.ROOT_CERT).read_bytes()
+    assert (folder / "root.crt").read_bytes() == (factory.pki / facts.ROOT_CERT).read_bytes()
     assert (folder / "device-cert.ext").read_text() == offline.DEVICE_CERT_EXT
     assert f'commonName="{device["uuid"]}"' in (folder / "device-cert.conf").read_text()
     csr = profiles.load_csr((folder / "device-cert.csr").read_bytes(), "device-cert.csr")
@@ -115,8 +116,8 @@ def test_faithful_and_in_process_make_the_same_profile(factory: Factory, tmp_pat
     # The twin: a registration-profile cert (no keyAgreement) is a different profile.
     other = profiles.sign_device_cert(
         profiles.build_device_csr(profiles.new_key(), uuid=made_in_process["uuid"], factory=FACTORY),
-        ca_cert=profiles.load_cert((factory.pki / files.LOCAL_CA_CERT).read_bytes(), "ca"),
-        ca_key=profiles.load_private_key((factory.pki / files.LOCAL_CA_KEY).read_bytes(), "key"),
+        ca_cert=profiles.load_cert((factory.pki / facts.LOCAL_CA_CERT).read_bytes(), "ca"),
+        ca_key=profiles.load_private_key((factory.pki / facts.LOCAL_CA_KEY).read_bytes(), "key"),
         days=30, key_usage_agreement=False,
     )
     assert _profile(other) != _profile(a)
@@ -184,7 +185,7 @@ def test_uuid_and_days_are_honoured(factory: Factory, tmp_path: Path):
 def _pki_copy(factory: Factory, tmp_path: Path) -> Path:
     copy = tmp_path / "pki"
     copy.mkdir(mode=0o700)
-    for name in (files.ROOT_CERT, files.TLS_CERT, files.LOCAL_CA_CERT, files.LOCAL_CA_KEY, files.ONLINE_CA_CERT):
+    for name in (facts.ROOT_CERT, facts.TLS_CERT, facts.LOCAL_CA_CERT, facts.LOCAL_CA_KEY, facts.ONLINE_CA_CERT):
         shutil.copy(factory.pki / name, copy / name)
         (copy / name).chmod(0o600)
     return copy
@@ -193,7 +194,7 @@ def _pki_copy(factory: Factory, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("path", PATHS)
 def test_a_local_ca_key_that_is_not_the_local_ca_is_refused(factory: Factory, tmp_path: Path, path: str):
     pki = _pki_copy(factory, tmp_path)
-    (pki / files.LOCAL_CA_KEY).write_bytes(profiles.private_key_pem(profiles.new_key()))
+    (pki / facts.LOCAL_CA_KEY).write_bytes(profiles.private_key_pem(profiles.new_key()))
     result = factory.run("device", "create-offline", pki, *PATHS[path])
     # In process fioca's check refuses the key (4); faithful, openssl itself refuses it (5).
     assert result.exit_code == (5 if path == "faithful" else 4), result.stderr
@@ -206,7 +207,7 @@ def test_a_local_ca_of_another_factory_is_refused(factory: Factory, tmp_path: Pa
     pki = _pki_copy(factory, tmp_path)
     # The online CA is a device CA of the factory too, but its key is not here: swap it in as
     # local-ca.pem, and local-ca.key no longer belongs to it.
-    shutil.copy(pki / files.ONLINE_CA_CERT, pki / files.LOCAL_CA_CERT)
+    shutil.copy(pki / facts.ONLINE_CA_CERT, pki / facts.LOCAL_CA_CERT)
     result = factory.run("device", "create-offline", pki, *PATHS[path])
     assert result.exit_code == (5 if path == "faithful" else 4), result.stderr
     assert [p for p in (pki / "devices").iterdir() if not p.name.startswith(".")] == []
@@ -214,7 +215,7 @@ def test_a_local_ca_of_another_factory_is_refused(factory: Factory, tmp_path: Pa
 
 def test_a_pki_dir_without_local_ca_is_refused(factory: Factory, tmp_path: Path):
     pki = _pki_copy(factory, tmp_path)
-    (pki / files.LOCAL_CA_KEY).unlink()
+    (pki / facts.LOCAL_CA_KEY).unlink()
     result = factory.run("device", "create-offline", pki)
     assert result.exit_code == 1
     assert "local-ca.key does not exist" in result.stderr
@@ -285,7 +286,7 @@ def test_batch_fast_check_refuses_what_the_profile_refuses(factory: Factory, tmp
     key = profiles.new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.uuid),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, FACTORY)])
-    ca_key = profiles.load_private_key((factory.pki / files.LOCAL_CA_KEY).read_bytes(), "key")
+    ca_key = profiles.load_private_key((factory.pki / facts.LOCAL_CA_KEY).read_bytes(), "key")
     csr = profiles.build_device_csr(key, uuid=spec.uuid, factory=FACTORY)
     good = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30)
     # sign_device_cert adds no SKID: the fast check wants OpenSSL's exact extension list.

@@ -10,9 +10,10 @@ import pytest
 
 from cryptography.x509.oid import NameOID
 
+from fioca import facts
 from fioca.device import register as reg
 from fioca.errors import CheckError
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from test_device_support import FACTORY, Factory
 
 
@@ -36,11 +37,11 @@ def test_register_writes_every_answer_file_and_the_key(factory: Factory, tmp_pat
     assert answer["files"] == ["client.pem", "root.crt", "sota.toml", "client.chained", "pkey.pem"]
     assert stat.S_IMODE((tmp_path / "pkey.pem").stat().st_mode) == 0o400
     assert stat.S_IMODE((tmp_path / "client.pem").stat().st_mode) == 0o644
-    assert (tmp_path / "root.crt").read_bytes() == (factory.pki / files.ROOT_CERT).read_bytes()
+    assert (tmp_path / "root.crt").read_bytes() == (factory.pki / facts.ROOT_CERT).read_bytes()
     cert = profiles.load_cert((tmp_path / "client.pem").read_bytes(), "client.pem")
     key = profiles.load_private_key((tmp_path / "pkey.pem").read_bytes(), "pkey.pem")
     profiles.check_key_matches(key, cert, "pkey.pem")
-    online = profiles.load_cert((factory.pki / files.ONLINE_CA_CERT).read_bytes(), "online-crt")
+    online = profiles.load_cert((factory.pki / facts.ONLINE_CA_CERT).read_bytes(), "online-crt")
     profiles.check_device_cert(cert, ca=online, factory=FACTORY, uuid=uuid)
     toml = (tmp_path / "sota.toml").read_text()
     assert f'primary_ecu_hardware_id = "rpi4"' in toml and f'path = "{tmp_path}/"' in toml

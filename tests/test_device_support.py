@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
+from fioca import facts
 from fioca.cli import main
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from fioca.sandbox.server import Sandbox
 
 FACTORY = "acme"
@@ -52,7 +53,7 @@ class Factory:
         self.pki = base / "pki"
         created = self.run("keys", "ca", "create", self.pki, "--yes")
         assert created.exit_code == 0, created.stderr
-        tls = profiles.load_cert((self.pki / files.TLS_CERT).read_bytes(), files.TLS_CERT)
+        tls = profiles.load_cert((self.pki / facts.TLS_CERT).read_bytes(), facts.TLS_CERT)
         self.gateway_host = profiles.gateway_hosts(tls)[0]
         self.gateway_port = int(self.sandbox.info.gateway_url.rsplit(":", 1)[1])
 
@@ -113,7 +114,7 @@ class Nginx:
         key.write_text(identity.key_pem)
         key.chmod(0o600)
         # Trust = the factory root + ca-crt (online CA and local CA), as the gateway's bundle.
-        trust = b"".join((pki / name).read_bytes() for name in (files.ROOT_CERT, files.ONLINE_CA_CERT, files.LOCAL_CA_CERT))
+        trust = b"".join((pki / name).read_bytes() for name in (facts.ROOT_CERT, facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT))
         (self.prefix / "trust.pem").write_bytes(trust)
         user = "user root;\n" if os.geteuid() == 0 else ""
         temp = self.prefix / "tmp"
@@ -188,8 +189,8 @@ def rogue_device(folder: Path, *, factory: str = FACTORY, ou: str | None = None,
             .sign(ca_key, hashes.SHA256())
         )
     else:
-        ca_key = profiles.load_private_key((local_ca / files.LOCAL_CA_KEY).read_bytes(), "local-ca.key")
-        ca_cert = profiles.load_cert((local_ca / files.LOCAL_CA_CERT).read_bytes(), "local-ca.pem")
+        ca_key = profiles.load_private_key((local_ca / facts.LOCAL_CA_KEY).read_bytes(), "local-ca.key")
+        ca_cert = profiles.load_cert((local_ca / facts.LOCAL_CA_CERT).read_bytes(), "local-ca.pem")
     key = profiles.new_key()
     import uuid as uuid_module
 

@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
+from fioca import facts
 from fioca.cli import main
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import files, hsm, profiles
+from fioca.pki import hsm, profiles
 from fioca.pki.journal import WORK_DIR
 from fioca.pki.signer import HsmRootSigner, load_root_signer
 from fioca.sandbox.server import Sandbox
@@ -151,7 +152,7 @@ class HsmPki:
         return self.world.cli(*argv, env={**(self.pin_env() if pin_env else self.token.env), **(env or {})})
 
     def root(self) -> x509.Certificate:
-        return profiles.load_cert((self.pki / files.ROOT_CERT).read_bytes(), files.ROOT_CERT)
+        return profiles.load_cert((self.pki / facts.ROOT_CERT).read_bytes(), facts.ROOT_CERT)
 
 
 @pytest.fixture(scope="module")
@@ -182,19 +183,19 @@ def test_create_makes_the_root_on_the_token_and_no_key_file(made: HsmPki):
     assert "The root key is on HSM token 'factory-root'" in made.create.stdout
     assert "Keep factory_ca.key" not in made.create.stdout
     # No root key file anywhere: not in the PKI dir, and the work dir is gone.
-    assert not (made.pki / files.ROOT_KEY).exists()
+    assert not (made.pki / facts.ROOT_KEY).exists()
     assert not (made.pki / WORK_DIR).exists()
     for name, data in snapshot(made.pki).items():
         if b"PRIVATE KEY" in data:
-            assert name == files.LOCAL_CA_KEY
+            assert name == facts.LOCAL_CA_KEY
     # The root certificate's key is the token's, and the server holds that root.
     root = made.root()
     with made.token.active():
         token_key = hsm.root_public_key(made.token.settings())
     assert root.public_key().public_bytes(*SPKI) == token_key.public_bytes(*SPKI)
     profiles.check_root(root, factory=FACTORY)
-    assert made.world.certs()["root-crt"].strip() == (made.pki / files.ROOT_CERT).read_text().strip()
-    for name in (files.TLS_CERT, files.ONLINE_CA_CERT, files.LOCAL_CA_CERT):
+    assert made.world.certs()["root-crt"].strip() == (made.pki / facts.ROOT_CERT).read_text().strip()
+    for name in (facts.TLS_CERT, facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT):
         cert = profiles.load_cert((made.pki / name).read_bytes(), name)
         root.public_key().verify(cert.signature, cert.tbs_certificate_bytes, _ecdsa(cert))
 
@@ -203,8 +204,8 @@ def test_a_root_from_another_key_does_not_match_the_token(made: HsmPki):
     other = profiles.build_root(profiles.new_key(), factory=FACTORY)
     with made.token.active():
         with pytest.raises(CheckError, match="not the root-ca key on HSM token"):
-            hsm.check_cert_matches_token(made.token.settings(), other, files.ROOT_CERT)
-        hsm.check_cert_matches_token(made.token.settings(), made.root(), files.ROOT_CERT)
+            hsm.check_cert_matches_token(made.token.settings(), other, facts.ROOT_CERT)
+        hsm.check_cert_matches_token(made.token.settings(), made.root(), facts.ROOT_CERT)
 
 
 def _ecdsa(cert: x509.Certificate) -> ec.ECDSA:
@@ -235,7 +236,7 @@ def test_add_device_ca_online_signs_on_the_token(made: HsmPki, via: str):
     result = made.run("keys", "ca", "add-device-ca", made.pki, "--online-ca", "--via", via, "--yes",
                       *made.token.flags())  # fmt: skip
     assert result.exit_code == 0, result.output
-    online = profiles.load_cert((made.pki / files.ONLINE_CA_CERT).read_bytes(), files.ONLINE_CA_CERT)
+    online = profiles.load_cert((made.pki / facts.ONLINE_CA_CERT).read_bytes(), facts.ONLINE_CA_CERT)
     profiles.check_device_ca(online, root=made.root(), factory=FACTORY)
     assert _ca_serials(made) == before | {online.serial_number}
 
@@ -263,10 +264,10 @@ def test_disable_then_revoke_a_device_ca_with_a_crl_signed_on_the_token(made: Hs
 def test_rotate_tls_signs_on_the_token(made: HsmPki, via: str):
     result = made.run("keys", "ca", "rotate-tls", made.pki, "--via", via, "--yes", *made.token.flags())
     assert result.exit_code == 0, result.output
-    tls = profiles.load_cert((made.pki / files.TLS_CERT).read_bytes(), files.TLS_CERT)
-    csr = profiles.load_csr((made.pki / files.TLS_CSR).read_bytes(), files.TLS_CSR)
+    tls = profiles.load_cert((made.pki / facts.TLS_CERT).read_bytes(), facts.TLS_CERT)
+    csr = profiles.load_csr((made.pki / facts.TLS_CSR).read_bytes(), facts.TLS_CSR)
     profiles.check_gateway_tls(tls, root=made.root(), csr=csr)
-    assert made.world.certs()["tls-crt"].strip() == (made.pki / files.TLS_CERT).read_text().strip()
+    assert made.world.certs()["tls-crt"].strip() == (made.pki / facts.TLS_CERT).read_text().strip()
 
 
 @pytest.mark.parametrize("via", ["script", "inprocess"])
@@ -424,8 +425,8 @@ def test_dry_run_shows_the_hsm_branch_without_the_pin(fresh, tmp_path: Path):
     assert as_json.exit_code == 0, as_json.output
     plan = json.loads(as_json.stdout)["plan"]
     assert plan["hsm"] is True
-    assert plan["steps"][0]["produces"] == [files.ROOT_CERT]
-    assert files.ROOT_KEY not in plan["kept"]
+    assert plan["steps"][0]["produces"] == [facts.ROOT_CERT]
+    assert facts.ROOT_KEY not in plan["kept"]
     env = plan["hsm_settings"]["script_env"]
     assert env["HSM_PIN"] == "<hidden>" and env["HSM_MODULE"] == MODULE and env["HSM_TOKEN_LABEL"] == "fresh"
     assert env["SOFTHSM2_CONF"] == str(token.conf)
@@ -442,11 +443,11 @@ def test_dry_run_shows_the_hsm_branch_without_the_pin(fresh, tmp_path: Path):
     plain = world.cli("keys", "ca", "create", pki, "--dry-run", "--format", "json")
     plain_plan = json.loads(plain.stdout)["plan"]
     assert plain_plan["hsm"] is False and plain_plan["hsm_settings"] is None
-    assert plain_plan["steps"][0]["produces"] == [files.ROOT_KEY, files.ROOT_CERT]
+    assert plain_plan["steps"][0]["produces"] == [facts.ROOT_KEY, facts.ROOT_CERT]
 
 
 def test_the_audit_shows_the_hsm_branch_of_the_saved_answer(made: HsmPki, tmp_path: Path):
-    answer = made.pki / files.FACTORY_CERTS_JSON
+    answer = made.pki / facts.FACTORY_CERTS_JSON
     result = made.world.cli("keys", "ca", "audit", answer)
     assert result.exit_code == 0, result.output
     assert "pkcs11-tool --module $HSM_MODULE" in result.stdout

@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from fioca import facts
 from fioca.errors import RefusedError
 from fioca.pki import files, lifecycle, profiles, signer
 from fioca.api import FactoryApi
@@ -191,8 +192,8 @@ def test_add_device_ca_refuses_a_pki_dir_of_another_root(cli, created, tmp_path)
     other = tmp_path / "other"
     other.mkdir()
     key = profiles.new_key()
-    files.write_new(other / files.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_new(other / files.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(other / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(other / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     result = cli("keys", "ca", "add-device-ca", other, "--local-ca", "--yes", env=created.env)
     assert result.exit_code == 3
     assert "is not factory 'acme's root of trust" in result.stderr

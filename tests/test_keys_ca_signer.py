@@ -9,6 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fioca import facts
 from fioca.errors import CheckError, ConfigError, RefusedError, ScriptError
 from fioca.pki import profiles, signer
 from fioca.pki.scripts import ScriptRunner
@@ -42,8 +43,8 @@ def pki_dir(tmp_path_factory):
     """A PKI dir holding a root of the create profile (made in process: no sandbox needed)."""
     path = tmp_path_factory.mktemp("pki")
     key = profiles.new_key()
-    files.write_new(path / files.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_new(path / files.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(path / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(path / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     return path
 
 
@@ -53,7 +54,7 @@ def root_signer(pki_dir):
 
 
 def root_of(pki_dir):
-    return profiles.load_cert((pki_dir / files.ROOT_CERT).read_bytes(), "root")
+    return profiles.load_cert((pki_dir / facts.ROOT_CERT).read_bytes(), "root")
 
 
 def test_file_signer_loads_the_root_and_hides_its_key(root_signer, pki_dir):

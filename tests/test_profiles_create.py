@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import answer_with, server_certs
-from fioca.pki import files, profiles, reference
+from fioca import facts
+from fioca.pki import profiles, reference
 from fioca.sandbox import backend as sandbox_backend
 
 Role = profiles.Role
@@ -49,9 +50,9 @@ def test_create_accepts_a_cn_only_gateway_csr(cli, sandbox, sandbox_env, tmp_pat
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
     assert result.exit_code == 0, result.output
-    tls = profiles.load_cert((pki / files.TLS_CERT).read_bytes(), files.TLS_CERT)
+    tls = profiles.load_cert((pki / facts.TLS_CERT).read_bytes(), facts.TLS_CERT)
     assert [attribute.oid for attribute in tls.subject] == [NameOID.COMMON_NAME]
-    assert server_certs(sandbox)[1]["tls-crt"] == (pki / files.TLS_CERT).read_text()
+    assert server_certs(sandbox)[1]["tls-crt"] == (pki / facts.TLS_CERT).read_text()
 
 
 def test_create_refuses_an_online_ca_csr_for_another_factory(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
@@ -74,10 +75,10 @@ def test_create_with_the_apis_own_scripts(cli, sandbox, sandbox_env, tmp_path, m
     # --allow-unaudited: the audit still rates the scripts' `--pin $HSM_PIN` high (issue 11.2).
     result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
     assert result.exit_code == 0, result.output
-    root = profiles.load_cert((pki / files.ROOT_CERT).read_bytes(), files.ROOT_CERT)
+    root = profiles.load_cert((pki / facts.ROOT_CERT).read_bytes(), facts.ROOT_CERT)
     issued = [(name, profiles.load_cert((pki / name).read_bytes(), name), role, None)
-              for name, role in ((files.TLS_CERT, Role.GATEWAY_TLS), (files.ONLINE_CA_CERT, Role.DEVICE_CA),
-                                 (files.LOCAL_CA_CERT, Role.DEVICE_CA))]  # fmt: skip
+              for name, role in ((facts.TLS_CERT, Role.GATEWAY_TLS), (facts.ONLINE_CA_CERT, Role.DEVICE_CA),
+                                 (facts.LOCAL_CA_CERT, Role.DEVICE_CA))]  # fmt: skip
     notes = profiles.pki_notes(root, issued)
     assert all(f"matches the named profile {revision}-openssl-3 " in note for note in notes), notes
 
@@ -85,8 +86,8 @@ def test_create_with_the_apis_own_scripts(cli, sandbox, sandbox_env, tmp_path, m
 @pytest.mark.parametrize(
     ("script", "old", "new", "artifact"),
     [
-        ("create_ca", "-days 7300", "-days 7301", files.ROOT_CERT),
-        ("sign_ca_csr", "keyUsage = critical, keyCertSign", "keyUsage = critical, keyCertSign, cRLSign", files.ONLINE_CA_CERT),
+        ("create_ca", "-days 7300", "-days 7301", facts.ROOT_CERT),
+        ("sign_ca_csr", "keyUsage = critical, keyCertSign", "keyUsage = critical, keyCertSign, cRLSign", facts.ONLINE_CA_CERT),
     ],
     ids=["root-one-day-longer", "ca-with-crl-sign"],
 )  # fmt: skip
@@ -113,9 +114,9 @@ def test_the_upload_check_reads_the_stored_files(cli, sandbox, sandbox_env, tmp_
     with answering_tty(monkeypatch, "n\n"):
         declined = cli("keys", "ca", "create", pki, env=sandbox_env)
     assert declined.exit_code == 3, declined.output
-    root_path = pki / files.ROOT_CERT
+    root_path = pki / facts.ROOT_CERT
     stored_at = root_path.stat().st_mtime
-    root = profiles.load_cert(root_path.read_bytes(), files.ROOT_CERT)
+    root = profiles.load_cert(root_path.read_bytes(), facts.ROOT_CERT)
     late = root.not_valid_before_utc.timestamp() + 86400  # as if a backdated root had been stored now
     os.utime(root_path, (late, late))
     refused = cli("keys", "ca", "create", pki, "--resume", "--yes", env=sandbox_env)

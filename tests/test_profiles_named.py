@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from fioca import facts
 from fioca.pki import profiles
 from fioca.pki.profiles.named import CalendarYears, Days, validity_matches
 from pki_fixtures import FIXTURE_PROFILES, Pki, shared_pki
@@ -157,7 +158,6 @@ def test_validity_slack_follows_each_maker(made: dict[str, Pki]) -> None:
 
 
 def test_profiles_are_defined_from_facts() -> None:
-    from fioca import facts
 
     for profile in profiles.PROFILES:
         validity = profile.shape(Role.ROOT).validity

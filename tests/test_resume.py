@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fioca import facts
-from fioca.pki import files, profiles, reference
+from fioca.pki import profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
 from tests.conftest import FACTORY, answer_with, server_certs
@@ -26,10 +26,10 @@ def root_key_state(pki: Path) -> str:
     """'absent', or 'usable' when a root key exists (in the PKI dir or its work dir) and
     belongs to the root certificate beside it."""
     for folder in (pki, pki / WORK_DIR):
-        key_path = folder / files.ROOT_KEY
+        key_path = folder / facts.ROOT_KEY
         if key_path.exists():
             # A crash while files move may leave the key in the PKI dir and the cert in the work dir.
-            cert_path = next(p for p in (folder / files.ROOT_CERT, pki / WORK_DIR / files.ROOT_CERT) if p.exists())
+            cert_path = next(p for p in (folder / facts.ROOT_CERT, pki / WORK_DIR / facts.ROOT_CERT) if p.exists())
             key = profiles.load_private_key(key_path.read_bytes(), "key")
             cert = profiles.load_cert(cert_path.read_bytes(), "cert")
             profiles.check_key_matches(key, cert, "key")
@@ -40,7 +40,7 @@ def root_key_state(pki: Path) -> str:
 def assert_server_holds_disk_root(sandbox, pki: Path) -> None:
     status, certs = server_certs(sandbox)
     assert status == 200
-    assert certs["root-crt"] == (pki / files.ROOT_CERT).read_text()
+    assert certs["root-crt"] == (pki / facts.ROOT_CERT).read_text()
     assert root_key_state(pki) == "usable"
     assert not (pki / JOURNAL_FILE).exists() and not (pki / WORK_DIR).exists()
 
@@ -226,14 +226,14 @@ def test_resume_stops_when_the_factory_has_another_root(cli, sandbox, sandbox_en
     assert resumed.exit_code == 3
     assert "already has a different root of trust" in resumed.stderr
     assert root_key_state(mine) == "usable"
-    assert server_certs(sandbox)[1]["root-crt"] == (theirs / files.ROOT_CERT).read_text()
+    assert server_certs(sandbox)[1]["root-crt"] == (theirs / facts.ROOT_CERT).read_text()
 
 
 def test_resume_refuses_tampered_files(cli, sandbox, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=500)
     assert create(cli, sandbox_env, pki).exit_code == 6
-    tls = pki / files.TLS_CERT
+    tls = pki / facts.TLS_CERT
     tls.chmod(0o600)
     tls.write_text(tls.read_text().replace("A", "B", 1))
     resumed = create(cli, sandbox_env, pki, "--resume")
@@ -275,7 +275,7 @@ def test_racing_creates_on_two_dirs_one_root_wins(fioca_subprocess, sandbox, san
     winner = next(name for name, r in results.items() if r.returncode == 0)
     loser = results["b" if winner == "a" else "a"]
     assert ("already has a root of trust" in loser.stderr) or ("different root of trust" in loser.stderr)
-    assert server_certs(sandbox)[1]["root-crt"] == (tmp_path / winner / files.ROOT_CERT).read_text()
+    assert server_certs(sandbox)[1]["root-crt"] == (tmp_path / winner / facts.ROOT_CERT).read_text()
 
 
 def test_resume_with_fresh_csrs_when_the_server_forgot_the_first_ones(cli, sandbox, sandbox_env, tmp_path):
@@ -284,8 +284,8 @@ def test_resume_with_fresh_csrs_when_the_server_forgot_the_first_ones(cli, sandb
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=500)
     assert create(cli, sandbox_env, pki).exit_code == 6
-    root_before = (pki / files.ROOT_CERT).read_bytes()
-    tls_before = (pki / files.TLS_CERT).read_bytes()
+    root_before = (pki / facts.ROOT_CERT).read_bytes()
+    tls_before = (pki / facts.TLS_CERT).read_bytes()
     for kind in ("tls", "ca"):  # the server drops the keys behind the first run's CSRs
         for key in sandbox.store.backend_keys(kind, KEY_PENDING):
             sandbox.store.set_backend_key_state(key.id, KEY_RETIRED)
@@ -297,10 +297,10 @@ def test_resume_with_fresh_csrs_when_the_server_forgot_the_first_ones(cli, sandb
 
     resumed = create(cli, sandbox_env, pki, "--resume", "--fresh-csrs")
     assert resumed.exit_code == 0, resumed.output
-    assert (pki / files.ROOT_CERT).read_bytes() == root_before  # the same root, never a second one
-    assert (pki / files.TLS_CERT).read_bytes() != tls_before
-    assert (pki / f"{files.TLS_CERT}.stale").read_bytes() == tls_before
-    assert (pki / f"{files.FACTORY_CERTS_JSON}.1").exists()
+    assert (pki / facts.ROOT_CERT).read_bytes() == root_before  # the same root, never a second one
+    assert (pki / facts.TLS_CERT).read_bytes() != tls_before
+    assert (pki / f"{facts.TLS_CERT}.stale").read_bytes() == tls_before
+    assert (pki / f"{facts.FACTORY_CERTS_JSON}.1").exists()
     assert_server_holds_disk_root(sandbox, pki)
     status, certs = server_certs(sandbox)
-    assert certs["tls-crt"] == (pki / files.TLS_CERT).read_text()
+    assert certs["tls-crt"] == (pki / facts.TLS_CERT).read_text()

@@ -49,12 +49,11 @@ def _pki_dir(path: Path) -> files.PkiDir:
 
 def _root_signer(pki: files.PkiDir, hsm: HsmSettings | None) -> RootSigner:
     """The PKI dir's root; a root whose key is not beside it is most likely on an HSM."""
-    from fioca.pki import files
     from fioca.pki.signer import load_root_signer
 
-    if hsm is None and pki.has(files.ROOT_CERT) and not pki.has(files.ROOT_KEY):
+    if hsm is None and pki.has(facts.ROOT_CERT) and not pki.has(facts.ROOT_KEY):
         raise RefusedError(
-            f"{quote_path(pki / files.ROOT_KEY)} does not exist, but {files.ROOT_CERT} does: "
+            f"{quote_path(pki / facts.ROOT_KEY)} does not exist, but {facts.ROOT_CERT} does: "
             "if this root's key is on an HSM, pass --hsm-module and --hsm-token-label (and the PIN)",
             details=[f"  e.g. --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token-label <label>; PIN in {hsm_options.PIN_ENV}"],
         )

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fioca import api
+from fioca import api, facts
 from fioca.device import sota
 from fioca.errors import CheckError, FiocaError, PkiDirError, UsageError
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 
 DEVICE_PATH = "/device"
 TIMEOUT_SECONDS = 10
@@ -87,13 +87,13 @@ def locate(device_dir: Path, pki_dir: Path | None = None) -> DeviceFiles:
         server = sota.gateway_server((device_dir / "sota.toml").read_text(encoding="utf-8", errors="replace"))
     port = (urlsplit(server).port if server else None) or sota.GATEWAY_PORT
     if pki_dir is not None:
-        root = pki_dir / files.ROOT_CERT
-        tls_path = pki_dir / files.TLS_CERT
+        root = pki_dir / facts.ROOT_CERT
+        tls_path = pki_dir / facts.TLS_CERT
         if not tls_path.is_file() or not root.is_file():
-            raise PkiDirError(f"{pki_dir} must hold {files.ROOT_CERT} and {files.TLS_CERT}")
-        hosts = profiles.gateway_hosts(profiles.load_cert(tls_path.read_bytes(), files.TLS_CERT))
+            raise PkiDirError(f"{pki_dir} must hold {facts.ROOT_CERT} and {facts.TLS_CERT}")
+        hosts = profiles.gateway_hosts(profiles.load_cert(tls_path.read_bytes(), facts.TLS_CERT))
         if not hosts:
-            raise CheckError(files.TLS_CERT, "has no DNS names: cannot tell the gateway's host")
+            raise CheckError(facts.TLS_CERT, "has no DNS names: cannot tell the gateway's host")
         host = hosts[0]
     else:
         root = device_dir / "root.crt"

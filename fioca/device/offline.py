@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from fioca import facts
 from fioca.device import sota
 from fioca.errors import CheckError, ExitCode, FiocaError, PkiDirError, RefusedError, ScriptError, UsageError
 from fioca.pki import files, profiles
@@ -119,24 +120,24 @@ class OfflineDevice:
 def load_pki(pki_dir: Path) -> OfflinePki:
     """Read and check factory_ca.pem, local-ca.pem and tls-crt; the factory is the root's OU."""
     pki = files.PkiDir(pki_dir)
-    for name in (files.ROOT_CERT, files.LOCAL_CA_CERT, files.LOCAL_CA_KEY, files.TLS_CERT):
+    for name in (facts.ROOT_CERT, facts.LOCAL_CA_CERT, facts.LOCAL_CA_KEY, facts.TLS_CERT):
         if not pki.has(name):
             raise PkiDirError(
                 f"{pki.path / name} does not exist; offline devices need a PKI dir made by `fioca keys ca create` "
                 "with a local device CA"
             )
-    root_pem = pki.read_bytes(files.ROOT_CERT)
-    root = profiles.load_cert(root_pem, files.ROOT_CERT)
+    root_pem = pki.read_bytes(facts.ROOT_CERT)
+    root = profiles.load_cert(root_pem, facts.ROOT_CERT)
     factory = profiles.subject_ou(root)
     if not factory:
-        raise CheckError(files.ROOT_CERT, "subject has no OU (the factory name)")
-    profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
-    local_ca = profiles.load_cert(pki.read_bytes(files.LOCAL_CA_CERT), files.LOCAL_CA_CERT)
-    profiles.check_device_ca(local_ca, root=root, factory=factory, artifact=files.LOCAL_CA_CERT)
-    tls = profiles.load_cert(pki.read_bytes(files.TLS_CERT), files.TLS_CERT)
+        raise CheckError(facts.ROOT_CERT, "subject has no OU (the factory name)")
+    profiles.check_root(root, factory=factory, artifact=facts.ROOT_CERT)
+    local_ca = profiles.load_cert(pki.read_bytes(facts.LOCAL_CA_CERT), facts.LOCAL_CA_CERT)
+    profiles.check_device_ca(local_ca, root=root, factory=factory, artifact=facts.LOCAL_CA_CERT)
+    tls = profiles.load_cert(pki.read_bytes(facts.TLS_CERT), facts.TLS_CERT)
     hosts = profiles.gateway_hosts(tls)
     if len(hosts) < 2:
-        raise CheckError(files.TLS_CERT, "subjectAltName must name the gateway host and the OSTree host")
+        raise CheckError(facts.TLS_CERT, "subjectAltName must name the gateway host and the OSTree host")
     return OfflinePki(
         pki_dir=pki.path, factory=factory, local_ca=local_ca, root_pem=root_pem,
         gateway_host=hosts[0], ostree_host=hosts[1],
@@ -144,8 +145,8 @@ def load_pki(pki_dir: Path) -> OfflinePki:
 
 
 def load_local_ca_key(pki: OfflinePki) -> ec.EllipticCurvePrivateKey:
-    key = profiles.load_private_key(files.PkiDir(pki.pki_dir).read_bytes(files.LOCAL_CA_KEY), files.LOCAL_CA_KEY)
-    profiles.check_key_matches(key, pki.local_ca, files.LOCAL_CA_KEY)
+    key = profiles.load_private_key(files.PkiDir(pki.pki_dir).read_bytes(facts.LOCAL_CA_KEY), facts.LOCAL_CA_KEY)
+    profiles.check_key_matches(key, pki.local_ca, facts.LOCAL_CA_KEY)
     return key
 
 
@@ -354,12 +355,12 @@ class InProcessIssuer:
 def write_device(out: Path, spec: DeviceSpec, contents: dict[str, bytes]) -> OfflineDevice:
     """Write a device's files (0400) into a partial folder, then rename it into place."""
     partial = out / f"{PARTIAL_PREFIX}{spec.folder}"
-    os.mkdir(partial, files.DIR_MODE)
+    os.mkdir(partial, facts.DIR_MODE)
     try:
         folder_fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, data in contents.items():
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, files.FILE_MODE, dir_fd=folder_fd)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, facts.FILE_MODE, dir_fd=folder_fd)
                 try:
                     os.write(fd, data)
                 finally:
@@ -494,7 +495,7 @@ def create_faithful(
 def _faithful_one(pki: OfflinePki, options: OfflineOptions, spec: DeviceSpec) -> OfflineDevice:
     out = options.out_dir
     partial = out / f"{PARTIAL_PREFIX}{spec.folder}"
-    os.mkdir(partial, files.DIR_MODE)
+    os.mkdir(partial, facts.DIR_MODE)
     try:
         # Paths as the document writes them: relative to the PKI dir when the folder is inside it.
         try:
@@ -509,7 +510,7 @@ def _faithful_one(pki: OfflinePki, options: OfflineOptions, spec: DeviceSpec) ->
         (partial / ROOT_CERT).write_bytes(pki.root_pem)
         (partial / SOTA_TOML).write_bytes(render_sota_toml(pki, options))
         for name in DEVICE_FILES:
-            os.chmod(partial / name, files.FILE_MODE)
+            os.chmod(partial / name, facts.FILE_MODE)
         unexpected = sorted(set(os.listdir(partial)) - set(DEVICE_FILES))
         if unexpected:
             raise ScriptError(f"the documented procedure left unexpected files: {', '.join(unexpected)}")
@@ -545,7 +546,7 @@ def _check_faithful(partial: Path, pki: OfflinePki, options: OfflineOptions, spe
     # The document finds the gateway in `openssl x509 -ext subjectAltName`; it must agree.
     names = re.findall(r"DNS:([^,\s]+)", san_line)
     if names[:2] != [pki.gateway_host, pki.ostree_host]:
-        raise CheckError(files.TLS_CERT, f"openssl reports gateway names {names}, cryptography {pki.gateway_host}")
+        raise CheckError(facts.TLS_CERT, f"openssl reports gateway names {names}, cryptography {pki.gateway_host}")
 
 
 # --- The output folder -----------------------------------------------------------------------
@@ -557,7 +558,7 @@ def _locked_out_dir(out_dir: Path) -> Iterator[None]:
     folder = files.PkiDir(out_dir)
     if not folder.path.exists():
         try:
-            folder.path.mkdir(mode=files.DIR_MODE, parents=True)
+            folder.path.mkdir(mode=facts.DIR_MODE, parents=True)
         except OSError as exc:
             raise PkiDirError(f"cannot create {folder.path}: {exc.strerror}") from None
     elif not folder.path.is_dir():

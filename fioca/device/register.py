@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography import x509
 
+from fioca import facts
 from fioca.api import FactoryApi, Response
 from fioca.errors import ApiError, CheckError, PkiDirError, RefusedError, UsageError
 from fioca.pki import files, profiles
@@ -143,7 +144,7 @@ def register(api: RegistrationApi, options: RegisterOptions) -> Registered:
         _write(options.sota_dir / file_name, data, PUBLIC_FILE_MODE, replace=options.force)
         written.append(file_name)
     # The key last: a folder with pkey.pem is one whose registration completed.
-    _write(options.sota_dir / PKEY, profiles.private_key_pem(key), files.FILE_MODE, replace=options.force)
+    _write(options.sota_dir / PKEY, profiles.private_key_pem(key), facts.FILE_MODE, replace=options.force)
     written.append(PKEY)
     cert = profiles.load_cert(contents[CLIENT_CERT], CLIENT_CERT)
     return Registered(

@@ -148,10 +148,10 @@ def save_answer(pki: files.PkiDir, raw: bytes) -> tuple[dict, Path]:
         raise ApiError("the POST answer is not a JSON object; nothing was run")
     # `jq .` layout: two-space indent, keys in the server's order, UTF-8 left as is.
     pretty = json.dumps(data, indent=2, ensure_ascii=False)
-    target = pki / files.FACTORY_CERTS_JSON
+    target = pki / facts.FACTORY_CERTS_JSON
     if target.exists():
         target.rename(_free_name(target, numbered=True))
-    return data, pki.write_new(files.FACTORY_CERTS_JSON, (pretty + "\n").encode())
+    return data, pki.write_new(facts.FACTORY_CERTS_JSON, (pretty + "\n").encode())
 
 
 class CreateFlow:
@@ -202,8 +202,8 @@ class CreateFlow:
             else:
                 result.stored = [self.pki / name for name in self.plan.kept]
                 self.verify_stored(answer)
-            root = profiles.load_cert(self.pki.read_bytes(files.ROOT_CERT), files.ROOT_CERT)
-            tls = profiles.load_cert(self.pki.read_bytes(files.TLS_CERT), files.TLS_CERT)
+            root = profiles.load_cert(self.pki.read_bytes(facts.ROOT_CERT), facts.ROOT_CERT)
+            tls = profiles.load_cert(self.pki.read_bytes(facts.TLS_CERT), facts.TLS_CERT)
             self.check_before_upload(answer)
             result.patch_body = self.patch_body()
             result.root_fingerprint = profiles.fingerprint_sha256(root)
@@ -237,7 +237,7 @@ class CreateFlow:
             )
 
     def check_no_local_root(self) -> None:
-        for name in (files.ROOT_KEY, files.ROOT_CERT):
+        for name in (facts.ROOT_KEY, facts.ROOT_CERT):
             if self.pki.has(name):
                 raise RefusedError(
                     f"PKI dir {self.pki.path} already holds a root of trust ({name}); "
@@ -304,10 +304,10 @@ class CreateFlow:
 
     def saved_answer(self, journal: Journal) -> ServerAnswer:
         """On resume: the answer the first run saved, unchanged since (its SHA-256 is journalled)."""
-        raw = self.pki.read_bytes(files.FACTORY_CERTS_JSON)
+        raw = self.pki.read_bytes(facts.FACTORY_CERTS_JSON)
         if hashlib.sha256(raw).hexdigest() != journal.answer_sha256:
             raise RefusedError(
-                f"{self.pki / files.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely"
+                f"{self.pki / facts.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely"
             )
         answer = answer_from(json.loads(raw), raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn)
         check_csrs(answer, self.plan)
@@ -342,7 +342,7 @@ class CreateFlow:
             self.journal.stored = False
         for step in signing:
             self.journal.steps.pop(step.script, None)
-        self.journal.answer_sha256 = hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest()
+        self.journal.answer_sha256 = hashlib.sha256(self.pki.read_bytes(facts.FACTORY_CERTS_JSON)).hexdigest()
         self.journal.save()
         return answer
 
@@ -354,7 +354,7 @@ class CreateFlow:
             local_ca=self.plan.local_ca,
             hsm=self.plan.hsm,
             local_ca_cn=answer.local_ca_cn,
-            answer_sha256=hashlib.sha256(self.pki.read_bytes(files.FACTORY_CERTS_JSON)).hexdigest(),
+            answer_sha256=hashlib.sha256(self.pki.read_bytes(facts.FACTORY_CERTS_JSON)).hexdigest(),
         )
 
     def audit_scripts(self, answer: ServerAnswer) -> script_audit.AuditReport:
@@ -466,35 +466,35 @@ class CreateFlow:
             return profiles.load_csr((folder / name).read_bytes(), name)
 
         factory = answer.factory
-        root = cert(files.ROOT_CERT)
+        root = cert(facts.ROOT_CERT)
         if script == "create_ca":
-            profiles.check_root(root, factory=factory, artifact=files.ROOT_CERT)
-            profiles.check_made_by_scripts(root, profiles.Role.ROOT, factory=factory, artifact=files.ROOT_CERT)
+            profiles.check_root(root, factory=factory, artifact=facts.ROOT_CERT)
+            profiles.check_made_by_scripts(root, profiles.Role.ROOT, factory=factory, artifact=facts.ROOT_CERT)
             if self.options.hsm is None:
-                profiles.check_key_matches(key(files.ROOT_KEY), root, files.ROOT_KEY)
-            elif (folder / files.ROOT_KEY).exists():
-                raise CheckError(files.ROOT_KEY, "written in HSM mode: the root key must exist only on the token")
+                profiles.check_key_matches(key(facts.ROOT_KEY), root, facts.ROOT_KEY)
+            elif (folder / facts.ROOT_KEY).exists():
+                raise CheckError(facts.ROOT_KEY, "written in HSM mode: the root key must exist only on the token")
             else:
-                hsm.check_cert_matches_token(self.options.hsm, root, files.ROOT_CERT)
+                hsm.check_cert_matches_token(self.options.hsm, root, facts.ROOT_CERT)
         elif script == "sign_tls_csr":
-            tls, tls_csr = cert(files.TLS_CERT), csr(files.TLS_CSR)
-            profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact=files.TLS_CERT)
+            tls, tls_csr = cert(facts.TLS_CERT), csr(facts.TLS_CSR)
+            profiles.check_gateway_tls(tls, root=root, csr=tls_csr, artifact=facts.TLS_CERT)
             profiles.check_made_by_scripts(
-                tls, profiles.Role.GATEWAY_TLS, issuer=root, csr=tls_csr, artifact=files.TLS_CERT
+                tls, profiles.Role.GATEWAY_TLS, issuer=root, csr=tls_csr, artifact=facts.TLS_CERT
             )
         elif script == "sign_ca_csr":
-            online, online_csr = cert(files.ONLINE_CA_CERT), csr(files.ONLINE_CA_CSR)
-            profiles.check_device_ca(online, root=root, factory=factory, csr=online_csr, artifact=files.ONLINE_CA_CERT)
+            online, online_csr = cert(facts.ONLINE_CA_CERT), csr(facts.ONLINE_CA_CSR)
+            profiles.check_device_ca(online, root=root, factory=factory, csr=online_csr, artifact=facts.ONLINE_CA_CERT)
             profiles.check_made_by_scripts(
-                online, profiles.Role.DEVICE_CA, issuer=root, csr=online_csr, artifact=files.ONLINE_CA_CERT
+                online, profiles.Role.DEVICE_CA, issuer=root, csr=online_csr, artifact=facts.ONLINE_CA_CERT
             )
         elif script == "create_device_ca":
-            local = cert(files.LOCAL_CA_CERT)
+            local = cert(facts.LOCAL_CA_CERT)
             profiles.check_device_ca(
-                local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=files.LOCAL_CA_CERT
+                local, root=root, factory=factory, expected_cn=answer.local_ca_cn, artifact=facts.LOCAL_CA_CERT
             )
-            profiles.check_made_by_scripts(local, profiles.Role.DEVICE_CA, issuer=root, artifact=files.LOCAL_CA_CERT)
-            profiles.check_key_matches(key(files.LOCAL_CA_KEY), local, files.LOCAL_CA_KEY)
+            profiles.check_made_by_scripts(local, profiles.Role.DEVICE_CA, issuer=root, artifact=facts.LOCAL_CA_CERT)
+            profiles.check_key_matches(key(facts.LOCAL_CA_KEY), local, facts.LOCAL_CA_KEY)
 
     # Step 5 -----------------------------------------------------------------------------
     def store_artifacts(self, work_dir: Path) -> list[Path]:
@@ -536,17 +536,17 @@ class CreateFlow:
             return profiles.load_csr(answer.field(name).encode(), name)
 
         factory = answer.factory
-        root, made_at = stored(files.ROOT_CERT)
-        root_key = None if self.plan.hsm else profiles.load_private_key(self.pki.read_bytes(files.ROOT_KEY), files.ROOT_KEY)
+        root, made_at = stored(facts.ROOT_CERT)
+        root_key = None if self.plan.hsm else profiles.load_private_key(self.pki.read_bytes(facts.ROOT_KEY), facts.ROOT_KEY)
         profiles.check_upload(
-            root, role=profiles.Role.ROOT, factory=factory, key=root_key, made_at=made_at, artifact=files.ROOT_CERT
+            root, role=profiles.Role.ROOT, factory=factory, key=root_key, made_at=made_at, artifact=facts.ROOT_CERT
         )
-        issued = [(files.TLS_CERT, profiles.Role.GATEWAY_TLS, server_csr(files.TLS_CSR), None, None)]
+        issued = [(facts.TLS_CERT, profiles.Role.GATEWAY_TLS, server_csr(facts.TLS_CSR), None, None)]
         if self.plan.online_ca:
-            issued.append((files.ONLINE_CA_CERT, profiles.Role.DEVICE_CA, server_csr(files.ONLINE_CA_CSR), None, None))
+            issued.append((facts.ONLINE_CA_CERT, profiles.Role.DEVICE_CA, server_csr(facts.ONLINE_CA_CSR), None, None))
         if self.plan.local_ca:
-            local_key = profiles.load_private_key(self.pki.read_bytes(files.LOCAL_CA_KEY), files.LOCAL_CA_KEY)
-            issued.append((files.LOCAL_CA_CERT, profiles.Role.DEVICE_CA, None, local_key, answer.local_ca_cn))
+            local_key = profiles.load_private_key(self.pki.read_bytes(facts.LOCAL_CA_KEY), facts.LOCAL_CA_KEY)
+            issued.append((facts.LOCAL_CA_CERT, profiles.Role.DEVICE_CA, None, local_key, answer.local_ca_cn))
         for name, role, csr, key, cn in issued:
             cert, made_at = stored(name)
             profiles.check_upload(
@@ -656,16 +656,16 @@ def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
         if not csr.is_signature_valid:
             raise CheckError(name, "the CSR's self-signature does not verify")
         ou = profiles.subject_ou(csr)
-        if name == files.ONLINE_CA_CSR and ou != answer.factory:
+        if name == facts.ONLINE_CA_CSR and ou != answer.factory:
             raise CheckError(name, f"subject OU is {ou!r}, not the factory {answer.factory!r}")
-        profiles.check_server_csr(csr, gateway=name == files.TLS_CSR, artifact=name)
+        profiles.check_server_csr(csr, gateway=name == facts.TLS_CSR, artifact=name)
 
 
 def answer_from(
     data: dict, raw: bytes, *, factory: str, local_ca_cn: str, on_note: Callable[[str], None] = lambda _l: None
 ) -> ServerAnswer:
     """Take the scripts out of an answer, or fall back to the bundled ones when it has none."""
-    taken = jq_fields(data, (*SCRIPT_FIELDS, files.TLS_CSR, files.ONLINE_CA_CSR))
+    taken = jq_fields(data, (*SCRIPT_FIELDS, facts.TLS_CSR, facts.ONLINE_CA_CSR))
     present = {name: taken[name] for name in SCRIPT_FIELDS}
     for name, value in present.items():
         if value is not None and not isinstance(value, str):
@@ -678,7 +678,7 @@ def answer_from(
             raise ApiError("the POST answer has some scripts but not all four; nothing was run")
         on_note("The answer carries no scripts (today's API sends none): using fioca's bundled reference scripts")
         scripts = reference.rendered(factory=factory, local_ca_cn=local_ca_cn)
-    csrs = {name: taken[name] for name in (files.TLS_CSR, files.ONLINE_CA_CSR)}
+    csrs = {name: taken[name] for name in (facts.TLS_CSR, facts.ONLINE_CA_CSR)}
     for name, value in csrs.items():
         if value is not None and not isinstance(value, str):
             raise ApiError(f"the POST answer's {name} is not a string; nothing was run")

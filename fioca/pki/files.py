@@ -16,22 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from fioca import facts
 from fioca.errors import PkiDirError, RefusedError
-
-# The PKI directory's files, named as fioctl names them.
-ROOT_KEY = "factory_ca.key"
-ROOT_CERT = "factory_ca.pem"
-TLS_CERT = "tls-crt"
-TLS_CSR = "tls-csr"
-ONLINE_CA_CERT = "online-crt"
-ONLINE_CA_CSR = "ca-csr"
-LOCAL_CA_KEY = "local-ca.key"
-LOCAL_CA_CERT = "local-ca.pem"
-FACTORY_CERTS_JSON = "factory_certs.json"
-LOCK_FILE = ".fioca.lock"
-
-FILE_MODE = 0o400
-DIR_MODE = 0o700
 
 
 class PkiDir:
@@ -50,13 +36,13 @@ class PkiDir:
             raise PkiDirError(f"PKI dir {self.path} exists and is not a directory")
         if not self.path.exists():
             try:
-                self.path.mkdir(mode=DIR_MODE, parents=True)
+                self.path.mkdir(mode=facts.DIR_MODE, parents=True)
             except OSError as exc:
                 raise PkiDirError(f"cannot create PKI dir {self.path}: {exc.strerror}") from None
         mode = stat.S_IMODE(self.path.stat().st_mode)
-        if mode != DIR_MODE:
+        if mode != facts.DIR_MODE:
             try:
-                self.path.chmod(DIR_MODE)
+                self.path.chmod(facts.DIR_MODE)
             except OSError as exc:
                 raise PkiDirError(f"cannot make PKI dir {self.path} private (0700): {exc.strerror}") from None
             notes.append(f"PKI dir {self.path} was {mode:04o}, now 0700")
@@ -75,23 +61,23 @@ class PkiDir:
         except OSError as exc:
             raise PkiDirError(f"cannot read {self.path / name}: {exc.strerror}") from None
 
-    def write_new(self, name: str, data: bytes, mode: int = FILE_MODE) -> Path:
+    def write_new(self, name: str, data: bytes, mode: int = facts.FILE_MODE) -> Path:
         return write_new(self.path / name, data, mode)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on the directory; a second fioca on the same dir is refused."""
-        lock_path = self.path / LOCK_FILE
+        lock_path = self.path / facts.LOCK_FILE
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise PkiDirError(f"cannot lock PKI dir {self.path} ({LOCK_FILE}): {exc.strerror}") from None
+            raise PkiDirError(f"cannot lock PKI dir {self.path} ({facts.LOCK_FILE}): {exc.strerror}") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RefusedError(
-                    f"PKI dir {self.path} is in use by another fioca run (lock {LOCK_FILE}); wait for it to finish"
+                    f"PKI dir {self.path} is in use by another fioca run (lock {facts.LOCK_FILE}); wait for it to finish"
                 ) from None
             yield
         finally:
@@ -116,7 +102,7 @@ def _staged(path: Path, data: bytes, mode: int) -> Iterator[str]:
             os.unlink(tmp_name)
 
 
-def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+def write_new(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
     """Write `data` to `path` atomically with `mode`, refusing to replace an existing file."""
     path = Path(path)
     if path.exists():
@@ -135,7 +121,7 @@ def write_new(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
     return path
 
 
-def replace_file(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+def replace_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
     """Write `data` to `path` atomically with `mode`, replacing any file there (temp file + rename).
 
     Only for files the user asked to overwrite (`device register --force`); the PKI dir uses

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from fioca import facts
 from fioca.api import CERT_FIELDS, NOT_CONFIGURED, NOT_CONFIGURED_HINT, FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError, UsageError
 from fioca.pki import files, profiles
@@ -75,7 +76,7 @@ def require_factory_root(signer: RootSigner, pki: FactoryPki) -> None:
     """The PKI dir's root must be the factory's root of trust, or nothing it signs is trusted."""
     if signer.certificate.fingerprint(hashes.SHA256()) != pki.root.fingerprint(hashes.SHA256()):
         raise RefusedError(
-            f"{signer.pki_dir / files.ROOT_CERT} is not factory '{pki.factory}'s root of trust "
+            f"{signer.pki_dir / facts.ROOT_CERT} is not factory '{pki.factory}'s root of trust "
             f"(SHA-256 {profiles.fingerprint_sha256(signer.certificate)}, the factory's is "
             f"{profiles.fingerprint_sha256(pki.root)}); use the PKI dir `keys ca create` made for this factory"
         )
@@ -181,7 +182,7 @@ def _store_and_patch(
 
 
 # fioctl's words for the files it moves aside (fioca also keeps the old CSRs).
-_MOVED_WORDS = {files.TLS_CERT: "TLS cert file", files.ONLINE_CA_CERT: "online device CA file"}
+_MOVED_WORDS = {facts.TLS_CERT: "TLS cert file", facts.ONLINE_CA_CERT: "online device CA file"}
 
 
 def not_confirmed(what: str) -> RefusedError:
@@ -249,7 +250,7 @@ def apply_update(api: FactoryApi, plan: UpdatePlan) -> dict[str, Any]:
 class AddDeviceCaOptions:
     online_ca: bool = False
     local_ca: bool = False
-    local_ca_filename: str = files.LOCAL_CA_CERT
+    local_ca_filename: str = facts.LOCAL_CA_CERT
     via: Via = "script"
 
 
@@ -339,11 +340,11 @@ def add_device_ca(
             answer = api.post_certs({"first-time-init": False, "ca-csr": True, "est-tls-csr": False, "tls-csr": False})
             csr = _csr_from_answer(answer.body, "ca-csr", pki.factory)
             progress("Signing Foundries.io CSR for online use")
-            online = sign_csr(signer, csr, "ca", via=options.via, artifact=files.ONLINE_CA_CERT, on_stderr=on_script_stderr)
-            moves = [name for name in (files.ONLINE_CA_CERT, files.ONLINE_CA_CSR) if pki_dir.has(name)]
-            writes[files.ONLINE_CA_CSR] = profiles.csr_pem(csr)
-            writes[files.ONLINE_CA_CERT] = profiles.cert_pem(online)
-            new_cas.append(ca_summary(online, kind="online", file=files.ONLINE_CA_CERT))
+            online = sign_csr(signer, csr, "ca", via=options.via, artifact=facts.ONLINE_CA_CERT, on_stderr=on_script_stderr)
+            moves = [name for name in (facts.ONLINE_CA_CERT, facts.ONLINE_CA_CSR) if pki_dir.has(name)]
+            writes[facts.ONLINE_CA_CSR] = profiles.csr_pem(csr)
+            writes[facts.ONLINE_CA_CERT] = profiles.cert_pem(online)
+            new_cas.append(ca_summary(online, kind="online", file=facts.ONLINE_CA_CERT))
             new_pems.append(profiles.cert_pem(online).decode())
         bundle = "\n".join([pki.ca_crt.rstrip("\n") + "\n", *new_pems]) if pki.ca_crt else "\n".join(new_pems)
         plan = AddDeviceCaPlan(pki.factory, new_cas, writes, moves, {"ca-crt": bundle})
@@ -362,7 +363,7 @@ def _csr_from_answer(body: dict[str, Any], name: str, factory: str) -> x509.Cert
     csr = profiles.load_csr(value, name)
     ou = profiles.subject_ou(csr)
     # A device CA's OU must be the factory; the gateway's CSR may name a CN only (fioctl never checks it).
-    if name == files.ONLINE_CA_CSR and ou != factory:
+    if name == facts.ONLINE_CA_CSR and ou != factory:
         raise CheckError(name, f"subject OU is {ou!r}, not the factory {factory!r}")
     return csr
 
@@ -504,12 +505,12 @@ def rotate_tls(
         answer = api.post_certs({"first-time-init": False, "ca-csr": False, "est-tls-csr": False, "tls-csr": True})
         csr = _csr_from_answer(answer.body, "tls-csr", pki.factory)
         progress("Signing Foundries.io TLS CSR")
-        cert = sign_csr(signer, csr, "tls", via=via, artifact=files.TLS_CERT, on_stderr=on_script_stderr)
-        moves = [name for name in (files.TLS_CERT, files.TLS_CSR) if pki_dir.has(name)]
+        cert = sign_csr(signer, csr, "tls", via=via, artifact=facts.TLS_CERT, on_stderr=on_script_stderr)
+        moves = [name for name in (facts.TLS_CERT, facts.TLS_CSR) if pki_dir.has(name)]
         plan = RotateTlsPlan(pki.factory, pki.tls, cert, csr, moves)
         if not confirm(plan):
             raise not_confirmed("rotating the gateway TLS certificate")
-        writes = {files.TLS_CSR: profiles.csr_pem(csr), files.TLS_CERT: profiles.cert_pem(cert)}
+        writes = {facts.TLS_CSR: profiles.csr_pem(csr), facts.TLS_CERT: profiles.cert_pem(cert)}
         return _store_and_patch(
             api, pki_dir, plan, moves=moves, writes=writes, progress=progress,
             uploading="Uploading signed certs to Foundries.io",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fioca.pki import files
+from fioca import facts
 
 
 @dataclass(frozen=True)
@@ -72,41 +72,41 @@ class CreatePlan:
 
 
 def plan_create(*, online_ca: bool = True, local_ca: bool = True, hsm: bool = False) -> CreatePlan:
-    root_files = (files.ROOT_CERT,) if hsm else (files.ROOT_KEY, files.ROOT_CERT)
+    root_files = (facts.ROOT_CERT,) if hsm else (facts.ROOT_KEY, facts.ROOT_CERT)
     steps = [
         ScriptStep("create_ca", (), "Creating offline root CA for Factory", produces=root_files),
         ScriptStep(
-            "sign_tls_csr", (files.TLS_CSR,), "Signing Foundries TLS CSR", produces=(), stdout_file=files.TLS_CERT
+            "sign_tls_csr", (facts.TLS_CSR,), "Signing Foundries TLS CSR", produces=(), stdout_file=facts.TLS_CERT
         ),
     ]
-    inputs = [files.TLS_CSR]
+    inputs = [facts.TLS_CSR]
     ca_sources: list[str] = []
     if online_ca:
-        inputs.append(files.ONLINE_CA_CSR)
+        inputs.append(facts.ONLINE_CA_CSR)
         steps.append(
             ScriptStep(
                 "sign_ca_csr",
-                (files.ONLINE_CA_CSR,),
+                (facts.ONLINE_CA_CSR,),
                 "Signing Foundries CSR for online use",
                 produces=(),
-                stdout_file=files.ONLINE_CA_CERT,
+                stdout_file=facts.ONLINE_CA_CERT,
             )
         )
-        ca_sources.append(files.ONLINE_CA_CERT)
+        ca_sources.append(facts.ONLINE_CA_CERT)
     if local_ca:
         steps.append(
             ScriptStep(
                 "create_device_ca",
-                (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT),
+                (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
                 "Creating local device CA",
-                produces=(files.LOCAL_CA_KEY, files.LOCAL_CA_CERT),
+                produces=(facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
             )
         )
-        ca_sources.append(files.LOCAL_CA_CERT)
-    patch = [PatchField("root-crt", (files.ROOT_CERT,)), PatchField("tls-crt", (files.TLS_CERT,))]
+        ca_sources.append(facts.LOCAL_CA_CERT)
+    patch = [PatchField("root-crt", (facts.ROOT_CERT,)), PatchField("tls-crt", (facts.TLS_CERT,))]
     if ca_sources:
         patch.append(PatchField("ca-crt", tuple(ca_sources)))
-    kept = [*root_files, files.TLS_CERT]
+    kept = [*root_files, facts.TLS_CERT]
     kept += [name for step in steps[2:] for name in (step.stdout_file, *step.produces) if name]
     kept += inputs + [step.script for step in steps]
     return CreatePlan(

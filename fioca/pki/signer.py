@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from fioca import facts
 from fioca.errors import CheckError, RefusedError
 from fioca.pki import files, hsm, profiles, reference
 from fioca.pki.hsm import HsmSettings
@@ -75,9 +76,9 @@ class _CheckedRoot:
     """
 
     def __init__(self, pki: files.PkiDir, cert_pem: bytes, *, factory: str | None):
-        cert = profiles.load_cert(cert_pem, files.ROOT_CERT)
+        cert = profiles.load_cert(cert_pem, facts.ROOT_CERT)
         ou = profiles.subject_ou(cert) or ""
-        profiles.check_root(cert, factory=factory or ou, artifact=files.ROOT_CERT)
+        profiles.check_root(cert, factory=factory or ou, artifact=facts.ROOT_CERT)
         self._pki = pki
         self._cert = cert
         self._factory = ou
@@ -95,7 +96,7 @@ class _CheckedRoot:
         return self._pki.path
 
     def _stage_certificate(self, work_dir: Path) -> None:
-        _write_private(work_dir / files.ROOT_CERT, profiles.cert_pem(self._cert))
+        _write_private(work_dir / facts.ROOT_CERT, profiles.cert_pem(self._cert))
 
 
 class FileRootSigner(_CheckedRoot):
@@ -103,11 +104,11 @@ class FileRootSigner(_CheckedRoot):
 
     def __init__(self, pki_dir: Path, *, factory: str | None = None):
         pki = files.PkiDir(pki_dir)
-        cert_pem = _read_required(pki, files.ROOT_CERT)
-        key_pem = _read_required(pki, files.ROOT_KEY)
+        cert_pem = _read_required(pki, facts.ROOT_CERT)
+        key_pem = _read_required(pki, facts.ROOT_KEY)
         super().__init__(pki, cert_pem, factory=factory)
-        key = profiles.load_private_key(key_pem, files.ROOT_KEY)
-        profiles.check_key_matches(key, self._cert, files.ROOT_KEY)
+        key = profiles.load_private_key(key_pem, facts.ROOT_KEY)
+        profiles.check_key_matches(key, self._cert, facts.ROOT_KEY)
         self._key = key
         self._key_pem = key_pem
 
@@ -120,7 +121,7 @@ class FileRootSigner(_CheckedRoot):
     def stage_for_scripts(self, work_dir: Path) -> dict[str, str]:
         # The key is copied as its exact bytes, 0400, into the 0700 work dir that is removed after.
         self._stage_certificate(work_dir)
-        _write_private(work_dir / files.ROOT_KEY, self._key_pem)
+        _write_private(work_dir / facts.ROOT_KEY, self._key_pem)
         return {}
 
 
@@ -133,17 +134,17 @@ class HsmRootSigner(_CheckedRoot):
 
     def __init__(self, pki_dir: Path, settings: HsmSettings, *, factory: str | None = None):
         pki = files.PkiDir(pki_dir)
-        if not pki.has(files.ROOT_CERT):
+        if not pki.has(facts.ROOT_CERT):
             raise RefusedError(
-                f"{pki / files.ROOT_CERT} does not exist: {pki.path} is not a PKI dir made by "
+                f"{pki / facts.ROOT_CERT} does not exist: {pki.path} is not a PKI dir made by "
                 "`keys ca create` (with HSM flags it needs factory_ca.pem; the key is on the token)"
             )
-        super().__init__(pki, pki.read_bytes(files.ROOT_CERT), factory=factory)
+        super().__init__(pki, pki.read_bytes(facts.ROOT_CERT), factory=factory)
         public_key = hsm.root_public_key(settings)
         if not _same_public_key(public_key, self._cert.public_key()):
             raise RefusedError(
                 f"the {hsm.ROOT_KEY_LABEL} key on HSM token '{settings.token_label}' is not the key of "
-                f"{pki / files.ROOT_CERT}; use the token this root was made on"
+                f"{pki / facts.ROOT_CERT}; use the token this root was made on"
             )
         self._settings = settings
         self._key = hsm.TokenKey(settings, public_key)
@@ -244,7 +245,7 @@ def _check_requested_constraints(value: x509.BasicConstraints, profile: Profile,
 # --- Signing ----------------------------------------------------------------------------------
 
 _SCRIPT_FOR_PROFILE = {"tls": "sign_tls_csr", "ca": "sign_ca_csr"}
-_CSR_FILE_FOR_PROFILE = {"tls": files.TLS_CSR, "ca": files.ONLINE_CA_CSR}
+_CSR_FILE_FOR_PROFILE = {"tls": facts.TLS_CSR, "ca": facts.ONLINE_CA_CSR}
 
 
 @contextmanager
@@ -344,10 +345,10 @@ def create_local_ca(
         script = "create_device_ca"
         with _script_work_dir(signer, runner_factory, on_stderr) as (work_dir, runner):
             runner.install(script, _reference_script(script, factory=signer.factory, local_ca_cn=cn))
-            runner.run(script, (files.LOCAL_CA_KEY, files.LOCAL_CA_CERT))
-            key_pem = runner.take(files.LOCAL_CA_KEY)
-            cert_pem = runner.take(files.LOCAL_CA_CERT)
-        cert = profiles.load_cert(cert_pem, files.LOCAL_CA_CERT)
+            runner.run(script, (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT))
+            key_pem = runner.take(facts.LOCAL_CA_KEY)
+            cert_pem = runner.take(facts.LOCAL_CA_CERT)
+        cert = profiles.load_cert(cert_pem, facts.LOCAL_CA_CERT)
     elif via == "inprocess":
         key = profiles.new_key()
         csr = profiles.build_device_ca_csr(key, cn=cn, factory=signer.factory)
@@ -356,10 +357,10 @@ def create_local_ca(
     else:
         raise ValueError(f"via must be one of {VIAS}, got {via!r}")
     profiles.check_device_ca(
-        cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=files.LOCAL_CA_CERT
+        cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=facts.LOCAL_CA_CERT
     )
-    _check_as_fioca_asks(cert, profiles.Role.DEVICE_CA, signer, csr=None, via=via, artifact=files.LOCAL_CA_CERT)
-    profiles.check_key_matches(profiles.load_private_key(key_pem, files.LOCAL_CA_KEY), cert, files.LOCAL_CA_KEY)
+    _check_as_fioca_asks(cert, profiles.Role.DEVICE_CA, signer, csr=None, via=via, artifact=facts.LOCAL_CA_CERT)
+    profiles.check_key_matches(profiles.load_private_key(key_pem, facts.LOCAL_CA_KEY), cert, facts.LOCAL_CA_KEY)
     return LocalCa(cert=cert, key_pem=key_pem)
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Mapping
 
 from fioca.pki.audit import knowledge, parser, walker
-from fioca.pki.audit.report import AuditReport, Command, Finding, ScriptAudit, ScriptFinding, Severity
+from fioca.pki.audit.report import AuditReport, Finding, ScriptAudit, Severity
 from fioca.pki.audit.state import World
 
 def audit_scripts(scripts: Mapping[str, object], *, hsm: bool, known: dict[str, dict[str, str]], jail: str) -> AuditReport:
