@@ -73,5 +73,15 @@ class ApiError(FiocaError):
         self.status = status
 
 
+class Interrupted(FiocaError):
+    """Ctrl-C, reported by a flow that can say what state it left and what to run next. The
+    message is the whole line shown, e.g. "Interrupted while create_ca ran; nothing was sent;
+    the journal in PKI_DIR says what is done: run `fioca keys ca create PKI_DIR --resume`".
+    A plain KeyboardInterrupt, or any other error once `fioca.interrupts.received()`, is shown
+    as "Interrupted." alone (exit 130 either way)."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class PkiDirError(FiocaError):
     """The PKI directory cannot be used as asked (missing, a file, not writable, locked)."""

@@ -43,6 +43,11 @@ SIGN_CA_CSR = "sign_ca_csr"
 CREATE_DEVICE_CA = "create_device_ca"
 SCRIPT_NAMES = (CREATE_CA, SIGN_TLS_CSR, SIGN_CA_CSR, CREATE_DEVICE_CA)
 
+# --- How the root signs (keys ca sign, add-device-ca, rotate-tls) ---------------------------
+
+SIGN_PROFILES = ("tls", "ca")  # a gateway (server) certificate, a device CA
+SIGN_VIAS = ("script", "inprocess")  # the bundled reference scripts with openssl, or in process
+
 # --- The Factory API -------------------------------------------------------------------------
 
 DEFAULT_API = "https://api.foundries.io"
@@ -96,6 +101,25 @@ class Validity:
 SCRIPT_VALIDITY = Validity(root=7300, gateway_tls=3650, device_ca=3650)
 # fioctl's Go PKI (v0.37 on): 20 and 10 calendar years from the day of issue.
 GO_YEARS = Validity(root=20, gateway_tls=10, device_ca=10)
+
+ROOT_CN = "Factory-CA"  # the root's CN in every profile (fioctl: factoryCaName)
+
+# Serial numbers: OpenSSL (`req -x509`, `-CAcreateserial`) draws 159 random bits, fioctl's Go
+# PKI 160 (so a Go serial can take 21 octets in DER).
+OPENSSL_SERIAL_BITS = 159
+GO_SERIAL_BITS = 160
+# Fewer bits than this and a serial was not drawn at random (a counter, a chosen value).
+RANDOM_SERIAL_MIN_BITS = 64
+
+# What breaks trust whatever the profile: keys and digests every verifier treats as weak.
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 224
+WEAK_DIGESTS = ("md5", "sha1")
+
+# How far apart a signer's clock and ours may be ("not yet valid", "expired").
+CLOCK_SKEW_MINUTES = 5
+# The upload check: a certificate fioca uploads was made at most this long before it was stored.
+UPLOAD_NOT_BEFORE_MINUTES = 15
 
 # Device certificates.
 OFFLINE_DEVICE_DAYS = 30  # the seed procedure: OpenSSL's default (its `days=3650` is ignored)

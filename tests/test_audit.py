@@ -203,7 +203,7 @@ def test_sign_scripts_ask_for_stdout_with_computed_names() -> None:
         AskedExtension("keyUsage", True, ("digitalSignature",)),
         AskedExtension("extendedKeyUsage", True, ("serverAuth",)),
         AskedExtension("subjectAltName", False, None),  # $dns: computed at run time
-        AskedExtension("authorityKeyIdentifier", False, ("keyid",)),
+        AskedExtension("authorityKeyIdentifier", False, ("keyid", "issuer")),
     )
     assert "$1" in tls.reads and "factory_ca.key" in tls.reads and "factory_ca.srl" in tls.writes
     # The DNS names come from a pipeline inside $(...): its commands are listed too.

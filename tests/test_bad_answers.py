@@ -42,7 +42,7 @@ from fioca.sandbox.tls import make_ca, issue_server_cert
 from tests.conftest import FACTORY, config_env, record_certs_calls
 
 TOKEN = "tok-bad-answers-0123456789"
-DETAIL_PREFIXES = ("= ", " * ")
+DETAIL_PREFIXES = ("= ", " * ", "  ")  # fioctl's detail lines, then fioca's hints (what to do next)
 USER_NOTE = b"my own notes; fioca must never touch this\n"
 GATEWAY_NAMES = ["0a1b2c.ota-lite.foundries.io", "0a1b2c.ostree.foundries.io"]
 
@@ -331,7 +331,7 @@ def world(tmp_path_factory) -> Iterator[FakeWorld]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY, scripts="api-2026") as sandbox:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY, scripts="fioca") as sandbox:
         yield sandbox
 
 
@@ -817,8 +817,8 @@ def signing_pki(tmp_path_factory) -> Path:
     pki = tmp_path_factory.mktemp("signing") / "pki"
     pki.mkdir(mode=0o700)
     key = profiles.new_key()
-    files.write_file(pki / facts.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_file(pki / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(pki / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(pki / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     return pki
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fioca.api import NOT_CONFIGURED
+from fioca.api import NOT_CONFIGURED, NOT_CONFIGURED_HINT
 from fioca.config import load_settings
 from fioca.errors import ConfigError
 from tests.conftest import FACTORY
@@ -76,12 +76,27 @@ def test_bad_config_files_are_one_clear_line(cli, tmp_path, content, message):
     assert "Traceback" not in result.output
 
 
-def test_missing_factory_and_token(cli, tmp_path):
+def test_missing_factory_says_how_to_set_it(cli, home):
     result = cli("keys", "ca", "show", env={"FIOCTL_TOKEN": "t"})
     assert result.exit_code == 1
-    assert result.stderr.strip() == 'ERROR: Required flag "factory" not set'
-    no_token = cli("-f", "acme", "keys", "ca", "show")
-    assert "no API token" in no_token.stderr and no_token.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == 'ERROR: Required flag "factory" not set'  # fioctl's words first
+    assert lines[1] == (
+        f'  set it with -f/--factory, FIOCTL_FACTORY, or "factory:" in {home}/.config/fioctl.yaml (there is no such file)'
+    )
+    assert "fioca sandbox serve --data ./sandbox" in lines[2]
+
+
+def test_no_config_at_all_says_how_to_configure(cli, home):
+    for argv in (("keys", "ca", "show"), ("-f", "acme", "keys", "ca", "show")):
+        result = cli(*argv)
+        assert result.exit_code == 1
+        lines = result.stderr.splitlines()
+        assert lines[0] == 'ERROR: Please run: "fioctl login" first, or give fioca an API token'
+        assert "FIOCTL_TOKEN" in lines[1] and f"{home}/.config/fioctl.yaml" in lines[1]
+        assert "fioctl login" in lines[2]
+        assert "fioca sandbox serve --data ./sandbox &" in lines[3] and "FIOCTL_CONFIG=./sandbox/fioctl.yaml" in lines[3]
+        assert "Traceback" not in result.output
 
 
 # -- the API's answers and errors ------------------------------------------------------------
@@ -89,15 +104,22 @@ def test_missing_factory_and_token(cli, tmp_path):
 def test_show_before_create_says_not_configured(cli, sandbox_env):
     result = cli("keys", "ca", "show", env=sandbox_env)
     assert result.exit_code == 1
-    assert result.stderr.strip() == f"ERROR: {NOT_CONFIGURED}"
+    assert result.stderr.splitlines() == [f"ERROR: {NOT_CONFIGURED}", NOT_CONFIGURED_HINT]
+    assert "fioca keys ca create" in NOT_CONFIGURED and "fioctl" not in NOT_CONFIGURED
 
 
 def test_bad_token_is_rendered_as_fioctl_renders_http_errors(cli, sandbox, sandbox_env):
     result = cli("-t", "wrong-token", "keys", "ca", "show", env=sandbox_env)
     assert result.exit_code == 6
     url = f"{sandbox.info.api_url}/ota/factories/{FACTORY}/certs/"
-    assert result.stderr.splitlines()[0] == f"ERROR: HTTP error during GET '{url}': 401 Unauthorized"
-    assert result.stderr.splitlines()[1].startswith("= ")
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"ERROR: HTTP error during GET '{url}': 401 Unauthorized"
+    assert lines[1].startswith("= ")
+    # Where the token came from, so the user knows what to fix.
+    assert lines[-1] == (
+        "  the server did not accept the credentials from -t/--token (sent as OSF-TOKEN); "
+        "check them, or run `fioctl login` again"
+    )
     assert "wrong-token" not in result.output
 
 
@@ -107,8 +129,9 @@ def test_unreachable_server_is_one_line(cli, tmp_path):
         port = sock.getsockname()[1]  # bound, never listening: connection refused
         result = cli("-f", "acme", "-t", "tok", "--server", f"http://127.0.0.1:{port}", "keys", "ca", "show")
     assert result.exit_code == 6
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("ERROR: cannot reach the server during GET")
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("ERROR: cannot reach the server during GET")
+    assert lines[1:] == ["  nothing listens there; if it is a fioca sandbox, start it with `fioca sandbox serve --data DIR`"]
 
 
 def test_wrong_ca_for_the_api_is_a_tls_error(cli, sandbox, tmp_path):
@@ -116,7 +139,9 @@ def test_wrong_ca_for_the_api_is_a_tls_error(cli, sandbox, tmp_path):
                           server={"url": sandbox.info.api_url})  # no cacert: the system store
     result = cli("-c", config, "keys", "ca", "show")
     assert result.exit_code == 6
-    assert result.stderr.startswith("ERROR: TLS error during GET")
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("ERROR: TLS error during GET") and "certificate verify failed" in lines[0]
+    assert "CACERT" in lines[1] and "adds it to the system's CAs" in lines[1]
     assert sandbox.info.token not in result.output
 
 
@@ -148,41 +173,61 @@ def configured(cli, sandbox, sandbox_env, tmp_path):
     return pki
 
 
-def test_show_in_fioctl_layout(cli, sandbox_env, configured):
+def _certs(cli, env) -> dict:
+    return json.loads(cli("keys", "ca", "show", "--format", "json", env=env).stdout)
+
+
+def test_show_is_fioctls_layout_byte_for_byte(cli, sandbox_env, configured):
+    body = _certs(cli, sandbox_env)
+    meta = body["change-meta"]
+    # fioctl's doShowCA: fmt.Println of each heading and of each PEM as the server sent it
+    # (which ends in a newline, so a blank line follows), "\n## Device ..." for two more.
+    expected = (
+        "## Change Metadata\n"
+        f"Created at: {meta['created-at']}\n"
+        f"Created by: {meta['created-by']}\n"
+        "## Factory root certificate\n"
+        f"{body['root-crt']}\n"
+        "## Server TLS Certificate\n"
+        f"{body['tls-crt']}\n"
+        "\n## Device Authentication Certificate(s)\n"
+        f"{body['ca-crt']}\n"
+    )
     result = cli("keys", "ca", "show", env=sandbox_env)
     assert result.exit_code == 0
-    lines = result.stdout.splitlines()
-    headers = [line for line in lines if line.startswith("## ")]
-    assert headers == ["## Change Metadata", "## Factory root certificate", "## Server TLS Certificate",
-                       "## Device Authentication Certificate(s)"]
-    assert lines[1].startswith("Created at: ")
-    assert any(line.startswith("Created by: ") for line in lines)
-    assert not any(line.startswith("Updated at: ") for line in lines)
-    root_at = lines.index("## Factory root certificate")
-    assert lines[root_at + 1] == "-----BEGIN CERTIFICATE-----"
-    assert (configured / "factory_ca.pem").read_text().strip() in result.stdout
-    assert lines[lines.index("## Device Authentication Certificate(s)") - 1] == ""
+    assert result.stdout == expected
+    assert body["root-crt"] == (configured / "factory_ca.pem").read_text()
 
 
-def test_show_pretty_and_just_flags(cli, sandbox_env, configured):
+def test_show_just_flags_print_only_pem_that_update_takes_back(cli, sandbox_env, configured, tmp_path):
+    body = _certs(cli, sandbox_env)
+    for flag, field in (("--just-root", "root-crt"), ("--just-tls", "tls-crt"), ("--just-device-cas", "ca-crt")):
+        result = cli("keys", "ca", "show", flag, env=sandbox_env)
+        assert result.exit_code == 0
+        assert result.stdout == body[field] + "\n", flag  # no heading: the PEM alone
+    cas = tmp_path / "cas.pem"
+    cas.write_text(cli("keys", "ca", "show", "--just-device-cas", env=sandbox_env).stdout)
+    # `update` reads it whole: the same two CAs, so there is nothing to change.
+    again = cli("keys", "ca", "update", cas, "--dry-run", env=sandbox_env)
+    assert again.exit_code == 3 and "holds exactly the factory's device CAs" in again.stderr
+    both = cli("keys", "ca", "show", "--just-root", "--just-tls", env=sandbox_env)
+    assert both.exit_code == 2 and "--just-root and --just-tls are mutually exclusive" in both.stderr
+
+
+def test_show_pretty_is_fioctls_go_layout(cli, sandbox_env, configured):
     pretty = cli("keys", "ca", "show", "--pretty", "--just-root", env=sandbox_env)
     assert pretty.exit_code == 0
     out = pretty.stdout.splitlines()
-    assert out[0] == "## Factory root certificate"
-    assert out[1] == "Certificate:"
+    assert out[0] == "Certificate:"
     assert "\tVersion: 3" in out and "\tSignature Algorithm: ECDSA-SHA256" in out
     assert f"\tIssuer: CN=Factory-CA,OU={FACTORY}" in out
-    assert "\t\tNIST CURVE: P-256" in out
+    assert "\tSubject Public Key Info" in out and "\t\tNIST CURVE: P-256" in out
     assert "\tIs CA: true" in out
-    assert "\t\tx509v3 Extended Key Usage: (critical)" in out
-    point = [line for line in out if line.startswith("\t\t\t04:")][0]
-    assert len(point.strip().rstrip(":").split(":")) == 15
-    devices = cli("keys", "ca", "show", "--just-device-cas", env=sandbox_env).stdout
-    assert devices.count("BEGIN CERTIFICATE") == 2 and "## Factory root" not in devices
-    tls = cli("keys", "ca", "show", "--just-tls", env=sandbox_env).stdout
-    assert tls.startswith("## Server TLS Certificate\n") and tls.count("BEGIN CERTIFICATE") == 1
-    both = cli("keys", "ca", "show", "--just-root", "--just-tls", env=sandbox_env)
-    assert both.exit_code == 2 and "Only one of" in both.stderr
+    assert "\t\tx509v3 Extended Key Usage: (critical)" in out and "\t\t\t ClientAuth ServerAuth " in out
+    assert "\t\t\t keyCertSign cRLSign " in out
+    assert any(line.startswith("\t\tNot After: ") and line.endswith(" +0000 UTC") for line in out)
+    points = [line for line in out if line.startswith("\t\t\t04:")]
+    assert len(points[0].rstrip(":").split(":")) == 15
 
 
 def test_show_json_is_the_api_object(cli, sandbox_env, configured):

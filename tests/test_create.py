@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from fioca import facts
-from fioca.pki import reference
-from fioca.pki import files, profiles, reference
+from fioca.pki import profiles, reference
 from tests.conftest import FACTORY, answer_with, server_certs
 
 KEY_FILES = (facts.ROOT_KEY, facts.LOCAL_CA_KEY)
@@ -128,29 +127,30 @@ def test_without_a_terminal_and_without_yes_it_refuses_before_posting(cli, sandb
 
 
 def test_declined_confirmation_uploads_nothing(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
-    from fioca.cli.context import Terminal
+    from tests.terminal import answering_tty
 
-    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
-    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="n\n")
+    with answering_tty(monkeypatch, "n\n") as tty:
+        result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env)
+        screen = tty.screen()
     assert result.exit_code == 3
-    assert "Upload? [y/N]" in result.stderr
+    assert "Upload? [y/N]" in screen  # asked on the terminal, not on stderr
     assert "upload not confirmed; nothing was sent" in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
     assert server_certs(sandbox)[0] == 206
 
 
 def test_confirmed_upload(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
-    from fioca.cli.context import Terminal
+    from tests.terminal import answering_tty
 
-    monkeypatch.setattr(Terminal, "interactive", lambda self: True)
-    result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env, input="y\n")
+    with answering_tty(monkeypatch, "y\n"):
+        result = cli("keys", "ca", "create", tmp_path / "pki", env=sandbox_env)
     assert result.exit_code == 0, result.output
     assert "Root of trust SHA-256 fingerprint:" in result.stderr
     assert server_certs(sandbox)[0] == 200
 
 
 def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
-    broken = reference.bundled()["sign_ca_csr"].replace(
+    broken = reference.rendered(factory=FACTORY, local_ca_cn="x")["sign_ca_csr"].replace(
         'csr=$1', 'csr=$1\necho "cannot open the CA key" >&2\nexit 7'
     )
     answer_with(monkeypatch, sandbox, {"sign_ca_csr": broken})
@@ -177,7 +177,7 @@ def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env,
     assert result.exit_code == 0, result.output
     assert "using fioca's bundled reference scripts" in result.stderr
     polis = backend.user_self()["polis-id"]
-    want = reference.bundled()["create_ca"]
+    want = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
     assert (tmp_path / "pki" / "create_ca").read_text() == want
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from test_device_support import FACTORY, Factory, Nginx, curl_device, manual_procedure, rogue_device
 
 

@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fioca import facts
 from fioca.device import offline, sota
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from test_device_support import FACTORY, Factory
 
 PATHS = {"in-process": [], "faithful": ["--faithful"]}

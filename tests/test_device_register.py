@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from fioca import facts
 from fioca.device import register as reg
 from fioca.errors import CheckError
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from test_device_support import FACTORY, Factory
 
 

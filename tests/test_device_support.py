@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from fioca import facts
 from fioca.cli import main
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 from fioca.sandbox.server import Sandbox
 
 FACTORY = "acme"

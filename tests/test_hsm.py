@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from fioca import facts
 from fioca.cli import main
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import files, hsm, profiles
+from fioca.pki import hsm, profiles
 from fioca.pki.journal import WORK_DIR
 from fioca.pki.signer import HsmRootSigner, load_root_signer
 from fioca.sandbox.server import Sandbox

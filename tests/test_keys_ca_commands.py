@@ -3,6 +3,7 @@ the real CLI against the real sandbox: happy paths, each documented error, files
 
 from __future__ import annotations
 
+import shutil
 import stat
 
 import pytest
@@ -191,8 +192,8 @@ def test_add_device_ca_refuses_a_pki_dir_of_another_root(cli, created, tmp_path)
     other = tmp_path / "other"
     other.mkdir()
     key = profiles.new_key()
-    files.write_file(other / facts.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_file(other / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(other / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(other / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     result = cli("keys", "ca", "add-device-ca", other, "--local-ca", "--yes", env=created.env)
     assert result.exit_code == 3
     assert "is not factory 'acme's root of trust" in result.stderr
@@ -235,7 +236,7 @@ def test_revoke_dry_run_pretty_is_fioctls_layout(cli, created):
                  env=created.env)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("-----BEGIN X509 CRL-----")
-    pretty = result.stdout.split("-----END X509 CRL-----\n", 1)[1]
+    pretty = result.stdout.split("-----END X509 CRL-----\n\n", 1)[1]  # fioctl's Println of the PEM: a blank line
     assert pretty.startswith("Certificate Revocation List:\n\tIssuer: CN=Factory-CA,OU=acme\n\tValidity:\n")
     assert f"\t\tSerial: {serial}\n" in pretty
     assert "\t\t\t\tx509v3 Reason Code:\n\t\t\t\t\t Revoke - 9\n" in pretty
@@ -306,7 +307,13 @@ def test_rotate_tls_twice(cli, created):
     first = created.read("tls-crt")
     result = cli("keys", "ca", "rotate-tls", created.pki, "--yes", env=created.env)
     assert result.exit_code == 0, result.output
-    assert "Requesting new Foundries TLS CSR" in result.stderr and "Signing Foundries TLS CSR" in result.stderr
+    progress = [line for line in result.stderr.splitlines() if not line.startswith(" ")]
+    assert progress[:2] == ["Requesting new Foundries.io TLS CSR", "Signing Foundries.io TLS CSR"]
+    assert progress[-3:] == [  # fioctl's words; fioca moves files only once the change is confirmed
+        "Moving existing TLS cert file from tls-crt to tls-crt.bak",
+        "Moving existing file from tls-csr to tls-csr.bak",
+        "Uploading signed certs to Foundries.io",
+    ]
     assert created.read("tls-crt.bak") == first
     new = created.cert("tls-crt")
     assert mode(created.pki / "tls-crt") == 0o400
@@ -360,13 +367,53 @@ def test_sign_ca_profile_by_choice_and_via_script(cli, created, tmp_path):
     profiles.check_device_ca(profiles.load_cert(result.stdout, "stdout"), root=created.root(), factory=FACTORY, csr=csr)
 
 
-def test_sign_never_infers_the_profile_from_the_csr(cli, created, tmp_path):
+def test_sign_infers_a_device_ca_from_the_csr_as_fioctl_does(cli, created, tmp_path):
     from test_keys_ca_signer import ca_csr
 
     result = cli("keys", "ca", "sign", "--pki-dir", created.pki, write_csr(tmp_path, ca_csr()))
+    assert result.exit_code == 0, result.output
+    cert = profiles.load_cert(result.stdout, "signed")
+    constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert (constraints.ca, constraints.path_length) == (True, 0)
+    assert "as a device CA (the CSR asks for CA:TRUE)" in result.stderr
+
+
+def test_sign_profile_overrides_what_the_csr_asks(cli, created, tmp_path):
+    from test_keys_ca_signer import ca_csr
+
+    result = cli("keys", "ca", "sign", "--pki-dir", created.pki, "--profile", "tls", write_csr(tmp_path, ca_csr()))
     assert result.exit_code == 4
     assert "asks for CA:TRUE; the tls profile makes a server certificate (use --profile ca)" in result.stderr
     assert "BEGIN CERTIFICATE" not in result.stdout
+
+
+def test_sign_copies_ip_uri_and_email_names_as_fioctl_does(cli, created, tmp_path):
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    names = [
+        x509.DNSName("gw.example.com"),
+        x509.IPAddress(ipaddress.ip_address("192.0.2.7")),
+        x509.UniformResourceIdentifier("spiffe://example/gw"),
+        x509.RFC822Name("ops@example.com"),
+    ]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    path = write_csr(tmp_path, csr)
+    result = cli("keys", "ca", "sign", "--pki-dir", created.pki, path)
+    assert result.exit_code == 0, result.output
+    cert = profiles.load_cert(result.stdout, "signed")
+    assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == names
+    assert not profiles.is_ca(cert)
+    # The reference script copies DNS names only: refused up front, not signed short of names.
+    by_script = cli("keys", "ca", "sign", "--pki-dir", created.pki, "--via", "script", path)
+    assert by_script.exit_code == 2 and "sign it in process (--via inprocess)" in by_script.stderr
 
 
 def test_sign_refuses_more_than_the_ca_profile(cli, created, tmp_path):
@@ -385,3 +432,56 @@ def test_sign_needs_the_root_key(cli, tmp_path):
     result = cli("keys", "ca", "sign", "--pki-dir", empty, write_csr(tmp_path, tls_csr()))
     assert result.exit_code == 3
     assert "factory_ca.pem does not exist" in result.stderr
+
+
+# --- fioctl's progress lines, word for word, in fioctl's order ----------------------------------------------
+
+
+FIOCTL_LINES = {
+    "Fetching a list of existing device CAs", "Creating local device CA", "Requesting new Foundries.io Online Device CA CSR",
+    "Signing Foundries.io CSR for online use", "Uploading signed certs to Foundries.io",
+    "Generating Certificate Revocation List", "Signing CRL by Factory root CA", "Uploading CRL to Foundries.io",
+}
+
+
+def progress_lines(stderr: str) -> list[str]:
+    """The progress lines, in order: fioctl's, and fioca's own "Moving existing ..." ones; the
+    plan fioca shows before it asks comes between them."""
+    return [line for line in stderr.splitlines() if line in FIOCTL_LINES or line.startswith("Moving existing ")]
+
+
+def test_add_device_ca_says_what_fioctl_says(cli, created):
+    result = cli("keys", "ca", "add-device-ca", created.pki, "--online-ca", "--local-ca", "--local-ca-filename",
+                 "line-2.pem", "--yes", env=created.env)
+    assert result.exit_code == 0, result.output
+    assert progress_lines(result.stderr) == [
+        "Fetching a list of existing device CAs",
+        "Creating local device CA",
+        "Requesting new Foundries.io Online Device CA CSR",
+        "Signing Foundries.io CSR for online use",
+        "Moving existing online device CA file from online-crt to online-crt.bak",  # fioca: once confirmed
+        "Moving existing file from ca-csr to ca-csr.bak",  # fioca keeps the old CSR too
+        "Uploading signed certs to Foundries.io",
+    ]
+
+
+def test_crl_commands_say_what_fioctl_says(cli, created):
+    result = cli("keys", "ca", "disable-device-ca", created.pki, "--ca-file", "local-ca.pem", "--yes", env=created.env)
+    assert result.exit_code == 0, result.output
+    assert progress_lines(result.stderr) == [
+        "Generating Certificate Revocation List",
+        "Signing CRL by Factory root CA",
+        "Uploading CRL to Foundries.io",
+    ]
+
+
+def test_text_output_quotes_paths_that_need_it(cli, created, tmp_path):
+    from fioca.text import quote_path
+
+    spaced = tmp_path / "my pki"
+    shutil.copytree(created.pki, spaced)
+    result = cli("keys", "ca", "add-device-ca", spaced, "--local-ca", "--local-ca-filename", "line 2.pem", "--yes",
+                 env=created.env)
+    assert result.exit_code == 0, result.output
+    assert f"  line 2.pem           {quote_path(spaced / 'line 2.pem')}" in result.stdout.splitlines()
+    assert "'" in quote_path(spaced / "line 2.pem")

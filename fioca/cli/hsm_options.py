@@ -9,15 +9,16 @@ stops with fioctl's message before it does anything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from fioca.cli.context import AppContext
 from fioca.errors import UsageError
-from fioca.pki.hsm import HsmSettings
+
+if TYPE_CHECKING:
+    from fioca.pki.hsm import HsmSettings
 
 PIN_ENV = "FIOCA_HSM_PIN"
 
@@ -25,6 +26,7 @@ HsmModule = Annotated[
     Optional[str],
     typer.Option(
         "--hsm-module",
+        metavar="MODULE",
         help="PKCS#11 module (.so) of the HSM holding the root key, e.g. /usr/lib/softhsm/libsofthsm2.so.",
         show_default=False,
     ),
@@ -33,13 +35,14 @@ HsmPin = Annotated[
     Optional[str],
     typer.Option(
         "--hsm-pin",
+        metavar="PIN",
         help=f"The token's user PIN. Visible to other users of the machine: prefer env {PIN_ENV} or the prompt.",
         show_default=False,
     ),
 ]
 HsmTokenLabel = Annotated[
     Optional[str],
-    typer.Option("--hsm-token-label", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
+    typer.Option("--hsm-token-label", metavar="LABEL", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
 ]
 
 PIN_FLAG_WARNING = (
@@ -67,6 +70,8 @@ def resolve_hsm(
         return None
     if not token_label:
         raise UsageError("--hsm-token-label is required with --hsm-module")
+    from fioca.pki.hsm import HsmSettings  # cryptography: only when an HSM is asked for
+
     module_path = str(Path(module).expanduser())
     if not need_pin:
         return HsmSettings(module=module_path, token_label=token_label, pin="")
@@ -77,7 +82,7 @@ def _pin(app_ctx: AppContext, flag_pin: Optional[str], token_label: str) -> str:
     if flag_pin:
         app_ctx.terminal.err(PIN_FLAG_WARNING)
         return flag_pin
-    from_env = os.environ.get(PIN_ENV)
+    from_env = app_ctx.settings.hsm_pin  # FIOCA_HSM_PIN, read in fioca.config
     if from_env:
         return from_env
     if app_ctx.terminal.interactive():

@@ -1,32 +1,35 @@
-"""`fioca keys ca ...`: parse options, ask, render. The work happens in fioca.pki."""
+"""`fioca keys ca create | show | extract | audit`: parse options, ask, render. The work
+happens in fioca.pki.
+
+The modules that do the work (requests, cryptography, the audit) are imported inside each
+command, so that `--help` and the commands that need none of them start at once.
+"""
 
 from __future__ import annotations
 
 import json
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 
 from fioca import facts
-from fioca.api import NOT_CONFIGURED, is_configured
-from fioca.cli import hsm_options, render
-from fioca.cli.audit_view import render_text as audit_text
+from fioca.cli import hsm_options
+from fioca.cli.lean import LeanCommand
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.options import Format, yes_option
 from fioca.errors import ExitCode, FiocaError, UsageError
-from fioca.pki import audit as script_audit
-from fioca.pki import files, reference
-from fioca.pki.create import RUNNER_JAIL, CreateFlow, CreateOptions, jq_field, known_scripts, read_answer_file
-from fioca.pki.journal import WORK_DIR
+from fioca.pki.audit.report import Severity
 
-app = typer.Typer(help="Manage the factory's device-gateway PKI (fioctl keys ca).", no_args_is_help=True)
+if TYPE_CHECKING:
+    from fioca.pki.create import CreateResult
+
+app = typer.Typer()  # its commands join `keys ca` in fioca.cli.app
 
 
-# `keys ca audit --fail-on`: the audit's own severities, by name.
-Level = Enum("Level", {severity.label: severity.label for severity in script_audit.Severity}, type=str)
+# `keys ca audit --fail-on`: the audit's own severities, by name (the report model is light).
+Level = Enum("Level", {severity.label: severity.label for severity in Severity}, type=str)
 
 
 class CliReporter:
@@ -48,12 +51,14 @@ class CliReporter:
     def confirm_upload(self, summary: dict) -> bool:
         if self.yes:
             return True
-        self.terminal.err(
-            f"About to upload to factory {summary['factory']}: {', '.join(summary['patch_fields'])}.\n"
-            f"Root of trust SHA-256 fingerprint: {summary['root_fingerprint']}\n"
-            "This sets the factory's root of trust, which can be done only once."
+        return self.terminal.confirm(
+            "Upload?",
+            details=[
+                f"About to upload to factory {summary['factory']}: {', '.join(summary['patch_fields'])}.",
+                f"Root of trust SHA-256 fingerprint: {summary['root_fingerprint']}",
+                "This sets the factory's root of trust, which can be done only once.",
+            ],
         )
-        return self.terminal.confirm("Upload?")
 
 
 def _pins(values: List[str]) -> dict[str, str]:
@@ -66,31 +71,47 @@ def _pins(values: List[str]) -> dict[str, str]:
     return pins
 
 
-@app.command()
+@app.command(cls=LeanCommand, short_help="Create the factory PKI (its root is set only once)")
 def create(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="Folder for the PKI files (made 0700 if missing)."),
-    online_ca: bool = typer.Option(True, "--online-ca/--no-online-ca", help="Sign the online device CA's CSR."),
-    local_ca: bool = typer.Option(True, "--local-ca/--no-local-ca", help="Create a local (offline) device CA."),
+    pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing)."),
+    online_ca: bool = typer.Option(
+        True, "--online-ca/--no-online-ca",
+        help="Create an online CA owned by Foundries.io that works with lmp-device-register.",
+    ),
+    local_ca: bool = typer.Option(
+        True, "--local-ca/--no-local-ca",
+        help="Create a local CA that you can use for signing your own device certificates.",
+    ),
     yes: Annotated[bool, yes_option("Upload")] = False,
     dry_run: bool = typer.Option(
         False, "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH."
     ),
     from_json: Optional[Path] = typer.Option(
-        None, "--from-json", help="With --dry-run: use a saved answer (factory_certs.json); no server at all."
+        None, "--from-json", metavar="FILE", help="With --dry-run: use a saved answer (factory_certs.json); no server at all."
     ),
     allow_unaudited: bool = typer.Option(
         False, "--allow-unaudited", help="Run scripts even when the audit finds high-severity problems."
     ),
     expect_sha256: List[str] = typer.Option(
-        [], "--expect-sha256", help="Pin a script: NAME=HEX (repeatable); any other content is refused."
+        [], "--expect-sha256", metavar="NAME=HEX", help="Pin a script (repeatable); any other content is refused.",
+        show_default=False,
     ),
-    script_timeout: float = typer.Option(120.0, "--script-timeout", min=1, help="Kill a script after this many seconds."),
+    script_timeout: float = typer.Option(
+        120.0, "--script-timeout", min=1, metavar="SECONDS", help="Kill a script after this many seconds."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Finish an interrupted create in PKI_DIR: redo only what is missing, upload its root."
     ),
     fresh_csrs: bool = typer.Option(
         False, "--fresh-csrs", help="With --resume: ask the server for new CSRs and sign them with the same root."
+    ),
+    reissue: bool = typer.Option(
+        False, "--reissue",
+        help="Upload in-process re-issues of what the scripts made (fresh serials and signatures by the root).",
+    ),
+    no_jail: bool = typer.Option(
+        False, "--no-jail", help="Run the scripts without bubblewrap: no containment at all (a warning, journalled)."
     ),
     output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
     hsm_module: hsm_options.HsmModule = None,
@@ -101,19 +122,20 @@ def create(
 
     Steps: GET certs/ (refuse a configured factory), POST certs/ and save the answer as
     PKI_DIR/factory_certs.json, audit the scripts, run create_ca, sign_tls_csr, sign_ca_csr and
-    create_device_ca with `sh` in a private work dir, check every artifact, keep them in PKI_DIR
-    (0400), then PATCH root-crt, tls-crt and ca-crt. The root of trust can be set only once.
+    create_device_ca with `sh` in a bubblewrap jail, each in a fresh work dir; check what each
+    made against what its text asked and the trust rules and keep it in PKI_DIR (0400); check
+    the stored files whole, then PATCH root-crt, tls-crt and ca-crt. The root of trust can be
+    set only once.
 
+    \b
     Examples:
-
+      fioca keys ca create ./pki --dry-run     # the scripts and the plan, first
       fioca keys ca create ./pki
-
-      fioca keys ca create ./pki --dry-run          # see the scripts and the plan first
-
-      fioca keys ca create ./pki --no-local-ca --yes
-
-      fioca keys ca create ./pki --resume            # finish a run that stopped halfway
+      fioca keys ca create ./pki --online-ca=false --yes
+      fioca keys ca create ./pki --resume      # finish a run that stopped halfway
     """
+    from fioca.pki import create as flow
+
     app_ctx = app_context(ctx)
     if from_json and not dry_run:
         raise UsageError("--from-json goes with --dry-run")
@@ -123,7 +145,7 @@ def create(
         raise UsageError("--fresh-csrs goes with --resume")
     # A dry-run never touches the token, so it needs no PIN.
     hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label, need_pin=not dry_run)
-    options = CreateOptions(
+    options = flow.CreateOptions(
         online_ca=online_ca,
         local_ca=local_ca,
         dry_run=dry_run,
@@ -133,29 +155,22 @@ def create(
         resume=resume,
         fresh_csrs=fresh_csrs,
         hsm=hsm,
+        no_jail=no_jail,
+        reissue=reissue,
     )
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, "uploading the root of trust")
     reporter = CliReporter(app_ctx, yes=yes)
-    pki = files.PkiDir(pki_dir.expanduser())
+    path = pki_dir.expanduser()
     if from_json:
-        flow = CreateFlow(None, pki, options, reporter)
-        result = flow.dry_run_saved(from_json.expanduser(), factory=app_ctx.settings.factory)
+        result = flow.dry_run_saved(from_json.expanduser(), options, reporter, factory=app_ctx.settings.factory)
     else:
-        flow = CreateFlow(app_ctx.api(), pki, options, reporter)
-        result = flow.run()
+        result = flow.create(app_ctx.api(), path, options, reporter)
     if result.dry_run:
-        plan = result.plan.describe(pki / WORK_DIR, pki.path)  # where a real run works
-        plan["hsm_settings"] = hsm_options.describe(hsm)
-        worst = result.audit.max_severity
-        audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"
-        if output is Format.json:
-            app_ctx.terminal.out(
-                json.dumps({"scripts": result.answer.scripts, "plan": plan, "audit": result.audit.to_dict()}, indent=2)
-            )
-        else:
-            app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
+        _print_dry_run(app_ctx, result, path, hsm, output)
         return
+    from fioca.cli import render
+
     summary = render.create_summary(result, hsm)
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(summary, indent=2))
@@ -163,51 +178,99 @@ def create(
         app_ctx.terminal.out(render.create_summary_text(summary, hsm))
 
 
-@app.command()
+def _print_dry_run(app_ctx: AppContext, result: CreateResult, path: Path, hsm, output: Format) -> None:
+    from fioca.cli import render
+
+    jail = result.jail if isinstance(result.jail, str) else result.jail.describe()
+    plan = result.plan.describe(pki_dir=str(path), work_dir=str(path / facts.WORK_DIR), jail=jail)
+    plan["hsm_settings"] = hsm_options.describe(hsm)
+    worst = result.audit.max_severity
+    audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"
+    if output is Format.json:
+        app_ctx.terminal.out(
+            json.dumps({"scripts": result.answer.scripts, "plan": plan, "audit": result.audit.to_dict()}, indent=2)
+        )
+    else:
+        app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
+
+
+@app.command(cls=LeanCommand, short_help="Show certificates known to the Factory")
 def show(
     ctx: typer.Context,
-    pretty: bool = typer.Option(False, "--pretty", help="Decode each certificate, as fioctl --pretty does."),
-    just_root: bool = typer.Option(False, "--just-root", help="Only the factory root certificate."),
-    just_tls: bool = typer.Option(False, "--just-tls", help="Only the device gateway's TLS certificate."),
-    just_device_cas: bool = typer.Option(False, "--just-device-cas", help="Only the device CA bundle."),
+    pretty: bool = typer.Option(False, "--pretty", help="Display human readable output of each certificate (fioctl's layout)."),
+    just_root: bool = typer.Option(False, "--just-root", help="Only the Factory root CA certificate (PEM)."),
+    just_tls: bool = typer.Option(False, "--just-tls", help="Only the device-gateway TLS certificate (PEM)."),
+    just_device_cas: bool = typer.Option(
+        False, "--just-device-cas",
+        help="Only the device CAs the device gateway trusts (PEM, as `update` takes it; disabled serials on stderr).",
+    ),
     output: Format = typer.Option(Format.text, "--format", help="text (fioctl's layout) or json (the API's object)."),
 ) -> None:
-    """Show the factory's PKI certificates.
+    """Show certificates known to the Factory (fioctl keys ca show).
 
+    \b
     Examples:
-
+      fioca keys ca show
       fioca keys ca show --pretty
-
       fioca keys ca show --just-root > factory_ca.pem
+      fioca keys ca show --just-device-cas > cas.pem     # update takes it back
     """
+    from fioca.api import NOT_CONFIGURED, NOT_CONFIGURED_HINT, is_configured
+    from fioca.cli import fioctl_layout
+
     chosen = [name for name, flag in (("root", just_root), ("tls", just_tls), ("device-cas", just_device_cas)) if flag]
     if len(chosen) > 1:
-        raise UsageError("Only one of --just-root, --just-tls and --just-device-cas may be given")
+        raise UsageError(f"--just-{chosen[0]} and --just-{chosen[1]} are mutually exclusive")
     app_ctx = app_context(ctx)
     certs = app_ctx.api().get_certs()
     if not is_configured(certs):
-        raise FiocaError(NOT_CONFIGURED)
+        raise FiocaError(NOT_CONFIGURED, details=[NOT_CONFIGURED_HINT])
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(certs.body, indent=2))
         return
-    app_ctx.terminal.out(render.show_text(certs.body, pretty=pretty, just=chosen[0] if chosen else None))
+    stdout, stderr = fioctl_layout.show(certs.body, pretty=pretty, just=chosen[0] if chosen else None)
+    app_ctx.terminal.write(stdout)
+    if stderr:
+        app_ctx.terminal.write(stderr, err=True)
 
 
-@app.command()
+@app.command(cls=LeanCommand, short_help="Print a field of factory_certs.json, as jq -r")
 def extract(
     ctx: typer.Context,
-    field: str = typer.Argument(..., help="A field of the answer, e.g. create_ca, tls-csr, ca-csr."),
-    file: Path = typer.Option(Path(facts.FACTORY_CERTS_JSON), "--file", help="The saved answer."),
+    jq_filter: str = typer.Argument(
+        ..., metavar="FIELD_OR_FILTER",
+        help="A field of the answer (create_ca, tls-csr, ca-csr) or any jq filter (.create_ca, keys).",
+    ),
+    file: Path = typer.Option(Path(facts.FACTORY_CERTS_JSON), "--file", metavar="FILE", help="The saved answer."),
 ) -> None:
-    """Print one field of factory_certs.json, as `jq -r .FIELD` does.
+    """Print a field of factory_certs.json, or what any jq filter gives, as `jq -r` does.
 
-    Example:
+    A plain name is that field (`tls-csr` is `.["tls-csr"]`) unless it names one of jq's
+    builtins the answer has no field for (`keys`); anything else is a jq filter. Strings print
+    as their text, other values as jq's JSON, one result per line.
 
-      fioca keys ca extract create_ca --file pki/factory_certs.json
+    \b
+    Examples:
+      fioca keys ca extract create_ca --file pki/factory_certs.json > create_ca
+      fioca keys ca extract '.["tls-csr"]' --file pki/factory_certs.json
+      fioca keys ca extract keys --file pki/factory_certs.json
     """
-    _, data = read_answer_file(file)
-    value = jq_field(data, field)
-    app_context(ctx).terminal.out(value if isinstance(value, str) else json.dumps(value, indent=2))
+    from fioca import jq_text
+
+    path = file.expanduser()
+    try:
+        document = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FiocaError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FiocaError(f"cannot read {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    try:
+        fields = json.loads(document)
+    except ValueError:
+        raise FiocaError(f"{path} is not JSON") from None
+    terminal = app_context(ctx).terminal
+    for line in jq_text.run(jq_text.as_filter(jq_filter, fields), document, source=str(path)):
+        terminal.out_data(line)
 
 
 class AuditFormat(str, Enum):
@@ -218,7 +281,7 @@ class AuditFormat(str, Enum):
     sarif = "sarif"
 
 
-@app.command()
+@app.command(cls=LeanCommand)
 def audit(
     ctx: typer.Context,
     file: Path = typer.Argument(Path(facts.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),
@@ -228,14 +291,19 @@ def audit(
 ) -> None:
     """Report what every script in a saved answer does, and what in it is dangerous.
 
+    \b
     Examples:
-
       fioca keys ca audit pki/factory_certs.json
-
       fioca keys ca audit pki/factory_certs.json --format json --fail-on medium
-
       fioca keys ca audit pki/factory_certs.json --format sarif > audit.sarif
     """
+    from importlib import metadata
+
+    from fioca.cli.audit_view import render_text as audit_text
+    from fioca.pki import audit as script_audit
+    from fioca.pki import reference
+    from fioca.pki.create import RUNNER_JAIL, known_scripts, read_answer_file
+
     app_ctx = app_context(ctx)
     _, data = read_answer_file(file)
     scripts = {name: data[name] for name in facts.SCRIPT_NAMES if name in data and data[name] is not None}

@@ -1,48 +1,63 @@
 """`fioca keys ca update | add-device-ca | disable-device-ca | enable-device-ca |
 revoke-device-ca | rotate-tls | sign`: parse, ask, render. The work is in fioca.pki.lifecycle,
-and every root signature goes through fioca.pki.signer."""
+and every root signature goes through fioca.pki.signer (both imported inside the commands:
+they bring cryptography and requests, which `--help` does not need).
+"""
 
 from __future__ import annotations
 
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, List
+from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional
 
 import typer
-from cryptography import x509
 
 from fioca import facts
 from fioca.cli import hsm_options
+from fioca.cli.lean import LeanCommand
 from fioca.cli.context import AppContext, app_context
-from fioca.cli.keys_ca import app
 from fioca.cli.options import Format, ResultFormat, YesSend, YesWriteAndSend
-from fioca.errors import FiocaError, UsageError
-from fioca.pki import files, lifecycle, profiles
-from fioca.pki.signer import load_root_signer
+from fioca.errors import FiocaError, RefusedError, UsageError
+from fioca.text import quote_path
 
+if TYPE_CHECKING:
+    from fioca.pki import files
+    from fioca.pki.hsm import HsmSettings
+    from fioca.pki.signer import RootSigner
 
-class SignProfile(str, Enum):
-    tls = "tls"
-    ca = "ca"
+app = typer.Typer()  # its commands join `keys ca` in fioca.cli.app
 
-
-class Via(str, Enum):
-    script = "script"
-    inprocess = "inprocess"
-
+# CLI choices, built from the domain's.
+SignProfile = Enum("SignProfile", {name: name for name in facts.SIGN_PROFILES}, type=str)  # type: ignore[misc]
+Via = Enum("Via", {name: name for name in facts.SIGN_VIAS}, type=str)  # type: ignore[misc]
 
 VIA_HELP = "How the root signs: the bundled reference scripts with openssl (as create does) or in process."
 ViaOption = Annotated[Via, typer.Option("--via", help=VIA_HELP)]
 # PKI_DIR of rotate-tls and the CRL commands.
-RootPkiDir = Annotated[Path, typer.Argument(help="The PKI dir holding factory_ca.key.")]
+RootPkiDir = Annotated[Path, typer.Argument(metavar="PKI_DIR", help="The PKI dir holding factory_ca.pem and its key.")]
 
 
 def _pki_dir(path: Path) -> files.PkiDir:
+    from fioca.pki import files
+
     path = path.expanduser()
     if not path.is_dir():
-        raise FiocaError(f"PKI dir {path} does not exist or is not a directory")
+        raise FiocaError(f"PKI dir {quote_path(path)} does not exist or is not a directory")
     return files.PkiDir(path)
+
+
+def _root_signer(pki: files.PkiDir, hsm: HsmSettings | None) -> RootSigner:
+    """The PKI dir's root; a root whose key is not beside it is most likely on an HSM."""
+    from fioca.pki.signer import load_root_signer
+
+    if hsm is None and pki.has(facts.ROOT_CERT) and not pki.has(facts.ROOT_KEY):
+        raise RefusedError(
+            f"{quote_path(pki / facts.ROOT_KEY)} does not exist, but {facts.ROOT_CERT} does: "
+            "if this root's key is on an HSM, pass --hsm-module and --hsm-token-label (and the PIN)",
+            details=[f"  e.g. --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token-label <label>; PIN in {hsm_options.PIN_ENV}"],
+        )
+    return load_root_signer(pki.path, hsm=hsm)
 
 
 def _ca_lines(title: str, cas: list[dict[str, Any]]) -> list[str]:
@@ -55,13 +70,16 @@ def _ca_lines(title: str, cas: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _confirmer(app_ctx: AppContext, yes: bool, question: str, describe) -> lifecycle.Confirm:
-    """Show the plan on stderr; ask unless --yes."""
+def _confirmer(app_ctx: AppContext, yes: bool, question: str, describe: Callable[[dict], list[str]]) -> Callable:
+    """Show the plan (stderr, and the terminal); ask unless --yes."""
 
     def confirm(plan: Any) -> bool:
-        for line in describe(plan.summary()):
-            app_ctx.terminal.err(line)
-        return yes or app_ctx.terminal.confirm(question)
+        lines = describe(plan.summary())
+        if yes:
+            for line in lines:
+                app_ctx.terminal.err(line)
+            return True
+        return app_ctx.terminal.confirm(question, details=lines)
 
     return confirm
 
@@ -71,6 +89,10 @@ def _emit(app_ctx: AppContext, output: Format, summary: dict[str, Any], text: li
         app_ctx.terminal.out(json.dumps(summary, indent=2))
     else:
         app_ctx.terminal.out("\n".join(text))
+
+
+def _files_lines(stored: dict[str, str]) -> list[str]:
+    return [f"  {name:<20} {quote_path(path)}" for name, path in stored.items()]
 
 
 # --- update ---------------------------------------------------------------------------------------
@@ -88,34 +110,38 @@ def _update_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command()
+@app.command(cls=LeanCommand, short_help="Update the device CAs the gateway trusts")
 def update(
     ctx: typer.Context,
-    ca_bundle_file: Path = typer.Argument(..., help="PEM file with every device CA the factory should trust."),
+    ca_bundle_file: Path = typer.Argument(
+        ..., metavar="CA_CRTS_FILE", help="PEM file with every device CA the factory should trust."
+    ),
     yes: YesSend = False,
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and show what would change; send nothing."),
     output: ResultFormat = Format.text,
 ) -> None:
-    """Replace the factory's device CA bundle (ca-crt) with CA_BUNDLE_FILE.
+    """Update the list of CAs that can create client certificates for devices (ca-crt).
 
-    Unlike fioctl, the file is checked first: PEM certificates only, each a device CA of the
-    profile (CA:TRUE pathlen:0, OU = factory) signed by the factory root. The CAs added and
-    dropped are shown before anything is sent. The server keeps every CA already present
-    unless a CRL revokes it, so in practice `update` adds CAs.
+    Unlike fioctl, the file is checked first: PEM certificates (text around them is skipped,
+    as fioctl skips it), each a device CA of the profile (CA:TRUE pathlen:0, OU = factory)
+    signed by the factory root. The CAs added and dropped are shown before anything is sent.
+    The server keeps every CA already present unless a CRL revokes it, so `update` adds CAs
+    (a revoked CA can be added back).
 
+    \b
     Examples:
-
-      fioca keys ca show --just-device-cas > cas.pem && cat pki/other-ca.pem >> cas.pem
-
+      fioca keys ca show --just-device-cas > cas.pem
+      cat pki/other-ca.pem >> cas.pem
       fioca keys ca update cas.pem --dry-run
-
       fioca keys ca update cas.pem --yes
     """
+    from fioca.pki import lifecycle
+
     app_ctx = app_context(ctx)
     try:
         bundle = ca_bundle_file.expanduser().read_bytes()
     except OSError as exc:
-        raise FiocaError(f"cannot read {ca_bundle_file}: {exc.strerror}") from None
+        raise FiocaError(f"cannot read {quote_path(ca_bundle_file)}: {exc.strerror}") from None
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, "updating the device CA bundle")
     api = app_ctx.api()
@@ -124,9 +150,7 @@ def update(
     if dry_run:
         _emit(app_ctx, output, {**summary, "dry_run": True}, _update_lines(summary) + ["Dry run: nothing was sent."])
         return
-    for line in _update_lines(summary):
-        app_ctx.terminal.err(line)
-    if not (yes or app_ctx.terminal.confirm("Send the new device CA bundle?")):
+    if not _confirmer(app_ctx, yes, "Send the new device CA bundle?", _update_lines)(plan):
         raise lifecycle.not_confirmed("updating the device CA bundle")
     lifecycle.apply_update(api, plan)
     added, dropped = len(summary["added"]), len(summary["dropped"])
@@ -148,14 +172,19 @@ def _add_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command("add-device-ca")
+@app.command("add-device-ca", cls=LeanCommand, short_help="Add an online or local device CA")
 def add_device_ca(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir `keys ca create` made (holds factory_ca.key)."),
-    online_ca: bool = typer.Option(False, "--online-ca", help="A new online CA (its key stays with Foundries) for lmp-device-register."),
-    local_ca: bool = typer.Option(False, "--local-ca", help="A new local CA whose key you keep, for manufacturing."),
+    pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="The PKI dir `keys ca create` made."),
+    online_ca: bool = typer.Option(
+        False, "--online-ca", help="Create an online CA owned by Foundries.io that works with lmp-device-register."
+    ),
+    local_ca: bool = typer.Option(
+        False, "--local-ca", help="Create a local CA that you can use for signing your own device certificates."
+    ),
     local_ca_filename: str = typer.Option(
-        facts.LOCAL_CA_CERT, "--local-ca-filename", help="File name of the new local CA in PKI_DIR; its key is NAME.key."
+        facts.LOCAL_CA_CERT, "--local-ca-filename", metavar="NAME",
+        help="File name of the new local CA in PKI_DIR (its key is NAME.key); needed when local-ca.pem exists.",
     ),
     yes: YesWriteAndSend = False,
     via: ViaOption = Via.script,
@@ -164,19 +193,20 @@ def add_device_ca(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Add a device CA to the CAs the device gateway trusts (fioctl keys ca add-device-ca).
+    """Add device CA to the list of CAs allowed to issue device client certificates.
 
     A local CA is a new key (named after the file: local-ca2.pem -> local-ca2.key) signed by
     the root; an online CA comes from a new CSR of the server (POST with ca-csr), and the old
     online-crt is kept as online-crt.bak (.bak.1, ... when a .bak exists). The new CAs are
     appended to the factory's current ca-crt and PATCHed.
 
+    \b
     Examples:
-
       fioca keys ca add-device-ca ./pki --local-ca --local-ca-filename line-2.pem
-
       fioca keys ca add-device-ca ./pki --online-ca --yes
     """
+    from fioca.pki import lifecycle
+
     app_ctx = app_context(ctx)
     options = lifecycle.AddDeviceCaOptions(
         online_ca=online_ca, local_ca=local_ca, local_ca_filename=local_ca_filename, via=via.value
@@ -184,8 +214,7 @@ def add_device_ca(
     lifecycle.check_add_device_ca_options(options)
     app_ctx.require_confirmation_possible(yes, "adding a device CA")
     pki = _pki_dir(pki_dir)
-    hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label)
-    signer = load_root_signer(pki.path, hsm=hsm)
+    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     result = lifecycle.add_device_ca(
         app_ctx.api(), pki, signer, options,
         confirm=_confirmer(app_ctx, yes, "Write the files and send the new device CA bundle?", _add_lines),
@@ -195,70 +224,11 @@ def add_device_ca(
     summary = {**result.summary, "files": {path.name: str(path) for path in result.stored}}
     text = [f"Added {len(summary['added'])} device CA(s) to factory {summary['factory']}:"]
     text += _ca_lines("", summary["added"])[1:]
-    text += [f"  {name:<20} {path}" for name, path in summary["files"].items()]
+    text += _files_lines(summary["files"])
     _emit(app_ctx, output, summary, text)
 
 
 # --- disable / enable / revoke ------------------------------------------------------------------------
-
-_CRL_READABLE = {6: "Disable", 8: "Enable", 9: "Revoke"}
-
-
-def _go_time(moment) -> str:
-    """A time as Go's time.Time prints it (fioctl's CRL layout)."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-
-
-def pretty_crl(crl: x509.CertificateRevocationList) -> list[str]:
-    """A CRL in fioctl's `--dry-run --pretty` layout."""
-    algorithm = "ECDSA-SHA256" if crl.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.ECDSA_WITH_SHA256 else (
-        crl.signature_algorithm_oid.dotted_string
-    )
-    lines = [
-        "Certificate Revocation List:",
-        f"\tIssuer: {profiles.name_text(crl.issuer)}",
-        "\tValidity:",
-        f"\t\tNot Before: {_go_time(crl.last_update_utc)}",
-        f"\t\tNot After: {_go_time(crl.next_update_utc) if crl.next_update_utc else ''}",
-        f"\tSignature Algorithm: {algorithm}",
-        f"\tSignature: {crl.signature.hex()}",
-        "\tRevoked Certificates:",
-    ]
-    for entry in crl:
-        lines.append(f"\t\tSerial: {entry.serial_number}")
-        lines.append(f"\t\t\tRevocation Date: {_go_time(entry.revocation_date_utc)}")
-        if len(entry.extensions):
-            lines.append("\t\t\tExtensions:")
-            for ext in entry.extensions:
-                if isinstance(ext.value, x509.CRLReason):
-                    code = _reason_code(ext.value.reason)
-                    lines.append("\t\t\t\tx509v3 Reason Code:" + ("(critical)" if ext.critical else ""))
-                    lines.append(f"\t\t\t\t\t {_CRL_READABLE.get(code, '')} - {code}")
-                else:
-                    lines.append(f"\t\t\t\tUnknown OID {ext.oid.dotted_string}")
-    if len(crl.extensions):
-        lines.append("\tExtensions:")
-        for ext in crl.extensions:
-            crit = "(critical)" if ext.critical else ""
-            if isinstance(ext.value, x509.AuthorityKeyIdentifier):
-                lines += [f"\t\tx509v3 Authority Key Id: {crit}", f"\t\t\t {(ext.value.key_identifier or b'').hex()}"]
-            elif isinstance(ext.value, x509.CRLNumber):
-                lines += [f"\t\tx509v3 CRL Number: {crit}", f"\t\t\t {ext.value.crl_number}"]
-            else:
-                lines.append(f"\t\tUnknown OID {ext.oid.dotted_string}")
-    return lines
-
-
-def _reason_code(reason: x509.ReasonFlags) -> int:
-    codes = {
-        x509.ReasonFlags.unspecified: 0, x509.ReasonFlags.key_compromise: 1, x509.ReasonFlags.ca_compromise: 2,
-        x509.ReasonFlags.affiliation_changed: 3, x509.ReasonFlags.superseded: 4,
-        x509.ReasonFlags.cessation_of_operation: 5, x509.ReasonFlags.certificate_hold: 6,
-        x509.ReasonFlags.remove_from_crl: 8, x509.ReasonFlags.privilege_withdrawn: 9,
-        x509.ReasonFlags.aa_compromise: 10,
-    }
-    return codes[reason]
-
 
 _CRL_WORDS = {
     "disable": ("Disable", "disabled", "known devices keep connecting; new devices from it are refused"),
@@ -278,6 +248,9 @@ def _crl_command(
     ctx: typer.Context, action: str, pki_dir: Path, ca_file: List[str], ca_serial: List[str],
     dry_run: bool, pretty: bool, yes: bool, output: Format, hsm_flags: tuple[str | None, str | None, str | None],
 ) -> None:
+    from fioca.cli import fioctl_layout
+    from fioca.pki import lifecycle
+
     app_ctx = app_context(ctx)
     if not ca_file and not ca_serial:
         raise UsageError("At least one of --ca-file or --ca-serial must be provided")
@@ -287,7 +260,7 @@ def _crl_command(
         app_ctx.require_confirmation_possible(yes, f"{action} of a device CA")
     pki = _pki_dir(pki_dir)
     # Even a dry-run signs its CRL with the root, so it needs the token too.
-    signer = load_root_signer(pki.path, hsm=hsm_options.resolve_hsm(app_ctx, *hsm_flags))
+    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, *hsm_flags))
     plan, answer = lifecycle.change_device_cas(
         app_ctx.api(), pki, signer, action=action, ca_files=list(ca_file), ca_serials=list(ca_serial),
         dry_run=dry_run, confirm=_confirmer(app_ctx, yes, "Send the CRL?", _crl_lines), progress=app_ctx.terminal.err,
@@ -297,9 +270,9 @@ def _crl_command(
         if output is Format.json:
             app_ctx.terminal.out(json.dumps(summary, indent=2))
             return
-        app_ctx.terminal.out(plan.crl_pem.rstrip("\n"))
+        app_ctx.terminal.out(plan.crl_pem)  # fioctl's Println of the PEM: a blank line after it
         if pretty:
-            app_ctx.terminal.out("\n".join(pretty_crl(plan.crl)))
+            app_ctx.terminal.write(fioctl_layout.pretty_crl(plan.crl))
         return
     summary["disabled-ca-serials"] = answer.get("disabled-ca-serials", [])
     _verb, done, _effect = _CRL_WORDS[action]
@@ -310,13 +283,17 @@ def _crl_command(
 
 
 # The options disable-, enable- and revoke-device-ca share.
-CaFiles = Annotated[List[str], typer.Option("--ca-file", help="File name of a device CA in PKI_DIR (repeatable).")]
-CaSerials = Annotated[List[str], typer.Option("--ca-serial", help="Base-10 serial of a device CA (repeatable).")]
-CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the CRL; send nothing.")]
-CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also decode the CRL (fioctl's layout).")]
+CaFiles = Annotated[
+    List[str], typer.Option("--ca-file", metavar="NAME", help="File name of a device CA in PKI_DIR (repeatable).", show_default=False)
+]
+CaSerials = Annotated[
+    List[str], typer.Option("--ca-serial", metavar="SERIAL", help="Base-10 serial of a device CA (repeatable).", show_default=False)
+]
+CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Show the CRL that would be uploaded; send nothing.")]
+CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also show the CRL in a pretty format (fioctl's).")]
 
 
-@app.command("disable-device-ca")
+@app.command("disable-device-ca", cls=LeanCommand, short_help="Disable a device CA: no new devices from it")
 def disable_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -330,14 +307,14 @@ def disable_device_ca(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Disable device CAs (CRL reason 6): known devices keep working, new devices are refused.
+    """Disable device CA, so that new devices with client certificates it issued can no longer be registered.
 
-    Reversible with `fioca keys ca enable-device-ca`.
+    CRL reason 6: devices already registered keep connecting. Reversible with
+    `fioca keys ca enable-device-ca`.
 
+    \b
     Examples:
-
-      fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run --pretty
-
+      fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run
       fioca keys ca disable-device-ca ./pki --ca-serial 1234567890 --yes
     """
     _crl_command(
@@ -345,7 +322,7 @@ def disable_device_ca(
     )
 
 
-@app.command("enable-device-ca")
+@app.command("enable-device-ca", cls=LeanCommand, short_help="Re-enable a disabled device CA (not in fioctl)")
 def enable_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -361,8 +338,8 @@ def enable_device_ca(
 ) -> None:
     """Re-enable disabled device CAs (CRL reason 8, removeFromCRL). Not in fioctl.
 
+    \b
     Example:
-
       fioca keys ca enable-device-ca ./pki --ca-file local-ca.pem --yes
     """
     _crl_command(
@@ -370,7 +347,7 @@ def enable_device_ca(
     )
 
 
-@app.command("revoke-device-ca")
+@app.command("revoke-device-ca", cls=LeanCommand, short_help="Revoke a device CA: its devices are refused")
 def revoke_device_ca(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -384,13 +361,15 @@ def revoke_device_ca(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Revoke device CAs (CRL reason 9): permanent; the CA leaves ca-crt and all its devices are refused.
+    """Revoke device CA, so that devices with client certificates it issued can no longer connect.
 
+    CRL reason 9, permanent: the CA leaves ca-crt and every device under it is refused. A
+    revoked CA can be added back with `fioca keys ca update`, if you still have its certificate.
+
+    \b
     Examples:
-
-      fioca keys ca revoke-device-ca ./pki --ca-file local-ca.pem --dry-run --pretty
-
-      fioca keys ca revoke-device-ca ./pki --ca-serial 1234567890 --ca-serial 42 --yes
+      fioca keys ca revoke-device-ca ./pki --ca-file local-ca.pem --dry-run
+      fioca keys ca revoke-device-ca ./pki --ca-serial 1234 --ca-serial 42 --yes
     """
     _crl_command(
         ctx, "revoke", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
@@ -413,7 +392,7 @@ def _rotate_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command("rotate-tls")
+@app.command("rotate-tls", cls=LeanCommand, short_help="Rotate the device gateway's TLS certificate")
 def rotate_tls(
     ctx: typer.Context,
     pki_dir: RootPkiDir,
@@ -424,21 +403,22 @@ def rotate_tls(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Rotate the device gateway's TLS certificate (fioctl keys ca rotate-tls).
+    """Rotate the TLS certificate used by Device Gateway and OSTree Server.
 
     POSTs for a new gateway key and CSR, signs it with the root, keeps the old tls-crt as
     tls-crt.bak (.bak.1, ... when a .bak exists), and PATCHes tls-crt. Devices keep
     connecting: they trust the root, not the gateway certificate.
 
+    \b
     Example:
-
       fioca keys ca rotate-tls ./pki --yes
     """
+    from fioca.pki import lifecycle
+
     app_ctx = app_context(ctx)
     app_ctx.require_confirmation_possible(yes, "rotating the gateway TLS certificate")
     pki = _pki_dir(pki_dir)
-    hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label)
-    signer = load_root_signer(pki.path, hsm=hsm)
+    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     result = lifecycle.rotate_tls(
         app_ctx.api(), pki, signer, via=via.value,
         confirm=_confirmer(app_ctx, yes, "Send the new TLS certificate?", _rotate_lines),
@@ -458,38 +438,51 @@ def rotate_tls(
 # --- sign -------------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=LeanCommand, short_help="Sign a CSR with the Factory root CA")
 def sign(
     ctx: typer.Context,
-    csr_file: Path = typer.Argument(..., help="PEM certificate signing request."),
-    pki_dir: Path = typer.Option(..., "--pki-dir", help="The PKI dir holding factory_ca.key and factory_ca.pem."),
-    profile: SignProfile = typer.Option(
-        SignProfile.tls, "--profile",
-        help="tls: gateway server certificate; ca: device CA. Your choice; never inferred from the CSR.",
+    csr_file: Path = typer.Argument(..., metavar="CSR", help="PEM certificate signing request."),
+    pki_dir: Path = typer.Option(
+        ..., "--pki-dir", metavar="DIR", help="Path to the PKI directory containing factory_ca.key and factory_ca.pem."
+    ),
+    profile: Optional[SignProfile] = typer.Option(
+        None, "--profile",
+        help="tls: a TLS server certificate; ca: a device CA.",
+        show_default="from the CSR: ca when it asks for CA:TRUE, else tls",
     ),
     via: ViaOption = Via.inprocess,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Sign a CSR with the factory root and print the certificate (no API call).
+    """Sign a certificate signing request with the Factory root CA (no API call).
 
-    Unlike fioctl, the profile is chosen by you, not read from the CSR, and a CSR that asks
-    for more than the profile grants (CA:TRUE under tls, a path length under ca, other key
-    usages, other extensions) is refused.
+    The certificate type is taken from the CSR, as fioctl takes it: a CSR that requests
+    basicConstraints CA:TRUE gets a device CA (CA:TRUE, pathlen:0, keyCertSign); any other
+    a TLS server certificate with the CSR's DNS, IP, URI and email names. --profile chooses
+    instead. Unlike fioctl, a CSR that asks for more than its type grants (a path length,
+    other key usages, other extensions) is refused, not trimmed. The certificate goes to
+    stdout.
 
+    \b
     Examples:
-
       fioca keys ca sign --pki-dir ./pki gateway.csr > gateway.pem
-
-      fioca keys ca sign --pki-dir ./pki --profile ca line-3-ca.csr > line-3-ca.pem
+      fioca keys ca sign --pki-dir ./pki line-3-ca.csr > line-3-ca.pem
+      fioca keys ca sign --pki-dir ./pki --profile tls server.csr > server.pem
     """
+    from fioca.pki import lifecycle, profiles
+
     app_ctx = app_context(ctx)
     try:
         csr_pem = csr_file.expanduser().read_bytes()
     except OSError as exc:
-        raise FiocaError(f"cannot read {csr_file}: {exc.strerror}") from None
+        raise FiocaError(f"cannot read {quote_path(csr_file)}: {exc.strerror}") from None
     pki = _pki_dir(pki_dir)
-    signer = load_root_signer(pki.path, hsm=hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
-    cert = lifecycle.sign_file(signer, csr_pem, profile=profile.value, artifact=str(csr_file), via=via.value)
-    app_ctx.terminal.out(profiles.cert_pem(cert).decode("ascii").rstrip("\n"))
+    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
+    cert, chosen = lifecycle.sign_file(
+        signer, csr_pem, profile=profile.value if profile else None, artifact=str(csr_file), via=via.value
+    )
+    if profile is None:
+        kind = "a device CA (the CSR asks for CA:TRUE)" if chosen == "ca" else "a TLS server certificate"
+        app_ctx.terminal.err(f"Signed {quote_path(csr_file)} as {kind}")
+    app_ctx.terminal.write(profiles.cert_pem(cert).decode("ascii"))

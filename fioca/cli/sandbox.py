@@ -31,8 +31,9 @@ app = typer.Typer(
     help=(
         "A local FoundriesFactory: the certs API (HTTPS) and the device gateway (mTLS), with real "
         "crypto and state kept in a data dir.\n\n"
-        "Example:\n\n"
-        "  fioca sandbox serve --data ./sandbox &\n\n"
+        "\b\n"
+        "Example:\n"
+        "  fioca sandbox serve --data ./sandbox &\n"
         "  FIOCTL_CONFIG=./sandbox/fioctl.yaml fioca keys ca create ./pki"
     ),
     no_args_is_help=True,
@@ -48,7 +49,9 @@ DATA_OPTION_HELP = "Sandbox data dir (made 0700; holds the state, keys, token, s
         "Serve the sandbox in the foreground until Ctrl-C or SIGTERM.\n\n"
         "Writes DIR/sandbox.json, DIR/fioctl.yaml (API token) and DIR/fioctl-oauth.yaml (OAuth client "
         "credential) for clients, 0600; no secret is printed.\n\n"
-        "Example: fioca sandbox serve --data ./sandbox --factory acme --gateway-port 8443"
+        "\b\n"
+        "Example:\n"
+        "  fioca sandbox serve --data ./sandbox --factory acme --gateway-port 8443"
     )
 )
 def serve(
@@ -94,7 +97,9 @@ def serve(
             logging.getLogger("fioca.sandbox").removeHandler(request_log)
 
 
-@app.command(help="List the devices the sandbox knows. Example: fioca sandbox devices --data ./sandbox --format json")
+@app.command(
+    help="List the devices the sandbox knows.\n\n\b\nExample:\n  fioca sandbox devices --data ./sandbox --format json"
+)
 def devices(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
@@ -119,7 +124,9 @@ def devices(
     "delete-device",
     help=(
         "Delete a device: it goes on the deny-list and the gateway refuses it from then on.\n\n"
-        "Example: fioca sandbox delete-device --data ./sandbox 6d3d5a2e-..."
+        "\b\n"
+        "Example:\n"
+        "  fioca sandbox delete-device --data ./sandbox 6d3d5a2e-..."
     ),
 )
 def delete_device(

@@ -2,7 +2,7 @@
 
 The equivalent of
     curl --cacert factory_ca.pem --cert client.pem --key pkey.pem https://<host>:<port>/device
-with Python's `ssl` and `http.client`: the gateway host is `tls-crt`'s first DNS name (or, with
+through `fioca.api.device_get`: the gateway host is `tls-crt`'s first DNS name (or, with
 no PKI dir, the host of `[tls] server` in the device's sota.toml); the gateway is verified
 against the factory root (`factory_ca.pem`, else the device's `root.crt`) for that host name;
 the TCP connection goes to the host, or to the address a `--resolve`/gateway URL names, with
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fioca import facts
+from fioca import api, facts
 from fioca.device import sota
 from fioca.errors import CheckError, FiocaError, PkiDirError, UsageError
-from fioca.pki import files, profiles
+from fioca.pki import profiles
 
 DEVICE_PATH = "/device"
 TIMEOUT_SECONDS = 10
@@ -131,23 +130,6 @@ def target_for(device: DeviceFiles, *, resolve: str | None = None, gateway_url: 
     return Target(device.host, device.port)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to `address` with SNI, certificate name check and Host header for `self.host`."""
-
-    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float):
-        super().__init__(host, port, context=context, timeout=timeout)
-        self._address = address
-        self._tls_context = context
-
-    def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
-        try:
-            self.sock = self._tls_context.wrap_socket(raw, server_hostname=self.host)
-        except BaseException:
-            raw.close()
-            raise
-
-
 def probe(device: DeviceFiles, target: Target, *, path: str = DEVICE_PATH, timeout: float = TIMEOUT_SECONDS) -> CheckResult:
     """One mTLS GET as the device; the gateway's answer, or why the handshake failed."""
     context = ssl.create_default_context(cafile=str(device.root))
@@ -157,11 +139,10 @@ def probe(device: DeviceFiles, target: Target, *, path: str = DEVICE_PATH, timeo
     except ssl.SSLError as error:
         raise CheckError("client.pem", f"key and certificate do not load together: {error.reason}") from None
     common = {"host": device.host, "address": target.address, "port": target.port, "uuid": device.uuid}
-    connection = _PinnedHTTPSConnection(device.host, target.port, target.address, context, timeout)
     try:
-        connection.request("GET", path, headers={"Accept": "application/json"})
-        response = connection.getresponse()
-        raw = response.read(MAX_BODY + 1)
+        status, status_reason, raw = api.device_get(
+            device.host, target.port, target.address, context=context, path=path, timeout=timeout, max_body=MAX_BODY
+        )
     except ssl.SSLCertVerificationError as error:
         return CheckResult(
             False, stage="tls", reason=f"the gateway's certificate does not verify against {device.root.name} "
@@ -185,14 +166,12 @@ def probe(device: DeviceFiles, target: Target, *, path: str = DEVICE_PATH, timeo
         raise FiocaError(
             f"cannot reach the gateway {device.host} at {target.address}:{target.port}: {error.strerror or error}"
         ) from None
-    finally:
-        connection.close()
     body = _json_or_text(raw)
-    if response.status == 200:
+    if status == 200:
         return CheckResult(True, status=200, body=body, reason="accepted", **common)
     message = body.get("message") if isinstance(body, dict) else None
-    reason = message or f"{response.status} {response.reason}".strip()
-    return CheckResult(False, status=response.status, body=body, reason=str(reason), **common)
+    reason = message or f"{status} {status_reason}".strip()
+    return CheckResult(False, status=status, body=body, reason=str(reason), **common)
 
 
 def _handshake_refusal(error: ssl.SSLError) -> str:

@@ -282,7 +282,7 @@ class InProcessIssuer:
             key_agreement=True, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
         )
         self._eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-        self._akid = x509.AuthorityKeyIdentifier(profiles.subject_key_identifier(pki.local_ca), None, None)
+        self._akid = profiles.authority_key_identifier(pki.local_ca)
         self._expected_extensions = [(ExtensionOID.KEY_USAGE, True, self._key_usage), (ExtensionOID.EXTENDED_KEY_USAGE, True, self._eku)]
         self._built = 0
 

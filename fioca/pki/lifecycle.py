@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from fioca import facts
-from fioca.api import NOT_CONFIGURED, FactoryApi, is_configured
+from fioca.api import CERT_FIELDS, NOT_CONFIGURED, NOT_CONFIGURED_HINT, FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError, UsageError
 from fioca.pki import profiles
 from fioca.pki.files import PkiDir
@@ -57,8 +57,9 @@ def fetch_pki(api: FactoryApi) -> FactoryPki:
     """GET certs/; refuse a factory without a PKI, as fioctl does."""
     certs = api.get_certs()
     if not is_configured(certs):
-        raise FiocaError(NOT_CONFIGURED)
-    body = certs.body
+        raise FiocaError(NOT_CONFIGURED, details=[NOT_CONFIGURED_HINT])
+    # Text around the PEM blocks is skipped, as fioctl skips it.
+    body = {**certs.body, **{name: profiles.pem_only(certs.body[name]) for name in CERT_FIELDS if certs.body.get(name)}}
     root = profiles.load_cert(body["root-crt"], "root-crt")
     cas = profiles.load_cert_bundle(body["ca-crt"], "ca-crt") if body.get("ca-crt") else []
     tls = profiles.load_cert(body["tls-crt"], "tls-crt") if body.get("tls-crt") else None
@@ -150,12 +151,17 @@ def _store_and_patch(
     changes = FileChanges(pki_dir)
     for name in moves:
         target = changes.move_aside(name)
-        progress(f"Moving existing file from {name} to {target.name if target else '?'}")
+        what = _MOVED_WORDS.get(name, "file")
+        progress(f"Moving existing {what} from {name} to {target.name if target else '?'}")
     for name, data in writes.items():
         changes.write(name, data)
     progress(uploading)
     answer_body = _patch(api, plan.patch_body, changes)
     return ApplyResult(plan.summary(), changes.created, changes.moved, answer_body)
+
+
+# fioctl's words for the files it moves aside (fioca also keeps the old CSRs).
+_MOVED_WORDS = {facts.TLS_CERT: "TLS cert file", facts.ONLINE_CA_CERT: "online device CA file"}
 
 
 def not_confirmed(what: str) -> RefusedError:
@@ -185,7 +191,8 @@ class UpdatePlan:
 
 def plan_update(api: FactoryApi, bundle_pem: bytes, *, artifact: str = "CA bundle") -> UpdatePlan:
     """Check a new `ca-crt` (device CAs of the profile, chaining to the root) and compare it."""
-    bundle = profiles.load_cert_bundle(bundle_pem, artifact)
+    text = profiles.pem_only(_pem_text(bundle_pem, artifact))  # text around the blocks is skipped, as fioctl does
+    bundle = profiles.load_cert_bundle(text, artifact)
     pki = fetch_pki(api)
     seen: set[bytes] = set()
     for index, cert in enumerate(bundle, start=1):
@@ -201,8 +208,14 @@ def plan_update(api: FactoryApi, bundle_pem: bytes, *, artifact: str = "CA bundl
     dropped = [ca for ca in pki.device_cas if ca.fingerprint(hashes.SHA256()) not in seen]
     if not added and not dropped:
         raise RefusedError(f"{artifact} holds exactly the factory's device CAs; nothing to update, nothing was sent")
-    text = bundle_pem.decode("ascii")
     return UpdatePlan(pki.factory, added, dropped, kept, {"ca-crt": text})
+
+
+def _pem_text(data: bytes, artifact: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckError(artifact, f"is not PEM text: invalid UTF-8 byte at offset {error.start}") from None
 
 
 def apply_update(api: FactoryApi, plan: UpdatePlan) -> dict[str, Any]:
@@ -328,7 +341,8 @@ def _csr_from_answer(body: dict[str, Any], name: str, factory: str) -> x509.Cert
         raise ApiError(f"the POST answer has no {name}; nothing was signed")
     csr = profiles.load_csr(value, name)
     ou = profiles.subject_ou(csr)
-    if ou != factory:
+    # A device CA's OU must be the factory; the gateway's CSR may name a CN only (fioctl never checks it).
+    if name == facts.ONLINE_CA_CSR and ou != factory:
         raise CheckError(name, f"subject OU is {ou!r}, not the factory {factory!r}")
     return csr
 
@@ -399,6 +413,7 @@ def change_device_cas(
         raise ValueError(f"action must be one of {', '.join(facts.CRL_REASON_CODES)}")
     if not ca_files and not ca_serials:
         raise UsageError("At least one of --ca-file or --ca-serial must be provided")
+    progress("Generating Certificate Revocation List")
     wanted = [parse_serial(text) for text in ca_serials] + serials_from_files(pki_dir, ca_files)
     wanted = list(dict.fromkeys(wanted))  # one entry per serial, first order kept
     pki = fetch_pki(api)
@@ -409,11 +424,10 @@ def change_device_cas(
             raise RefusedError(f"There is no active device CA with serial {serial}")
         if action == "enable" and str(serial) not in pki.disabled_serials:
             raise RefusedError(f"The device CA with serial {serial} is not disabled; nothing to enable")
-    progress("Generating Certificate Revocation List")
     targets = [
         ca_summary(by_serial[serial], disabled=str(serial) in pki.disabled_serials) for serial in wanted
     ]
-    progress("Signing CRL by factory root CA")
+    progress("Signing CRL by Factory root CA")
     crl = sign_crl(signer, [(serial, facts.CRL_REASON_CODES[action]) for serial in wanted])
     plan = CrlPlan(pki.factory, action, targets, crl, dry_run)
     if dry_run:
@@ -466,10 +480,10 @@ def rotate_tls(
     with pki_dir.locked():
         pki = fetch_pki(api)
         require_factory_root(signer, pki)
-        progress("Requesting new Foundries TLS CSR")
+        progress("Requesting new Foundries.io TLS CSR")
         answer = api.post_certs({"first-time-init": False, "ca-csr": False, "est-tls-csr": False, "tls-csr": True})
         csr = _csr_from_answer(answer.body, "tls-csr", pki.factory)
-        progress("Signing Foundries TLS CSR")
+        progress("Signing Foundries.io TLS CSR")
         cert = sign_csr(signer, csr, "tls", via=via, artifact=facts.TLS_CERT, on_stderr=on_script_stderr)
         moves = [name for name in (facts.TLS_CERT, facts.TLS_CSR) if pki_dir.has(name)]
         plan = RotateTlsPlan(pki.factory, pki.tls, cert, csr, moves)
@@ -478,18 +492,38 @@ def rotate_tls(
         writes = {facts.TLS_CSR: profiles.csr_pem(csr), facts.TLS_CERT: profiles.cert_pem(cert)}
         return _store_and_patch(
             api, pki_dir, plan, moves=moves, writes=writes, progress=progress,
-            uploading="Uploading signed certs to Foundries",
+            uploading="Uploading signed certs to Foundries.io",
         )
 
 
 # --- sign ---------------------------------------------------------------------------------------
 
 
-def sign_file(signer: RootSigner, csr_pem: bytes, *, profile: str, artifact: str, via: Via = "inprocess") -> x509.Certificate:
-    """`keys ca sign`: the operator's profile, never one inferred from what the CSR asks."""
-    if profile not in ("tls", "ca"):
+def sign_file(
+    signer: RootSigner, csr_pem: bytes, *, profile: str | None = None, artifact: str, via: Via = "inprocess"
+) -> tuple[x509.Certificate, str]:
+    """`keys ca sign`: (certificate, profile). The type comes from the CSR, as fioctl picks it
+    (basicConstraints CA:TRUE requested: a device CA; otherwise a TLS server certificate with
+    the CSR's DNS, IP, URI and email names), unless `profile` ("tls" or "ca") says which. A CSR
+    that asks for more than its profile grants is refused, never trimmed."""
+    if profile not in (None, "tls", "ca"):
         raise UsageError(f"--profile must be tls or ca, got {profile!r}")
     csr = profiles.load_csr(csr_pem, artifact)
-    return sign_csr(
-        signer, csr, profile, via=via, artifact=f"certificate for {artifact}", csr_artifact=artifact  # type: ignore[arg-type]
+    chosen = profile or ("ca" if profiles.csr_asks_for_ca(csr) else "tls")
+    if via == "script" and chosen == "tls" and _non_dns_names(csr):
+        raise UsageError(
+            f"{artifact} asks for IP, URI or email names, which the reference script drops (it copies DNS names); "
+            "sign it in process (--via inprocess)"
+        )
+    cert = sign_csr(
+        signer, csr, chosen, via=via, artifact=f"certificate for {artifact}", csr_artifact=artifact  # type: ignore[arg-type]
     )
+    return cert, chosen
+
+
+def _non_dns_names(csr: x509.CertificateSigningRequest) -> bool:
+    try:
+        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return any(not isinstance(name, x509.DNSName) for name in names)

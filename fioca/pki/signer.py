@@ -19,7 +19,6 @@ script's text asked and against the trust rules, before returning it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Callable, Literal
 
 from cryptography import x509
@@ -28,8 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from fioca import facts
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import audit, hsm, jail as jails, profiles, reference
-from fioca.pki.asked import AskedCertificate
+from fioca.pki import hsm, jail as jails, profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
 from fioca.pki.scripts import ScriptRunner
@@ -42,6 +40,8 @@ VIAS: tuple[str, ...] = ("script", "inprocess")
 # What each profile grants; a CSR asking for anything beyond it is refused, not trimmed.
 _TLS_KEY_USAGE = {"digital_signature", "key_encipherment", "key_agreement"}
 _CA_KEY_USAGE = {"key_cert_sign"}
+# The subjectAltName kinds `keys ca sign` copies into a TLS certificate, as fioctl does.
+_TLS_NAME_KINDS = (x509.DNSName, x509.IPAddress, x509.UniformResourceIdentifier, x509.RFC822Name)
 # Extensions a CSR may carry whatever the profile: they name keys, they grant nothing.
 _NEUTRAL_EXTENSIONS = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER}
 
@@ -109,7 +109,7 @@ class HsmRootSigner(RootSigner):
     def __init__(self, pki: PkiDir, settings: HsmSettings, *, factory: str | None = None):
         super().__init__(pki, factory=factory, hsm_settings=settings)
         public_key = hsm.root_public_key(settings)
-        if not profiles.same_public_key(public_key, self.certificate.public_key()):
+        if not profiles.same_key(public_key, self.certificate):
             raise RefusedError(
                 f"the {hsm.ROOT_KEY_LABEL} key on HSM token '{settings.token_label}' is not the key of "
                 f"{pki / facts.ROOT_CERT}; use the token this root was made on"
@@ -163,9 +163,11 @@ def check_csr_for_profile(csr: x509.CertificateSigningRequest, profile: Profile,
                 names = ", ".join(oid._name for oid in extra)
                 raise CheckError(artifact, f"asks for extendedKeyUsage {names}; the tls profile grants serverAuth only")
         elif isinstance(value, x509.SubjectAlternativeName) and profile == "tls":
-            others = [type(name).__name__ for name in value if not isinstance(name, x509.DNSName)]
+            others = [type(name).__name__ for name in value if not isinstance(name, _TLS_NAME_KINDS)]
             if others:
-                raise CheckError(artifact, f"asks for subjectAltName {', '.join(others)}; the tls profile takes DNS names only")
+                raise CheckError(
+                    artifact, f"asks for subjectAltName {', '.join(others)}; the tls profile takes DNS, IP, URI and email names"
+                )
         else:
             raise CheckError(artifact, f"asks for {extension.oid._name}, which the {profile} profile does not grant")
     if profile == "tls":
@@ -194,11 +196,16 @@ _CSR_FILE_FOR_PROFILE = {"tls": facts.TLS_CSR, "ca": facts.ONLINE_CA_CSR}
 _UNUSED_CN = "fio-unused"
 
 
-@cache
-def _bundled_asked(script: str) -> tuple[AskedCertificate, ...]:
-    """What fioca's own `script` asks openssl for (its audit), to check what it made."""
-    report = audit.audit_scripts({script: reference.bundled()[script]}, hsm=False, known={}, jail="")
-    return tuple(report.script(script).asked)
+def _check_as_fioca_asks(
+    cert: x509.Certificate, role: profiles.Role, signer: RootSigner, *, csr: x509.CertificateSigningRequest | None,
+    via: Via, artifact: str,
+) -> None:
+    """What fioca just made is exactly what its own scripts ask for (run by this openssl; the
+    in-process builders make what OpenSSL 3 makes)."""
+    openssl = profiles.openssl_generation() if via == "script" else 3
+    profiles.check_as_asked(
+        cert, profiles.FIOCA.asked(role), issuer=signer.certificate, csr=csr, openssl=openssl, artifact=artifact
+    )
 
 
 def _run_bundled(
@@ -253,8 +260,6 @@ def sign_csr(
         if not made["-"].strip():
             raise CheckError(artifact, f"script {script} exited 0 but printed no certificate")
         cert = profiles.load_cert(made["-"], artifact)
-        (asked,) = [item for item in _bundled_asked(script) if item.output is None]
-        profiles.check_as_asked(cert, asked, issuer=signer.certificate, csr=csr, artifact=artifact)
     elif via == "inprocess":
         builder = profiles.sign_gateway_tls if profile == "tls" else profiles.sign_device_ca
         cert = builder(csr, root_cert=signer.certificate, root_key=signer.private_key())
@@ -264,6 +269,8 @@ def sign_csr(
         profiles.check_gateway_tls(cert, root=signer.certificate, csr=csr, artifact=artifact)
     else:
         profiles.check_device_ca(cert, root=signer.certificate, factory=signer.factory, csr=csr, artifact=artifact)
+    role = profiles.Role.GATEWAY_TLS if profile == "tls" else profiles.Role.DEVICE_CA
+    _check_as_fioca_asks(cert, role, signer, csr=csr, via=via, artifact=artifact)
     return cert
 
 
@@ -290,8 +297,6 @@ def create_local_ca(
         made = _run_bundled(signer, script, names, {}, names, local_ca_cn=cn, on_stderr=on_stderr)
         key_pem, cert_pem = made[facts.LOCAL_CA_KEY], made[facts.LOCAL_CA_CERT]
         cert = profiles.load_cert(cert_pem, facts.LOCAL_CA_CERT)
-        (asked,) = [item for item in _bundled_asked(script) if item.output == "$2"]
-        profiles.check_as_asked(cert, asked, issuer=signer.certificate, artifact=facts.LOCAL_CA_CERT)
     elif via == "inprocess":
         key = profiles.new_key()
         csr = profiles.build_device_ca_csr(key, cn=cn, factory=signer.factory)
@@ -302,6 +307,7 @@ def create_local_ca(
     profiles.check_device_ca(
         cert, root=signer.certificate, factory=signer.factory, expected_cn=cn, artifact=facts.LOCAL_CA_CERT
     )
+    _check_as_fioca_asks(cert, profiles.Role.DEVICE_CA, signer, csr=None, via=via, artifact=facts.LOCAL_CA_CERT)
     profiles.check_key_matches(profiles.load_private_key(key_pem, facts.LOCAL_CA_KEY), cert, facts.LOCAL_CA_KEY)
     return LocalCa(cert=cert, key_pem=key_pem)
 

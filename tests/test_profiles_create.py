@@ -1,0 +1,132 @@
+"""`keys ca create` with the two tiers: it accepts what the server really sends (a CN-only
+gateway CSR, the API's own scripts) and still refuses what differs from what a script set asks
+for, and the upload check reads the stored files right before the PATCH."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import answer_with, server_certs
+from fioca import facts
+from fioca.pki import profiles, reference
+from fioca.sandbox import backend as sandbox_backend
+
+Role = profiles.Role
+
+
+def _cn_only_gateway_csrs(monkeypatch) -> None:
+    """The sandbox's gateway CSR with a CN only, as fioctl's own tests model the backend's."""
+    real = sandbox_backend._new_key_and_csr
+
+    def new_key_and_csr(factory, common_name, dns_names, *, ca):
+        if ca or not dns_names:
+            return real(factory, common_name, dns_names, ca=ca)
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return key_pem.decode(), csr.public_bytes(serialization.Encoding.PEM).decode(), spki
+
+    monkeypatch.setattr(sandbox_backend, "_new_key_and_csr", new_key_and_csr)
+
+
+def test_create_accepts_a_cn_only_gateway_csr(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    _cn_only_gateway_csrs(monkeypatch)
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    tls = profiles.load_cert((pki / facts.TLS_CERT).read_bytes(), facts.TLS_CERT)
+    assert [attribute.oid for attribute in tls.subject] == [NameOID.COMMON_NAME]
+    assert server_certs(sandbox)[1]["tls-crt"] == (pki / facts.TLS_CERT).read_text()
+
+
+def test_create_refuses_an_online_ca_csr_for_another_factory(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    """The negative twin: a device CA's OU must be the factory, so its CSR's must be too."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    foreign = profiles.build_device_ca_csr(key, cn="online-ca", factory="other-factory")
+    answer_with(monkeypatch, sandbox, {"ca-csr": profiles.csr_pem(foreign).decode()})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env)
+    assert result.exit_code == 4, result.output
+    assert "ca-csr: subject OU is 'other-factory', not the factory 'acme'" in result.stderr
+    assert server_certs(sandbox)[0] == 206
+
+
+@pytest.mark.parametrize("revision", reference.API_REVISIONS)
+def test_create_with_the_apis_own_scripts(cli, sandbox, sandbox_env, tmp_path, monkeypatch, revision):
+    polis = sandbox.backend.user_self()["polis-id"]
+    scripts = reference.api_scripts(revision, factory=sandbox.info.factory, local_ca_cn=f"fio-{polis}")
+    answer_with(monkeypatch, sandbox, scripts)
+    pki = tmp_path / "pki"
+    # --allow-unaudited: the audit still rates the scripts' `--pin $HSM_PIN` high (issue 11.2).
+    result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    root = profiles.load_cert((pki / facts.ROOT_CERT).read_bytes(), facts.ROOT_CERT)
+    issued = [(name, profiles.load_cert((pki / name).read_bytes(), name), role, None)
+              for name, role in ((facts.TLS_CERT, Role.GATEWAY_TLS), (facts.ONLINE_CA_CERT, Role.DEVICE_CA),
+                                 (facts.LOCAL_CA_CERT, Role.DEVICE_CA))]  # fmt: skip
+    notes = profiles.pki_notes(root, issued)
+    assert all(f"matches the named profile {revision}-openssl-3 " in note for note in notes), notes
+
+
+@pytest.mark.parametrize(
+    ("script", "old", "new", "artifact"),
+    [
+        ("create_ca", "-days 7300", "-days 7301", facts.ROOT_CERT),
+        ("sign_ca_csr", "keyUsage = critical, keyCertSign", "keyUsage = critical, keyCertSign, cRLSign", facts.ONLINE_CA_CERT),
+    ],
+    ids=["root-one-day-longer", "ca-with-crl-sign"],
+)  # fmt: skip
+def test_create_refuses_what_no_script_set_asks_for(
+    cli, sandbox, sandbox_env, tmp_path, monkeypatch, script, old, new, artifact
+):
+    """Trust is not broken (the tier-one checks pass), but no known script set makes this."""
+    polis = sandbox.backend.user_self()["polis-id"]
+    text = reference.rendered(factory=sandbox.info.factory, local_ca_cn=f"fio-{polis}")[script]
+    assert old in text
+    answer_with(monkeypatch, sandbox, {script: text.replace(old, new)})  # both branches (HSM and file)
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", "--allow-unaudited", env=sandbox_env)
+    assert result.exit_code == 4, result.output
+    assert f"{artifact}: is not what any known script set asks for; closest is " in result.stderr
+    assert server_certs(sandbox)[0] == 206
+
+
+def test_the_upload_check_reads_the_stored_files(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
+    """A root stored long after its notBefore is refused right before the PATCH; the twin, the
+    same files with their real store time, goes up."""
+    from tests.terminal import answering_tty
+
+    pki = tmp_path / "pki"
+    with answering_tty(monkeypatch, "n\n"):
+        declined = cli("keys", "ca", "create", pki, env=sandbox_env)
+    assert declined.exit_code == 3, declined.output
+    root_path = pki / facts.ROOT_CERT
+    stored_at = root_path.stat().st_mtime
+    root = profiles.load_cert(root_path.read_bytes(), facts.ROOT_CERT)
+    late = root.not_valid_before_utc.timestamp() + 86400  # as if a backdated root had been stored now
+    os.utime(root_path, (late, late))
+    refused = cli("keys", "ca", "create", pki, "--resume", "--yes", env=sandbox_env)
+    assert refused.exit_code == 4, refused.output
+    assert (
+        "factory_ca.pem: notBefore" in refused.stderr
+        and "is not within 15 minutes of when it was made" in refused.stderr
+    )
+    assert server_certs(sandbox)[0] == 206
+    os.utime(root_path, (stored_at, stored_at))
+    resumed = cli("keys", "ca", "create", pki, "--resume", "--yes", env=sandbox_env)
+    assert resumed.exit_code == 0, resumed.output
+    assert server_certs(sandbox)[1]["root-crt"] == root_path.read_text()
