@@ -22,7 +22,7 @@ from fioca.errors import FiocaError, RefusedError, UsageError
 from fioca.text import quote_path
 
 if TYPE_CHECKING:
-    from fioca.pki import files
+    from fioca.pki.files import PkiDir
     from fioca.pki.hsm import HsmSettings
     from fioca.pki.signer import RootSigner
 
@@ -38,26 +38,16 @@ ViaOption = Annotated[Via, typer.Option("--via", help=VIA_HELP)]
 RootPkiDir = Annotated[Path, typer.Argument(metavar="PKI_DIR", help="The PKI dir holding factory_ca.pem and its key.")]
 
 
-def _pki_dir(path: Path) -> files.PkiDir:
-    from fioca.pki import files
+def _pki_dir(path: Path) -> PkiDir:
+    from fioca.pki.files import PkiDir
 
-    path = path.expanduser()
-    if not path.is_dir():
-        raise FiocaError(f"PKI dir {quote_path(path)} does not exist or is not a directory")
-    return files.PkiDir(path)
+    return PkiDir.open(path.expanduser())
 
 
-def _root_signer(pki: files.PkiDir, hsm: HsmSettings | None) -> RootSigner:
-    """The PKI dir's root; a root whose key is not beside it is most likely on an HSM."""
+def _root_signer(pki: PkiDir, hsm: HsmSettings | None) -> RootSigner:
     from fioca.pki.signer import load_root_signer
 
-    if hsm is None and pki.has(facts.ROOT_CERT) and not pki.has(facts.ROOT_KEY):
-        raise RefusedError(
-            f"{quote_path(pki / facts.ROOT_KEY)} does not exist, but {facts.ROOT_CERT} does: "
-            "if this root's key is on an HSM, pass --hsm-module and --hsm-token-label (and the PIN)",
-            details=[f"  e.g. --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token-label <label>; PIN in {hsm_options.PIN_ENV}"],
-        )
-    return load_root_signer(pki.path, hsm=hsm)
+    return load_root_signer(pki, hsm=hsm)
 
 
 def _ca_lines(title: str, cas: list[dict[str, Any]]) -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -87,7 +88,7 @@ class CreateResult:
     plan: CreatePlan
     answer: ServerAnswer
     audit: audit.AuditReport
-    jail: jails.Jail
+    jail: jails.Jail | str  # a description only, in a dry-run where no jail is available
     dry_run: bool
     patch_body: dict[str, str] = field(default_factory=dict)
     root_fingerprint: str = ""
@@ -97,7 +98,7 @@ class CreateResult:
 
 def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Reporter) -> CreateResult:
     """The whole flow for PKI dir `path`: dry-run or real, fresh or resumed."""
-    jail = jails.find_jail(no_jail=options.no_jail, hsm=options.hsm)
+    jail = jail_for(options)
     if not options.resume:
         _refuse_existing_pki(path)
         if options.hsm is not None and not options.dry_run:
@@ -116,7 +117,7 @@ def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Report
         for step in start.plan.steps:
             steps.run(step)
         result.stored = [pki / name for name in start.plan.kept]
-        result.patch_body = verified_patch_body(pki, start)
+        result.patch_body = verified_patch_body(pki, start, report)
         root = profiles.load_cert(result.patch_body["root-crt"], facts.ROOT_CERT)
         tls = profiles.load_cert(result.patch_body["tls-crt"], facts.TLS_CERT)
         result.root_fingerprint = profiles.fingerprint_sha256(root)
@@ -139,9 +140,23 @@ def dry_run_saved(path: Path, options: CreateOptions, reporter: Reporter, *, fac
     plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
     answer = answer_from(data, raw, factory=factory_name, local_ca_cn=cn, on_note=reporter.note)
     check_csrs(answer, plan)
-    jail = jails.find_jail(no_jail=options.no_jail, hsm=options.hsm)
+    jail = jail_for(options)
     start = Start(plan, answer, None)
     return CreateResult(plan, answer, audit_gate(start, options, jail, reporter), jail, dry_run=True)
+
+
+def jail_for(options: CreateOptions) -> jails.Jail | str:
+    """The jail a real run uses: no jail, no scripts. A dry-run only describes it, so a
+    machine without bubblewrap can still read the scripts and the plan (and learns why)."""
+    if not options.dry_run:
+        jail = jails.require(no_jail=options.no_jail)
+        if options.hsm is not None and jail.contained:
+            jails.hsm_layout(options.hsm.script_env())  # the module's files, before anything is sent
+        return jail
+    try:
+        return jails.require(no_jail=options.no_jail)
+    except FiocaError as exc:
+        return f"none available: {exc.message}"
 
 
 # --- Start: fresh or resumed -------------------------------------------------------------------
@@ -300,21 +315,21 @@ def answer_from(
 
 
 def check_csrs(answer: ServerAnswer, plan: CreatePlan) -> None:
-    """The CSRs the scripts will sign: well-formed, self-signed, values of the documented shape.
+    """The CSRs the scripts will sign: well-formed and self-signed, values of the documented shape.
 
-    The gateway's CSR is not required to carry an OU (fioctl never checks its subject); its
-    DNS names must be host names, since sign_tls_csr copies them into its extension file.
-    The online CA's CSR becomes a device CA, whose OU the backend requires to be the factory.
+    The gateway's subject is not checked (fioctl never does; a server may send a CN only), but
+    its DNS names must be host names: sign_tls_csr copies them into its extension file. The
+    online CA's CSR becomes a device CA, whose OU the backend requires to be the factory.
     """
     for name in _csr_inputs(plan):
         value = answer.csrs.get(name)
         if not value or not value.strip():
             raise ApiError(f"the POST answer has no {name}; nothing was run")
         csr = profiles.load_csr(value.encode(), name)
-        if name == facts.TLS_CSR:
-            profiles.check_gateway_csr(csr, artifact=name)
-        else:
-            profiles.check_device_ca_csr(csr, factory=answer.factory, artifact=name)
+        profiles.check_server_csr(csr, gateway=name == facts.TLS_CSR, artifact=name)
+        ou = profiles.subject_ou(csr)
+        if name == facts.ONLINE_CA_CSR and ou != answer.factory:
+            raise CheckError(name, f"subject OU is {ou!r}, not the factory {answer.factory!r}")
 
 
 def _csr_inputs(plan: CreatePlan) -> list[str]:
@@ -341,7 +356,7 @@ def save_answer(pki: PkiDir, answer: ServerAnswer, plan: CreatePlan, *, only: li
 # --- Audit -------------------------------------------------------------------------------------
 
 
-def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail, reporter: Reporter) -> audit.AuditReport:
+def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail | str, reporter: Reporter) -> audit.AuditReport:
     """Judge every script before any runs: pinned digests first, then high findings."""
     answer = start.answer
     for name, expected in options.expected_sha256.items():
@@ -352,7 +367,7 @@ def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail, reporter:
         answer.scripts,
         hsm=start.plan.hsm,
         known=reference.known_sets(factory=answer.factory, local_ca_cn=answer.local_ca_cn),
-        jail=jail.describe(),
+        jail=jail if isinstance(jail, str) else jail.describe(),
     )
     failing = report.failing(audit.Severity.HIGH)
     if failing and not options.dry_run:
@@ -367,7 +382,7 @@ def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail, reporter:
         for line in lines:
             reporter.note(f"  {line}")
     if options.no_jail and not options.dry_run:
-        reporter.note(f"WARNING: --no-jail: the scripts run with your user's rights, {jail.describe()}")
+        reporter.note("WARNING: --no-jail: the scripts run with your user's rights, your files and the network")
     return report
 
 
@@ -403,6 +418,7 @@ class Steps:
         if step.script == facts.CREATE_CA and self.options.hsm is not None:
             self.refuse_orphan_token_key()
         self.reporter.progress(step.progress)
+        made_at = datetime.now(timezone.utc).replace(microsecond=0)
         products = self.made_by(step)
         self.check(step, products)
         if self.options.reissue:
@@ -411,7 +427,8 @@ class Steps:
             if self.pki.has(name):  # a product kept by a run that died before journalling it
                 self.pki.move_aside(name, ".unjournalled")
             self.pki.write_new(name, products[name])
-        self.journal.record_step(step.script, {name: hashlib.sha256(data).hexdigest() for name, data in products.items()})
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in products.items()}
+        self.journal.record_step(step.script, digests, made_at=made_at)
 
     def done_before(self, step: ScriptStep) -> bool:
         """On resume: a journalled step whose kept files are intact and still pass their checks."""
@@ -441,13 +458,13 @@ class Steps:
             runner = ScriptRunner(
                 work_dir,
                 jail=self.jail,
-                env=self.env,
-                hsm=self.options.hsm,
+                env_extra=self.env,
                 limits=ScriptLimits(timeout=self.options.script_timeout),
                 on_stderr=lambda line: self.reporter.script_stderr(step.script, line),
+                on_note=self.reporter.note,
             )
             for name, text in self.start.answer.scripts.items():  # all four: a script may call a sibling
-                runner.install(name, text.encode())
+                runner.install(name, text)
             for name in step.stages:
                 runner.put(name, self.staged(name))
             stdout = runner.run(step.script, step.args)
@@ -513,26 +530,19 @@ def asked_for(report: audit.AuditReport, step: ScriptStep, product: str) -> Aske
     """What the step's script text asks openssl for, to make `product`.
 
     The audit names each certificate-making command's output as written (`factory_ca.pem`,
-    `$2`, or stdout); the plan knows the arguments the script gets. The API's create_device_ca
-    has its sibling sign_ca_csr make the certificate (`$here/sign_ca_csr ... > $crt`): then the
-    sibling's text is what asks.
+    `$2`, or None for stdout; a certificate a sibling script prints into `$crt` counts as the
+    caller's), and the plan knows the arguments the script gets.
     """
     positional = {f"${index}": arg for index, arg in enumerate(step.args, start=1)}
-    to_stdout = product == step.stdout_file
-    for script in (step.script, facts.SIGN_CA_CSR if step.script == facts.CREATE_DEVICE_CA else None):
-        if script is None:
-            continue
-        found = [
-            asked
-            for asked in report.script(script).asked
-            if (asked.output is None and (to_stdout or script != step.script))
-            or (asked.output is not None and positional.get(asked.output, asked.output) == product)
-        ]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise CheckError(product, f"{script} has {len(found)} openssl commands that could make it; fioca cannot tell which one did")
-    raise CheckError(product, f"the audit cannot tell which openssl command in {step.script} makes it, so it cannot be checked")
+    wanted = None if product == step.stdout_file else product
+    found = [
+        asked for asked in report.script(step.script).asked
+        if (positional.get(asked.output, asked.output) if asked.output is not None else None) == wanted
+    ]
+    if len(found) != 1:
+        how = "no openssl command" if not found else f"{len(found)} openssl commands"
+        raise CheckError(product, f"the audit finds {how} in {step.script} that makes it, so it cannot be checked")
+    return found[0]
 
 
 class Checks:
@@ -561,11 +571,11 @@ class Checks:
             return
         root = self.cert(facts.ROOT_CERT)
         cert = self.cert(name)
-        csr = profiles.load_csr(self.answer.csrs[_CSR_OF[name]].encode(), _CSR_OF[name]) if name in _CSR_OF else None
+        csr = csr_for(self.answer, name)
         if asked is not None:
-            profiles.check_as_asked(cert, asked, issuer=root, csr=csr, artifact=name)
+            profiles.check_as_asked(cert, asked, issuer=root, csr=csr, openssl=profiles.openssl_generation(), artifact=name)
         if name == facts.ROOT_CERT:
-            profiles.check_new_root(cert, factory=factory, artifact=name)
+            profiles.check_root(cert, factory=factory, artifact=name)
             if self.hsm is not None:
                 hsm.check_cert_matches_token(self.hsm, cert, name)
         elif name == facts.TLS_CERT:
@@ -576,32 +586,63 @@ class Checks:
             profiles.check_device_ca(cert, root=root, factory=factory, expected_cn=self.answer.local_ca_cn, artifact=name)
 
 
+
 _CSR_OF = {facts.TLS_CERT: facts.TLS_CSR, facts.ONLINE_CA_CERT: facts.ONLINE_CA_CSR}
+
+
+def csr_for(answer: ServerAnswer, name: str):
+    """The server's CSR a certificate was signed for (None for the root and the local CA)."""
+    csr_name = _CSR_OF.get(name)
+    return profiles.load_csr(answer.csrs[csr_name].encode(), csr_name) if csr_name else None
 
 
 # --- Verify and upload -------------------------------------------------------------------------
 
 
-def verified_patch_body(pki: PkiDir, start: Start) -> dict[str, str]:
-    """The PATCH body, built from the stored bytes and checked whole right before the upload:
-    each file is the one journalled, and the set is checked as one PKI (profiles.check_upload)."""
-    recorded = start.journal.fingerprints()
+_ROLES = {
+    facts.ROOT_CERT: profiles.Role.ROOT,
+    facts.TLS_CERT: profiles.Role.GATEWAY_TLS,
+    facts.ONLINE_CA_CERT: profiles.Role.DEVICE_CA,
+    facts.LOCAL_CA_CERT: profiles.Role.DEVICE_CA,
+}
+_KEY_OF = {facts.ROOT_CERT: facts.ROOT_KEY, facts.LOCAL_CA_CERT: facts.LOCAL_CA_KEY}
+
+
+def verified_patch_body(pki: PkiDir, start: Start, report: audit.AuditReport) -> dict[str, str]:
+    """The PATCH body, built from the stored bytes and checked whole right before the upload.
+
+    Each file must be the one journalled; each certificate is checked whole
+    (profiles.check_upload): the trust rules, exactly what its script's text asked, notBefore
+    within minutes of when its step ran, nothing a named profile would not have, SKID and AKID
+    computed as OpenSSL and Go compute them (so no identifier can carry data)."""
+    journal = start.journal
+    recorded = journal.fingerprints()
     stored: dict[str, bytes] = {}
     for name in start.plan.uploaded:
         data = pki.read_bytes(name)
         if hashlib.sha256(data).hexdigest() != recorded.get(name):
             raise RefusedError(f"{pki / name} is not the file create kept (SHA-256 differs from the journal); nothing was sent")
         stored[name] = data
-    local_cn = start.answer.local_ca_cn if facts.LOCAL_CA_CERT in stored else None
-    profiles.check_upload(
-        root=stored[facts.ROOT_CERT],
-        tls=stored[facts.TLS_CERT],
-        tls_csr=start.answer.csrs[facts.TLS_CSR],
-        device_cas={name: stored[name] for name in (facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT) if name in stored},
-        online_csr=start.answer.csrs.get(facts.ONLINE_CA_CSR),
-        factory=start.answer.factory,
-        local_ca_cn=local_cn,
-    )
+    root = profiles.load_cert(stored[facts.ROOT_CERT], facts.ROOT_CERT)
+    for step in start.plan.steps:
+        for name in step.products:
+            if name not in _ROLES:
+                continue
+            key_name = _KEY_OF.get(name)
+            key = profiles.load_private_key(pki.read_bytes(key_name), key_name) if key_name and pki.has(key_name) else None
+            profiles.check_upload(
+                profiles.load_cert(stored[name], name),
+                role=_ROLES[name],
+                factory=start.answer.factory,
+                issuer=None if name == facts.ROOT_CERT else root,
+                asked=asked_for(report, step, name),
+                csr=csr_for(start.answer, name),
+                key=key,
+                expected_cn=start.answer.local_ca_cn if name == facts.LOCAL_CA_CERT else None,
+                made_at=journal.made_at(step.script),
+                openssl=profiles.openssl_generation(),
+                artifact=name,
+            )
     return {field.name: "\n".join(stored[source].decode() for source in field.sources) for field in start.plan.patch}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 
 from fioca import facts
 from fioca.errors import PkiDirError
@@ -34,6 +35,7 @@ class Journal:
     no_jail: bool = False
     reissue: bool = False
     steps: dict[str, dict[str, str]] = field(default_factory=dict)  # script -> {file: sha256}
+    made: dict[str, str] = field(default_factory=dict)  # script -> when it ran (ISO 8601, UTC)
     running: str | None = None  # the script whose work dir exists right now
     version: int = VERSION
 
@@ -63,14 +65,20 @@ class Journal:
         data.pop("pki")
         self.pki.replace(facts.JOURNAL_FILE, (json.dumps(data, indent=2) + "\n").encode(), facts.RECORD_MODE)
 
-    def record_step(self, script: str, kept: dict[str, str]) -> None:
+    def record_step(self, script: str, kept: dict[str, str], *, made_at: datetime) -> None:
         self.steps[script] = dict(kept)
+        self.made[script] = made_at.isoformat()
         self.save()
+
+    def made_at(self, script: str) -> datetime:
+        """When the step ran: its certificates' notBefore must lie close to it."""
+        return datetime.fromisoformat(self.made[script])
 
     def restart_steps(self, scripts: list[str], *, answer_sha256: str) -> None:
         """Forget finished steps (their files were moved aside) for a new answer."""
         for script in scripts:
             self.steps.pop(script, None)
+            self.made.pop(script, None)
         self.answer_sha256 = answer_sha256
         self.save()
 

@@ -80,8 +80,9 @@ class FileRootSigner(RootSigner):
         super().__init__(pki, factory=factory, hsm_settings=None)
         if not pki.has(facts.ROOT_KEY):
             raise RefusedError(
-                f"{pki / facts.ROOT_KEY} does not exist. If this root's key is on an HSM, pass --hsm-module and "
-                "--hsm-token-label; else this is not a PKI dir made by `keys ca create`"
+                f"{pki / facts.ROOT_KEY} does not exist, but {facts.ROOT_CERT} does: if this root's key is on an "
+                "HSM, pass --hsm-module and --hsm-token-label (and the PIN)",
+                details=["  e.g. --hsm-module /usr/lib/softhsm/libsofthsm2.so --hsm-token-label <label>; PIN in FIOCA_HSM_PIN"],
             )
         self._key_pem = pki.read_bytes(facts.ROOT_KEY)
         key = profiles.load_private_key(self._key_pem, facts.ROOT_KEY)

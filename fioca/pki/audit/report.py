@@ -191,6 +191,9 @@ class AuditReport:
     def max_severity(self) -> Severity | None:
         return max((s.max_severity for s in self.scripts if s.max_severity is not None), default=None)
 
+    def script(self, name: str) -> ScriptAudit:
+        return next(script for script in self.scripts if script.name == name)
+
     def failing(self, level: Severity) -> list[ScriptFinding]:
         """Every finding at or above `level`, with the script it was found in."""
         return [ScriptFinding(s.name, f) for s in self.scripts for f in s.findings if f.severity >= level]
