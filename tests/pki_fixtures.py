@@ -126,10 +126,7 @@ def _run_scripts(
     script_set: str, pki_dir: Path, *, factory: str, tls_csr_pem: str, ca_csr_pem: str, local_ca_cn: str
 ) -> None:
     """Script-era fioctl's steps (PKI-SPEC section 3): scripts 0700 and CSRs in the PKI dir, run there."""
-    if script_set == reference.FIOCA:
-        scripts = reference.rendered(factory=factory, local_ca_cn=local_ca_cn)
-    else:
-        scripts = reference.api_scripts(script_set, factory=factory, local_ca_cn=local_ca_cn)
+    scripts = reference.known_sets(factory=factory, local_ca_cn=local_ca_cn)[script_set]
     for name, text in scripts.items():
         (pki_dir / name).write_text(text)
         (pki_dir / name).chmod(0o700)

@@ -331,7 +331,7 @@ def world(tmp_path_factory) -> Iterator[FakeWorld]:
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY, scripts="fioca") as sandbox:
+    with Sandbox(tmp_path_factory.mktemp("sandbox"), factory=FACTORY) as sandbox:
         yield sandbox
 
 
@@ -660,15 +660,15 @@ def test_bad_post_answer(cli, box, box_env, recorded, tmp_path, monkeypatch, cas
 
 def test_good_answer_passes_the_csr_checks(box, recorded):
     """Negative twin of the CSR cases: the sandbox's own CSRs pass the same early check."""
-    from fioca.pki.create import ServerAnswer, check_csrs
+    from fioca.pki.create import answer_from, check_csrs
     from fioca.pki.plan import plan_create
 
     plan = plan_create(online_ca=True, local_ca=True)
     data = box.backend.post_certs({})
-    check_csrs(ServerAnswer(b"", data, {}, True, FACTORY, "fio-x"), plan)
+    check_csrs(answer_from(data, b"", factory=FACTORY, local_ca_cn="fio-x"), plan)
     bad = {**data, "tls-csr": csr_pem(ec.generate_private_key(ec.SECP384R1()))}
     with pytest.raises(CheckError, match="P-256"):
-        check_csrs(ServerAnswer(b"", bad, {}, True, FACTORY, "fio-x"), plan)
+        check_csrs(answer_from(bad, b"", factory=FACTORY, local_ca_cn="fio-x"), plan)
 
 
 # === 5. The config file ==========================================================================
@@ -733,7 +733,7 @@ def test_pki_dir_is_a_file(cli, box_env, recorded, tmp_path):
     target = tmp_path / "pki"
     target.write_bytes(USER_NOTE)
     result = cli("keys", "ca", "create", target, "--yes", env=box_env)
-    assert_error(result, f"PKI dir {target} exists and is not a directory")
+    assert_error(result, f"{target} is not a directory (or is a symlink)")
     assert target.read_bytes() == USER_NOTE and recorded == []
 
 
@@ -742,21 +742,21 @@ def test_pki_dir_under_a_file(cli, box_env, recorded, tmp_path):
     parent = tmp_path / "file"
     parent.write_bytes(USER_NOTE)
     result = cli("keys", "ca", "create", parent / "sub", "--yes", env=box_env)
-    assert_error(result, f"cannot create PKI dir {parent / 'sub'}", "Not a directory")
+    assert_error(result, f"cannot create {parent / 'sub'}", "Not a directory")
     assert parent.read_bytes() == USER_NOTE and recorded == []
 
 
 def test_pki_dir_refusing_writes(cli, box_env, recorded, tmp_path, monkeypatch):
     """Not writable at the first write (tests run as root, so permissions are simulated: the
     temporary file cannot be made, as on a read-only mount or a 0500 dir for a normal user)."""
-    real_mkstemp = files.tempfile.mkstemp
+    real_open = os.open
 
-    def refuse(*args, dir=None, **kwargs):
-        if dir is not None and Path(dir) == tmp_path / "pki":
+    def refuse(path, flags, *args, **kwargs):
+        if str(path).startswith(f".{facts.FACTORY_CERTS_JSON}.") and flags & os.O_CREAT:
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real_mkstemp(*args, dir=dir, **kwargs)
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.os, "open", refuse)
     pki = user_pki_dir(tmp_path)
     before = snapshot(pki)
     result = cli("keys", "ca", "create", pki, "--yes", env=box_env)
@@ -766,37 +766,21 @@ def test_pki_dir_refusing_writes(cli, box_env, recorded, tmp_path, monkeypatch):
     assert facts.FACTORY_CERTS_JSON not in snapshot(pki)
 
 
-class _HalfThenFull:
-    """A file object whose write puts half the bytes on disk, then fails as a full disk does."""
-
-    def __init__(self, real):
-        self.real = real
-
-    def write(self, data: bytes) -> int:
-        self.real.write(data[: len(data) // 2])
-        self.real.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.real.close()
-
-
 def test_full_disk_while_storing_the_root_key(cli, box, box_env, recorded, tmp_path, monkeypatch):
-    real_fdopen = os.fdopen
+    real_write = os.write
 
-    def fdopen(fd, *args, **kwargs):
-        handle = real_fdopen(fd, *args, **kwargs)
-        if f".{facts.ROOT_KEY}." in os.readlink(f"/proc/self/fd/{fd}"):
-            return _HalfThenFull(handle)
-        return handle
+    def half_then_full(fd, data):
+        """Half the bytes of the root key's temporary file reach the disk, then the disk is full."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if f".{facts.ROOT_KEY}." in target:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
 
-    monkeypatch.setattr(files.os, "fdopen", fdopen)
+    monkeypatch.setattr(files.os, "write", half_then_full)
     pki = user_pki_dir(tmp_path)
     before = snapshot(pki)
     result = cli("keys", "ca", "create", pki, "--yes", env=box_env)
@@ -817,8 +801,8 @@ def signing_pki(tmp_path_factory) -> Path:
     pki = tmp_path_factory.mktemp("signing") / "pki"
     pki.mkdir(mode=0o700)
     key = profiles.new_key()
-    files.write_new(pki / facts.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_new(pki / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_file(pki / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_file(pki / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     return pki
 
 
@@ -899,7 +883,7 @@ def test_sign_with_a_bad_pki_dir(cli, tmp_path, case):
     pki = tmp_path / "pki"
     if case == "pki-dir-is-a-file":
         pki.write_bytes(USER_NOTE)
-        fragment = "does not exist or is not a directory"
+        fragment = "is not a directory (or is a symlink)"
     else:
         pki.mkdir()
         fragment = "factory_ca.pem does not exist"

@@ -80,7 +80,7 @@ def test_the_upload_question_reaches_the_terminal_when_stderr_is_redirected(sand
 def test_a_script_cannot_overwrite_the_question_or_the_fingerprint(sandbox, terminal_env, tmp_path, monkeypatch):
     from fioca.pki import reference
 
-    original = reference.rendered(factory="acme", local_ca_cn="fio-x")["create_ca"]
+    original = reference.bundled()["create_ca"]
     # Clear the screen, go home, and print a fake, already answered question.
     hostile = original + "printf '\\033[2J\\033[H\\033[8mUpload? [y/N]: y\\033[0m\\r' >&2\n"
     answer_with(monkeypatch, sandbox, {"create_ca": hostile})

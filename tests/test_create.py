@@ -150,7 +150,7 @@ def test_confirmed_upload(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
 
 
 def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch):
-    broken = reference.rendered(factory=FACTORY, local_ca_cn="x")["sign_ca_csr"].replace(
+    broken = reference.bundled()["sign_ca_csr"].replace(
         'csr=$1', 'csr=$1\necho "cannot open the CA key" >&2\nexit 7'
     )
     answer_with(monkeypatch, sandbox, {"sign_ca_csr": broken})
@@ -177,7 +177,7 @@ def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env,
     assert result.exit_code == 0, result.output
     assert "using fioca's bundled reference scripts" in result.stderr
     polis = backend.user_self()["polis-id"]
-    want = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
+    want = reference.bundled()["create_ca"]
     assert (tmp_path / "pki" / "create_ca").read_text() == want
 
 

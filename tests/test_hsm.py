@@ -27,7 +27,8 @@ from fioca import facts
 from fioca.cli import main
 from fioca.errors import CheckError, RefusedError
 from fioca.pki import hsm, profiles
-from fioca.pki.journal import WORK_DIR
+from fioca.facts import WORK_DIR
+from fioca.pki.files import PkiDir
 from fioca.pki.signer import HsmRootSigner, load_root_signer
 from fioca.sandbox.server import Sandbox
 from tests.conftest import CliResult, config_env
@@ -305,9 +306,9 @@ def test_another_tokens_root_ca_is_refused(made: HsmPki, tmp_path: Path):
     other = new_token(tmp_path / "other", "other-root")
     put_root_ca_on(other)
     with other.active(), pytest.raises(RefusedError, match="is not the key of"):
-        HsmRootSigner(made.pki, other.settings())
+        HsmRootSigner(PkiDir.open(made.pki), other.settings())
     with made.token.active():
-        assert isinstance(load_root_signer(made.pki, hsm=made.token.settings()), HsmRootSigner)
+        assert isinstance(load_root_signer(PkiDir.open(made.pki), hsm=made.token.settings()), HsmRootSigner)
 
 
 # --- wrong PIN, missing token, a token that already holds root-ca ----------------------------------

@@ -192,8 +192,8 @@ def test_add_device_ca_refuses_a_pki_dir_of_another_root(cli, created, tmp_path)
     other = tmp_path / "other"
     other.mkdir()
     key = profiles.new_key()
-    files.write_new(other / facts.ROOT_KEY, profiles.private_key_pem(key))
-    files.write_new(other / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
+    files.write_file(other / facts.ROOT_KEY, profiles.private_key_pem(key))
+    files.write_file(other / facts.ROOT_CERT, profiles.cert_pem(profiles.build_root(key, factory=FACTORY)))
     result = cli("keys", "ca", "add-device-ca", other, "--local-ca", "--yes", env=created.env)
     assert result.exit_code == 3
     assert "is not factory 'acme's root of trust" in result.stderr
@@ -330,10 +330,10 @@ def test_rotate_tls_twice(cli, created):
 def test_rotate_tls_not_confirmed_writes_and_sends_nothing(cli, created):
     api = FactoryApi(load_settings(factory=None, token=None, config=created.env["FIOCTL_CONFIG"], server=None, verbose=False))
     before = get_certs(cli, created)["tls-crt"]
-    pki = files.PkiDir(created.pki)
+    pki = files.PkiDir.open(created.pki)
     seen = []
     with pytest.raises(RefusedError, match="not confirmed; nothing was written or sent"):
-        lifecycle.rotate_tls(api, pki, signer.load_root_signer(created.pki), confirm=lambda plan: seen.append(plan) or False)
+        lifecycle.rotate_tls(api, pki, signer.load_root_signer(files.PkiDir.open(created.pki)), confirm=lambda plan: seen.append(plan) or False)
     assert seen and seen[0].summary()["hosts_changed"] is False
     assert not (created.pki / "tls-crt.bak").exists()
     assert get_certs(cli, created)["tls-crt"] == before

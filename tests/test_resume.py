@@ -18,7 +18,7 @@ import pytest
 from fioca import facts
 from fioca.pki import profiles, reference
 from fioca.pki.files import PkiDir
-from fioca.pki.journal import JOURNAL_FILE, WORK_DIR
+from fioca.facts import JOURNAL_FILE, WORK_DIR
 from tests.conftest import FACTORY, answer_with, server_certs
 
 
@@ -85,7 +85,7 @@ FAIL_ONCE = {
 @pytest.mark.parametrize("script", facts.SCRIPT_NAMES)
 def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")[script]
+    text = reference.bundled()[script]
     first_line, rest = text.split("\n", 1)
     answer_with(monkeypatch, sandbox, {script: f"{first_line}\n{FAIL_ONCE[how].format(name=script)}\n{rest}"})
     pki = tmp_path / "pki"
@@ -113,7 +113,7 @@ def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tm
 
 def test_a_failed_check_is_redone_on_resume(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_tls_csr"]
+    text = reference.bundled()["sign_tls_csr"]
     # The first time, the gateway certificate is made a CA: its check must fail.
     bad_once = text.replace("keyUsage = critical, digitalSignature",
                             "keyUsage = critical, digitalSignature\n$(test -f tried || { touch tried; echo 'basicConstraints = CA:TRUE'; })")
@@ -133,13 +133,13 @@ def test_a_failed_check_is_redone_on_resume(cli, sandbox, sandbox_env, tmp_path,
 KILLER = """
 import os, signal, sys
 import fioca.pki.files as files
-real, count = files.write_new, [0]
+real, count = files.PkiDir.write_new, [0]
 def write_new(*args, **kwargs):
     count[0] += 1
     if count[0] > {after}:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
-files.write_new = write_new
+files.PkiDir.write_new = write_new
 from fioca.cli import main
 sys.exit(main(sys.argv[1:]))
 """

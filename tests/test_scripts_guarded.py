@@ -169,7 +169,7 @@ def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env
 def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     polis = sandbox.backend.user_self()["polis-id"]
     # Harmless to run, but condemned: reads an environment variable that looks like a secret.
-    text = reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_ca_csr"].replace(
+    text = reference.bundled()["sign_ca_csr"].replace(
         "csr=$1", 'csr=$1\n[ -z "$FIOCTL_TOKEN" ] || echo "token visible" >&2'
     )
     answer_with(monkeypatch, sandbox, {"sign_ca_csr": text})
@@ -185,7 +185,7 @@ def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_p
 
 def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
-    good = hashlib.sha256(reference.rendered(factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"].encode()).hexdigest()
+    good = hashlib.sha256(reference.bundled()["create_ca"].encode()).hexdigest()
     wrong = "0" * 64
     result = cli("keys", "ca", "create", tmp_path / "a", "--yes", "--expect-sha256", f"create_ca={wrong}", env=sandbox_env)
     assert result.exit_code == 3

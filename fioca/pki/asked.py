@@ -11,7 +11,7 @@ Plain data, standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,17 @@ class AskedCertificate:
     # The subject from the config's distinguished_name section ((attribute, value), ...) for a
     # `req`; None when it is copied from a CSR (`x509 -req`) or unknown.
     subject: tuple[tuple[str, str], ...] | None = None
+
+
+def with_environment(asked: AskedCertificate, env: dict[str, str]) -> AskedCertificate:
+    """`asked` as openssl reads it with `env`: each `$ENV::NAME` in the subject becomes its value
+    (fioca's own scripts take the factory and the local CA's CN that way)."""
+    if asked.subject is None:
+        return asked
+    subject = tuple((attribute, _expand(value, env)) for attribute, value in asked.subject)
+    return replace(asked, subject=subject)
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    prefix = "$ENV::"
+    return env.get(value[len(prefix):], value) if value.startswith(prefix) else value

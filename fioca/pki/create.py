@@ -29,7 +29,7 @@ from fioca import facts, shapes
 from fioca.api import FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError
 from fioca.pki import audit, hsm, jail as jails, profiles, reference
-from fioca.pki.asked import AskedCertificate
+from fioca.pki.asked import AskedCertificate, with_environment
 from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
 from fioca.pki.journal import Journal
@@ -194,11 +194,14 @@ def _fresh(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Repor
     plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
     resp = api.post_certs(post_body(plan))
     data = parse_answer(resp.raw)
+    # As the documented flow does first (`... | jq . > factory_certs.json`): kept for the
+    # record even when what follows refuses it.
+    saved = save_answer(pki, data)
+    reporter.note(f"Saved the server's answer as {saved}")
     polis = shapes.polis_id(api.users_self()["polis-id"], f"GET {api.url('users/self/')}")
     answer = answer_from(data, resp.raw, factory=api.factory, local_ca_cn=shapes.local_ca_cn(polis), on_note=reporter.note)
     check_csrs(answer, plan)
-    saved = save_answer(pki, answer, plan)
-    reporter.note(f"Saved the server's answer as {saved}")
+    save_parts(pki, answer, plan.saved)
     if options.dry_run:
         return Start(plan, answer, None)
     journal = Journal.begin(
@@ -208,7 +211,7 @@ def _fresh(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Repor
         local_ca=plan.local_ca,
         hsm=plan.hsm,
         local_ca_cn=answer.local_ca_cn,
-        answer_sha256=hashlib.sha256(answer.raw).hexdigest(),
+        answer_sha256=hashlib.sha256(answer_file_bytes(data)).hexdigest(),
         no_jail=options.no_jail,
         reissue=options.reissue,
     )
@@ -252,12 +255,13 @@ def _fresh_csrs(api: FactoryApi, pki: PkiDir, plan: CreatePlan, journal: Journal
     )
     check_csrs(answer, plan)
     signing = [step for step in plan.steps if step.script in (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR)]
-    for name in [facts.FACTORY_CERTS_JSON, *(arg for step in signing for arg in (*step.args, *step.products))]:
+    for name in (arg for step in signing for arg in (*step.args, *step.products)):
         if pki.has(name):
             pki.move_aside(name, ".stale")
-    saved = save_answer(pki, answer, plan, only=[facts.FACTORY_CERTS_JSON, *(arg for step in signing for arg in step.args)])
-    reporter.note(f"Saved the server's new answer as {saved}")
-    journal.restart_steps([step.script for step in signing], answer_sha256=hashlib.sha256(answer.raw).hexdigest())
+    reporter.note(f"Saved the server's new answer as {save_answer(pki, answer.data)}")
+    save_parts(pki, answer, [arg for step in signing for arg in step.args])
+    digest = hashlib.sha256(answer_file_bytes(answer.data)).hexdigest()
+    journal.restart_steps([step.script for step in signing], answer_sha256=digest)
     return answer
 
 
@@ -336,21 +340,27 @@ def _csr_inputs(plan: CreatePlan) -> list[str]:
     return [name for name in (facts.TLS_CSR, facts.ONLINE_CA_CSR) if name in plan.saved]
 
 
-def save_answer(pki: PkiDir, answer: ServerAnswer, plan: CreatePlan, *, only: list[str] | None = None) -> Path:
-    """factory_certs.json as `jq . > factory_certs.json` saves it (an earlier one kept aside),
-    the CSRs (0400) and the scripts (0700), as script-era fioctl wrote them."""
-    names = plan.saved if only is None else only
-    if pki.has(facts.FACTORY_CERTS_JSON) and facts.FACTORY_CERTS_JSON in names:
-        pki.move_aside(facts.FACTORY_CERTS_JSON, "")  # factory_certs.json.1, .2, ...
-    # `jq .` layout: two-space indent, keys in the server's order, UTF-8 left as is.
-    pretty = json.dumps(answer.data, indent=2, ensure_ascii=False) + "\n"
-    contents = {facts.FACTORY_CERTS_JSON: (pretty.encode(), facts.FILE_MODE)}
-    contents.update({name: (text.encode(), facts.FILE_MODE) for name, text in answer.csrs.items()})
-    contents.update({name: (text.encode(), facts.SCRIPT_MODE) for name, text in answer.scripts.items()})
+def save_answer(pki: PkiDir, data: dict[str, Any]) -> Path:
+    """factory_certs.json as `jq . > factory_certs.json` saves it; an earlier one is kept
+    aside as factory_certs.json.1, .2, ..."""
+    if pki.has(facts.FACTORY_CERTS_JSON):
+        pki.move_aside(facts.FACTORY_CERTS_JSON, "")
+    return pki.write_new(facts.FACTORY_CERTS_JSON, answer_file_bytes(data))
+
+
+def answer_file_bytes(data: dict[str, Any]) -> bytes:
+    """The `jq .` layout: two-space indent, keys in the server's order, UTF-8 left as is."""
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def save_parts(pki: PkiDir, answer: ServerAnswer, names: tuple[str, ...] | list[str]) -> None:
+    """The answer's CSRs (0400) and scripts (0700) beside it, as script-era fioctl wrote them."""
+    contents = {name: (text, facts.FILE_MODE) for name, text in answer.csrs.items()}
+    contents.update({name: (text, facts.SCRIPT_MODE) for name, text in answer.scripts.items()})
     for name in names:
-        data, mode = contents[name]
-        pki.write_new(name, data, mode)
-    return pki / facts.FACTORY_CERTS_JSON
+        if name in contents:
+            text, mode = contents[name]
+            pki.write_new(name, text.encode(), mode)
 
 
 # --- Audit -------------------------------------------------------------------------------------
@@ -494,7 +504,7 @@ class Steps:
         """The certificate the step's text asks openssl for that became `product`; None for a key."""
         if product in (facts.ROOT_KEY, facts.LOCAL_CA_KEY):
             return None
-        return asked_for(self.report, step, product)
+        return asked_for(self.report, step, product, self.env)
 
     def reissued(self, step: ScriptStep, products: dict[str, bytes]) -> dict[str, bytes]:
         """--reissue: the certificate re-made in process with a fresh serial and signature."""
@@ -526,8 +536,9 @@ class Steps:
             )
 
 
-def asked_for(report: audit.AuditReport, step: ScriptStep, product: str) -> AskedCertificate:
-    """What the step's script text asks openssl for, to make `product`.
+def asked_for(report: audit.AuditReport, step: ScriptStep, product: str, env: dict[str, str]) -> AskedCertificate:
+    """What the step's script text asks openssl for, to make `product`, as openssl reads it
+    with the environment `env` the script ran with.
 
     The audit names each certificate-making command's output as written (`factory_ca.pem`,
     `$2`, or None for stdout; a certificate a sibling script prints into `$crt` counts as the
@@ -542,7 +553,7 @@ def asked_for(report: audit.AuditReport, step: ScriptStep, product: str) -> Aske
     if len(found) != 1:
         how = "no openssl command" if not found else f"{len(found)} openssl commands"
         raise CheckError(product, f"the audit finds {how} in {step.script} that makes it, so it cannot be checked")
-    return found[0]
+    return with_environment(found[0], env)
 
 
 class Checks:
@@ -635,7 +646,9 @@ def verified_patch_body(pki: PkiDir, start: Start, report: audit.AuditReport) ->
                 role=_ROLES[name],
                 factory=start.answer.factory,
                 issuer=None if name == facts.ROOT_CERT else root,
-                asked=asked_for(report, step, name),
+                asked=asked_for(report, step, name, reference.script_env(
+                    factory=start.answer.factory, local_ca_cn=start.answer.local_ca_cn
+                )),
                 csr=csr_for(start.answer, name),
                 key=key,
                 expected_cn=start.answer.local_ca_cn if name == facts.LOCAL_CA_CERT else None,
