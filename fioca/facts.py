@@ -25,7 +25,6 @@ EST_TLS_CSR = "est-tls-csr"
 FACTORY_CERTS_JSON = "factory_certs.json"
 
 # fioca's own files in the PKI directory.
-LOCK_FILE = ".fioca.lock"
 JOURNAL_FILE = ".fioca-create.json"
 WORK_DIR = ".fioca-work"
 

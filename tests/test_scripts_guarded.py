@@ -57,7 +57,7 @@ def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbo
         assert f"run: {command}" in result.stdout
     assert 'ca-crt: online-crt + "\\n" + local-ca.pem' in result.stdout
     assert [m for m, _ in recorder] == ["POST"]
-    assert sorted(p.name for p in pki.iterdir()) == sorted([facts.FACTORY_CERTS_JSON, facts.LOCK_FILE])
+    assert sorted(p.name for p in pki.iterdir()) == [facts.FACTORY_CERTS_JSON]  # no lock file: the lock is on the folder
     assert server_certs(sandbox)[0] == 206
     token = sandbox.info.token
     assert token not in result.output
@@ -67,9 +67,11 @@ def test_dry_run_plan_follows_the_flags(cli, sandbox_env, tmp_path):
     result = cli("keys", "ca", "create", tmp_path / "pki", "--dry-run", "--no-local-ca", "--format", "json",
                  env=sandbox_env)
     plan = json.loads(result.stdout)["plan"]
-    assert [step["command"] for step in plan["steps"]] == [
+    assert [step["kind"] for step in plan["steps"]] == ["save", "run", "run", "run", "verify", "upload"]
+    assert [step["command"] for step in plan["steps"] if step["kind"] == "run"] == [
         "./create_ca", "./sign_tls_csr tls-csr > tls-crt", "./sign_ca_csr ca-csr > online-crt"]
-    assert plan["patch"] == {"root-crt": "factory_ca.pem", "tls-crt": "tls-crt", "ca-crt": "online-crt"}
+    assert plan["steps"][-1]["patch"] == {"root-crt": "factory_ca.pem", "tls-crt": "tls-crt", "ca-crt": "online-crt"}
+    assert plan["jail"].startswith("bubblewrap ")
 
 
 def test_dry_run_from_a_saved_answer_needs_no_server(cli, sandbox_env, tmp_path):
@@ -85,15 +87,16 @@ def test_dry_run_from_a_saved_answer_needs_no_server(cli, sandbox_env, tmp_path)
     assert cli("keys", "ca", "create", tmp_path / "x", "--from-json", saved, env=offline).exit_code == 2
 
 
-def test_bundled_reference_scripts_audit_clean(cli, sandbox_env, tmp_path):
+def test_the_apis_scripts_audit_as_a_known_set(cli, sandbox_env, tmp_path):
+    """The sandbox's answer carries the API's 2026 scripts: recognised, and nothing high."""
     pki = tmp_path / "pki"
     cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
     result = cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("matches the known script set fioca") == 4
-    assert "0 high, 0 medium, 0 low" in result.stdout
+    assert result.stdout.count("matches the known script set api-2026") == 4
+    assert "0 high, 1 medium" in result.stdout  # the PIN on a command line, in the HSM branch only
     as_json = json.loads(cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--format", "json").stdout)
-    assert [script["known_set"] for script in as_json["scripts"]] == ["fioca"] * 4
+    assert [script["known_set"] for script in as_json["scripts"]] == ["api-2026"] * 4
     sarif = json.loads(cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--format", "sarif").stdout)
     assert sarif["version"] == "2.1.0" and [a["location"]["uri"] for a in sarif["runs"][0]["artifacts"]] == list(facts.SCRIPT_NAMES)
     # --fail-on info: the HSM variables are INFO findings, so this threshold trips.
@@ -137,7 +140,7 @@ def test_create_refuses_what_the_audit_condemns(cli, sandbox, sandbox_env, recor
     assert [m for m, _ in recorder] == ["POST"]
     assert not (pki / facts.ROOT_KEY).exists()
     after = user_files_snapshot(home, pki)
-    fiocas_own = (facts.FACTORY_CERTS_JSON, facts.LOCK_FILE)
+    fiocas_own = (facts.FACTORY_CERTS_JSON,)
     assert {k: v for k, v in after.items() if not k.endswith(fiocas_own)} == before
 
 
@@ -163,7 +166,11 @@ def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env
     assert RUNTIME_MESSAGES[kind] in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
     assert server_certs(sandbox)[0] == 206
-    assert not (pki / facts.ROOT_KEY).exists()
+    # The root made before the failing step is kept (0400) and journalled: --resume finishes.
+    if (pki / facts.ROOT_KEY).exists():
+        assert oct((pki / facts.ROOT_KEY).stat().st_mode & 0o777) == "0o400"
+        assert (pki / facts.JOURNAL_FILE).exists() and not (pki / facts.WORK_DIR).exists()
+        assert "--resume" not in result.stderr or "fioca keys ca create" in result.stderr
 
 
 def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
@@ -185,7 +192,8 @@ def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_p
 
 def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
     polis = sandbox.backend.user_self()["polis-id"]
-    good = hashlib.sha256(reference.bundled()["create_ca"].encode()).hexdigest()
+    served = reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
+    good = hashlib.sha256(served.encode()).hexdigest()
     wrong = "0" * 64
     result = cli("keys", "ca", "create", tmp_path / "a", "--yes", "--expect-sha256", f"create_ca={wrong}", env=sandbox_env)
     assert result.exit_code == 3
@@ -196,21 +204,23 @@ def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_pa
 
 
 def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
-    from fioca.pki.create import CreateFlow
+    """Each script gets a fresh 0700 work dir inside the PKI dir (a crash never strands the root
+    key elsewhere), removed after it."""
+    from fioca.pki.files import PkiDir
 
     made: list[Path] = []
-    real = CreateFlow.work_dir
+    real = PkiDir.make_folder
 
-    def spy(self):
-        path = real(self)
+    def spy(self, name):
+        path = real(self, name)
         made.append(path)
-        assert path.parent == tmp_path / "pki"  # a crash never strands the root key elsewhere
+        assert path == tmp_path / "pki" / facts.WORK_DIR
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o700)
         return path
 
-    monkeypatch.setattr(CreateFlow, "work_dir", spy)
+    monkeypatch.setattr(PkiDir, "make_folder", spy)
     assert cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env).exit_code == 0
-    assert made and not made[0].exists()
+    assert len(made) == 4 and not made[0].exists()
 
 
 def test_dry_run_names_the_work_dir_a_real_run_uses(cli, sandbox_env, tmp_path):
@@ -218,4 +228,4 @@ def test_dry_run_names_the_work_dir_a_real_run_uses(cli, sandbox_env, tmp_path):
     result = cli("keys", "ca", "create", pki, "--dry-run", "--format", "json", env=sandbox_env)
     plan = json.loads(result.stdout)["plan"]
     assert plan["work_dir"] == str(pki / ".fioca-work")
-    assert {step["cwd"] for step in plan["steps"]} == {str(pki / ".fioca-work")}
+    assert {step["cwd"] for step in plan["steps"] if step["kind"] == "run"} == {str(pki / ".fioca-work")}

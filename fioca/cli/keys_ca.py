@@ -181,8 +181,7 @@ def create(
 def _print_dry_run(app_ctx: AppContext, result: CreateResult, path: Path, hsm, output: Format) -> None:
     from fioca.cli import render
 
-    jail = result.jail if isinstance(result.jail, str) else result.jail.describe()
-    plan = result.plan.describe(pki_dir=str(path), work_dir=str(path / facts.WORK_DIR), jail=jail)
+    plan = result.plan.describe(pki_dir=str(path), work_dir=str(path / facts.WORK_DIR), jail=result.jail)
     plan["hsm_settings"] = hsm_options.describe(hsm)
     worst = result.audit.max_severity
     audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"
@@ -302,7 +301,8 @@ def audit(
     from fioca.cli.audit_view import render_text as audit_text
     from fioca.pki import audit as script_audit
     from fioca.pki import reference
-    from fioca.pki.create import RUNNER_JAIL, known_scripts, read_answer_file
+    from fioca.pki import jail as jails
+    from fioca.pki.create import read_answer_file
 
     app_ctx = app_context(ctx)
     _, data = read_answer_file(file)
@@ -313,8 +313,8 @@ def audit(
     if inferred is None:
         factory = app_ctx.options.get("factory") or "<factory>"
         inferred = (factory, "fio-<user id>")
-    known = known_scripts(factory=inferred[0], local_ca_cn=inferred[1])
-    report = script_audit.audit_scripts(scripts, hsm=hsm, known=known, jail=RUNNER_JAIL)
+    known = reference.known_sets(factory=inferred[0], local_ca_cn=inferred[1])
+    report = script_audit.audit_scripts(scripts, hsm=hsm, known=known, jail=jails.describe())
     if output is AuditFormat.json:
         app_ctx.terminal.out(json.dumps(report.to_dict(), indent=2))
     elif output is AuditFormat.sarif:

@@ -88,7 +88,7 @@ class CreateResult:
     plan: CreatePlan
     answer: ServerAnswer
     audit: audit.AuditReport
-    jail: jails.Jail | str  # a description only, in a dry-run where no jail is available
+    jail: str  # the jail the scripts ran in, or a real run would use (a dry-run)
     dry_run: bool
     patch_body: dict[str, str] = field(default_factory=dict)
     root_fingerprint: str = ""
@@ -98,7 +98,8 @@ class CreateResult:
 
 def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Reporter) -> CreateResult:
     """The whole flow for PKI dir `path`: dry-run or real, fresh or resumed."""
-    jail = jail_for(options)
+    jail = None if options.dry_run else real_jail(options)
+    jail_text = jail.describe() if jail is not None else jails.describe(no_jail=options.no_jail)
     if not options.resume:
         _refuse_existing_pki(path)
         if options.hsm is not None and not options.dry_run:
@@ -109,10 +110,12 @@ def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Report
         reporter.note(note)
     with pki, pki.locked():
         start = _resumed(api, pki, options, reporter) if options.resume else _fresh(api, pki, options, reporter)
-        report = audit_gate(start, options, jail, reporter)
-        result = CreateResult(start.plan, start.answer, report, jail, dry_run=options.dry_run)
+        report = audit_gate(start, options, jail_text, reporter)
+        result = CreateResult(start.plan, start.answer, report, jail_text, dry_run=options.dry_run)
         if options.dry_run:
             return result
+        if start.journal is None:
+            start.journal = begin(pki, start, options)
         steps = Steps(pki, start, report, jail, options, reporter)
         for step in start.plan.steps:
             steps.run(step)
@@ -140,23 +143,18 @@ def dry_run_saved(path: Path, options: CreateOptions, reporter: Reporter, *, fac
     plan = plan_create(online_ca=options.online_ca, local_ca=options.local_ca, hsm=options.hsm is not None)
     answer = answer_from(data, raw, factory=factory_name, local_ca_cn=cn, on_note=reporter.note)
     check_csrs(answer, plan)
-    jail = jail_for(options)
+    jail = jails.describe(no_jail=options.no_jail)
     start = Start(plan, answer, None)
     return CreateResult(plan, answer, audit_gate(start, options, jail, reporter), jail, dry_run=True)
 
 
-def jail_for(options: CreateOptions) -> jails.Jail | str:
-    """The jail a real run uses: no jail, no scripts. A dry-run only describes it, so a
-    machine without bubblewrap can still read the scripts and the plan (and learns why)."""
-    if not options.dry_run:
-        jail = jails.require(no_jail=options.no_jail)
-        if options.hsm is not None and jail.contained:
-            jails.hsm_layout(options.hsm.script_env())  # the module's files, before anything is sent
-        return jail
-    try:
-        return jails.require(no_jail=options.no_jail)
-    except FiocaError as exc:
-        return f"none available: {exc.message}"
+def real_jail(options: CreateOptions) -> jails.Jail:
+    """The jail a real run uses: no jail, no scripts (a dry-run only describes it, so a machine
+    without bubblewrap can still read the scripts and the plan, and learns why)."""
+    jail = jails.require(no_jail=options.no_jail)
+    if options.hsm is not None and jail.contained:
+        jails.hsm_layout(options.hsm.script_env())  # the module's files, before anything is sent
+    return jail
 
 
 # --- Start: fresh or resumed -------------------------------------------------------------------
@@ -201,21 +199,23 @@ def _fresh(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Repor
     polis = shapes.polis_id(api.users_self()["polis-id"], f"GET {api.url('users/self/')}")
     answer = answer_from(data, resp.raw, factory=api.factory, local_ca_cn=shapes.local_ca_cn(polis), on_note=reporter.note)
     check_csrs(answer, plan)
-    save_parts(pki, answer, plan.saved)
-    if options.dry_run:
-        return Start(plan, answer, None)
-    journal = Journal.begin(
+    return Start(plan, answer, None)
+
+
+def begin(pki: PkiDir, start: Start, options: CreateOptions) -> Journal:
+    """A fresh run about to run scripts: the answer's parts beside it, and the journal."""
+    save_parts(pki, start.answer, start.plan.saved)
+    return Journal.begin(
         pki,
-        factory=answer.factory,
-        online_ca=plan.online_ca,
-        local_ca=plan.local_ca,
-        hsm=plan.hsm,
-        local_ca_cn=answer.local_ca_cn,
-        answer_sha256=hashlib.sha256(answer_file_bytes(data)).hexdigest(),
+        factory=start.answer.factory,
+        online_ca=start.plan.online_ca,
+        local_ca=start.plan.local_ca,
+        hsm=start.plan.hsm,
+        local_ca_cn=start.answer.local_ca_cn,
+        answer_sha256=hashlib.sha256(answer_file_bytes(start.answer.data)).hexdigest(),
         no_jail=options.no_jail,
         reissue=options.reissue,
     )
-    return Start(plan, answer, journal)
 
 
 def _resumed(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Reporter) -> Start:
@@ -366,7 +366,7 @@ def save_parts(pki: PkiDir, answer: ServerAnswer, names: tuple[str, ...] | list[
 # --- Audit -------------------------------------------------------------------------------------
 
 
-def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail | str, reporter: Reporter) -> audit.AuditReport:
+def audit_gate(start: Start, options: CreateOptions, jail: str, reporter: Reporter) -> audit.AuditReport:
     """Judge every script before any runs: pinned digests first, then high findings."""
     answer = start.answer
     for name, expected in options.expected_sha256.items():
@@ -377,7 +377,7 @@ def audit_gate(start: Start, options: CreateOptions, jail: jails.Jail | str, rep
         answer.scripts,
         hsm=start.plan.hsm,
         known=reference.known_sets(factory=answer.factory, local_ca_cn=answer.local_ca_cn),
-        jail=jail if isinstance(jail, str) else jail.describe(),
+        jail=jail,
     )
     failing = report.failing(audit.Severity.HIGH)
     if failing and not options.dry_run:
@@ -456,7 +456,7 @@ class Steps:
                     "cannot resume safely"
                 )
             products[name] = data
-        self.check(step, products, reissued=self.options.reissue)
+        self.check(step, products)
         return True
 
     def made_by(self, step: ScriptStep) -> dict[str, bytes]:
@@ -493,12 +493,11 @@ class Steps:
             return self.start.answer.csrs[name].encode()
         return self.pki.read_bytes(name)  # the root, kept by create_ca
 
-    def check(self, step: ScriptStep, products: dict[str, bytes], *, reissued: bool = False) -> None:
-        """What one script made, against what its text asked and the trust rules."""
+    def check(self, step: ScriptStep, products: dict[str, bytes]) -> None:
+        """What one script made (or its re-issue), against what its text asked and the trust rules."""
         checks = Checks(self.start.answer, self.pki, self.options.hsm, products)
         for name in step.products:
-            asked = None if reissued else self.asked_for(step, name)
-            checks.product(step.script, name, asked)
+            checks.product(name, self.asked_for(step, name))
 
     def asked_for(self, step: ScriptStep, product: str) -> AskedCertificate | None:
         """The certificate the step's text asks openssl for that became `product`; None for a key."""
@@ -507,22 +506,24 @@ class Steps:
         return asked_for(self.report, step, product, self.env)
 
     def reissued(self, step: ScriptStep, products: dict[str, bytes]) -> dict[str, bytes]:
-        """--reissue: the certificate re-made in process with a fresh serial and signature."""
-        key = self.root_key()
-        issuer = products.get(facts.ROOT_CERT) or self.pki.read_bytes(facts.ROOT_CERT)
+        """--reissue: each certificate re-made in process, with a fresh serial and signature by
+        the root (the root itself too); checked again like what the script made."""
+        key = self.root_key(products)
         again = dict(products)
         for name, data in products.items():
             if name in (facts.ROOT_KEY, facts.LOCAL_CA_KEY):
                 continue
             cert = profiles.load_cert(data, name)
-            fresh = profiles.reissue(cert, issuer_cert=profiles.load_cert(issuer, facts.ROOT_CERT), issuer_key=key)
-            again[name] = profiles.cert_pem(fresh)
+            issuer = None if name == facts.ROOT_CERT else profiles.load_cert(self.pki.read_bytes(facts.ROOT_CERT), facts.ROOT_CERT)
+            again[name] = profiles.cert_pem(profiles.reissue(cert, signer_key=key, issuer=issuer))
+        self.check(step, again)
         return again
 
-    def root_key(self) -> Any:
+    def root_key(self, products: dict[str, bytes]) -> Any:
         if self.options.hsm is not None:
             return hsm.TokenKey(self.options.hsm, hsm.root_public_key(self.options.hsm))
-        return profiles.load_private_key(self.pki.read_bytes(facts.ROOT_KEY), facts.ROOT_KEY)
+        pem = products[facts.ROOT_KEY] if facts.ROOT_KEY in products else self.pki.read_bytes(facts.ROOT_KEY)
+        return profiles.load_private_key(pem, facts.ROOT_KEY)
 
     def refuse_orphan_token_key(self) -> None:
         """A run killed inside create_ca may have made the token's key pair but no certificate.
@@ -571,7 +572,7 @@ class Checks:
     def cert(self, name: str):
         return profiles.load_cert(self.bytes_of(name), name)
 
-    def product(self, script: str, name: str, asked: AskedCertificate | None) -> None:
+    def product(self, name: str, asked: AskedCertificate | None) -> None:
         factory = self.answer.factory
         if name == facts.ROOT_KEY:
             profiles.check_key_matches(profiles.load_private_key(self.bytes_of(name), name), self.cert(facts.ROOT_CERT), name)
@@ -595,7 +596,6 @@ class Checks:
             profiles.check_device_ca(cert, root=root, factory=factory, csr=csr, artifact=name)
         elif name == facts.LOCAL_CA_CERT:
             profiles.check_device_ca(cert, root=root, factory=factory, expected_cn=self.answer.local_ca_cn, artifact=name)
-
 
 
 _CSR_OF = {facts.TLS_CERT: facts.TLS_CSR, facts.ONLINE_CA_CERT: facts.ONLINE_CA_CSR}

@@ -264,6 +264,15 @@ def require(*, no_jail: bool = False) -> Jail:
     return found
 
 
+def describe(*, no_jail: bool = False) -> str:
+    """The jail a real run would use, for the dry-run and the audit: its description, or why
+    there is none (without refusing: reading scripts needs no jail)."""
+    try:
+        return require(no_jail=no_jail).describe()
+    except ConfigError as exc:
+        return f"none available: {exc.message}"
+
+
 def _require_tools() -> None:
     for name in REQUIRED_TOOLS:
         if shutil.which(name, path=SAFE_PATH) is None:
