@@ -19,22 +19,39 @@ from fioca import facts
 from fioca.pki import profiles, reference
 from fioca.pki.files import PkiDir
 from fioca.facts import JOURNAL_FILE, WORK_DIR
-from tests.conftest import FACTORY, answer_with, server_certs
+from fioca.pki.plan import PROGRESS
+from tests.conftest import FACTORY, server_certs
 
 
 def root_key_state(pki: Path) -> str:
-    """'absent', or 'usable' when a root key exists (in the PKI dir or its work dir) and
-    belongs to the root certificate beside it."""
-    for folder in (pki, pki / WORK_DIR):
-        key_path = folder / facts.ROOT_KEY
-        if key_path.exists():
-            # A crash while files move may leave the key in the PKI dir and the cert in the work dir.
-            cert_path = next(p for p in (folder / facts.ROOT_CERT, pki / WORK_DIR / facts.ROOT_CERT) if p.exists())
-            key = profiles.load_private_key(key_path.read_bytes(), "key")
-            cert = profiles.load_cert(cert_path.read_bytes(), "cert")
-            profiles.check_key_matches(key, cert, "key")
-            return "usable"
-    return "absent"
+    """'absent'; 'usable' when the PKI dir holds a root key and the root certificate it belongs
+    to; 'unfinished' when a run died between keeping the key and keeping the certificate (the
+    journal does not count that step as done: --resume makes the root again)."""
+    key_path, cert_path = pki / facts.ROOT_KEY, pki / facts.ROOT_CERT
+    if not key_path.exists():
+        return "absent"
+    if not cert_path.exists():
+        return "unfinished"
+    key = profiles.load_private_key(key_path.read_bytes(), "key")
+    profiles.check_key_matches(key, profiles.load_cert(cert_path.read_bytes(), "cert"), "key")
+    return "usable"
+
+
+def fail_once(monkeypatch, script: str, text: str) -> None:
+    """The first run of `script` is `text` instead (a transient failure, or a bad result);
+    later runs are the real script. A marker file cannot do it: every script gets a fresh
+    work dir, removed after it."""
+    from fioca.pki.scripts import ScriptRunner
+
+    real, done = ScriptRunner.run, []
+
+    def run(self, name, args=()):
+        if name == script and not done:
+            done.append(name)
+            self.put(name, text.encode(), mode=0o700, replace=True)
+        return real(self, name, args)
+
+    monkeypatch.setattr(ScriptRunner, "run", run)
 
 
 def assert_server_holds_disk_root(sandbox, pki: Path) -> None:
@@ -76,18 +93,15 @@ def test_post_timing_out_leaves_nothing(cli, sandbox, sandbox_env, tmp_path):
 # -- a script failing or killed, once: --resume redoes only what is missing ----------------
 
 FAIL_ONCE = {
-    "exit": '[ -f tried-{name} ] || {{ touch tried-{name}; echo "transient failure" >&2; exit 1; }}',
-    "killed": "[ -f tried-{name} ] || {{ touch tried-{name}; kill -9 $$; }}",
+    "exit": '#!/bin/sh\necho "transient failure" >&2\nexit 1\n',
+    "killed": "#!/bin/sh\nkill -9 $$\n",
 }
 
 
 @pytest.mark.parametrize("how", sorted(FAIL_ONCE))
 @pytest.mark.parametrize("script", facts.SCRIPT_NAMES)
 def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
-    polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.bundled()[script]
-    first_line, rest = text.split("\n", 1)
-    answer_with(monkeypatch, sandbox, {script: f"{first_line}\n{FAIL_ONCE[how].format(name=script)}\n{rest}"})
+    fail_once(monkeypatch, script, FAIL_ONCE[how])
     pki = tmp_path / "pki"
 
     failed = create(cli, sandbox_env, pki)
@@ -104,26 +118,23 @@ def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tm
     resumed = create(cli, sandbox_env, pki, "--resume")
     assert resumed.exit_code == 0, resumed.output
     for earlier in done_before:
-        progress = {"create_ca": "Creating offline root CA for Factory", "sign_tls_csr": "Signing Foundries TLS CSR",
-                    "sign_ca_csr": "Signing Foundries CSR for online use", "create_device_ca": "Creating local device CA"}
-        assert f"{progress[earlier]} (done before, verified)" in resumed.stderr
+        assert f"{PROGRESS[earlier]} (done before, verified)" in resumed.stderr
     assert [m for m, _ in recorder] == ["POST", "PATCH"]  # no second POST: no second root
     assert_server_holds_disk_root(sandbox, pki)
 
 
 def test_a_failed_check_is_redone_on_resume(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     polis = sandbox.backend.user_self()["polis-id"]
-    text = reference.bundled()["sign_tls_csr"]
+    text = reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=f"fio-{polis}")["sign_tls_csr"]
     # The first time, the gateway certificate is made a CA: its check must fail.
-    bad_once = text.replace("keyUsage = critical, digitalSignature",
-                            "keyUsage = critical, digitalSignature\n$(test -f tried || { touch tried; echo 'basicConstraints = CA:TRUE'; })")
-    answer_with(monkeypatch, sandbox, {"sign_tls_csr": bad_once})
+    fail_once(monkeypatch, "sign_tls_csr", text.replace(
+        "extendedKeyUsage=critical, serverAuth", "extendedKeyUsage=critical, serverAuth\nbasicConstraints=CA:TRUE"))
     pki = tmp_path / "pki"
-    failed = create(cli, sandbox_env, pki, "--allow-unaudited")
+    failed = create(cli, sandbox_env, pki)
     assert failed.exit_code == 4
     assert failed.stderr.splitlines()[-1].startswith("ERROR: tls-crt:")
     assert root_key_state(pki) == "usable"
-    resumed = create(cli, sandbox_env, pki, "--resume", "--allow-unaudited")
+    resumed = create(cli, sandbox_env, pki, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert_server_holds_disk_root(sandbox, pki)
 
@@ -145,16 +156,19 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("after", [1, 2, 6, 12], ids=lambda n: f"after-{n}-files")
+# Files kept, in order: factory_certs.json (1), the CSRs and scripts (2-7), the root key (8) and
+# certificate (9), tls-crt (10), online-crt (11), the local CA's key (12) and certificate (13).
+@pytest.mark.parametrize("after", [1, 3, 8, 9, 12], ids=lambda n: f"after-{n}-files")
 def test_sigkill_between_moving_files_then_resume(cli, sandbox, sandbox_env, home, tmp_path, after):
     pki = tmp_path / "pki"
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin", **sandbox_env}
     killed = subprocess.run([sys.executable, "-c", KILLER.format(after=after), "keys", "ca", "create", str(pki), "--yes"],
                             env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9
-    assert root_key_state(pki) == "usable"
+    assert root_key_state(pki) == ("absent" if after < 8 else "unfinished" if after == 8 else "usable")
     assert server_certs(sandbox)[0] == 206
-    resumed = create(cli, sandbox_env, pki, "--resume")
+    # Before the journal began (only the answer kept) a plain re-run is the fix; after, --resume.
+    resumed = create(cli, sandbox_env, pki, *(["--resume"] if (pki / JOURNAL_FILE).exists() else []))
     assert resumed.exit_code == 0, resumed.output
     assert_server_holds_disk_root(sandbox, pki)
 
@@ -195,19 +209,19 @@ def test_patch_timing_out_before_it_applied_is_retried_once(cli, sandbox, sandbo
 
 def test_resume_finds_the_upload_went_through(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
     from fioca.errors import ApiError
-    from fioca.pki.create import CreateFlow
+    from fioca.pki.create import Upload
 
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3, apply=True)
 
-    real_look, look_fails = CreateFlow.server_has_our_root, [True]
+    real_look, look_fails = Upload.server_has_our_root, [True]
 
     def the_look_fails_too(self, result):
         if look_fails[0]:
             raise ApiError("cannot reach the server during GET (simulated)")
         return real_look(self, result)
 
-    monkeypatch.setattr(CreateFlow, "server_has_our_root", the_look_fails_too)
+    monkeypatch.setattr(Upload, "server_has_our_root", the_look_fails_too)
     failed = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
     assert failed.exit_code == 6
     look_fails[0] = False
@@ -238,7 +252,7 @@ def test_resume_refuses_tampered_files(cli, sandbox, sandbox_env, tmp_path):
     tls.write_text(tls.read_text().replace("A", "B", 1))
     resumed = create(cli, sandbox_env, pki, "--resume")
     assert resumed.exit_code == 3
-    assert "changed since it was made" in resumed.stderr
+    assert "tls-crt changed since sign_tls_csr made it" in resumed.stderr
     assert server_certs(sandbox)[0] == 206
 
 
@@ -251,9 +265,8 @@ def test_resume_with_nothing_to_resume(cli, sandbox_env, tmp_path):
 # -- concurrency -----------------------------------------------------------------------------
 
 def test_a_second_run_on_the_same_dir_is_refused_by_the_lock(cli, sandbox_env, tmp_path):
-    pki = PkiDir(tmp_path / "pki")
-    pki.ensure()
-    with pki.locked():
+    pki, _notes = PkiDir.prepare(tmp_path / "pki")
+    with pki, pki.locked():
         result = create(cli, sandbox_env, pki.path)
     assert result.exit_code == 3
     assert "in use by another fioca run" in result.stderr

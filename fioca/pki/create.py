@@ -105,6 +105,8 @@ def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Report
         if options.hsm is not None and not options.dry_run:
             hsm.check_ready_for_new_root(options.hsm)  # a wrong PIN or a used token: before anything
         _refuse_configured_factory(api)  # before anything is written, even the PKI dir
+    if options.resume and not path.is_dir():
+        raise RefusedError(f"nothing to resume in {path}: it does not exist")
     pki, notes = PkiDir.prepare(path) if not options.resume else (PkiDir.open(path), [])
     for note in notes:
         reporter.note(note)
@@ -203,9 +205,9 @@ def _fresh(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Repor
 
 
 def begin(pki: PkiDir, start: Start, options: CreateOptions) -> Journal:
-    """A fresh run about to run scripts: the answer's parts beside it, and the journal."""
-    save_parts(pki, start.answer, start.plan.saved)
-    return Journal.begin(
+    """A fresh run about to run scripts: the journal, then the answer's parts beside it (a run
+    that dies in between is resumed, and the resumed run writes what is missing)."""
+    journal = Journal.begin(
         pki,
         factory=start.answer.factory,
         online_ca=start.plan.online_ca,
@@ -216,6 +218,8 @@ def begin(pki: PkiDir, start: Start, options: CreateOptions) -> Journal:
         no_jail=options.no_jail,
         reissue=options.reissue,
     )
+    save_parts(pki, start.answer, start.plan.saved)
+    return journal
 
 
 def _resumed(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Reporter) -> Start:
@@ -243,6 +247,7 @@ def _resumed(api: FactoryApi, pki: PkiDir, options: CreateOptions, reporter: Rep
         raise RefusedError(f"{pki / facts.FACTORY_CERTS_JSON} changed since the first run; cannot resume safely")
     answer = answer_from(parse_answer(raw), raw, factory=journal.factory, local_ca_cn=journal.local_ca_cn)
     check_csrs(answer, plan)
+    save_parts(pki, answer, plan.saved)  # what a run that died while saving them left out
     return Start(plan, answer, journal)
 
 
@@ -354,13 +359,19 @@ def answer_file_bytes(data: dict[str, Any]) -> bytes:
 
 
 def save_parts(pki: PkiDir, answer: ServerAnswer, names: tuple[str, ...] | list[str]) -> None:
-    """The answer's CSRs (0400) and scripts (0700) beside it, as script-era fioctl wrote them."""
+    """The answer's CSRs (0400) and scripts (0700) beside it, as script-era fioctl wrote them;
+    one already there (a resumed run) must be the same bytes."""
     contents = {name: (text, facts.FILE_MODE) for name, text in answer.csrs.items()}
     contents.update({name: (text, facts.SCRIPT_MODE) for name, text in answer.scripts.items()})
     for name in names:
-        if name in contents:
-            text, mode = contents[name]
-            pki.write_new(name, text.encode(), mode)
+        if name not in contents:
+            continue
+        text, mode = contents[name]
+        if pki.has(name):
+            if pki.read_bytes(name) != text.encode():
+                raise RefusedError(f"{pki / name} is not the answer's {name}; it changed since the first run")
+            continue
+        pki.write_new(name, text.encode(), mode)
 
 
 # --- Audit -------------------------------------------------------------------------------------
