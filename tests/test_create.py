@@ -30,39 +30,40 @@ def test_create_runs_the_documented_flow(cli, sandbox, sandbox_env, recorder, tm
     result = cli("keys", "ca", "create", pki, *flags, "--yes", env=sandbox_env)
     assert result.exit_code == 0, result.output
 
-    # Progress lines as fioctl prints them, in the documented order.
-    expected = ["Creating offline root CA for Factory", "Signing Foundries TLS CSR"]
-    expected += ["Signing Foundries CSR for online use"] if online else []
+    # Progress lines as fioctl prints them today, in the documented order.
+    expected = ["Creating offline root CA for Factory", "Signing Foundries.io TLS CSR"]
+    expected += ["Signing Foundries.io CSR for online use"] if online else []
     expected += ["Creating local device CA"] if local else []
-    expected += ["Uploading signed certs to Foundries"]
+    expected += ["Uploading signed certs to Foundries.io"]
     progress = [line for line in result.stderr.splitlines() if line in expected]
     assert progress == expected
-    for absent in {"Signing Foundries CSR for online use", "Creating local device CA"} - set(expected):
+    for absent in {"Signing Foundries.io CSR for online use", "Creating local device CA"} - set(expected):
         assert absent not in result.stderr
 
-    # The requests: one POST with the script-era body, one PATCH with exactly these fields.
+    # The requests: one POST with today's body, one PATCH with exactly these fields.
     assert [method for method, _ in recorder] == ["POST", "PATCH"]
-    assert recorder[0][1] == {}
+    assert recorder[0][1] == {"first-time-init": True, "ca-csr": online, "est-tls-csr": False, "tls-csr": True}
     patch = recorder[1][1]
     read = lambda name: (pki / name).read_text()  # noqa: E731
-    want = {"root-crt": read(facts.ROOT_CERT), "tls-crt": read(facts.TLS_CERT)}
+    want = {"root-crt": read(facts.ROOT_CERT), "tls-crt": read(facts.TLS_CERT), "change-meta": {}}
     bundle = [read(name) for name, on in ((facts.ONLINE_CA_CERT, online), (facts.LOCAL_CA_CERT, local)) if on]
     if bundle:
         want["ca-crt"] = "\n".join(bundle)
     assert patch == want
 
-    # Files: 0400 in a 0700 folder; the answer saved as jq . would; no stray work files.
+    # Files: 0400 (the scripts 0700, as script-era fioctl stored them) in a 0700 folder; the
+    # answer saved as jq . would; no stray work files.
     assert mode(pki) == 0o700
     kept = {p.name for p in pki.iterdir()}
     expected_files = {facts.FACTORY_CERTS_JSON, facts.ROOT_KEY, facts.ROOT_CERT, facts.TLS_CERT, facts.TLS_CSR}
-    expected_files |= {"create_ca", "sign_tls_csr"}
+    expected_files |= set(facts.SCRIPT_NAMES)
     if online:
-        expected_files |= {facts.ONLINE_CA_CERT, facts.ONLINE_CA_CSR, "sign_ca_csr"}
+        expected_files |= {facts.ONLINE_CA_CERT, facts.ONLINE_CA_CSR}
     if local:
-        expected_files |= {facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT, "create_device_ca"}
+        expected_files |= {facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT}
     assert kept == expected_files
     for name in kept:
-        assert mode(pki / name) == 0o400, name
+        assert mode(pki / name) == (0o700 if name in facts.SCRIPT_NAMES else 0o400), name
     answer = json.loads((pki / facts.FACTORY_CERTS_JSON).read_text())
     assert (pki / facts.FACTORY_CERTS_JSON).read_text() == json.dumps(answer, indent=2, ensure_ascii=False) + "\n"
 
@@ -159,7 +160,9 @@ def test_failing_script_stops_before_upload(cli, sandbox, sandbox_env, recorder,
     assert "script sign_ca_csr exited with status 7: cannot open the CA key" in result.stderr
     assert "Uploading" not in result.stderr
     assert [m for m, _ in recorder] == ["POST"]
-    assert not (tmp_path / "pki" / facts.ROOT_KEY).exists()
+    # The root made before is kept, 0400, and journalled: `--resume` finishes the run.
+    assert mode(tmp_path / "pki" / facts.ROOT_KEY) == 0o400
+    assert (tmp_path / "pki" / facts.JOURNAL_FILE).exists()
 
 
 def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
@@ -175,7 +178,7 @@ def test_answer_without_scripts_uses_the_bundled_ones(cli, sandbox, sandbox_env,
     monkeypatch.setattr(backend, "post_certs", modern_post)
     result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env)
     assert result.exit_code == 0, result.output
-    assert "using fioca's bundled reference scripts" in result.stderr
+    assert "using fioca's bundled scripts" in result.stderr
     polis = backend.user_self()["polis-id"]
     want = reference.bundled()["create_ca"]
     assert (tmp_path / "pki" / "create_ca").read_text() == want
