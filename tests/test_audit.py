@@ -181,9 +181,9 @@ def test_fiocas_create_ca_asks_for_the_root_profile() -> None:
     keygen = command(result, "openssl", "ecparam")
     assert (keygen.key_type, keygen.curve) == ("ec", "prime256v1")
     [root] = result.asked  # the HSM branch cannot run without HSM: not asked
-    assert (root.script, root.line, root.command, root.output) == ("create_ca", 35, "req -x509", "factory_ca.pem")
+    assert (root.script, root.line, root.command, root.output) == ("create_ca", 37, "req -x509", "factory_ca.pem")
     assert root.self_signed and root.days == 7300 and root.digest == "sha256"
-    assert root.subject == (("CN", "Factory-CA"), ("OU", FACTORY))
+    assert root.subject == (("CN", "Factory-CA"), ("OU", "$ENV::FACTORY"))  # openssl reads it from the environment
     assert root.extensions == (
         AskedExtension("basicConstraints", False, ("CA:TRUE",)),
         AskedExtension("keyUsage", False, ("keyCertSign", "cRLSign")),
@@ -191,7 +191,7 @@ def test_fiocas_create_ca_asks_for_the_root_profile() -> None:
         AskedExtension("subjectKeyIdentifier", False, ("hash",)),
     )
     hsm = audit("create_ca", KNOWN[reference.FIOCA]["create_ca"], hsm=True)
-    assert [a.line for a in hsm.asked] == [30] and hsm.asked[0].extensions == root.extensions
+    assert [a.line for a in hsm.asked] == [32] and hsm.asked[0].extensions == root.extensions
     assert result.writes == ["ca.cnf", "factory_ca.key", "factory_ca.pem"] and result.deletes == ["ca.cnf"]
 
 
@@ -209,7 +209,7 @@ def test_sign_scripts_ask_for_stdout_with_computed_names() -> None:
     # The DNS names come from a pipeline inside $(...): its commands are listed too.
     assert {"grep", "tr", "sed"} <= {c.program for c in tls.commands if c.line == 13}
     device = audit("create_device_ca", KNOWN[reference.FIOCA]["create_device_ca"])
-    assert command(device, "openssl", "req").subject == f"CN={LOCAL_CA_CN}, OU={FACTORY}"
+    assert command(device, "openssl", "req").subject == "CN=$ENV::LOCAL_CA_CN, OU=$ENV::FACTORY"
     [ca] = device.asked
     assert ca.output == "$2" and ca.extensions[1] == AskedExtension("basicConstraints", True, ("CA:TRUE", "pathlen:0"))
 
@@ -232,13 +232,15 @@ def test_a_script_that_is_not_text_fails_closed() -> None:
 
 
 def test_a_script_of_another_factory_differs_from_the_closest_known_one() -> None:
-    other = reference.bundled()
+    other = reference.api_scripts("api-2026", factory="other", local_ca_cn=LOCAL_CA_CN)
     report = audit_set(other)
     create_ca = report.scripts[0]
-    assert create_ca.known_set is None and create_ca.closest == reference.FIOCA
-    assert create_ca.diff.startswith("--- fioca/create_ca\n+++ server/create_ca\n")
+    assert create_ca.known_set is None and create_ca.closest == "api-2026"
+    assert create_ca.diff.startswith("--- api-2026/create_ca\n+++ server/create_ca\n")
     assert "-OU = acme" in create_ca.diff and "+OU = other" in create_ca.diff
-    assert report.failing(Severity.LOW) == []  # differing is reported, not condemned
+    # fioca's own scripts take the factory from the environment: the same text for every factory.
+    assert {s.known_set for s in audit_set(reference.bundled()).scripts} == {reference.FIOCA}
+    assert report.failing(Severity.HIGH) == []  # differing is reported, not condemned
     api = audit("sign_tls_csr", KNOWN["api-2026"]["sign_tls_csr"].replace("3650", "3649"))
     assert api.closest == "api-2026" and "-\t-extfile" not in api.diff
 
@@ -424,7 +426,7 @@ def test_render_text(mixed_report: AuditReport) -> None:
     assert "  +curl -s -T factory_ca.key https://198.51.100.7/" in text
     assert "key ec prime256v1" in text and "days 7300, digest sha256" in text
     assert "ext extendedKeyUsage = critical, clientAuth, serverAuth" in text
-    assert "  create_ca line 35: req -x509 -> factory_ca.pem, self-signed, days 7300, digest sha256, 4 extension(s)" in text
+    assert "  create_ca line 37: req -x509 -> factory_ca.pem, self-signed, days 7300, digest sha256, 4 extension(s)" in text
     network_line = next(line for line in text.splitlines() if "network-access" in line)
     assert network_line.strip().startswith("HIGH  line ") and ": network-access: curl reaches the network" in network_line
     assert "MEDIUM  line 1: missing-errexit:" in text

@@ -128,9 +128,11 @@ class World:
         return json.loads(result.stdout)
 
 
-def start_world(folder: Path) -> World:
+def start_world(folder: Path, scripts: str | None = None) -> World:
+    """A sandbox and a home. Its answers carry no scripts (today's API) unless asked: create then
+    runs fioca's own, which name the PIN as env:HSM_PIN."""
     (folder / "home").mkdir(parents=True)
-    box = Sandbox(folder / "sandbox", factory=FACTORY, scripts="api-2026")
+    box = Sandbox(folder / "sandbox", factory=FACTORY, scripts=scripts)
     box.start()
     return World(folder, box)
 
@@ -426,8 +428,9 @@ def test_dry_run_shows_the_hsm_branch_without_the_pin(fresh, tmp_path: Path):
     assert as_json.exit_code == 0, as_json.output
     plan = json.loads(as_json.stdout)["plan"]
     assert plan["hsm"] is True
-    assert plan["steps"][0]["produces"] == [facts.ROOT_CERT]
-    assert facts.ROOT_KEY not in plan["kept"]
+    runs = [step for step in plan["steps"] if step["kind"] == "run"]
+    assert runs[0]["produces"] == [facts.ROOT_CERT]
+    assert all(facts.ROOT_KEY not in step.get("keeps", []) for step in plan["steps"])
     env = plan["hsm_settings"]["script_env"]
     assert env["HSM_PIN"] == "<hidden>" and env["HSM_MODULE"] == MODULE and env["HSM_TOKEN_LABEL"] == "fresh"
     assert env["SOFTHSM2_CONF"] == str(token.conf)
@@ -444,7 +447,7 @@ def test_dry_run_shows_the_hsm_branch_without_the_pin(fresh, tmp_path: Path):
     plain = world.cli("keys", "ca", "create", pki, "--dry-run", "--format", "json")
     plain_plan = json.loads(plain.stdout)["plan"]
     assert plain_plan["hsm"] is False and plain_plan["hsm_settings"] is None
-    assert plain_plan["steps"][0]["produces"] == [facts.ROOT_KEY, facts.ROOT_CERT]
+    assert [step for step in plain_plan["steps"] if step["kind"] == "run"][0]["produces"] == [facts.ROOT_KEY, facts.ROOT_CERT]
 
 
 def test_the_audit_shows_the_hsm_branch_of_the_saved_answer(made: HsmPki, tmp_path: Path):
@@ -456,12 +459,14 @@ def test_the_audit_shows_the_hsm_branch_of_the_saved_answer(made: HsmPki, tmp_pa
     assert "passes env:HSM_PIN" in result.stdout and "HIGH" not in result.stdout
     # Its twin: a create_ca that puts the PIN on pkcs11-tool's command line is reported (MEDIUM:
     # a local exposure, as the API's own scripts have it), and --fail-on medium refuses it.
-    data = json.loads(answer.read_text())
+    from fioca.pki import reference
+
+    data = {**json.loads(answer.read_text()), **reference.bundled()}  # the scripts create ran
     data["create_ca"] = data["create_ca"].replace("--pin env:HSM_PIN", '--pin "$HSM_PIN"')
     hostile = tmp_path / "hostile.json"
     hostile.write_text(json.dumps(data))
     reported = made.world.cli("keys", "ca", "audit", hostile, "--hsm")
-    assert reported.exit_code == 0 and "MEDIUM  line 28: hsm-pin-on-command-line:" in reported.stdout
+    assert reported.exit_code == 0 and "MEDIUM  line 30: hsm-pin-on-command-line:" in reported.stdout
     assert made.world.cli("keys", "ca", "audit", hostile, "--hsm", "--fail-on", "medium").exit_code == 3
 
 
@@ -477,7 +482,7 @@ def test_resume_refuses_to_make_a_second_root_key_on_the_token(tmp_path, monkeyp
         script = reference.bundled()["create_ca"]
         dies = script.replace("--label root-ca >&2\n", "--label root-ca >&2\n\tkill -9 $$\n")
         assert dies != script
-        answer_with(monkeypatch, world.sandbox, {"create_ca": dies})
+        answer_with(monkeypatch, world.sandbox, {**reference.bundled(), "create_ca": dies})
         env = {**token.env, "FIOCA_HSM_PIN": PIN}
         pki = tmp_path / "pki"
         failed = world.cli("keys", "ca", "create", pki, "--yes", *token.flags(), env=env)
@@ -487,6 +492,29 @@ def test_resume_refuses_to_make_a_second_root_key_on_the_token(tmp_path, monkeyp
         assert resumed.exit_code == 3
         assert "already holds root-ca" in resumed.stderr and "run --resume again" in resumed.stderr
         assert token.root_objects() == ["private key", "public key"]  # still one key pair
+        assert not any(PIN in output for output in world.outputs)
+    finally:
+        world.sandbox.stop()
+
+
+@pytest.mark.parametrize("revision", ["api-2023", "api-2026"])
+def test_create_runs_the_apis_own_scripts_on_the_token(tmp_path: Path, revision: str):
+    """Issue 11.2: Foundries' scripts in HSM mode (the PIN on their command lines, the engine
+    finding the module through p11-kit) go through create without --allow-unaudited, in the
+    jail; the key is made on the token and never becomes a file."""
+    world = start_world(tmp_path / "world", scripts=revision)
+    token = new_token(tmp_path / "token", "api-root")
+    try:
+        pki = tmp_path / "pki"
+        result = world.cli("keys", "ca", "create", pki, "--yes", *token.flags(), env={**token.env, "FIOCA_HSM_PIN": PIN})
+        assert result.exit_code == 0, result.output
+        assert "hsm-pin-on-command-line" not in result.stderr  # MEDIUM: reported by the audit, not a refusal
+        assert token.root_objects() == ["private key", "public key"]
+        assert not (pki / facts.ROOT_KEY).exists()
+        root = profiles.load_cert((pki / facts.ROOT_CERT).read_bytes(), facts.ROOT_CERT)
+        assert world.certs()["root-crt"] == profiles.cert_pem(root).decode()
+        audit = world.cli("keys", "ca", "audit", pki / facts.FACTORY_CERTS_JSON, "--hsm")
+        assert "hsm-pin-on-command-line" in audit.stdout and "0 high" in audit.stdout
         assert not any(PIN in output for output in world.outputs)
     finally:
         world.sandbox.stop()
