@@ -89,7 +89,7 @@ def test_update_dropping_a_ca_is_shown_then_refused_by_the_server(cli, created, 
     ("content", "message"),
     [
         (lambda c: c.read("factory_ca.key"), "must hold only PEM CERTIFICATE blocks"),
-        (lambda c: c.read("tls-crt"), "basicConstraints is missing|keyUsage|extension"),
+        (lambda c: c.read("tls-crt"), "basicConstraints is missing|keyUsage|extension|exactly one OU"),
         (lambda c: c.read("local-ca.pem") + b"\n" + c.read("local-ca.pem"), "appears twice"),
         (lambda c: b"not a pem", "is not PEM"),
     ],

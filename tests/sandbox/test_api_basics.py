@@ -108,7 +108,7 @@ def test_post_empty_returns_real_csrs_and_the_api_scripts(sandbox: Sandbox, clie
     assert UUID_LIKE.match(gateway_id)  # as real ones: ec056c71-...
 
     tls = _csr(answer["tls-csr"])
-    assert tls.subject.rfc4514_string() == f"OU={FACTORY},CN={gateway_id}.ota-lite.foundries.io"
+    assert tls.subject.rfc4514_string() == f"CN={gateway_id}.ota-lite.foundries.io"  # a CN only, as fioctl models it
     sans = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [
         f"{gateway_id}.ota-lite.foundries.io",

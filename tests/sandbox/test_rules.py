@@ -40,7 +40,7 @@ def _refused(response: requests.Response, status: int, *words: str) -> dict:
 
 def _foreign_scripts(flow: Flow, *, factory: str = FACTORY, local_ca_cn: str) -> Path:
     """The flow's PKI dir with create_device_ca rendered differently (same root)."""
-    scripts = reference.bundled()
+    scripts = reference.api_scripts("api-2026", factory=factory, local_ca_cn=local_ca_cn)
     write_scripts(flow.pki_dir, {"create_device_ca": scripts["create_device_ca"]})
     return flow.pki_dir
 
@@ -104,7 +104,7 @@ def test_only_one_of_concurrent_root_uploads_wins(sandbox: Sandbox, flow: Flow) 
 
 def test_root_with_another_factory_ou_is_refused(client: Client, tmp_path: Path) -> None:
     answer = {**client.post_certs({}).json()}
-    answer.update(reference.bundled())
+    answer.update(reference.api_scripts("api-2026", factory="other-factory", local_ca_cn="fio-x"))
     flow = run_create_flow(tmp_path / "pki", answer)
     _refused(client.patch_certs(flow.patch_body()), 400, "root-crt", "OU must equal the factory name", "other-factory")
     assert client.get_certs().status_code == 206  # all or nothing: nothing was stored
