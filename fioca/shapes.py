@@ -10,14 +10,19 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 
+from fioca.errors import RefusedError
+
 # Factory names are short lowercase-or-mixed slugs (`acme`, `meds-prod`).
 FACTORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A user's polis-id: an opaque id (hex, UUID or digits); the local CA's CN is fio-<polis-id>.
 POLIS_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-class ShapeError(ValueError):
+class ShapeError(RefusedError):
     """A value that does not have its documented shape; the message names it and its source."""
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; nothing was run or sent with it")
 
 
 def factory_name(value: object, source: str) -> str:

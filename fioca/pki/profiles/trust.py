@@ -121,10 +121,21 @@ def check_time(cert: x509.Certificate, artifact: str, now: datetime | None = Non
 def _check_crypto_and_time(cert: x509.Certificate, artifact: str, now: datetime | None) -> None:
     check_strong_key(_public_key(cert, artifact), artifact)
     check_time(cert, artifact, now)
+    check_serial(cert, artifact)
     unknown = [ext.oid for ext in cert.extensions if ext.critical and ext.oid not in UNDERSTOOD_CRITICAL]
     if unknown:
         name = getattr(unknown[0], "_name", unknown[0].dotted_string)
         raise CheckError(artifact, f"critical extension {name} is one TLS verifiers do not understand and refuse")
+
+
+def check_serial(cert: x509.Certificate, artifact: str) -> None:
+    """RFC 5280 4.1.2.2: a positive serial of at most 20 octets. Makers draw 159 (OpenSSL) or
+    160 (Go) random bits; a longer serial is not one a CA drew, and could carry a key."""
+    serial = cert.serial_number
+    if serial <= 0 or serial.bit_length() > facts.GO_SERIAL_BITS:
+        raise CheckError(
+            artifact, f"serial is {serial.bit_length()} bits; RFC 5280 allows a positive serial of at most 20 octets"
+        )
 
 
 def check_authority_key_id(cert: x509.Certificate, issuer: x509.Certificate, artifact: str, issuer_role: str) -> None:
