@@ -77,12 +77,12 @@ CASES = [
             'openssl req $extra -new -x509',
             f'echo "subjectKeyIdentifier = $({KEY_HEX})" >> ca.cnf\nopenssl req $extra -new -x509',
         ),
-        "subjectKeyIdentifier",
+        "subjectKeyIdentifier is not the SHA-1 of the public key",
     ),
     Case(
         "root key in the gateway certificate's serial",
         replaced("sign_tls_csr", "-CAcreateserial", f'-set_serial "0x$({KEY_HEX})"'),
-        "serial",
+        "bits; RFC 5280 allows a positive serial of at most 20 octets",
     ),
     # A root the server chose: backdated, or limited in path length.
     Case(
@@ -92,28 +92,29 @@ CASES = [
             'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256',
             BACKDATED_ROOT,
         ),
-        "notBefore",
+        "notBefore 2007-03-01T00:00:00+00:00 is not within 15 minutes of when it was made",
     ),
     Case(
         "root with pathlen:0",
         replaced("create_ca", "basicConstraints=CA:TRUE", "basicConstraints=CA:TRUE, pathlen:0"),
-        "pathlen",
+        "basicConstraints pathlen:0 on the root leaves no room for the device CAs",
     ),
     # Outputs that are not what they seem.
+    # (The jail has no ln or mkfifo: GNU cp makes the links, a folder stands in for a FIFO.)
     Case(
-        "the root certificate a symlink to the user's authorized_keys",
-        replaced("create_ca", "rm ca.cnf", "mv factory_ca.pem real.pem && ln -s /root/.ssh/authorized_keys factory_ca.pem\nrm ca.cnf"),
-        "",
+        "the root certificate a symlink",
+        replaced("create_ca", "rm ca.cnf", "mv factory_ca.pem real.pem && cp -s /work/real.pem factory_ca.pem\nrm ca.cnf"),
+        "factory_ca.pem is a symbolic link; fioca takes only regular files",
     ),
     Case(
         "the root key a hard link",
-        replaced("create_ca", "rm ca.cnf", "ln factory_ca.key factory_ca.key.copy\nrm ca.cnf"),
-        "",
+        replaced("create_ca", "rm ca.cnf", "cp -l factory_ca.key factory_ca.key.copy\nrm ca.cnf"),
+        "factory_ca.key has 2 hard links",
     ),
     Case(
-        "the local CA certificate a FIFO",
-        replaced("create_device_ca", "$here/sign_ca_csr device-ca.csr > $crt", "mkfifo $crt"),
-        "",
+        "the local CA certificate a folder",
+        replaced("create_device_ca", "$here/sign_ca_csr device-ca.csr > $crt", "mkdir $crt"),
+        "local-ca.pem is a folder, not a regular file",
     ),
     # A later script rewriting what an earlier step made.
     Case(
