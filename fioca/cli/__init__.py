@@ -52,9 +52,7 @@ def _run(argv: list[str] | None, terminal) -> int:
         return _interrupted(terminal)
     except FiocaError as exc:
         if exc.exit_code == ExitCode.INTERRUPTED:  # a flow's own account: what it left, what to run
-            for line in (exc.message, *exc.details):
-                terminal.err(line)
-            return int(ExitCode.INTERRUPTED)
+            return _interrupted(terminal, (exc.message, *exc.details))
         if interrupts.received():  # the interrupt, swallowed somewhere, came out as this error
             return _interrupted(terminal)
         return report_error(terminal, exc)
@@ -66,8 +64,11 @@ def _run(argv: list[str] | None, terminal) -> int:
     return code if isinstance(code, int) else 0
 
 
-def _interrupted(terminal) -> int:
-    terminal.err(interrupts.LINE)
+def _interrupted(terminal, lines: tuple[str, ...] = (interrupts.LINE,)) -> int:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")  # off the line the terminal echoed ^C on
+    for line in lines:
+        terminal.err(line)
     return int(ExitCode.INTERRUPTED)
 
 

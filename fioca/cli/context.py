@@ -79,7 +79,11 @@ class Terminal:
                 tty.write("".join(visible(line) + "\n" for line in details))
             tty.write(f"{visible(question)} [y/N]: ")
             tty.flush()
-            answer = tty.readline()
+            try:
+                answer = tty.readline()
+            except KeyboardInterrupt:
+                tty.write("\n")  # what is said about the interrupt starts on a line of its own
+                raise
         return answer.strip().lower() in ("y", "yes")
 
     def prompt_secret(self, question: str) -> str:
@@ -96,7 +100,7 @@ class Terminal:
                 line = tty.readline()
             finally:
                 termios.tcsetattr(fd, termios.TCSANOW, before)
-                tty.write("\n")  # the Enter that was not echoed
+                tty.write("\n")  # the Enter that was not echoed (or the Ctrl-C's line end)
                 tty.flush()
         return line.rstrip("\n")
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-from fioca import facts, shapes
+from fioca import facts, interrupts, shapes
 from fioca.api import FactoryApi, is_configured
-from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError
+from fioca.errors import ApiError, CheckError, FiocaError, Interrupted, RefusedError
 from fioca.pki import audit, hsm, jail as jails, profiles, reference
 from fioca.pki.asked import AskedCertificate, with_environment
 from fioca.pki.files import PkiDir
@@ -118,18 +119,40 @@ def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Report
             return result
         if start.journal is None:
             start.journal = begin(pki, start, options)
-        steps = Steps(pki, start, report, jail, options, reporter)
-        for step in start.plan.steps:
-            steps.run(step)
-        result.stored = [pki / name for name in start.plan.kept]
-        result.patch_body = verified_patch_body(pki, start, report)
-        root = profiles.load_cert(result.patch_body["root-crt"], facts.ROOT_CERT)
-        tls = profiles.load_cert(result.patch_body["tls-crt"], facts.TLS_CERT)
-        result.root_fingerprint = profiles.fingerprint_sha256(root)
-        result.gateway_hosts = profiles.gateway_hosts(tls)
-        Upload(api, pki, options, reporter).run(result)
+        with _interrupts_said(pki, start.journal, options):
+            steps = Steps(pki, start, report, jail, options, reporter)
+            for step in start.plan.steps:
+                steps.run(step)
+            result.stored = [pki / name for name in start.plan.kept]
+            result.patch_body = verified_patch_body(pki, start, report)
+            root = profiles.load_cert(result.patch_body["root-crt"], facts.ROOT_CERT)
+            tls = profiles.load_cert(result.patch_body["tls-crt"], facts.TLS_CERT)
+            result.root_fingerprint = profiles.fingerprint_sha256(root)
+            result.gateway_hosts = profiles.gateway_hosts(tls)
+            Upload(api, pki, options, reporter).run(result)
         start.journal.finish()
         return result
+
+
+@contextmanager
+def _interrupts_said(pki: PkiDir, journal: Journal, options: CreateOptions) -> Iterator[None]:
+    """Ctrl-C once the journal exists: one line saying what state it left and what to run next.
+    (An error that comes out of an interrupted check is the interrupt, not a fault in the data.)"""
+    try:
+        yield
+    except BaseException as exc:
+        if not (isinstance(exc, KeyboardInterrupt) or interrupts.received()):
+            raise
+        if not journal.steps:
+            kept = "no key was made"
+        elif options.hsm is not None:
+            kept = f"the root key is on HSM token '{options.hsm.token_label}'"
+        else:
+            kept = f"the root key is kept in {pki / facts.ROOT_KEY}"
+        raise Interrupted(
+            f"Interrupted ({journal.progress()}); {kept}, and the journal {pki / facts.JOURNAL_FILE} says what is "
+            f"done; whether or not an upload was under way, finish with: fioca keys ca create {pki.path} --resume"
+        ) from None
 
 
 def dry_run_saved(path: Path, options: CreateOptions, reporter: Reporter, *, factory: str | None) -> CreateResult:

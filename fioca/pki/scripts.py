@@ -311,9 +311,11 @@ def _start(how: jails.Invocation, stdout: _Capture, stderr: _Capture):
             _out=stdout,
             _err=stderr,
             _tty_out=False,  # a pipe, not a pty: the certificate's bytes arrive as written
-            # Fixed-size chunks: sh's default line buffering would hoard a newline-free flood.
+            # stdout in fixed-size chunks (sh's default line buffering would hoard a newline-free
+            # flood); stderr as it arrives, so a script's progress shows while it runs (a
+            # size-N buffer holds a short line until N bytes or the end).
             _out_bufsize=65536,
-            _err_bufsize=4096,
+            _err_bufsize=0,
             _new_session=True,
             _pass_fds=set(how.pass_fds),
             _preexec_fn=lambda: os.umask(0o077),
