@@ -14,7 +14,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator, Sequence
 
 from fioca import facts
 from fioca.errors import PkiDirError, RefusedError
@@ -131,6 +131,42 @@ def replace_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
     with _staged(path, data, mode) as tmp_name:
         os.replace(tmp_name, path)
     return path
+
+
+def write_all(folder: Path, items: Sequence[tuple[str, bytes, int]], *, replace: Collection[str] = ()) -> list[Path]:
+    """Write several files into `folder` as one step (`device register`'s sota dir).
+
+    Every (name, data, mode) is staged first, each in its own temp file (fsync'ed, `mode`); then
+    all are put in place in order, a name in `replace` by rename (replacing what is there), any
+    other by link (never over an existing file); then the folder is fsync'ed. A failure while
+    staging (a full disk, a read-only folder) leaves nothing behind; a file found in the way while
+    placing takes back those placed before it that were new.
+    """
+    folder = Path(folder)
+    placed: list[Path] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            staged = [(folder / name, stack.enter_context(_staged(folder / name, data, mode))) for name, data, mode in items]
+            for path, tmp_name in staged:
+                if path.name in replace:
+                    os.replace(tmp_name, path)
+                else:
+                    os.link(tmp_name, path)  # fails when the target exists: no silent overwrite
+                    placed.append(path)
+            _fsync_dir(folder)
+    except FileExistsError as exc:
+        _take_back(placed)
+        raise RefusedError(f"{exc.filename2 or exc.filename} appeared while fioca wrote beside it; nothing was written") from None
+    except OSError as exc:
+        _take_back(placed)
+        raise _write_error(folder, exc) from None
+    return [folder / name for name, _data, _mode in items]
+
+
+def _take_back(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _write_error(path: Path, exc: OSError) -> PkiDirError:
