@@ -140,7 +140,7 @@ def write_all(folder: Path, items: Sequence[tuple[str, bytes, int]], *, replace:
     all are put in place in order, a name in `replace` by rename (replacing what is there), any
     other by link (never over an existing file); then the folder is fsync'ed. A failure while
     staging (a full disk, a read-only folder) leaves nothing behind; a file found in the way while
-    placing takes back those placed before it that were new.
+    placing takes back those placed before it that were new (one it replaced stays replaced).
     """
     folder = Path(folder)
     placed: list[Path] = []
@@ -148,15 +148,15 @@ def write_all(folder: Path, items: Sequence[tuple[str, bytes, int]], *, replace:
         with contextlib.ExitStack() as stack:
             staged = [(folder / name, stack.enter_context(_staged(folder / name, data, mode))) for name, data, mode in items]
             for path, tmp_name in staged:
-                if path.name in replace:
+                if path.name in replace and path.exists():
                     os.replace(tmp_name, path)
-                else:
-                    os.link(tmp_name, path)  # fails when the target exists: no silent overwrite
-                    placed.append(path)
+                    continue
+                os.link(tmp_name, path)  # fails when the target exists: no silent overwrite
+                placed.append(path)
             _fsync_dir(folder)
     except FileExistsError as exc:
         _take_back(placed)
-        raise RefusedError(f"{exc.filename2 or exc.filename} appeared while fioca wrote beside it; nothing was written") from None
+        raise RefusedError(f"{exc.filename2 or exc.filename} is in the way (it exists); nothing was written") from None
     except OSError as exc:
         _take_back(placed)
         raise _write_error(folder, exc) from None
