@@ -18,12 +18,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from conftest import FACTORY, config_env
-from fioca import facts
 from fioca.api import DeviceRegistrationApi
 from fioca.config import load_settings
 from fioca.device import register as reg
-from fioca.errors import ApiError, CheckError
+from fioca.errors import ApiError, CheckError, FiocaError, Interrupted
 from fioca.pki import profiles
 from fioca.sandbox import oauth
 from fioca.sandbox.auth import Authenticator
@@ -31,9 +29,15 @@ from fioca.sandbox.registration import Registrar
 from fioca.sandbox.server import Sandbox
 from http_stub import Answer, Stub
 from pki_fixtures import seed_sandbox, shared_pki
+from test_device_support import FACTORY
 
 TAGS_LINE = 'tags = "main"'
 
+
+
+def _config_env(box: Sandbox) -> dict[str, str]:
+    """What a user of the sandbox exports: its fioctl.yaml (token, server, CA)."""
+    return {"FIOCTL_CONFIG": str(box.data_dir / "fioctl.yaml")}
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
@@ -116,7 +120,7 @@ def test_shared_phase_registration_writes_the_answer_and_the_key(cli, shared, tm
     [body] = bodies
     assert list(body) == ["use-ostree-server", "sota-config-dir", "hardware-id", "name", "uuid", "csr", "group", "overrides"]
     assert body["overrides"] == {"pacman": {"tags": '"main"'}} and body["sota-config-dir"] == str(sota)
-    checked = cli("device", "check", sota, env=config_env(shared))
+    checked = cli("device", "check", sota, env=_config_env(shared))
     assert checked.exit_code == 0 and checked.stdout.startswith(f"accepted: device {done['uuid']}"), checked.output
 
 
@@ -513,7 +517,7 @@ def test_own_pki_registration_checks_the_chain_to_the_factory_root(cli, owned, t
     assert (sota / "root.crt").read_bytes() == pki.read("factory_ca.pem")
     chain = profiles.load_cert_bundle((sota / "client.chained").read_bytes(), "client.chained")
     assert chain[1] == pki.cert("online-crt")
-    checked = cli("device", "check", sota, env=config_env(box))
+    checked = cli("device", "check", sota, env=_config_env(box))
     assert checked.exit_code == 0 and checked.stdout.startswith("accepted"), checked.output
 
 
@@ -558,14 +562,14 @@ def test_from_the_shared_phase_to_the_factorys_own_pki(cli, tmp_path):
         assert first.exit_code == 0 and json.loads(first.stdout)["shared_pki"] is True
         (sota / "sql.db").write_text("aktualizr-lite's")
         pki = seed_sandbox(box, "api-2023-openssl-1.1", tmp_path / "pki")
-        assert cli("device", "check", sota, env=config_env(box)).exit_code == 3  # the shared root no longer fits
+        assert cli("device", "check", sota, env=_config_env(box)).exit_code == 3  # the shared root no longer fits
         second = register(cli, box, sota, "--force")
         assert second.exit_code == 0, second.stderr
         done = json.loads(second.stdout)
         assert done["shared_pki"] is False and done["removed"] == ["sql.db"]
         assert "replaced the root.crt" in second.stderr
         assert (sota / "root.crt").read_bytes() == pki.read("factory_ca.pem")
-        assert cli("device", "check", sota, env=config_env(box)).exit_code == 0
+        assert cli("device", "check", sota, env=_config_env(box)).exit_code == 0
 
 
 # --- The pieces -----------------------------------------------------------------------------------------
@@ -611,3 +615,21 @@ def test_os_release_is_read_as_lmp_device_register_reads_it(tmp_path):
     assert reg.os_release(path) == {"LMP_FACTORY": "acme", "LMP_FACTORY_TAG": "main", "LMP_MACHINE": "rpi4"}
     assert reg.os_release(tmp_path / "missing") == {}
     assert reg.default_hardware_id({"LMP_MACHINE": "rpi4"}) == "rpi4" and reg.default_hardware_id({})
+
+
+@pytest.mark.parametrize("fault, kind", [(KeyboardInterrupt, Interrupted), (ValueError("a bug"), FiocaError)])
+def test_ctrl_c_or_a_fault_after_the_post_takes_the_device_back(shared, tmp_path, monkeypatch, fault, kind):
+    def broken(*_args, **_kwargs):
+        raise fault
+
+    monkeypatch.setattr(reg.files, "write_all", broken)
+    uuid = "bd1f3b2a-0c4e-4f6a-8b9d-7e2a1c3b5d4f" if kind is Interrupted else "cd1f3b2a-0c4e-4f6a-8b9d-7e2a1c3b5d4f"
+    (tmp_path / "sota").mkdir()
+    settings = load_settings(config=shared.data_dir / "fioctl.yaml", environ={})
+    options = reg.RegisterOptions(sota_dir=tmp_path / "sota", factory=FACTORY, tags="main", hardware_id="rpi4", uuid=uuid,
+                                  aklite_lock=tmp_path / "none")  # fmt: skip
+    with pytest.raises(kind) as raised:
+        reg.register(DeviceRegistrationApi(settings), options)
+    assert type(raised.value) is kind
+    assert raised.value.details == [f"  nothing was written; the server had registered device {uuid}, and fioca deleted it again"]
+    assert shared.store.device(uuid) is None and list((tmp_path / "sota").iterdir()) == []

@@ -14,14 +14,19 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from conftest import FACTORY, config_env
 from fioca.pki import profiles
 from fioca.sandbox.server import Sandbox
 from pki_fixtures import seed_sandbox, shared_pki
 from registration_ref import RegistrationRef, sota_toml
+from test_device_support import FACTORY
 
 PROFILES = ("fioctl-go-v0.41", "api-2023-openssl-1.1", "api-2026-openssl-3")
 
+
+
+def _config_env(box: Sandbox) -> dict[str, str]:
+    """What a user of the sandbox exports: its fioctl.yaml (token, server, CA)."""
+    return {"FIOCTL_CONFIG": str(box.data_dir / "fioctl.yaml")}
 
 @pytest.fixture
 def ref_for(tmp_path):
@@ -126,7 +131,7 @@ def test_the_reference_creates_the_device_in_the_factory(cli, ref_for, tmp_path)
         assert result.exit_code == 0, result.stderr
         record = box.store.device(json.loads(result.stdout)["uuid"])
         assert record is not None and record.name == "made-by-ref"
-        checked = cli("device", "check", sota, env=config_env(box))
+        checked = cli("device", "check", sota, env=_config_env(box))
         assert checked.exit_code == 0 and checked.stdout.startswith("accepted"), checked.output
         cert = x509.load_pem_x509_certificate((sota / "client.pem").read_bytes())
         assert cert.issuer == pki.cert("local-ca.pem").subject
