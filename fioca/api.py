@@ -28,7 +28,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -37,7 +37,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from fioca import facts
-from fioca.config import ClientCredentials, Settings, save_client_credentials
+from fioca.config import DEFAULT_OAUTH_URL, ClientCredentials, Settings, save_client_credentials
 from fioca.errors import ApiError, ConfigError
 from fioca.text import quote_path
 
@@ -288,6 +288,11 @@ class HttpClient:
         self._secrets += [credentials.access_token, bearer]
         self._auth_headers = {"Authorization": f"Bearer {bearer}"}
 
+    @property
+    def auth_source(self) -> str:
+        """Where the credentials sent came from, for a 401's message (never the secret)."""
+        return self.settings.auth_source
+
     def mask(self, text: str) -> str:
         """`text` with every secret this client holds replaced (a server may echo a token back)."""
         for secret in self._secrets:
@@ -394,7 +399,7 @@ class HttpClient:
         if status in (401, 403) and self._auth_headers:
             header = next(iter(self._auth_headers))
             error.details.append(
-                f"  the server did not accept the credentials from {self.settings.auth_source} "
+                f"  the server did not accept the credentials from {self.auth_source} "
                 f"(sent as {header}); check them, or run `fioctl login` again"
             )
         return error
@@ -451,16 +456,48 @@ class FactoryApi(HttpClient):
 
 
 class DeviceRegistrationApi(HttpClient):
-    """lmp-device-register's endpoint: `DEVICE_API` when set (a factory-registration-ref
-    server is e.g. http://host/sign), else the API's /ota/devices/. The factory (the CSR's OU)
-    is DEVICE_FACTORY's, else the settings'."""
+    """lmp-device-register's endpoints: `DEVICE_API` when set (a factory-registration-ref
+    server is e.g. http://host/sign), else the API's /ota/devices/; OAuth (OAUTH_BASE, else
+    https://app.foundries.io/oauth) for the device flow. The factory (the CSR's OU, the OAuth
+    scope) is the caller's, else DEVICE_FACTORY's, else the settings'.
 
-    def __init__(self, settings: Settings, *, log: Callable[[str], None] | None = None):
-        settings.require_auth()
-        self.factory = settings.device_factory or settings.require_factory()
+    Credentials: the settings' token (in TOKEN_HEADER) when there is one; `use_token` and
+    `use_access_token` set others. No credential at all is fine until the POST: the device
+    flow gets one."""
+
+    def __init__(self, settings: Settings, *, factory: str | None = None, log: Callable[[str], None] | None = None):
+        self.factory = factory if factory is not None else settings.device_factory or settings.require_factory()
         super().__init__(settings, log=log)
+        self._source: str | None = None
         self.devices_url = settings.device_api or f"{self.base}{DEVICES_PATH}"
-        self.use_token_header()
+        self.oauth_url = (settings.device_oauth_url or DEFAULT_OAUTH_URL).rstrip("/")
+        if settings.token:
+            self.use_token(settings.token_header, settings.token)
+
+    # -- credentials
+
+    def use_token(self, header: str, token: str, source: str | None = None) -> None:
+        """The API token, verbatim, in `header` (lmp-device-register's -T and -H)."""
+        self._secrets.append(token)
+        self._auth_headers = {header: token}
+        self._source = source
+
+    def use_access_token(self, access_token: str) -> None:
+        """An OAuth access token as lmp-device-register sends it: `Bearer base64(token)`."""
+        bearer = base64.b64encode(access_token.encode()).decode()
+        self._secrets += [access_token, bearer]
+        self._auth_headers = {"Authorization": f"Bearer {bearer}"}
+        self._source = "the OAuth device flow"
+
+    @property
+    def auth_source(self) -> str:
+        return self._source or self.settings.auth_source
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self._auth_headers)
+
+    # -- registration
 
     def probe(self) -> int:
         """HEAD without a token first, as lmp-device-register does: below 500 means "it is there"."""
@@ -470,6 +507,56 @@ class DeviceRegistrationApi(HttpClient):
         """POST the registration; only 201 is success."""
         resp = self.request("POST", self.devices_url, body, ok=(201,))
         _require_object(resp, "POST", self.devices_url)
+        return resp
+
+    # -- taking a registration back (the API's device calls, as fioctl makes them)
+
+    @property
+    def can_delete(self) -> bool:
+        """Only the API's /ota/devices/ has device calls; a registration server's /sign has none."""
+        return self.devices_url.endswith(DEVICES_PATH)
+
+    def device_url(self, uuid: str) -> str:
+        return f"{self.devices_url}{quote(uuid, safe='')}/?factory={quote(self.factory, safe='')}&by-uuid=1"
+
+    def denied_device_url(self, uuid: str) -> str:
+        root = self.devices_url[: -len(DEVICES_PATH)]
+        return f"{root}/ota/factories/{quote(self.factory, safe='')}/denied-devices/{quote(uuid, safe='')}/"
+
+    def get_device(self, uuid: str) -> dict | None:
+        """The device with this uuid, None when the API has none."""
+        resp = self.request("GET", self.device_url(uuid), ok=(200, 404))
+        return resp.body if resp.status == 200 and isinstance(resp.body, dict) else None
+
+    def delete_device(self, uuid: str) -> None:
+        """DELETE the device (the API deny-lists its uuid), then clear the uuid from the
+        deny-list, so the uuid may register again."""
+        self.request("DELETE", self.device_url(uuid), ok=(200, 202, 204))
+        self.request("DELETE", self.denied_device_url(uuid), ok=(200, 202, 204, 404))
+
+    # -- the OAuth device flow (RFC 8628), as lmp-device-register speaks it
+
+    def authorize_device(self, client_id: str, scope: str) -> dict[str, Any]:
+        """POST <oauth>/authorization/device/: a device code, a user code and where to enter it."""
+        url = f"{self.oauth_url}/authorization/device/"
+        resp = self.request("POST", url, form={"client_id": client_id, "scope": scope}, authenticated=False)
+        _require_object(resp, "POST", url)
+        for name in ("device_code", "user_code", "verification_uri"):
+            if not isinstance(resp.body.get(name), str) or not resp.body[name]:
+                raise ApiError(f"answer to POST '{url}' has no {name}")
+        return resp.body
+
+    def device_token(self, form: dict[str, str]) -> Response:
+        """POST <oauth>/token/ once: 200 with the access token, or 400 with the RFC's `error`
+        (authorization_pending, slow_down, ...); other answers raise ApiError."""
+        url = f"{self.oauth_url}/token/"
+        resp = self.request("POST", url, ok=(200, 400), form=form, authenticated=False)
+        _require_object(resp, "POST", url)
+        if resp.status == 200:
+            token = resp.body.get("access_token")
+            if not isinstance(token, str) or not token:
+                raise ApiError(f"answer to POST '{url}' has no access_token")
+            self._secrets.append(token)
         return resp
 
 

@@ -97,6 +97,7 @@ class Settings:
     device_api: str | None = None  # DEVICE_API; None: the API's /ota/devices/
     device_factory: str | None = None
     device_production: bool = False
+    device_oauth_url: str | None = None  # OAUTH_BASE; None: DEFAULT_OAUTH_URL
     hsm_pin: str | None = field(default=None, repr=False)  # FIOCA_HSM_PIN
     # The rest of the environment, for modules that pass named variables on (an HSM module's
     # config, the locale): hand them this, never os.environ.
@@ -295,6 +296,7 @@ def load_settings(
         device_api=env.get("DEVICE_API") or None,
         device_factory=env.get("DEVICE_FACTORY") or None,
         device_production="PRODUCTION" in env,
+        device_oauth_url=env.get("OAUTH_BASE") or None,
         hsm_pin=env.get("FIOCA_HSM_PIN") or None,
         environ=env,
     )

@@ -64,6 +64,8 @@ GATEWAY_DOMAIN = "ota-lite.foundries.io"
 OSTREE_DOMAIN = "ostree.foundries.io"
 DEFAULT_SOTA_DIR = "/var/sota"
 PRODUCTION = "production"  # businessCategory value of a production device
+AKLITE_LOCK = "/var/lock/aklite.lock"  # held by a running aktualizr-lite (lmp-device-register checks it)
+RESERVED_FACTORY = "lmp"  # LmP's placeholder factory in /etc/os-release: lmp-device-register refuses it
 
 # A device folder (and lmp-device-register's sota dir).
 DEVICE_KEY = "pkey.pem"
@@ -71,6 +73,7 @@ DEVICE_CERT = "client.pem"
 DEVICE_ROOT = "root.crt"
 DEVICE_CHAINED = "client.chained"
 SOTA_TOML = "sota.toml"
+DEVICE_SQL = "sql.db"  # aktualizr-lite's database: with client.pem, "this sota dir is registered"
 DEVICE_CSR = "device-cert.csr"
 DEVICE_CONF = "device-cert.conf"
 DEVICE_EXT = "device-cert.ext"

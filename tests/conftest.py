@@ -72,7 +72,7 @@ def _clean_env(extra: dict[str, str] | None) -> dict[str, str | None]:
     # Settings must come from the test, never from the developer's own environment.
     env: dict[str, str | None] = {name: None for name in (
         "FIOCTL_FACTORY", "FIOCTL_TOKEN", "FIOCTL_CONFIG", "CACERT", "FIOCA_SERVER", "TOKEN_HEADER",
-        "FIOCA_HTTP_TIMEOUT", "FIOCA_HSM_PIN", "DEVICE_API", "DEVICE_FACTORY", "PRODUCTION",
+        "FIOCA_HTTP_TIMEOUT", "FIOCA_HSM_PIN", "DEVICE_API", "DEVICE_FACTORY", "PRODUCTION", "OAUTH_BASE",
     )}
     env.update(extra or {})
     return env

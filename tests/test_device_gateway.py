@@ -45,7 +45,7 @@ def devices(factory, tmp_path_factory) -> dict[str, Path]:
     assert done.returncode == 0, done.stderr
     made["manual"] = factory.pki / "devices" / "offline-device"
     sota_dir = tmp_path_factory.mktemp("sota")
-    result = factory.run("device", "register", "--sota-dir", sota_dir, "--name", "online-1", "--hwid", "rpi4")
+    result = factory.run("device", "register", "--sota-dir", sota_dir, "--name", "online-1", "--hwid", "rpi4", "-t", "main")
     assert result.exit_code == 0, result.stderr
     made["registered"] = sota_dir
     return made

@@ -165,7 +165,7 @@ def test_devices_offline_and_registered_reach_the_gateway(cli, seeded: Seeded, t
         folders.append(Path(json.loads(result.stdout)["devices"][0]["path"]))
     sota = tmp_path / "sota"
     sota.mkdir()
-    _ok(cli("device", "register", "--sota-dir", sota, "--name", "online-1", "--hwid", "rpi4", env=seeded.env))
+    _ok(cli("device", "register", "--sota-dir", sota, "--name", "online-1", "--hwid", "rpi4", "-t", "main", env=seeded.env))
     assert (sota / "root.crt").read_bytes().strip() == seeded.pki.read("factory_ca.pem").strip()
     for folder in (*folders, sota):
         result = cli("device", "check", folder, "--pki-dir", seeded.path, "--format", "json", env=seeded.env)

@@ -11,6 +11,9 @@ fioctl is a cobra program, and its users type what cobra accepts:
   strconv.ParseBool spellings). They become `--online-ca` / `--no-online-ca`, or are dropped
   for a flag that is off by default.
 - a short option's value may follow an `=`: `-f=acme`.
+- `device register` mirrors lmp-device-register, a boost program whose booleans take their
+  value as the next word too (`--force 1`, `--use-ostree-server 0`, `-p true`): there, a flag
+  followed by such a word takes it as its value.
 
 The tree of commands is read to know which options take a value, so a value is never mistaken
 for an option or a command name.
@@ -30,6 +33,9 @@ KEYS_GROUP = "keys"
 # strconv.ParseBool
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+# Commands whose flags also take the next word as their value, and the words (boost's, any case).
+_NEXT_WORD_BOOLEANS = {("device", "register")}
+_BOOST_WORDS = {"1": "1", "true": "1", "yes": "1", "on": "1", "0": "0", "false": "0", "no": "0", "off": "0"}
 
 
 def fioctl_style(args: list[str], root: Any) -> list[str]:
@@ -72,6 +78,9 @@ def fioctl_style(args: list[str], root: Any) -> list[str]:
             rest.append(token)
             continue
         if _is_flag(option):
+            if value is None and tuple(path) in _NEXT_WORD_BOOLEANS and index < len(args):
+                value = _BOOST_WORDS.get(args[index].lower())
+                index += value is not None
             rest += _flag_tokens(option, name, value, token)
             continue
         rest += [name, value] if value is not None else [name]

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from fioca import facts
+from fioca.api import DeviceRegistrationApi
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.options import Format
 from fioca.device import check as device_check
@@ -169,64 +171,138 @@ def create_offline(
     )
 
 
-@app.command()
+REGISTER_HELP = """Register this device online, as lmp-device-register does.
+
+Makes a P-256 key and a CSR (CN=<uuid>, OU=<factory> [, businessCategory=production],
+requesting keyUsage digitalSignature and extendedKeyUsage clientAuth), probes DEVICE_API
+(HEAD, no token), POSTs the registration (only 201 is success), checks every file of the
+answer, then writes pkey.pem (0400) and the answer's files (client.pem, root.crt,
+client.chained, sota.toml; 0644) into the sota dir in one step.
+
+DEVICE_API (a full URL, e.g. a factory-registration-ref server's http://host/sign) is the
+endpoint, else the API server's /ota/devices/ (https://api.foundries.io/ota/devices/).
+Credentials: -T, else fioca's token (FIOCTL_TOKEN, the config's), in the header -H; else the
+OAuth device flow (OAUTH_BASE, else https://app.foundries.io/oauth): fioca shows a user code
+to approve and waits. PRODUCTION in the environment marks a production device, as -p does.
+The factory: -f, else DEVICE_FACTORY, else LMP_FACTORY in /etc/os-release, else fioca's
+factory setting; the tags: -t, else LMP_FACTORY_TAG.
+
+If anything fails once the server may have registered the device (an answer that fails a
+check, a file that cannot be written, a lost answer, Ctrl-C), fioca deletes the device again,
+or says what is left and how to remove it; nothing is written then.
+
+How fioca differs from lmp-device-register: pkey.pem is 0400 (lmp-device-register leaves it
+0644); --force keeps the old registration until the new one is written (lmp-device-register
+removes client.pem and sql.db first); DEVICE_API is probed before the device flow starts;
+sota-config-dir is sent as an absolute path; -a/-A turn the compose-apps overrides on (in
+lmp-device-register a build option does); a UUID must be spelled lower-case and hyphenated
+(no -v/--validate-uuid: -v is fioca's --verbose); no HSM (-m, -S, -P), no --mlock-all, and
+fioca never starts aktualizr-lite (--start-daemon only takes "off"). Booleans take
+lmp-device-register's values too: --force 1, --production=true, --use-ostree-server 0.
+
+\b
+Examples:
+  fioca device register -d /var/sota -n dev1 -t main -T "$TOKEN"
+  DEVICE_API=http://10.0.2.2/sign fioca device register -f acme -t main
+  fioca device register -d ./sota -t main -a app1,app2 -g lab --dry-run
+"""
+
+
+@app.command(help=REGISTER_HELP)
 def register(
     ctx: typer.Context,
-    sota_dir: Path = typer.Option(..., "--sota-dir", "-d", help="The device's sota dir (e.g. /var/sota); must exist."),
+    api_token: Optional[str] = typer.Option(
+        None, "--api-token", "-T", help="API token (other users can see it in ps: prefer FIOCTL_TOKEN or the config).",
+        show_default="fioca's token; without one, the OAuth device flow",
+    ),
+    api_token_header: Optional[str] = typer.Option(
+        None, "--api-token-header", "-H", help="The header the token goes in.", show_default="TOKEN_HEADER, else OSF-TOKEN"
+    ),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="The device's name.", show_default="its UUID"),
+    tags: Optional[str] = typer.Option(
+        None, "--tags", "-t", help="aktualizr-lite takes only Targets with these tags.", show_default="LMP_FACTORY_TAG"
+    ),
+    apps: Optional[str] = typer.Option(
+        None, "--apps", "-a", help='Compose apps to run, comma separated ("" = all); turns the compose-apps overrides on.'
+    ),
+    restorable_apps: Optional[str] = typer.Option(
+        None, "--restorable-apps", "-A", help='Restorable apps, comma separated ("" = off); turns the compose-apps overrides on.',
+        show_default='" " (on, the apps list)',
+    ),
     hwid: Optional[str] = typer.Option(
-        None, "--hwid", "-i", help="Hardware id.", show_default="LMP_MACHINE from /etc/os-release, else the CPU arch"
+        None, "--hwid", "-i", help="The hardware id.", show_default="LMP_MACHINE in /etc/os-release, else the CPU arch"
     ),
-    uuid: Optional[str] = typer.Option(None, "--uuid", "-u", help="Device UUID.", show_default="a random one"),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Device name.", show_default="its UUID"),
-    production: bool = typer.Option(False, "--production", "-p", help="Register a production device."),
-    group: Optional[str] = typer.Option(None, "--group", "-g", help="Device group to join."),
-    tags: Optional[str] = typer.Option(None, "--tags", "-t", help="aktualizr-lite tags (overrides.pacman.tags)."),
+    sota_dir: Path = typer.Option(Path(facts.DEFAULT_SOTA_DIR), "--sota-dir", "-d", help="Where the keys and config go."),
+    factory: Optional[str] = typer.Option(
+        None, "--factory", "-f", help="The factory.", show_default="DEVICE_FACTORY, LMP_FACTORY, fioca's factory"
+    ),
+    uuid: Optional[str] = typer.Option(None, "--uuid", "-u", help="The device UUID.", show_default="a random one"),
+    group: Optional[str] = typer.Option(None, "--device-group", "--group", "-g", help="The device group to join."),
+    production: bool = typer.Option(
+        False, "--production", "-p", help="A production device (businessCategory).", show_default="PRODUCTION set"
+    ),
     use_ostree_server: bool = typer.Option(
-        True, "--use-ostree-server/--no-use-ostree-server", help="Pull OSTree from the proxy host, not the gateway."
+        True, "--use-ostree-server/--no-use-ostree-server", help="Pull OSTree from its proxy host, not the gateway."
     ),
-    force: bool = typer.Option(False, "--force", help="Register again a sota dir that is already registered."),
+    force: bool = typer.Option(False, "--force", help="Register again a sota dir that holds a registration."),
+    start_daemon: bool = typer.Option(
+        False, "--start-daemon/--no-start-daemon", help="lmp-device-register's; fioca takes only off."
+    ),
+    pki_dir: Optional[Path] = typer.Option(
+        None, "--pki-dir", help="The factory's PKI dir: its factory_ca.pem must be the root the server answers."
+    ),
+    aklite_lock: Path = typer.Option(
+        Path(facts.AKLITE_LOCK), "--aklite-lock", help="aktualizr-lite's lock (refused while held)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything here and print the body; send nothing."),
     output: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
-    """Register a device online, as lmp-device-register does (key, CSR, HEAD, POST /ota/devices/).
-
-    Writes every file of the 201 answer (client.pem, root.crt, sota.toml, client.chained) and
-    pkey.pem (0400) into the sota dir, after checking them. Uses the API settings (token).
-
-    \b
-    Example:
-      fioca device register --sota-dir /var/sota --name dev1 --hwid rpi4
-    """
     app_ctx = app_context(ctx)
-    api = device_register.RegistrationApi(app_ctx.settings, log=app_ctx.terminal.err)
+    if start_daemon:
+        raise UsageError("fioca never starts aktualizr-lite: run `systemctl start aktualizr-lite` after registering")
+    settings = app_ctx.settings
+    release = device_register.os_release()
     options = device_register.RegisterOptions(
         sota_dir=sota_dir.expanduser(),
-        hardware_id=hwid or device_register.default_hardware_id(),
-        uuid=uuid,
-        name=name,
-        production=production,
-        group=group,
-        tags=tags,
-        use_ostree_server=use_ostree_server,
-        force=force,
-    )
-    result = device_register.register(api, options)
-    if output is Format.json:
-        app_ctx.terminal.out(
-            json.dumps(
-                {
-                    "uuid": result.uuid,
-                    "name": result.name,
-                    "sota_dir": str(result.sota_dir),
-                    "files": result.written,
-                    "certificate": result.certificate,
-                },
-                indent=2,
-            )
-        )
+        factory=factory or settings.device_factory or release.get("LMP_FACTORY") or settings.factory or "",
+        tags=tags if tags is not None else release.get("LMP_FACTORY_TAG", ""),
+        hardware_id=hwid or device_register.default_hardware_id(release),
+        uuid=uuid, name=name, production=production or settings.device_production, group=group,
+        apps=apps, restorable_apps=restorable_apps, use_ostree_server=use_ostree_server, force=force,
+        pki_dir=pki_dir.expanduser() if pki_dir else None, aklite_lock=aklite_lock,
+        api_token=api_token, token_header=api_token_header or settings.token_header,
+    )  # fmt: skip
+    api = DeviceRegistrationApi(settings, factory=options.factory, log=app_ctx.terminal.err)
+    if dry_run:
+        planned = device_register.plan(api, options)
+        app_ctx.terminal.err(f"dry run: would register at {planned['endpoint']} with the {planned['credentials']}")
+        app_ctx.terminal.out(json.dumps(planned if output is Format.json else planned["body"], indent=2))
         return
-    app_ctx.terminal.out(f"registered device {result.name} ({result.uuid})")
+    result = device_register.register(api, options, show=lambda lines: [app_ctx.terminal.err(line) for line in lines])
+    for note in result.notes:
+        app_ctx.terminal.err(f"note: {note}")
+    if output is Format.json:
+        app_ctx.terminal.out(json.dumps(_registered_json(result, options.factory), indent=2))
+        return
+    app_ctx.terminal.out(f"registered device {result.name} ({result.uuid}) in factory {options.factory}")
     app_ctx.terminal.out(f"wrote {', '.join(result.written)} in {quote_path(result.sota_dir)}")
+    if result.removed:
+        app_ctx.terminal.out(f"removed the old {', '.join(result.removed)}")
     app_ctx.terminal.out(f"certificate {result.certificate['subject']}, issuer {result.certificate['issuer']}")
+
+
+def _registered_json(result: device_register.Registered, factory: str) -> dict[str, Any]:
+    return {
+        "uuid": result.uuid,
+        "name": result.name,
+        "factory": factory,
+        "sota_dir": str(result.sota_dir),
+        "files": result.written,
+        "removed": result.removed,
+        "shared_pki": result.shared,
+        "certificate": result.certificate,
+        "notes": result.notes,
+    }
 
 
 @app.command()

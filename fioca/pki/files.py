@@ -21,7 +21,7 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator, Sequence
 
 from fioca import facts
 from fioca.errors import PkiDirError, RefusedError
@@ -183,6 +183,35 @@ class PkiDir:
             raise _write_error(where, exc) from None
         return where
 
+    def write_all(self, items: Sequence[tuple[str, bytes, int]], *, replace: Collection[str] = ()) -> list[Path]:
+        """Write several files as one step: every (name, data, mode) staged first (fsync'ed, its
+        mode), then all put in place in order, a name in `replace` by rename (replacing what is
+        there), any other by link (never over an existing file), then the folder fsync'ed. A
+        failure while staging leaves nothing behind; a file found in the way while placing takes
+        back those placed before it that were new (one it replaced stays replaced)."""
+        placed: list[str] = []
+        try:
+            with contextlib.ExitStack() as stack:
+                staged = [(name, stack.enter_context(self._staged(name, data, mode))) for name, data, mode in items]
+                for name, tmp in staged:
+                    if name in replace and self.has(name):
+                        os.rename(tmp, _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                        continue
+                    os.link(tmp, _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+                    placed.append(name)
+                os.fsync(self._fd)
+        except FileExistsError as exc:
+            self._take_back(placed)
+            raise RefusedError(f"{self.path / (exc.filename2 or exc.filename)} is in the way (it exists); nothing was written") from None
+        except OSError as exc:
+            self._take_back(placed)
+            raise _write_error(self.path, exc) from None
+        return [self.path / name for name, _data, _mode in items]
+
+    def _take_back(self, names: list[str]) -> None:
+        for name in names:
+            self.remove(name)
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_plain(name), dir_fd=self._fd)
@@ -297,6 +326,12 @@ def _read_all(fd: int, max_bytes: int, where: Path) -> bytes:
             raise PkiDirError(f"{where} grew past {max_bytes} bytes while it was read")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def write_all(folder: Path, items: Sequence[tuple[str, bytes, int]], *, replace: Collection[str] = ()) -> list[Path]:
+    """`PkiDir.write_all` for a folder fioca uses once (`device register`'s sota dir)."""
+    with PkiDir.open(Path(folder)) as opened:
+        return opened.write_all(items, replace=replace)
 
 
 def _write_error(path: Path, exc: OSError) -> PkiDirError:

@@ -168,11 +168,19 @@ def build_device_ca_csr(key: Any, *, cn: str, factory: str) -> x509.CertificateS
 
 
 def build_device_csr(key: Any, *, uuid: str, factory: str, production: bool = False) -> x509.CertificateSigningRequest:
-    """A device's CSR as lmp-device-register makes it: CN=<uuid>, OU=<factory> [, businessCategory]."""
+    """A device's CSR as lmp-device-register makes it: CN=<uuid>, OU=<factory> [, businessCategory],
+    requesting the device profile's two extensions, in its order."""
     attributes = [(NameOID.COMMON_NAME, uuid), (NameOID.ORGANIZATIONAL_UNIT_NAME, factory)]
     if production:
         attributes.append((NameOID.BUSINESS_CATEGORY, PRODUCTION))
-    builder = x509.CertificateSigningRequestBuilder().subject_name(_subject_name(*attributes))
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_subject_name(*attributes))
+        # keyUsage = critical, digitalSignature (requested; the signer decides)
+        .add_extension(key_usage(digital_signature=True), critical=True)
+        # extendedKeyUsage = critical, clientAuth
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=True)
+    )
     return builder.sign(key, hashes.SHA256())
 
 

@@ -244,11 +244,13 @@ def _check_leaf_purpose(cert: x509.Certificate, artifact: str, purpose: x509.Obj
 
 
 def check_root(
-    cert: x509.Certificate, *, factory: str, now: datetime | None = None, artifact: str = "root-crt"
+    cert: x509.Certificate, *, factory: str | None, now: datetime | None = None, artifact: str = "root-crt"
 ) -> None:
     """The factory root of trust: self-signed, OU=<factory>, a CA that can sign the gateway and
-    device CAs, whose own constraints leave room for the device CAs below it."""
-    check_ou(cert.subject, factory, artifact)
+    device CAs, whose own constraints leave room for the device CAs below it. `factory=None`:
+    the service's shared root (PKI-SPEC 10), which names no factory."""
+    if factory is not None:
+        check_ou(cert.subject, factory, artifact)
     if cert.issuer != cert.subject:
         raise CheckError(artifact, f"must be self-signed, got issuer {name_text(cert.issuer)}")
     check_strong_signature(cert, artifact)
@@ -291,16 +293,18 @@ def check_device_ca(
     cert: x509.Certificate,
     *,
     root: x509.Certificate,
-    factory: str,
+    factory: str | None,
     csr: x509.CertificateSigningRequest | None = None,
     expected_cn: str | None = None,
     now: datetime | None = None,
     artifact: str = "ca-crt",
 ) -> None:
     """An online or local device CA: signed by the root, OU=<factory>, a CA for client certs;
-    for a local CA the backend also wants CN=fio-<user id> (`expected_cn`)."""
+    for a local CA the backend also wants CN=fio-<user id> (`expected_cn`). `factory=None`: the
+    service's shared device CA, which names no factory."""
     check_issued_by(cert, root, artifact, "root")
-    check_ou(cert.subject, factory, artifact)
+    if factory is not None:
+        check_ou(cert.subject, factory, artifact)
     if expected_cn is not None:
         cn = _single_attribute(cert.subject, NameOID.COMMON_NAME, "CN", artifact)
         if cn != expected_cn:
