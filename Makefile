@@ -1,5 +1,7 @@
 # fioca: `make demo` runs the whole create flow on a sandbox; `make test` runs the tests.
-# Both set up their own virtual environment (.venv) on first use.
+# Both first make sure of the Debian packages they need (installed when run as root, else one
+# line naming the `apt-get install` to run, before anything else), then set up their own
+# virtual environment (.venv) on first use.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +9,44 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 DEMO   ?= demo-data
 
-.PHONY: venv demo test bench clean
+# What fioca itself runs: openssl for the scripts, bubblewrap as the jail they run in.
+RUN_PACKAGES  = openssl bubblewrap
+# What the tests add: the real peers (curl and jq for the documented hand-run flow, nginx as
+# a second gateway, SoftHSM2 + OpenSC + the pkcs11 engine as the HSM, tmux as a terminal).
+TEST_PACKAGES = $(RUN_PACKAGES) curl jq nginx-light softhsm2 opensc libengine-pkcs11-openssl tmux
+# What `make bench` adds: hyperfine times whole commands.
+BENCH_PACKAGES = $(TEST_PACKAGES) hyperfine
+
+.PHONY: venv demo test bench clean demo-packages test-packages bench-packages
+
+# $(call packages,LIST): install the missing ones as root, else say which command to run and stop.
+# python3-venv joins the list when this Python cannot make a virtual environment.
+define packages
+	@missing=""; \
+	for p in $(1); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian packages:$$missing"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "fioca needs Debian packages that are missing; run: sudo apt-get install$$missing"; \
+			exit 2; \
+		fi; \
+	fi
+endef
+
+demo-packages:
+	$(call packages,$(RUN_PACKAGES))
+
+test-packages:
+	$(call packages,$(TEST_PACKAGES))
+
+bench-packages:
+	$(call packages,$(BENCH_PACKAGES))
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +56,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # A sandbox factory in the background, `keys ca create` against it, the result, then stop.
-demo: $(STAMP)
+demo: demo-packages $(STAMP)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)
 	@set -e; \
 	$(BIN)/fioca sandbox serve --data $(DEMO)/sandbox & pid=$$!; \
@@ -39,10 +78,10 @@ demo: $(STAMP)
 	echo; echo '$$ fioca sandbox devices --data $(DEMO)/sandbox'; \
 	$(BIN)/fioca sandbox devices --data $(DEMO)/sandbox
 
-test: $(STAMP)
+test: test-packages $(STAMP)
 	$(BIN)/pytest -n 2 -q
 
-bench: $(STAMP)
+bench: bench-packages $(STAMP)
 	$(BIN)/python -m tests.bench
 
 clean:

@@ -56,7 +56,7 @@ class Token:
         return {"SOFTHSM2_CONF": str(self.conf)}
 
     def settings(self, pin: str = PIN) -> hsm.HsmSettings:
-        return hsm.HsmSettings(module=MODULE, token_label=self.label, pin=pin)
+        return hsm.HsmSettings(module=MODULE, token_label=self.label, pin=pin, module_env=tuple(self.env.items()))
 
     def flags(self) -> list[str]:
         return ["--hsm-module", MODULE, "--hsm-token-label", self.label]

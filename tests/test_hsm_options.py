@@ -39,13 +39,12 @@ def ctx(terminal: Terminal) -> AppContext:
 
 def test_settings_never_show_the_pin():
     settings = hsm.HsmSettings(MODULE, "tok", PIN)
-    for text in (repr(settings), str(settings), str(settings.describe({})), repr(hsm.TokenKey(settings, None))):
+    for text in (repr(settings), str(settings), str(settings.describe()), repr(hsm.TokenKey(settings, None))):
         assert PIN not in text
-    assert settings.describe({})["script_env"]["HSM_PIN"] == "<hidden>"
+    assert settings.describe()["script_env"]["HSM_PIN"] == "<hidden>"
 
 
 def test_scripts_get_the_hsm_variables_and_the_module_config_only():
-    settings = hsm.HsmSettings(MODULE, "tok", PIN)
     environ = {
         "SOFTHSM2_CONF": "/x/softhsm2.conf",
         "FIOCA_HSM_PASS_ENV": "VENDOR_CFG, LD_PRELOAD,FIOCTL_TOKEN,OPENSSL_CONF",
@@ -55,7 +54,8 @@ def test_scripts_get_the_hsm_variables_and_the_module_config_only():
         "OPENSSL_CONF": "/tmp/x.cnf",
         "UNRELATED": "1",
     }
-    assert settings.script_env(environ) == {
+    settings = hsm.HsmSettings(MODULE, "tok", PIN, module_env=hsm.module_env(environ))
+    assert settings.script_env() == {
         "HSM_MODULE": MODULE,
         "HSM_TOKEN_LABEL": "tok",
         "HSM_PIN": PIN,  # in the scripts' environment: never on their command line

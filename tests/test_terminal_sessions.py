@@ -4,7 +4,6 @@ the screen shows (issue 13.8)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from fioca import facts
 from fioca.pki import reference
 from tests.conftest import FACTORY, answer_with, server_certs
 from tests.test_cli_terminal import Tmux, fioca_line, terminal_env  # noqa: F401  (fixture)
+from tests.test_hostile_server import _processes_with
 from tests.test_hsm import MODULE, new_token
 
 MARKER = "fioca-terminal-marker"
@@ -24,11 +24,6 @@ def _scripts_with_a_slow_create_ca(sandbox) -> dict[str, str]:
     # A step that takes long enough to press Ctrl-C in (sleep is one of the jail's tools).
     slow = scripts["create_ca"].replace("rm ca.cnf", f"echo {MARKER} >&2\nsleep 60\nrm ca.cnf")
     return {**scripts, "create_ca": slow}
-
-
-def _jailed_sleepers() -> list[str]:
-    done = subprocess.run(["pgrep", "-af", "sleep 60"], capture_output=True, text=True)
-    return [line for line in done.stdout.splitlines() if "pgrep" not in line]
 
 
 def test_ctrl_c_during_a_script_is_one_line_that_says_what_to_run(sandbox, terminal_env, tmp_path, monkeypatch):
@@ -47,7 +42,7 @@ def test_ctrl_c_during_a_script_is_one_line_that_says_what_to_run(sandbox, termi
     assert "no key was made" in line and f"fioca keys ca create {pki} --resume" in line
     assert not (pki / facts.WORK_DIR).exists()  # the work dir (the root key's copy) is gone
     assert (pki / facts.JOURNAL_FILE).exists()
-    assert _jailed_sleepers() == []  # nothing the script started outlived it
+    assert _processes_with("sleep 60") == []  # nothing the script started outlived it
     assert server_certs(sandbox)[0] == 206
 
 

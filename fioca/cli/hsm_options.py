@@ -70,12 +70,12 @@ def resolve_hsm(
         return None
     if not token_label:
         raise UsageError("--hsm-token-label is required with --hsm-module")
-    from fioca.pki.hsm import HsmSettings  # cryptography: only when an HSM is asked for
+    from fioca.pki import hsm  # cryptography: only when an HSM is asked for
 
     module_path = str(Path(module).expanduser())
-    if not need_pin:
-        return HsmSettings(module=module_path, token_label=token_label, pin="")
-    return HsmSettings(module=module_path, token_label=token_label, pin=_pin(app_ctx, pin, token_label))
+    module_env = hsm.module_env(app_ctx.settings.environ)
+    secret = _pin(app_ctx, pin, token_label) if need_pin else ""
+    return hsm.HsmSettings(module=module_path, token_label=token_label, pin=secret, module_env=module_env)
 
 
 def _pin(app_ctx: AppContext, flag_pin: Optional[str], token_label: str) -> str:

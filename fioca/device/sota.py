@@ -10,7 +10,7 @@ aktualizr-lite falls back to its own default.
 from __future__ import annotations
 
 import json
-import re
+import tomllib
 from urllib.parse import urlsplit
 
 GATEWAY_PORT = 8443
@@ -84,15 +84,8 @@ def render(
 
 def gateway_server(text: str) -> str | None:
     """`[tls] server` of a sota.toml (where the device talks to its gateway), None if absent."""
-    # A small reader (not a TOML parser: Python 3.10 has none) for the one line we need.
-    section = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        header = re.fullmatch(r"\[([A-Za-z0-9_-]+)\]", stripped)
-        if header:
-            section = header[1]
-            continue
-        match = re.fullmatch(r'server\s*=\s*"([^"\\]*)"', stripped)
-        if section == "tls" and match:
-            return match[1]
-    return None
+    try:
+        server = tomllib.loads(text).get("tls", {}).get("server")
+    except tomllib.TOMLDecodeError:
+        return None
+    return server if isinstance(server, str) else None

@@ -23,17 +23,17 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from fioca.errors import CheckError, ConfigError, RefusedError
+from fioca.pki.profiles.details import same_key
 
 ROOT_KEY_LABEL = "root-ca"
 ROOT_KEY_ID = b"\x01"
@@ -62,6 +62,9 @@ class HsmSettings:
     module: str
     token_label: str
     pin: str = field(repr=False)
+    # The module's own configuration variables (SOFTHSM2_CONF ...), taken from the settings'
+    # environment when these were made (`passed_module_vars`): the scripts get these and no other.
+    module_env: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         return f"HsmSettings(module={self.module!r}, token_label={self.token_label!r}, pin=<hidden>)"
@@ -86,17 +89,12 @@ class HsmSettings:
         """The root key as the scripts name it to openssl's pkcs11 engine (no PIN in it)."""
         return f"pkcs11:token={self.token_label};object={ROOT_KEY_LABEL};type=private"
 
-    def script_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
+    def script_env(self) -> dict[str, str]:
         """The environment the scripts' HSM branch needs: the HSM_* variables and the module's config."""
-        environ = os.environ if environ is None else environ
-        env = {"HSM_MODULE": self.module, "HSM_TOKEN_LABEL": self.token_label, "HSM_PIN": self.pin}
-        for name in passed_module_vars(environ):
-            env[name] = environ[name]
-        return env
+        return {"HSM_MODULE": self.module, "HSM_TOKEN_LABEL": self.token_label, "HSM_PIN": self.pin, **dict(self.module_env)}
 
-    def describe(self, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """For the dry-run: the script environment by name, the PIN's value hidden."""
-        environ = os.environ if environ is None else environ
         return {
             "module": self.module,
             "token_label": self.token_label,
@@ -105,12 +103,17 @@ class HsmSettings:
                 "HSM_MODULE": self.module,
                 "HSM_TOKEN_LABEL": self.token_label,
                 "HSM_PIN": "<hidden>",
-                **{name: environ[name] for name in passed_module_vars(environ)},
+                **dict(self.module_env),
             },
         }
 
 
-def passed_module_vars(environ: dict[str, str]) -> list[str]:
+def module_env(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The module configuration variables of `environ` that the scripts are given."""
+    return tuple((name, environ[name]) for name in passed_module_vars(environ))
+
+
+def passed_module_vars(environ: Mapping[str, str]) -> list[str]:
     extra = [name.strip() for name in environ.get(EXTRA_VARS_ENV, "").split(",") if name.strip()]
     names = [name for name in (*MODULE_CONFIG_VARS, *extra) if name in environ]
     # Never a way to hand the scripts the API token or something that loads code.
@@ -335,6 +338,5 @@ class TokenKey(ec.EllipticCurvePrivateKey):
 
 def check_cert_matches_token(settings: HsmSettings, cert: Any, artifact: str) -> None:
     """The certificate's public key must be the token's `root-ca` public key."""
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(*spki) != root_public_key(settings).public_bytes(*spki):
+    if not same_key(cert, root_public_key(settings)):
         raise CheckError(artifact, f"its public key is not the {ROOT_KEY_LABEL} key on HSM token '{settings.token_label}'")
