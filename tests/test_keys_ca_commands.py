@@ -74,15 +74,35 @@ def test_update_dry_run_sends_nothing(cli, created, tmp_path):
     assert serials(get_certs(cli, created)) == serials(before)
 
 
-def test_update_dropping_a_ca_is_shown_then_refused_by_the_server(cli, created, tmp_path):
+def test_update_dropping_a_ca_is_refused_before_anything_is_sent(cli, created, tmp_path):
+    """The server keeps every device CA until a CRL revokes it (its rule 5): fioca applies that
+    rule itself, --dry-run included, and says how to remove a CA instead."""
     before = get_certs(cli, created)
     path = tmp_path / "cas.pem"
     path.write_bytes(created.read("local-ca.pem"))  # the online CA is missing
-    result = cli("keys", "ca", "update", path, "--yes", env=created.env)
-    assert result.exit_code == 6, result.output
-    assert "CAs dropped:" in result.stderr and "online-ca" in result.stderr
-    assert "ca-crt must keep every device CA already present" in result.stderr
+    for extra in (["--dry-run"], ["--yes"]):
+        result = cli("keys", "ca", "update", path, *extra, env=created.env)
+        assert result.exit_code == 3, result.output
+        assert "leaves out device CA(s) the factory trusts" in result.stderr and "revoke-device-ca" in result.stderr
     assert serials(get_certs(cli, created)) == serials(before)
+
+
+def test_update_refuses_a_local_ca_of_another_user(cli, created, tmp_path):
+    """A local device CA's CN is fio-<the caller's polis-id>; the server refuses another's, and
+    so does --dry-run. Its twin, the caller's own new local CA, is accepted."""
+    from fioca.pki import files, profiles, signer
+
+    root_signer = signer.load_root_signer(files.PkiDir.open(created.pki))
+    foreign = signer.create_local_ca(root_signer, cn="fio-someone-else", via="inprocess")
+    bundle = get_certs(cli, created)["ca-crt"].encode() + b"\n" + profiles.cert_pem(foreign.cert)
+    path = tmp_path / "cas.pem"
+    path.write_bytes(bundle)
+    result = cli("keys", "ca", "update", path, "--dry-run", env=created.env)
+    assert result.exit_code == 4, result.output
+    assert "CN must be fio-" in result.stderr and "fio-someone-else" in result.stderr
+    mine = signer.create_local_ca(root_signer, cn=profiles.subject_cn(created.cert("local-ca.pem")), via="inprocess")
+    path.write_bytes(get_certs(cli, created)["ca-crt"].encode() + b"\n" + profiles.cert_pem(mine.cert))
+    assert cli("keys", "ca", "update", path, "--yes", env=created.env).exit_code == 0
 
 
 @pytest.mark.parametrize(

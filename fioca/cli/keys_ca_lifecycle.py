@@ -91,12 +91,8 @@ def _files_lines(stored: dict[str, str]) -> list[str]:
 def _update_lines(summary: dict[str, Any]) -> list[str]:
     lines = [f"Device CA bundle change for factory {summary['factory']}:"]
     lines += _ca_lines("  CAs added:", summary["added"])
-    lines += _ca_lines("  CAs dropped:", summary["dropped"])
-    if summary["dropped"]:
-        lines.append(
-            "  Note: the server refuses to drop a device CA without a CRL; use `fioca keys ca revoke-device-ca`."
-        )
     lines.append(f"  CAs kept: {len(summary['kept'])}")
+    lines += [f"  Note: {note}" for note in summary["notes"]]
     return lines
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from fioca import facts
+from fioca import facts, shapes
 from fioca.api import CERT_FIELDS, NOT_CONFIGURED, NOT_CONFIGURED_HINT, FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError, UsageError
 from fioca.pki import profiles
@@ -178,6 +178,7 @@ class UpdatePlan:
     dropped: list[x509.Certificate]
     kept: list[x509.Certificate]
     patch_body: dict[str, str]
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -186,6 +187,7 @@ class UpdatePlan:
             "dropped": [ca_summary(ca) for ca in self.dropped],
             "kept": [ca_summary(ca) for ca in self.kept],
             "patch_fields": list(self.patch_body),
+            "notes": list(self.notes),
         }
 
 
@@ -208,7 +210,39 @@ def plan_update(api: FactoryApi, bundle_pem: bytes, *, artifact: str = "CA bundl
     dropped = [ca for ca in pki.device_cas if ca.fingerprint(hashes.SHA256()) not in seen]
     if not added and not dropped:
         raise RefusedError(f"{artifact} holds exactly the factory's device CAs; nothing to update, nothing was sent")
-    return UpdatePlan(pki.factory, added, dropped, kept, {"ca-crt": text})
+    refuse_dropped(dropped, artifact)
+    notes = local_ca_notes(added, shapes.local_ca_cn(shapes.polis_id(api.users_self()["polis-id"], "GET users/self/")), artifact)
+    return UpdatePlan(pki.factory, added, dropped, kept, {"ca-crt": text}, notes)
+
+
+def refuse_dropped(dropped: list[x509.Certificate], artifact: str) -> None:
+    """The backend keeps every device CA in ca-crt until a CRL revokes it: update only adds."""
+    if dropped:
+        serials = ", ".join(profiles.serial_decimal(ca) for ca in dropped)
+        raise RefusedError(
+            f"{artifact} leaves out device CA(s) the factory trusts (serial {serials}); the server refuses that: "
+            "`update` can only add. To remove a device CA, revoke it: fioca keys ca revoke-device-ca PKI_DIR --ca-serial N",
+        )
+
+
+def local_ca_notes(added: list[x509.Certificate], own_cn: str, artifact: str) -> list[str]:
+    """A local device CA must carry the caller's CN (fio-<polis-id>): another user's is refused
+    by the server; a CA named otherwise passes only as an online CA the backend made (a
+    revoked one added back), which fioca cannot see from here."""
+    notes = []
+    for ca in added:
+        cn = profiles.subject_cn(ca) or ""
+        if cn.startswith("fio-") and cn != own_cn:
+            raise CheckError(
+                f"{artifact} CA serial {ca.serial_number}",
+                f"a local device CA's CN must be {own_cn} (yours), got {cn}: the server refuses another user's",
+            )
+        if not cn.startswith("fio-"):
+            notes.append(
+                f"CA serial {ca.serial_number} ({profiles.name_text(ca.subject)}) is accepted only if it is an online CA "
+                "the factory's backend made (for example a revoked one added back)"
+            )
+    return notes
 
 
 def _pem_text(data: bytes, artifact: str) -> str:
