@@ -150,7 +150,9 @@ def _report(app_ctx: AppContext, output: Format, server: EstServer, outcomes: li
         }, indent=2))  # fmt: skip
     else:
         for done in rotated:
-            note = "" if done.confirmed else " (the gateway was not reached: it completes at the next request)"
+            note = " (finished the rotation an interrupted run had begun)" if done.resumed else ""
+            if not done.confirmed:
+                note += " (the gateway was not reached: it completes at the device's next request)"
             app_ctx.terminal.out(f"rotated: {done.uuid}  {quote_path(done.path)}  serial {done.serial}, issuer {done.issuer}{note}")
         for outcome in failed:
             app_ctx.terminal.out(f"failed: {outcome.uuid or '?'}  {quote_path(outcome.path)}: {outcome.error.message}")

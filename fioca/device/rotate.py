@@ -204,17 +204,21 @@ def _staged_names(folder: DeviceFolder) -> list[tuple[str, str]]:
 
 def _settle(path: Path, on_step: Step) -> bool:
     """Finish a rotation that was switched (True), or drop the `.next` files of one that was
-    not (False: nothing to finish)."""
+    not (False: nothing to finish). `.next` files equal to the files they replace are what a
+    run killed while cleaning up left: that rotation is done (True)."""
     folder = open_folder(path)
     writer = _Writer(path)
     if folder.switched:
         on_step("settle")
         _install(folder, writer, on_step)
         return True
-    for staged, _name in _staged_names(folder):
-        if (path / staged).exists():
-            writer.remove(staged)
-    return False
+    left = [(staged, name) for staged, name in _staged_names(folder) if (path / staged).exists()]
+    installed = bool(left) and all(
+        (path / name).exists() and (path / name).read_bytes() == (path / staged).read_bytes() for staged, name in left
+    )
+    for staged, _name in left:
+        writer.remove(staged)
+    return installed
 
 
 def _install(folder: DeviceFolder, writer: _Writer, on_step: Step) -> None:
@@ -309,14 +313,19 @@ def _enroll_and_stage(
     on_step("key")
     key = profiles.new_key()
     writer = _Writer(folder.path)
-    writer.write_new(_plain(folder.key_name) + STAGED, profiles.private_key_pem(key))
-    on_step("enroll")
-    answer = client.simplereenroll(_renewal_csr(folder.cert, key))
-    cert, issuer = _check_issued(answer, key, folder, ca_certs)
-    cert_pem = profiles.cert_pem(cert)
-    writer.write_new(_plain(folder.cert_name) + STAGED, cert_pem)
-    if folder.chained:
-        writer.write_new(facts.DEVICE_CHAINED + STAGED, cert_pem + profiles.cert_pem(issuer))
+    try:
+        writer.write_new(_plain(folder.key_name) + STAGED, profiles.private_key_pem(key))
+        on_step("enroll")
+        answer = client.simplereenroll(_renewal_csr(folder.cert, key))
+        cert, issuer = _check_issued(answer, key, folder, ca_certs)
+        cert_pem = profiles.cert_pem(cert)
+        writer.write_new(_plain(folder.cert_name) + STAGED, cert_pem)
+        if folder.chained:
+            writer.write_new(facts.DEVICE_CHAINED + STAGED, cert_pem + profiles.cert_pem(issuer))
+    except Exception:
+        for staged, _name in _staged_names(folder):  # a refusal leaves the folder as it was
+            writer.remove(staged)
+        raise
     on_step("staged")
 
 
