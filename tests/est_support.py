@@ -8,11 +8,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fioca import facts
 from fioca.pki import profiles
-from test_device_support import Factory, Result
+from tests.test_device_support import Factory
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,10 @@ def authorized(factory: Factory) -> Hosts:
     return hosts_for(factory)
 
 
-def offline_devices(factory: Factory, out: Path, count: int = 1) -> list[Path]:
-    result = factory.run("device", "create-offline", factory.pki, "--count", count, "--out", out, "--format", "json")
+def offline_devices(factory: Factory, out: Path, count: int = 1, *, pki: Path | None = None, uuid: str | None = None) -> list[Path]:
+    """`device create-offline` from the factory's PKI dir (or `pki`, e.g. a stolen copy)."""
+    one = ["--uuid", uuid] if uuid else ["--count", count]
+    result = factory.run("device", "create-offline", pki or factory.pki, *one, "--out", out, "--format", "json")
     assert result.exit_code == 0, result.stderr
     return [Path(device["path"]) for device in json.loads(result.stdout)["devices"]]
 

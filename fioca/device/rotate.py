@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import os
 import time
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -151,8 +153,9 @@ class _Writer:
         os.link(self.path / name, backup_name(files.PkiDir(self.path), name))
         self._sync()
 
-    def remove(self, name: str) -> None:
-        (self.path / name).unlink(missing_ok=True)
+    def remove(self, *names: str) -> None:
+        for name in names:
+            (self.path / name).unlink(missing_ok=True)
         self._sync()
 
     @contextlib.contextmanager
@@ -202,22 +205,21 @@ def _staged_names(folder: DeviceFolder) -> list[tuple[str, str]]:
 # --- Settling a folder left mid-way ------------------------------------------------------------
 
 
-def _settle(path: Path, on_step: Step) -> bool:
+def _settle(folder: DeviceFolder, writer: _Writer, on_step: Step) -> bool:
     """Finish a rotation that was switched (True), or drop the `.next` files of one that was
     not (False: nothing to finish). `.next` files equal to the files they replace are what a
     run killed while cleaning up left: that rotation is done (True)."""
-    folder = open_folder(path)
-    writer = _Writer(path)
     if folder.switched:
         on_step("settle")
         _install(folder, writer, on_step)
         return True
+    path = folder.path
     left = [(staged, name) for staged, name in _staged_names(folder) if (path / staged).exists()]
-    installed = bool(left) and all(
-        (path / name).exists() and (path / name).read_bytes() == (path / staged).read_bytes() for staged, name in left
-    )
-    for staged, _name in left:
-        writer.remove(staged)
+    if not left:
+        return False
+    installed = all((path / name).exists() and (path / name).read_bytes() == (path / staged).read_bytes()
+                    for staged, name in left)  # fmt: skip
+    writer.remove(*(staged for staged, _name in left))
     return installed
 
 
@@ -237,8 +239,7 @@ def _install(folder: DeviceFolder, writer: _Writer, on_step: Step) -> None:
     on_step("restore")
     writer.replace(facts.SOTA_TOML, _sota_with(folder, staged=False).encode("utf-8"))
     on_step("clean")
-    for staged, _name in _staged_names(folder):
-        writer.remove(staged)
+    writer.remove(*(staged for staged, _name in _staged_names(folder)))
 
 
 # --- One device --------------------------------------------------------------------------------
@@ -262,10 +263,11 @@ class Rotated:
 
 @dataclass
 class CaCache:
-    """The EST server's cacerts for a fleet: fetched once, checked once per root."""
+    """The EST server's cacerts for a fleet: fetched once, each root and issuing CA checked once."""
 
     certs: list[x509.Certificate] | None = None
     checked_roots: set[bytes] = field(default_factory=set)
+    checked_issuers: set[bytes] = field(default_factory=set)
 
 
 def rotate(
@@ -275,13 +277,17 @@ def rotate(
     killed run had switched is finished instead, and not rotated a second time."""
     writer = _Writer(path)
     with writer.locked():
-        resumed = _settle(path, on_step)
         folder = open_folder(path)
-        if not resumed:
-            _enroll_and_stage(folder, server, transport, on_step, cas or CaCache())
-            on_step("switch")
-            writer.replace(facts.SOTA_TOML, _sota_with(folder, staged=True).encode("utf-8"))
+        resumed = _settle(folder, writer, on_step)
+        if resumed:
             folder = open_folder(path)
+        else:
+            cert = _enroll_and_stage(folder, server, transport, on_step, cas or CaCache())
+            on_step("switch")
+            switched = _sota_with(folder, staged=True)
+            writer.replace(facts.SOTA_TOML, switched.encode("utf-8"))
+            folder = dataclasses.replace(folder, sota_text=switched, key_name=_plain(folder.key_name) + STAGED,
+                                         cert_name=_plain(folder.cert_name) + STAGED, cert=cert)  # fmt: skip
         on_step("confirm")
         answer = _ask_gateway(folder, transport)
         if answer is not None and not answer.accepted:
@@ -304,7 +310,7 @@ def rotate(
 
 def _enroll_and_stage(
     folder: DeviceFolder, server: EstServer, transport: Transport, on_step: Step, cas: CaCache
-) -> None:
+) -> x509.Certificate:
     """Steps 1: a new key, the certificate EST issues for it, both checked and staged."""
     client = EstClient(server, transport, root=folder.path / facts.DEVICE_ROOT,
                        cert=folder.path / folder.cert_name, key=folder.path / folder.key_name)  # fmt: skip
@@ -317,16 +323,16 @@ def _enroll_and_stage(
         writer.write_new(_plain(folder.key_name) + STAGED, profiles.private_key_pem(key))
         on_step("enroll")
         answer = client.simplereenroll(_renewal_csr(folder.cert, key))
-        cert, issuer = _check_issued(answer, key, folder, ca_certs)
+        cert, issuer = _check_issued(answer, key, folder, ca_certs, cas)
         cert_pem = profiles.cert_pem(cert)
         writer.write_new(_plain(folder.cert_name) + STAGED, cert_pem)
         if folder.chained:
             writer.write_new(facts.DEVICE_CHAINED + STAGED, cert_pem + profiles.cert_pem(issuer))
     except Exception:
-        for staged, _name in _staged_names(folder):  # a refusal leaves the folder as it was
-            writer.remove(staged)
+        writer.remove(*(staged for staged, _name in _staged_names(folder)))  # a refusal leaves the folder as it was
         raise
     on_step("staged")
+    return cert
 
 
 def _ca_certs(client: EstClient, folder: DeviceFolder, cas: CaCache) -> list[x509.Certificate]:
@@ -362,7 +368,7 @@ def _renewal_csr(current: x509.Certificate, key: Any) -> x509.CertificateSigning
 
 
 def _check_issued(
-    answer: list[x509.Certificate], key: Any, folder: DeviceFolder, ca_certs: list[x509.Certificate]
+    answer: list[x509.Certificate], key: Any, folder: DeviceFolder, ca_certs: list[x509.Certificate], cas: CaCache
 ) -> tuple[x509.Certificate, x509.Certificate]:
     """The issued certificate (the answer's one for our key) and its CA, both checked: the CA
     is a device CA of the device's root, the certificate a device certificate for our key with
@@ -379,7 +385,10 @@ def _check_issued(
     issuer = next((ca for ca in issuers if _signed_by(cert, ca)), None)
     if issuer is None:
         raise CheckError(artifact, "is not signed by a device CA of the EST server's cacerts; fioca cannot check it")
-    profiles.check_device_ca(issuer, root=folder.root, factory=factory, artifact=f"issuer of {artifact}")
+    checked = issuer.fingerprint(hashes.SHA256()) + folder.root.fingerprint(hashes.SHA256())
+    if checked not in cas.checked_issuers:
+        profiles.check_device_ca(issuer, root=folder.root, factory=factory, artifact=f"issuer of {artifact}")
+        cas.checked_issuers.add(checked)
     profiles.check_device_cert(cert, ca=issuer, factory=factory, uuid=folder.uuid, artifact=artifact)
     return cert, issuer
 
@@ -400,7 +409,14 @@ def _ask_gateway(folder: DeviceFolder, transport: Transport) -> check.CheckResul
     """Step 3: the gateway, asked with the pair sota.toml now names; accepted, it completes the
     rotation there. None when it cannot be reached: the new pair is kept (the gateway accepts
     the new key and completes at the device's next request)."""
-    device = check.locate(folder.path)
+    server = sota.gateway_server(folder.sota_text)
+    parts = urlsplit(server or "")
+    if not parts.hostname:
+        raise PkiDirError(f"{folder.path / facts.SOTA_TOML} has no [tls] server: where is the device's gateway?")
+    device = check.DeviceFiles(
+        cert=folder.path / folder.cert_name, key=folder.path / folder.key_name, root=folder.path / facts.DEVICE_ROOT,
+        host=parts.hostname, port=parts.port or facts.GATEWAY_PORT, uuid=folder.uuid,
+    )
     target = check.Target(*transport.target(device.host, device.port))
     try:
         return check.probe(device, target)
@@ -411,8 +427,7 @@ def _ask_gateway(folder: DeviceFolder, transport: Transport) -> check.CheckResul
 def _roll_back(folder: DeviceFolder, writer: _Writer) -> None:
     """sota.toml names the old pair again (still the one the gateway pins); `.next` files go."""
     writer.replace(facts.SOTA_TOML, _sota_with(folder, staged=False).encode("utf-8"))
-    for staged, _name in _staged_names(folder):
-        writer.remove(staged)
+    writer.remove(*(staged for staged, _name in _staged_names(folder)))
 
 
 # --- A fleet --------------------------------------------------------------------------------------

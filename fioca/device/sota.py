@@ -86,6 +86,7 @@ def render(
 KEY_PATH = "tls_pkey_path"
 CERT_PATH = "tls_clientcert_path"
 _STRING_LINE = re.compile(r'^(\s*([A-Za-z0-9_-]+)\s*=\s*)"([^"\\]*)"(.*)$')
+_SECTION_LINE = re.compile(r"\s*\[([A-Za-z0-9_-]+)\]\s*")
 
 
 def _string_values(text: str, section: str) -> dict[int, tuple[str, str]]:
@@ -93,7 +94,7 @@ def _string_values(text: str, section: str) -> dict[int, tuple[str, str]]:
     found: dict[int, tuple[str, str]] = {}
     current = None
     for index, line in enumerate(text.splitlines()):
-        header = re.fullmatch(r"\s*\[([A-Za-z0-9_-]+)\]\s*", line)
+        header = _SECTION_LINE.fullmatch(line)
         if header:
             current = header[1]
             continue
