@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,8 +182,6 @@ class EstClient:
     def _refusal(self, method: str, operation: str, answer: api.DeviceAnswer) -> FiocaError:
         text = answer.body[:500].decode("utf-8", errors="replace").strip()
         if answer.content_type.startswith("application/json"):
-            import json
-
             try:
                 text = str(json.loads(text).get("message") or text)
             except (ValueError, AttributeError):

@@ -21,8 +21,9 @@ ever changes by one atomic rename of sota.toml:
 
 Before 2 the old names are in sota.toml and work; from 2 to 4 the `.next` ones are and work;
 after 4 the old names hold the new files. A run on a folder left mid-way first settles it: a
-switched folder is finished (steps 4), an unswitched one loses its `.next` files. Every write
-goes through `fioca.pki.files` (never overwriting, fsync'ed); `_Writer` is the one place.
+switched folder is finished (step 4, then asked at the gateway) and not rotated a second time;
+an unswitched one loses its `.next` files and is rotated. Every write goes through
+`fioca.pki.files` (new files never overwrite, all are fsync'ed); `_Writer` is the one place.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,15 +142,20 @@ class _Writer:
         files.write_new(self.path / name, data)  # 0400, fsync'ed, never over an existing file
 
     def replace(self, name: str, data: bytes) -> None:
-        files.replace_file(self.path / name, data)  # a temp file renamed over it
+        """A temp file renamed over NAME, with NAME's mode (0400 for a new one)."""
+        try:
+            mode = stat.S_IMODE((self.path / name).stat().st_mode)
+        except FileNotFoundError:
+            mode = facts.FILE_MODE
+        files.replace_file(self.path / name, data, mode)
         self._sync()  # the rename itself durable before the next step relies on it
 
     def keep_aside(self, name: str) -> None:
         """A hard link NAME.bak (.bak.1, ...) to the current file; once per file (a second
         run after a kill finds the link it made)."""
         current = (self.path / name).stat()
-        for candidate in self.path.glob(f"{name}.bak*"):
-            if candidate.stat().st_ino == current.st_ino:
+        for candidate in self.path.iterdir():
+            if candidate.name.startswith(f"{name}.bak") and candidate.stat().st_ino == current.st_ino:
                 return
         os.link(self.path / name, backup_name(files.PkiDir(self.path), name))
         self._sync()

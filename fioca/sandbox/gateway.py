@@ -460,10 +460,15 @@ class DeviceConnection:
     def _answer_est(self, request: HttpRequest, device: DeviceRecord) -> bool:
         """A request on the EST host: RFC 7030's operations, nothing else."""
         if is_est_path(request.path):
-            answer = self.gateway.est.answer(
-                request.method, request.path, request.headers, request.body,
-                device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
-            )
+            try:
+                answer = self.gateway.est.answer(
+                    request.method, request.path, request.headers, request.body,
+                    device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
+                )
+            except Exception:
+                log.exception("internal error on EST %s %s", request.method, request.path)
+                self._send(500, b"internal EST server error\n", head=False, keep_alive=False, content_type=TEXT)
+                return False
             status, payload, content_type, headers = answer.status, answer.body, answer.content_type, answer.headers
         else:
             status, payload, content_type, headers = 404, b"not found: the EST server serves /.well-known/est/\n", TEXT, ()
