@@ -115,8 +115,8 @@ def main() -> None:
     shm = Path("/dev/shm")
     where = os.environ.get("BENCH_TMP") or (str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
     cores = os.cpu_count() or 1
-    print(f"fleet rotation over EST ({cores} cores; `device rotate-cert --fleet`, 8 devices at once, the sandbox "
-          "in another process)")
+    print(f"fleet rotation over EST ({cores} cores; `device rotate-cert --fleet` in its own process, 8 devices at "
+          "once, start-up included; the sandbox in this one)")
     for line in bench_rotation(where):
         print(line)
     for line in bench_drill(where):
