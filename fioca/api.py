@@ -1,6 +1,7 @@
-"""The Factory API over `requests`: certs GET/POST/PATCH, users/self, device registration, and
-the OAuth token refresh; and the device gateway's mTLS GET as a device (`device_get`). The
-only module of fioca that speaks HTTP to a server.
+"""The Factory API over `requests`: certs GET/POST/PATCH, users, the deny-list, device
+registration, and the OAuth token refresh; and the device gateway's and EST server's mTLS
+requests as a device (`device_request`, `device_get`). The only module of fioca that speaks
+HTTP to a server.
 
 Errors are rendered the way fioctl renders them:
     HTTP error during POST 'https://.../certs/': 409 Conflict
@@ -446,6 +447,27 @@ class FactoryApi(HttpClient):
     def patch_certs(self, body: dict) -> Response:
         return self.request("PATCH", self.certs_url, body, ok=(200, 201, 202, 204))
 
+    def users(self) -> list:
+        """GET users/: the factory's users (`polis-id`, `name`, `role`), as fioctl's owner column reads them."""
+        url = self.url("users/")
+        resp = self.request("GET", url)
+        if not isinstance(resp.body, list):
+            raise ApiError(f"answer to GET '{url}' is not a JSON list")
+        return resp.body
+
+    def denied_devices(self, *, page: int, limit: int) -> dict:
+        """GET denied-devices/ (`devices`, `total`, `next`), one page as fioctl asks for it."""
+        url = self.url(f"denied-devices/?limit={limit}&page={page}")
+        resp = self.request("GET", url)
+        _require_object(resp, "GET", url)
+        if not isinstance(resp.body.get("devices"), list):
+            raise ApiError(f"answer to GET '{url}' has no list of devices")
+        return resp.body
+
+    def delete_denied(self, uuid: str) -> None:
+        """DELETE denied-devices/<uuid>/: the uuid leaves the deny-list and may be used again."""
+        self.request("DELETE", self.url(f"denied-devices/{quote(uuid, safe='')}/"), ok=(200, 202, 204))
+
     def users_self(self) -> dict:
         url = self.url("users/self/")
         resp = self.request("GET", url)
@@ -573,6 +595,9 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         raw = socket.create_connection((self._address, self.port), self.timeout)
+        # As http.client's own connect(): without it the request waits behind the handshake's
+        # last segment for the server's delayed ACK (about 40 ms a request).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _Deadline.watch(raw)
         try:
             self.sock = self._tls_context.wrap_socket(raw, server_hostname=self.host)
@@ -581,18 +606,36 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
-def device_get(
-    host: str, port: int, address: str, *, context: ssl.SSLContext, path: str, timeout: float, max_body: int
-) -> tuple[int, str, bytes]:
-    """One mTLS GET to the gateway as a device: (status, reason, at most max_body + 1 bytes).
+@dataclass(frozen=True)
+class DeviceAnswer:
+    status: int
+    reason: str
+    content_type: str
+    body: bytes  # at most max_body + 1 bytes
+
+
+def device_request(
+    host: str,
+    port: int,
+    address: str,
+    *,
+    context: ssl.SSLContext,
+    method: str,
+    path: str,
+    timeout: float,
+    max_body: int,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> DeviceAnswer:
+    """One mTLS request as a device (to the gateway, or to the EST server), on its own connection.
 
     TCP goes to `address`; the TLS name and Host are `host` (curl's --resolve). TLS and socket
     errors are raised as they come, for the caller to tell a refused handshake from an
-    unreachable gateway; past `timeout` seconds in all, TimeoutError."""
+    unreachable server; past `timeout` seconds in all, TimeoutError."""
     connection = _PinnedHTTPSConnection(host, port, address, context, timeout)
     with _Deadline(timeout) as deadline:
         try:
-            connection.request("GET", path, headers={"Accept": "application/json"})
+            connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
             raw = response.read(max_body + 1)
         except OSError:
@@ -601,7 +644,18 @@ def device_get(
             raise
         finally:
             connection.close()
-    return response.status, response.reason, raw
+    return DeviceAnswer(response.status, response.reason, response.getheader("Content-Type") or "", raw)
+
+
+def device_get(
+    host: str, port: int, address: str, *, context: ssl.SSLContext, path: str, timeout: float, max_body: int
+) -> tuple[int, str, bytes]:
+    """One mTLS GET to the gateway as a device: (status, reason, at most max_body + 1 bytes)."""
+    answer = device_request(
+        host, port, address, context=context, method="GET", path=path, timeout=timeout, max_body=max_body,
+        headers={"Accept": "application/json"},
+    )
+    return answer.status, answer.reason, answer.body
 
 
 # --- OAuth client credentials (fioctl login) --------------------------------------------------------

@@ -78,6 +78,18 @@ DEVICE_CSR = "device-cert.csr"
 DEVICE_CONF = "device-cert.conf"
 DEVICE_EXT = "device-cert.ext"
 
+# --- EST (RFC 7030): the service that renews device certificates -----------------------------
+
+EST_DOMAIN = "est.foundries.io"  # fioctl: "an EST server at <repoid>.est.foundries.io"
+EST_PORT = 8443  # fioctl's `--est-port` default
+EST_RESOURCE = "/.well-known/est"  # fioctl's `--est-resource` default, RFC 7030's path
+EST_CACERTS = "cacerts"
+EST_SIMPLEENROLL = "simpleenroll"
+EST_SIMPLEREENROLL = "simplereenroll"
+EST_CSR_TYPE = "application/pkcs10"  # a base64 DER CSR (RFC 7030 4.2.1)
+EST_CERTS_TYPE = "application/pkcs7-mime; smime-type=certs-only"  # a base64 DER PKCS#7 (4.1.3, 4.2.3)
+EST_DEVICE_DAYS = 365  # what Foundries' estserver issues, capped at its CA's notAfter
+
 # --- Keys ---------------------------------------------------------------------------------------
 
 CURVE_OPENSSL = "prime256v1"  # the curve's OpenSSL name, as the scripts write it

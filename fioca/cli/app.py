@@ -50,6 +50,18 @@ CA_HELP = (
 )
 
 
+EST_HELP = (
+    "Manage the Foundries EST server TLS keypair for your Factory (fioctl keys est, hidden there).\n\n"
+    "This command allows users to authorize Foundries.io to run an EST 7030 server for device "
+    "certificate renewal.\n\n"
+    "\b\n"
+    "Examples:\n"
+    "  fioca keys est authorize ./pki --dry-run\n"
+    "  fioca keys est authorize ./pki\n"
+    "  fioca keys est show --pretty"
+)
+
+
 GROUP_SETTINGS = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": HELP_OPTIONS}
 
 
@@ -65,15 +77,23 @@ def _keys_ca_lifecycle_app() -> typer.Typer:
     return keys_ca_lifecycle.app  # update, add-device-ca, disable/enable/revoke-device-ca, rotate-tls, sign
 
 
+def _keys_est_app() -> typer.Typer:
+    from fioca.cli import keys_est
+
+    return keys_est.app  # show, authorize
+
+
 def _keys_group() -> Any:
     ca = LazyCommands(name="ca", help=CA_HELP, sources=[_keys_ca_app, _keys_ca_lifecycle_app], **GROUP_SETTINGS)
-    return LeanGroup(name="keys", help=KEYS_HELP, commands={"ca": ca}, **GROUP_SETTINGS)
+    est = LazyCommands(name="est", help=EST_HELP, sources=[_keys_est_app], **GROUP_SETTINGS)
+    return LeanGroup(name="keys", help=KEYS_HELP, commands={"ca": ca, "est": est}, **GROUP_SETTINGS)
 
 
 def _device_group() -> Any:
-    from fioca.cli import device
+    from fioca.cli import device, device_denied, device_rotate
 
-    return _group("device", device.app)
+    # create-offline, register, check; rotate-cert; list-denied, delete-denied
+    return _group("device", device.app, device_rotate.app, device_denied.app)
 
 
 def _sandbox_group() -> Any:
@@ -168,7 +188,13 @@ class FioctlCommandLine(LeanGroup):
             formatter.write_dl(rows)
 
 
-def _group(name: str, sub_app: typer.Typer) -> Any:
+def _group(name: str, sub_app: typer.Typer, *more: typer.Typer) -> Any:
+    """A group of `sub_app`'s commands (its help is the group's), then those of `more`."""
+    if more:
+        merged = typer.Typer(help=sub_app.info.help, no_args_is_help=True)
+        for app_ in (sub_app, *more):
+            merged.registered_commands.extend(app_.registered_commands)
+        sub_app = merged
     for info in sub_app.registered_commands:  # the same classes (and usage lines) as `keys ca`
         if info.cls in (None, TyperCommand):
             info.cls = LeanCommand

@@ -5,7 +5,8 @@ fioctl is a cobra program, and its users type what cobra accepts:
 - `-f/--factory` and `-t/--token` are persistent flags of `keys`, so they may come anywhere
   after it (`fioctl keys ca create ./pki -f acme`); `-c/--config` and `-v/--verbose` belong
   to the root and may come anywhere at all. In fioca they are options of the root command,
-  so they are moved in front of the first command name. `-f`/`-t` move only under `keys`:
+  so they are moved in front of the first command name. `-f`/`-t` move only under `keys` and
+  under the `device` commands fioctl's `devices` has (`list-denied`, `delete-denied`):
   `device register -t` is lmp-device-register's `--tags`.
 - booleans take a value: `--online-ca=false`, `--local-ca=true`, `--dry-run=1` (Go's
   strconv.ParseBool spellings). They become `--online-ca` / `--no-online-ca`, or are dropped
@@ -29,6 +30,8 @@ from typer import BadParameter
 _ANYWHERE = {"-c": True, "--config": True, "-v": False, "--verbose": False, "--server": True}
 _UNDER_KEYS = {"-f": True, "--factory": True, "-t": True, "--token": True}
 KEYS_GROUP = "keys"
+# fioctl's `devices` takes -f/-t too; fioca's `device` group for the commands they share.
+FIOCTL_DEVICE_COMMANDS = (["device", "list-denied"], ["device", "delete-denied"])
 
 # strconv.ParseBool
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -59,7 +62,8 @@ def fioctl_style(args: list[str], root: Any) -> list[str]:
             rest.append(token)
             continue
         name, value, attached = _split(token)
-        globals_here = {**_ANYWHERE, **(_UNDER_KEYS if KEYS_GROUP in path[:1] else {})}
+        fioctl_factory_flags = KEYS_GROUP in path[:1] or path[:2] in FIOCTL_DEVICE_COMMANDS
+        globals_here = {**_ANYWHERE, **(_UNDER_KEYS if fioctl_factory_flags else {})}
         option = _option(command, name)
         takes_value = globals_here[name] if path and name in globals_here else not (option is None or _is_flag(option))
         if attached and not takes_value and (option is not None or name in globals_here):

@@ -42,7 +42,7 @@ app = typer.Typer(
 )
 
 
-def _sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:
+def sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:
     """The gateway URL of the sandbox whose fioctl.yaml is the config in use, if any."""
     from fioca.sandbox.server import INFO_FILE, SandboxError, read_info
 
@@ -62,7 +62,7 @@ def _sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None
     return info.gateway_url
 
 
-def _progress(app_ctx: AppContext, total: int, label: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+def progress_reporter(app_ctx: AppContext, total: int, label: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     """A progress bar on a terminal, else a line every 10%; (advance, finish)."""
     if total <= 1:
         return (lambda _n: None), (lambda: None)
@@ -124,7 +124,7 @@ def create_offline(
         raise UsageError(f"--faithful gives OpenSSL's {offline.FAITHFUL_DAYS} days, as documented; --days is for the default path")
     pki = offline.load_pki(pki_dir.expanduser())
     specs = offline.plan_devices(count, uuid=uuid, name=name)
-    url = gateway_url or _sandbox_gateway_url(app_ctx, pki.factory)
+    url = gateway_url or sandbox_gateway_url(app_ctx, pki.factory)
     try:
         port = sota.gateway_port_from_url(url) if url else sota.GATEWAY_PORT
     except ValueError as error:
@@ -138,7 +138,7 @@ def create_offline(
         gateway_port=port,
         workers=workers,
     )
-    advance, finish = _progress(app_ctx, count, "devices")
+    advance, finish = progress_reporter(app_ctx, count, "devices")
     started = time.perf_counter()
     try:
         create = offline.create_faithful if faithful else offline.create_in_process
@@ -336,7 +336,7 @@ def check(
         raise UsageError("give --resolve or --gateway-url, not both")
     device = device_check.locate(device_dir.expanduser(), pki_dir.expanduser() if pki_dir else None)
     if not resolve and not gateway_url:
-        gateway_url = _sandbox_gateway_url(app_ctx, None)
+        gateway_url = sandbox_gateway_url(app_ctx, None)
     target = device_check.target_for(device, resolve=resolve, gateway_url=gateway_url)
     result = device_check.probe(device, target, path=path)
     if output is Format.json:

@@ -38,13 +38,13 @@ ViaOption = Annotated[Via, typer.Option("--via", help=VIA_HELP)]
 RootPkiDir = Annotated[Path, typer.Argument(metavar="PKI_DIR", help="The PKI dir holding factory_ca.pem and its key.")]
 
 
-def _pki_dir(path: Path) -> PkiDir:
+def open_pki_dir(path: Path) -> PkiDir:
     from fioca.pki.files import PkiDir
 
     return PkiDir.open(path.expanduser())
 
 
-def _root_signer(pki: PkiDir, hsm: HsmSettings | None) -> RootSigner:
+def root_signer_for(pki: PkiDir, hsm: HsmSettings | None) -> RootSigner:
     from fioca.pki.signer import load_root_signer
 
     return load_root_signer(pki, hsm=hsm)
@@ -60,7 +60,7 @@ def _ca_lines(title: str, cas: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _confirmer(app_ctx: AppContext, yes: bool, question: str, describe: Callable[[dict], list[str]]) -> Callable:
+def confirmer(app_ctx: AppContext, yes: bool, question: str, describe: Callable[[dict], list[str]]) -> Callable:
     """Show the plan (stderr, and the terminal); ask unless --yes."""
 
     def confirm(plan: Any) -> bool:
@@ -136,7 +136,7 @@ def update(
     if dry_run:
         _emit(app_ctx, output, {**summary, "dry_run": True}, _update_lines(summary) + ["Dry run: nothing was sent."])
         return
-    if not _confirmer(app_ctx, yes, "Send the new device CA bundle?", _update_lines)(plan):
+    if not confirmer(app_ctx, yes, "Send the new device CA bundle?", _update_lines)(plan):
         raise lifecycle.not_confirmed("updating the device CA bundle")
     lifecycle.apply_update(api, plan)
     added, dropped = len(summary["added"]), len(summary["dropped"])
@@ -199,11 +199,11 @@ def add_device_ca(
     )
     lifecycle.check_add_device_ca_options(options)
     app_ctx.require_confirmation_possible(yes, "adding a device CA")
-    pki = _pki_dir(pki_dir)
-    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
+    pki = open_pki_dir(pki_dir)
+    signer = root_signer_for(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     result = lifecycle.add_device_ca(
         app_ctx.api(), pki, signer, options,
-        confirm=_confirmer(app_ctx, yes, "Write the files and send the new device CA bundle?", _add_lines),
+        confirm=confirmer(app_ctx, yes, "Write the files and send the new device CA bundle?", _add_lines),
         progress=app_ctx.terminal.err,
         on_script_stderr=lambda line: app_ctx.terminal.err(f"  {line}"),
     )
@@ -244,12 +244,12 @@ def _crl_command(
         lifecycle.parse_serial(text)
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, f"{action} of a device CA")
-    pki = _pki_dir(pki_dir)
+    pki = open_pki_dir(pki_dir)
     # Even a dry-run signs its CRL with the root, so it needs the token too.
-    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, *hsm_flags))
+    signer = root_signer_for(pki, hsm_options.resolve_hsm(app_ctx, *hsm_flags))
     plan, answer = lifecycle.change_device_cas(
         app_ctx.api(), pki, signer, action=action, ca_files=list(ca_file), ca_serials=list(ca_serial),
-        dry_run=dry_run, confirm=_confirmer(app_ctx, yes, "Send the CRL?", _crl_lines), progress=app_ctx.terminal.err,
+        dry_run=dry_run, confirm=confirmer(app_ctx, yes, "Send the CRL?", _crl_lines), progress=app_ctx.terminal.err,
     )
     summary = plan.summary()
     if dry_run:
@@ -403,11 +403,11 @@ def rotate_tls(
 
     app_ctx = app_context(ctx)
     app_ctx.require_confirmation_possible(yes, "rotating the gateway TLS certificate")
-    pki = _pki_dir(pki_dir)
-    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
+    pki = open_pki_dir(pki_dir)
+    signer = root_signer_for(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     result = lifecycle.rotate_tls(
         app_ctx.api(), pki, signer, via=via.value,
-        confirm=_confirmer(app_ctx, yes, "Send the new TLS certificate?", _rotate_lines),
+        confirm=confirmer(app_ctx, yes, "Send the new TLS certificate?", _rotate_lines),
         progress=app_ctx.terminal.err,
         on_script_stderr=lambda line: app_ctx.terminal.err(f"  {line}"),
     )
@@ -463,8 +463,8 @@ def sign(
         csr_pem = csr_file.expanduser().read_bytes()
     except OSError as exc:
         raise FiocaError(f"cannot read {quote_path(csr_file)}: {exc.strerror}") from None
-    pki = _pki_dir(pki_dir)
-    signer = _root_signer(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
+    pki = open_pki_dir(pki_dir)
+    signer = root_signer_for(pki, hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label))
     cert, chosen = lifecycle.sign_file(
         signer, csr_pem, profile=profile.value if profile else None, artifact=str(csr_file), via=via.value
     )

@@ -18,7 +18,7 @@ import http.client
 import json
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,17 +74,27 @@ class CheckResult:
         }
 
 
+def key_and_cert(device_dir: Path, sota_text: str | None) -> tuple[Path, Path]:
+    """The device's key and certificate files: those sota.toml's `[import]` names (by file name,
+    in the folder), as aktualizr-lite finds them; else pkey.pem and client.pem. A certificate
+    rotation switches both at once there (`fioca.device.rotate`)."""
+    named = sota.import_paths(sota_text) if sota_text is not None else {}
+    key = PurePosixPath(named.get(sota.KEY_PATH, facts.DEVICE_KEY)).name
+    cert = PurePosixPath(named.get(sota.CERT_PATH, facts.DEVICE_CERT)).name
+    return device_dir / key, device_dir / cert
+
+
 def locate(device_dir: Path, pki_dir: Path | None = None) -> DeviceFiles:
     """The device's key and cert, the root to trust, and the gateway's host and port."""
-    cert, key = device_dir / "client.pem", device_dir / "pkey.pem"
+    sota_path = device_dir / facts.SOTA_TOML
+    sota_text = sota_path.read_text(encoding="utf-8", errors="replace") if sota_path.is_file() else None
+    key, cert = key_and_cert(device_dir, sota_text)
     for path in (cert, key):
         if not path.is_file():
             raise PkiDirError(f"{path} does not exist; is {device_dir} a device folder (or sota dir)?")
-    certificate = profiles.load_cert(cert.read_bytes(), "client.pem")
-    profiles.load_private_key(key.read_bytes(), "pkey.pem")  # readable, P-256 (EC PARAMETERS allowed)
-    server = None
-    if (device_dir / "sota.toml").is_file():
-        server = sota.gateway_server((device_dir / "sota.toml").read_text(encoding="utf-8", errors="replace"))
+    certificate = profiles.load_cert(cert.read_bytes(), cert.name)
+    profiles.load_private_key(key.read_bytes(), key.name)  # readable, P-256 (EC PARAMETERS allowed)
+    server = sota.gateway_server(sota_text) if sota_text is not None else None
     port = (urlsplit(server).port if server else None) or sota.GATEWAY_PORT
     if pki_dir is not None:
         root = pki_dir / facts.ROOT_CERT

@@ -82,6 +82,48 @@ def render(
     return "\n".join(lines).rstrip() + "\n"
 
 
+# Where a device's key and certificate are: `[import]`'s paths (aktualizr-lite reads them there).
+KEY_PATH = "tls_pkey_path"
+CERT_PATH = "tls_clientcert_path"
+_STRING_LINE = re.compile(r'^(\s*([A-Za-z0-9_-]+)\s*=\s*)"([^"\\]*)"(.*)$')
+_SECTION_LINE = re.compile(r"\s*\[([A-Za-z0-9_-]+)\]\s*")
+
+
+def _string_values(text: str, section: str) -> dict[int, tuple[str, str]]:
+    """{line index: (key, value)} for the one-line basic strings of `section`."""
+    found: dict[int, tuple[str, str]] = {}
+    current = None
+    for index, line in enumerate(text.splitlines()):
+        header = _SECTION_LINE.fullmatch(line)
+        if header:
+            current = header[1]
+            continue
+        match = _STRING_LINE.match(line)
+        if current == section and match:
+            found[index] = (match[2], match[3])
+    return found
+
+
+def import_paths(text: str) -> dict[str, str]:
+    """`[import]`'s tls_pkey_path and tls_clientcert_path, those that are set."""
+    return {key: value for key, value in _string_values(text, "import").values() if key in (KEY_PATH, CERT_PATH)}
+
+
+def with_import_paths(text: str, paths: dict[str, str]) -> str:
+    """`text` with `[import]`'s values for the keys of `paths` replaced; every other byte kept."""
+    lines = text.splitlines(keepends=True)
+    for index, (key, _value) in _string_values(text, "import").items():
+        if key in paths:
+            new = paths[key]
+            if '"' in new or "\\" in new or "\n" in new:
+                raise ValueError(f"{key} {new!r} cannot be written as a plain TOML string")
+            match = _STRING_LINE.match(lines[index].rstrip("\r\n"))
+            assert match is not None
+            ending = lines[index][len(lines[index].rstrip("\r\n")) :]
+            lines[index] = f'{match[1]}"{new}"{match[4]}{ending}'
+    return "".join(lines)
+
+
 def gateway_server(text: str) -> str | None:
     """`[tls] server` of a sota.toml (where the device talks to its gateway), None if absent."""
     try:

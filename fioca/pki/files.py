@@ -227,6 +227,20 @@ class PkiDir:
             raise PkiDirError(f"cannot move {self.path / name} to {self.path / target}: {exc.strerror}") from None
         return target
 
+    def link_aside(self, name: str, suffix: str) -> str:
+        """A second name `name<suffix>` (or `.1`, ...) for `name`'s file, which stays; return it."""
+        target = self.free_name(f"{name}{suffix}")
+        try:
+            os.link(_plain(name), target, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise PkiDirError(f"cannot keep {self.path / name} as {self.path / target}: {exc.strerror}") from None
+        return target
+
+    def sync(self) -> None:
+        """Make the folder's entries (names made or removed) durable."""
+        os.fsync(self._fd)
+
     def move_back(self, moved: str, name: str) -> None:
         """Undo `move_aside`: `moved` becomes `name` again (which must not exist)."""
         os.link(_plain(moved), _plain(name), src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False)

@@ -1,5 +1,6 @@
 """The `keys ca` commands after `create`: update, add-device-ca, disable/enable/revoke-device-ca,
-rotate-tls and sign. Plain Python: raises `fioca.errors`, never prints.
+rotate-tls and sign; and `keys est authorize`, rotate-tls's twin for the EST server. Plain
+Python: raises `fioca.errors`, never prints.
 
 Each command reads as its steps: fetch the factory's PKI (GET certs/), check the PKI dir's
 root is the factory's, make what is new (through `fioca.pki.signer`, the one root-signing
@@ -139,14 +140,14 @@ def _patch(api: FactoryApi, body: dict[str, str], changes: FileChanges | None) -
 def _store_and_patch(
     api: FactoryApi,
     pki_dir: PkiDir,
-    plan: AddDeviceCaPlan | RotateTlsPlan,
+    plan: AddDeviceCaPlan | RotateTlsPlan | EstAuthorizePlan,
     *,
     moves: list[str],
     writes: dict[str, bytes],
     progress: Progress,
     uploading: str,
 ) -> ApplyResult:
-    """The confirmed end of add-device-ca and rotate-tls: move the old files aside (.bak), write
+    """The confirmed end of add-device-ca, rotate-tls and est authorize: move the old files aside (.bak), write
     the new ones in order, then PATCH; a PATCH the server refuses puts the PKI dir back."""
     changes = FileChanges(pki_dir)
     for name in moves:
@@ -161,7 +162,9 @@ def _store_and_patch(
 
 
 # fioctl's words for the files it moves aside (fioca also keeps the old CSRs).
-_MOVED_WORDS = {facts.TLS_CERT: "TLS cert file", facts.ONLINE_CA_CERT: "online device CA file"}
+_MOVED_WORDS = {
+    facts.TLS_CERT: "TLS cert file", facts.ONLINE_CA_CERT: "online device CA file", facts.EST_TLS_CERT: "EST TLS cert file",
+}
 
 
 def not_confirmed(what: str) -> RefusedError:
@@ -530,6 +533,97 @@ def rotate_tls(
         )
 
 
+# --- keys est authorize --------------------------------------------------------------------------
+
+# fioctl's POST: a new key and CSR for the EST server, nothing else.
+EST_POST_BODY = {"first-time-init": False, "ca-csr": False, "est-tls-csr": True, "tls-csr": False}
+
+
+@dataclass
+class EstAuthorizePlan:
+    factory: str
+    old: x509.Certificate | None
+    new: x509.Certificate | None  # None in a dry run: nothing was asked of the server
+    moves: list[str]
+
+    @property
+    def patch_body(self) -> dict[str, str]:
+        assert self.new is not None
+        return {"est-tls-crt": profiles.cert_pem(self.new).decode("ascii")}
+
+    def summary(self) -> dict[str, Any]:
+        def described(cert: x509.Certificate | None) -> dict[str, Any] | None:
+            if cert is None:
+                return None
+            return ca_summary(cert, hosts=profiles.gateway_hosts(cert), pem=profiles.cert_pem(cert).decode("ascii"))
+
+        return {
+            "factory": self.factory,
+            "dry_run": self.new is None,
+            "old": described(self.old),
+            "new": described(self.new),
+            "post_body": EST_POST_BODY,
+            "files": [facts.EST_TLS_CSR, facts.EST_TLS_CERT],
+            "moved_aside": self.moves,
+            "patch_fields": ["est-tls-crt"],
+        }
+
+
+def authorize_est(
+    api: FactoryApi,
+    pki_dir: files.PkiDir,
+    signer: RootSigner,
+    *,
+    confirm: Confirm,
+    dry_run: bool = False,
+    via: Via = "script",
+    progress: Progress = _quiet,
+    on_script_stderr: Progress = _quiet,
+) -> ApplyResult:
+    """`keys est authorize`: a new EST server key (POST est-tls-csr), its TLS server certificate
+    signed by the root, PATCHed as est-tls-crt. A dry run checks the PKI dir and its root
+    against the factory and sends nothing (the POST makes the server a new key)."""
+    with pki_dir.locked():
+        pki = fetch_pki(api)
+        require_factory_root(signer, pki)
+        current = pki.body.get("est-tls-crt")
+        old = profiles.load_cert(current, "est-tls-crt") if current else None
+        moves = [name for name in (facts.EST_TLS_CERT, facts.EST_TLS_CSR) if pki_dir.has(name)]
+        if dry_run:
+            return ApplyResult(EstAuthorizePlan(pki.factory, old, None, moves).summary())
+        answer = api.post_certs(EST_POST_BODY)
+        csr = _csr_from_answer(answer.body, facts.EST_TLS_CSR, pki.factory)
+        check_est_csr(csr)
+        cert = sign_csr(
+            signer, csr, "tls", via=via, artifact=facts.EST_TLS_CERT, csr_artifact=facts.EST_TLS_CSR,
+            on_stderr=on_script_stderr,
+        )
+        plan = EstAuthorizePlan(pki.factory, old, cert, moves)
+        if not confirm(plan):
+            raise not_confirmed("authorizing the EST server")
+        writes = {facts.EST_TLS_CSR: profiles.csr_pem(csr), facts.EST_TLS_CERT: profiles.cert_pem(cert)}
+        return _store_and_patch(
+            api, pki_dir, plan, moves=moves, writes=writes, progress=progress, uploading="Uploading new EST certificate:",
+        )
+
+
+def check_est_csr(csr: x509.CertificateSigningRequest) -> None:
+    """Devices (and fioctl's `config rotate-certs`) find the EST server by the one DNS name of
+    its certificate: a CSR with none or several cannot make a usable est-tls-crt."""
+    hosts = [name for name in _alt_names(csr) if isinstance(name, x509.DNSName)]
+    if len(hosts) != 1:
+        raise CheckError(
+            facts.EST_TLS_CSR, f"must name exactly one DNS host (the EST server's, e.g. <id>.{facts.EST_DOMAIN}), got {len(hosts)}"
+        )
+
+
+def _alt_names(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
+    try:
+        return list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
 # --- sign ---------------------------------------------------------------------------------------
 
 
@@ -556,8 +650,4 @@ def sign_file(
 
 
 def _non_dns_names(csr: x509.CertificateSigningRequest) -> bool:
-    try:
-        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    return any(not isinstance(name, x509.DNSName) for name in names)
+    return any(not isinstance(name, x509.DNSName) for name in _alt_names(csr))

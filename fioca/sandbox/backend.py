@@ -39,8 +39,8 @@ from fioca.sandbox.store import (
 PATCH_FIELDS = facts.PATCH_FIELDS
 POST_FLAGS = facts.POST_FLAGS
 
-# Where the real service puts a factory's hosts; the gateway CSR asks for both names.
-EST_DOMAIN = "est.foundries.io"
+# Where the real service puts a factory's EST server: <gateway id>.est.foundries.io.
+EST_DOMAIN = facts.EST_DOMAIN
 ONLINE_CA_CN = "online-ca"
 
 # What a POST answer carries besides the CSRs: the API's scripts of a revision, or none.
@@ -552,6 +552,15 @@ class Backend:
         if not (certs.root_crt and certs.tls_crt and active):
             return None
         return GatewayIdentity(cert_pem=certs.tls_crt, key_pem=active[-1].key_pem, root_pem=certs.root_crt)
+
+    def est_identity(self) -> GatewayIdentity | None:
+        """The accepted est-tls-crt with its backend key (what the EST server serves); None
+        until `keys est authorize` uploaded one."""
+        certs = self.store.certs()
+        active = self.store.backend_keys("est", KEY_ACTIVE)
+        if not (certs.root_crt and certs.est_tls_crt and active):
+            return None
+        return GatewayIdentity(cert_pem=certs.est_tls_crt, key_pem=active[-1].key_pem, root_pem=certs.root_crt)
 
     def online_ca(self) -> OnlineCa | None:
         """The newest online CA still in ca-crt and not disabled; None when there is none."""

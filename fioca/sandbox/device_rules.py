@@ -5,7 +5,8 @@ A device certificate is accepted when a trusted device CA signed it, it is valid
 not a CA, it is for TLS clients (extendedKeyUsage clientAuth), its OU is the factory and its
 CN is the device UUID in the one canonical spelling. A new device is refused under a
 disabled CA; a deleted (deny-listed) device is refused; a known UUID with another key is
-refused. Every refusal is a `DeviceRefused` whose message is the 403 body's `message`.
+refused, except the key EST certified for it (`est.py`): its first use completes the rotation,
+and from then on the old key is the one refused. Every refusal is a `DeviceRefused` whose message is the 403 body's `message`.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class DeviceRules:
         record = self.store.device(presented.uuid)
         if record is None:
             record = self._register(presented, name=presented.uuid, group=None, seen=True)
-        self._check_known_device(record, presented)
+        record = self._check_known_device(record, presented)
         # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.
         stale = (datetime.now(timezone.utc) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
         if record.last_seen is None or record.last_seen <= stale:
@@ -204,12 +205,21 @@ class DeviceRules:
         log.info("registered device %s (device CA serial %s)", uuid, ca.serial)
         return record
 
-    @staticmethod
-    def _check_known_device(record: DeviceRecord, presented: PresentedCert) -> None:
+    def _check_known_device(self, record: DeviceRecord, presented: PresentedCert) -> DeviceRecord:
+        """The record of a known device presenting its key; the first use of a key EST
+        certified (`pending_pubkey`) completes the rotation: from then on only it is accepted."""
         if record.deny_listed:
             raise DeviceRefused(f"device {record.uuid} was deleted (it is on the deny-list)")
-        if record.pubkey != presented.pubkey_pem:
-            raise DeviceRefused(f"device {record.uuid} is registered with another public key")
+        if record.pubkey == presented.pubkey_pem:
+            return record
+        if record.pending_pubkey == presented.pubkey_pem:
+            if self.store.complete_rotation(record.uuid, presented.pubkey_pem):
+                log.info("device %s now uses the key EST certified (CA serial %s)", record.uuid, record.pending_ca_serial)
+            # Read again: a second connection of the device may have completed it first.
+            current = self.store.device(record.uuid)
+            if current is not None and not current.deny_listed and current.pubkey == presented.pubkey_pem:
+                return current
+        raise DeviceRefused(f"device {record.uuid} is registered with another public key")
 
 
 class DeviceExists(Exception):

@@ -24,6 +24,11 @@ and served in the same round trip.
 
 Probes: `GET /device` (the device record as JSON), `GET /repo/1.root.json` (TUF root metadata
 signed by a sandbox repo key), `GET /repo/targets.json` with `x-ats-tags` (empty targets).
+
+EST (`est.py`): a device that names the EST host (the DNS name of an accepted `est-tls-crt`)
+in its TLS handshake is served `est-tls-crt` and `/.well-known/est/` only, after the same rules;
+before `keys est authorize`, a name under est.foundries.io is refused in the handshake
+(unrecognized_name).
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from fioca.sandbox.backend import Backend
+from fioca import facts
+from fioca.sandbox.backend import Backend, GatewayIdentity
 from fioca.sandbox.context import GatewayContext
 from fioca.sandbox.device_rules import DeviceRefused, DeviceRules, PresentedCert, TrustedCa, read_presented
+from fioca.sandbox.est import TEXT, EstService, is_est_path
 from fioca.sandbox.shared_pki import SharedPki
 from fioca.sandbox.store import DeviceRecord
 from fioca.sandbox.tuf import TufRepo
@@ -69,6 +76,7 @@ CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in re
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
+JSON = "application/json"
 
 
 def create_gateway(context: GatewayContext) -> DeviceGateway:
@@ -79,6 +87,14 @@ def create_gateway(context: GatewayContext) -> DeviceGateway:
 # -- what the gateway serves and trusts ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EstEndpoint:
+    """The EST server's identity: `est-tls-crt` (its key the backend's) for its DNS names."""
+
+    ssl_context: ssl.SSLContext
+    hosts: frozenset[str]
+
+
 @dataclass
 class TrustState:
     """One generation of what the gateway serves and trusts, with its per-certificate cache."""
@@ -87,6 +103,7 @@ class TrustState:
     ssl_context: ssl.SSLContext
     cas: list[TrustedCa]
     shared: bool
+    est: EstEndpoint | None = None
     presented: dict[bytes, PresentedCert] = dataclasses.field(default_factory=dict)
 
     def read(self, der: bytes, *, verified: bool) -> PresentedCert:
@@ -115,14 +132,28 @@ def _server_context() -> ssl.SSLContext:
 
 
 def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, generation: int) -> TrustState:
-    """An SSLContext for the backend's current certs: tls-crt + device CAs, or the shared PKI."""
+    """An SSLContext for the backend's current certs: tls-crt + device CAs, or the shared PKI;
+    and, once est-tls-crt is accepted, one for the EST host that the handshake switches to."""
     context = _server_context()
     identity = backend.gateway_identity()
     if identity is None:
         context.load_cert_chain(shared.gateway_cert, shared.gateway_key)
         context.load_verify_locations(cadata=shared.device_ca_pem)
+        context.sni_callback = _identity_for_name(None)
         return TrustState(generation=generation, ssl_context=context, cas=[TrustedCa.of(shared.device_ca)], shared=True)
 
+    _load_identity(context, identity, data_dir)
+    device_cas = backend.device_cas()
+    trusted = "".join(ca.pem for ca in device_cas)
+    if trusted:
+        context.load_verify_locations(cadata=trusted)
+    est = _est_endpoint(backend, data_dir, trusted)
+    context.sni_callback = _identity_for_name(est)
+    cas = [TrustedCa.of(ca.cert, disabled=ca.disabled) for ca in device_cas]
+    return TrustState(generation=generation, ssl_context=context, cas=cas, shared=False, est=est)
+
+
+def _load_identity(context: ssl.SSLContext, identity: GatewayIdentity, data_dir: Path) -> None:
     # load_cert_chain only reads files: a 0600 temp file in the 0700 data dir, removed at once.
     fd, chain_path = tempfile.mkstemp(dir=data_dir, prefix=".gateway-chain.", suffix=".pem")
     try:
@@ -131,11 +162,39 @@ def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, gener
         context.load_cert_chain(chain_path)
     finally:
         os.unlink(chain_path)
-    device_cas = backend.device_cas()
-    if device_cas:
-        context.load_verify_locations(cadata="".join(ca.pem for ca in device_cas))
-    cas = [TrustedCa.of(ca.cert, disabled=ca.disabled) for ca in device_cas]
-    return TrustState(generation=generation, ssl_context=context, cas=cas, shared=False)
+
+
+def _est_endpoint(backend: Backend, data_dir: Path, trusted: str) -> EstEndpoint | None:
+    """The EST host's context: est-tls-crt, and the same trust and settings as the gateway's
+    (the switch in the handshake changes the certificate served, not who may connect)."""
+    identity = backend.est_identity()
+    if identity is None:
+        return None
+    context = _server_context()
+    _load_identity(context, identity, data_dir)
+    if trusted:
+        context.load_verify_locations(cadata=trusted)
+    cert = x509.load_pem_x509_certificate(identity.cert_pem.encode("ascii"))
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        hosts = frozenset(names.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        hosts = frozenset()
+    return EstEndpoint(ssl_context=context, hosts=hosts)
+
+
+def _identity_for_name(est: EstEndpoint | None) -> Any:
+    """The handshake's SNI callback: the EST host gets est-tls-crt; an EST name this factory
+    has not authorized (no est-tls-crt for it) is refused with unrecognized_name."""
+
+    def choose(connection: ssl.SSLSocket, server_name: str | None, _context: ssl.SSLContext) -> int | None:
+        if est is not None and server_name in est.hosts:
+            connection.context = est.ssl_context
+        elif server_name and server_name.endswith("." + facts.EST_DOMAIN):
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return None
+
+    return choose
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -154,6 +213,7 @@ class DeviceGateway:
         self.rules = DeviceRules(
             context.store, factory=factory.name, local_ca_cn=context.backend.local_ca_cn, owner=factory.polis_id
         )
+        self.est = EstService(context.backend)
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
         self._thread: threading.Thread | None = None
@@ -269,6 +329,7 @@ class HttpRequest:
     path: str
     headers: dict[str, str]  # names lower-cased
     keep_alive: bool
+    body: bytes = b""
 
 
 class BadRequest(Exception):
@@ -290,6 +351,8 @@ class DeviceConnection:
         self.connection = connection
         self.gateway = gateway
         self.handshake_state = state  # the CAs that verified this connection's certificate
+        # The device asked for the EST host by name, and the handshake served est-tls-crt.
+        self.serves_est = state.est is not None and connection.context is state.est.ssl_context
         self._presented: tuple[TrustState, PresentedCert] | None = None
 
     def serve(self) -> None:
@@ -342,14 +405,15 @@ class DeviceConnection:
             headers[name.strip().lower()] = value.strip()
         else:
             raise BadRequest(431, "too many headers")
-        self._discard_body(reader, headers)
+        body = self._read_body(reader, headers)
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive)
+        return HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive, body=body)
 
     @staticmethod
-    def _discard_body(reader: Any, headers: dict[str, str]) -> None:
-        """Read and drop a request body, so the next request on the connection parses."""
+    def _read_body(reader: Any, headers: dict[str, str]) -> bytes:
+        """The request body (an EST CSR; other routes ignore it), read whole so the next
+        request on the connection parses."""
         if "chunked" in headers.get("transfer-encoding", "").lower():
             raise BadRequest(411, "a request body needs a Content-Length")
         try:
@@ -358,8 +422,7 @@ class DeviceConnection:
             length = -1
         if not 0 <= length <= MAX_BODY_BYTES:
             raise BadRequest(413, "request body too large")
-        if length:
-            reader.read(length)
+        return reader.read(length) if length else b""
 
     def _answer(self, request: HttpRequest) -> bool:
         """Answer one request; False when the connection must close after it."""
@@ -372,13 +435,19 @@ class DeviceConnection:
             log.info("%s %s 403: %s", request.method, request.path, refusal)
             # A certificate no trusted CA vouches for any more ends the connection it opened.
             keep_alive = request.keep_alive and presented is not None and presented.ca is not None
-            self._send(403, {"message": str(refusal)}, head=head, keep_alive=keep_alive)
+            message = f"{refusal}\n".encode() if self.serves_est else {"message": str(refusal)}
+            self._send(403, message, head=head, keep_alive=keep_alive, content_type=TEXT if self.serves_est else JSON)
             return keep_alive
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             self._send(500, {"message": "internal gateway error"}, head=head, keep_alive=False)
             return False
-        if request.method not in ("GET", "HEAD"):
+        if self.serves_est:
+            return self._answer_est(request, device)
+        if is_est_path(request.path):
+            status, body = 404, {"message": "EST is not served on the gateway's name: connect to the EST server's "
+                                            "(the DNS name of est-tls-crt, `fioca keys est show`)"}
+        elif request.method not in ("GET", "HEAD"):
             status, body = 405, {"message": f"method not allowed: {request.method}"}
         else:
             status, body = self._route(request)
@@ -386,6 +455,26 @@ class DeviceConnection:
                 body = device_json(device, self.gateway.rules.factory)
         log.info("%s %s %s (device %s)", request.method, request.path, status, device.uuid)
         self._send(status, body, head=head, keep_alive=request.keep_alive)
+        return request.keep_alive
+
+    def _answer_est(self, request: HttpRequest, device: DeviceRecord) -> bool:
+        """A request on the EST host: RFC 7030's operations, nothing else."""
+        if is_est_path(request.path):
+            try:
+                answer = self.gateway.est.answer(
+                    request.method, request.path, request.headers, request.body,
+                    device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
+                )
+            except Exception:
+                log.exception("internal error on EST %s %s", request.method, request.path)
+                self._send(500, b"internal EST server error\n", head=False, keep_alive=False, content_type=TEXT)
+                return False
+            status, payload, content_type, headers = answer.status, answer.body, answer.content_type, answer.headers
+        else:
+            status, payload, content_type, headers = 404, b"not found: the EST server serves /.well-known/est/\n", TEXT, ()
+        log.info("EST %s %s %s (device %s)", request.method, request.path, status, device.uuid)
+        self._send(status, payload, head=request.method == "HEAD", keep_alive=request.keep_alive,
+                   content_type=content_type, extra_headers=headers)
         return request.keep_alive
 
     def _route(self, request: HttpRequest) -> tuple[int, Any]:
@@ -411,14 +500,18 @@ class DeviceConnection:
             self._presented = state, state.read(der, verified=state is self.handshake_state)
         return self._presented[1]
 
-    def _send(self, status: int, body: Any, *, head: bool, keep_alive: bool) -> None:
+    def _send(
+        self, status: int, body: Any, *, head: bool, keep_alive: bool, content_type: str = JSON,
+        extra_headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8") + b"\n"
         lines = [
             f"HTTP/1.1 {status} {_reason(status)}",
             "Server: fioca-sandbox-gateway",
             f"Date: {formatdate(usegmt=True)}",
-            "Content-Type: application/json",
+            f"Content-Type: {content_type}",
             f"Content-Length: {len(payload)}",
+            *(f"{name}: {value}" for name, value in extra_headers),
         ]
         if not keep_alive:
             lines.append("Connection: close")

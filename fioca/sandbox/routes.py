@@ -3,6 +3,7 @@
 Certs (PKI-SPEC section 2):
   GET|POST|PATCH  /ota/factories/<factory>/certs/
   GET             /ota/factories/<factory>/users/self/
+  GET             /ota/factories/<factory>/users/      the one user (fioctl's owner column reads it)
 Devices (lmp-device-register, factory-registration-ref, fioctl's `devices`):
   POST            /ota/devices/                  register with a CSR (scope devices:create)
   PUT             /ota/devices/                  pre-register a certificate (scope devices:create)
@@ -10,7 +11,7 @@ Devices (lmp-device-register, factory-registration-ref, fioctl's `devices`):
                                                  lmp-device-register's probe takes as "up" (< 500)
   GET|DELETE      /ota/devices/<name>/?factory=F[&by-uuid=1]
                                                  one device; DELETE puts it on the deny-list
-  GET             /ota/factories/<factory>/denied-devices/
+  GET             /ota/factories/<factory>/denied-devices/[?limit=N&page=P]   as fioctl pages it
   DELETE          /ota/factories/<factory>/denied-devices/<uuid>/   frees the uuid
 OAuth (oauth.py; no credentials):
   POST            /oauth/token/
@@ -50,6 +51,11 @@ def certs_routes(backend: Backend) -> list[Route]:
             pattern=re.compile(rf"^/ota/factories/{FACTORY}/users/self/$"),
             methods={"GET": lambda request: (200, backend.user_self())},
         ),
+        Route(
+            name="users",
+            pattern=re.compile(rf"^/ota/factories/{FACTORY}/users/$"),
+            methods={"GET": lambda request: (200, [backend.user_self()])},
+        ),
     ]
 
 
@@ -78,7 +84,7 @@ def device_routes(registrar: Registrar) -> list[Route]:
         Route(
             name="denied-devices",
             pattern=re.compile(rf"^/ota/factories/{FACTORY}/denied-devices/$"),
-            methods={"GET": lambda request: (200, _device_list(store.denied_devices(), factory))},
+            methods={"GET": lambda request: (200, _denied_page(store.denied_devices(), factory, request))},
         ),
         Route(
             name="denied-device",
@@ -119,6 +125,25 @@ def api_device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
 
 def _device_list(devices: list[DeviceRecord], factory: str) -> dict[str, Any]:
     return {"devices": [api_device_json(device, factory) for device in devices], "total": len(devices), "next": None}
+
+
+def _denied_page(devices: list[DeviceRecord], factory: str, request: Request) -> dict[str, Any]:
+    """One page of the deny-list: all of it without `limit`, else `limit` devices from `page`
+    (1 first), with `next` the URL of the page after it while there is one."""
+    if "limit" not in request.query and "page" not in request.query:
+        return _device_list(devices, factory)
+    try:
+        limit, page = int(request.query.get("limit", "500")), int(request.query.get("page", "1"))
+    except ValueError:
+        limit = page = 0
+    if not (1 <= limit <= 1000 and page >= 1):
+        raise SandboxApiError(400, "Invalid pagination: limit must be 1 to 1000 and page at least 1")
+    start = (page - 1) * limit
+    listed = _device_list(devices[start : start + limit], factory)
+    if start + limit < len(devices):
+        host = request.headers.get("Host", "localhost")
+        listed["next"] = f"https://{host}{request.path}?limit={limit}&page={page + 1}"
+    return {**listed, "total": len(devices)}
 
 
 def _not_found(what: str) -> SandboxApiError:

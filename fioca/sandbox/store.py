@@ -40,6 +40,8 @@ _ADDED_COLUMNS = (
     ("factory", "client_id", "TEXT"),
     ("factory", "client_secret", "TEXT"),
     ("devices", "device_group", "TEXT"),
+    ("devices", "pending_pubkey", "TEXT"),
+    ("devices", "pending_ca_serial", "TEXT"),
 )
 
 _SCHEMA = """
@@ -99,7 +101,9 @@ CREATE TABLE IF NOT EXISTS devices (
     deny_listed INTEGER NOT NULL DEFAULT 0,
     ca_serial   TEXT,
     owner       TEXT,
-    device_group TEXT
+    device_group TEXT,
+    pending_pubkey    TEXT,   -- a key EST certified, accepted beside pubkey until first used
+    pending_ca_serial TEXT    -- the device CA that issued its certificate
 );
 CREATE TABLE IF NOT EXISTS oauth_tokens (
     access_hash  TEXT PRIMARY KEY,   -- SHA-256 hex of the access token
@@ -191,6 +195,8 @@ class DeviceRecord:
     ca_serial: str | None
     owner: str | None
     group: str | None = None
+    pending_pubkey: str | None = None  # EST re-enrolment: the new key, until the device uses it
+    pending_ca_serial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -438,6 +444,26 @@ class Store:
     def touch_device(self, uuid: str, when: str) -> None:
         self._execute("UPDATE devices SET last_seen = ? WHERE uuid = ?", (when, uuid))
 
+    def set_pending_key(self, uuid: str, pubkey: str, ca_serial: str) -> bool:
+        """EST issued `uuid` a certificate for `pubkey`: the gateway accepts it beside the
+        current key until the device first uses it (a newer re-enrolment replaces it). False
+        when there is no such device or it is deleted."""
+        cursor = self._execute(
+            "UPDATE devices SET pending_pubkey = ?, pending_ca_serial = ? WHERE uuid = ? AND deny_listed = 0",
+            (pubkey, ca_serial, uuid),
+        )
+        return cursor.rowcount > 0
+
+    def complete_rotation(self, uuid: str, pubkey: str) -> bool:
+        """The device used its pending key: it becomes the one key pinned (the old one is
+        refused from now on). False when `pubkey` is not the pending key (any more)."""
+        cursor = self._execute(
+            "UPDATE devices SET pubkey = pending_pubkey, ca_serial = pending_ca_serial,"
+            " pending_pubkey = NULL, pending_ca_serial = NULL WHERE uuid = ? AND pending_pubkey = ?",
+            (uuid, pubkey),
+        )
+        return cursor.rowcount > 0
+
     def set_device_deny_listed(self, uuid: str, deny_listed: bool = True) -> bool:
         """Put a device on (or take it off) the deny-list; False when there is no such device."""
         cursor = self._execute("UPDATE devices SET deny_listed = ? WHERE uuid = ?", (int(deny_listed), uuid))
@@ -552,4 +578,6 @@ def _device_from_row(row: sqlite3.Row) -> DeviceRecord:
         ca_serial=row["ca_serial"],
         owner=row["owner"],
         group=row["device_group"],
+        pending_pubkey=row["pending_pubkey"],
+        pending_ca_serial=row["pending_ca_serial"],
     )
