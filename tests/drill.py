@@ -83,7 +83,7 @@ class Drill:
     def _register(self, index: int) -> Path:
         sota_dir = self.base / "registered" / f"sota-{index}"
         sota_dir.mkdir(parents=True, mode=0o700)
-        result = self.factory.run("device", "register", "--sota-dir", sota_dir, "--name", f"online-{index}", "--hwid", "rpi4")
+        result = self.factory.run("device", "register", "--sota-dir", sota_dir, "--name", f"online-{index}", "--hwid", "rpi4", "-t", "main")
         assert result.exit_code == 0, result.stderr
         return sota_dir
 

@@ -99,7 +99,7 @@ def test_rotating_again_keeps_every_old_pair(factory, hosts, tmp_path):
 def test_a_registered_sota_dir_gets_client_chained_too(factory, hosts, tmp_path):
     sota_dir = tmp_path / "sota"
     sota_dir.mkdir(mode=0o700)
-    registered = factory.run("device", "register", "--sota-dir", sota_dir, "--name", "online-1", "--hwid", "rpi4")
+    registered = factory.run("device", "register", "--sota-dir", sota_dir, "--name", "online-1", "--hwid", "rpi4", "-t", "main")
     assert registered.exit_code == 0, registered.stderr
     old_chained = (sota_dir / "client.chained").read_bytes()
     result = factory.run("device", "rotate-cert", sota_dir)

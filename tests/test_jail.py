@@ -400,7 +400,7 @@ def test_reference_scripts_make_a_valid_pki_in_the_jail(tmp_path, set_name):
 @pytest.mark.parametrize("set_name", reference.SCRIPT_SETS, ids=str)
 def test_reference_scripts_sign_on_a_softhsm2_token_in_the_jail(tmp_path, set_name):
     token = new_token(tmp_path / "hsm", "jail-root")
-    env = {**reference.script_env(factory=FACTORY, local_ca_cn=LOCAL_CA_CN), **token.settings().script_env(token.env)}
+    env = {**reference.script_env(factory=FACTORY, local_ca_cn=LOCAL_CA_CN), **token.settings().script_env()}
     products = run_create_flow(work_dir(tmp_path), script_set(set_name), env)
     check_products(products)
     assert token.root_objects() == ["private key", "public key"]
@@ -415,7 +415,7 @@ def test_hsm_mode_binds_only_the_module_and_its_token_store(tmp_path):
     token = new_token(tmp_path / "hsm", "jail-root")
     other = tmp_path / "other-secret.txt"
     other.write_text(SECRET)
-    env = token.settings().script_env(token.env)
+    env = token.settings().script_env()
     probe = (
         "cat /etc/pkcs11/modules/*\n"
         f"for token in {token.conf.parent / 'tokens'}/*; do [ -d \"$token\" ] && echo token; done\n"

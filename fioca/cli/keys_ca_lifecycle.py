@@ -18,7 +18,7 @@ from fioca.cli import hsm_options
 from fioca.cli.lean import LeanCommand
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.options import Format, ResultFormat, YesSend, YesWriteAndSend
-from fioca.errors import FiocaError, RefusedError, UsageError
+from fioca.errors import FiocaError, UsageError
 from fioca.text import quote_path
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ aktualizr-lite falls back to its own default.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from urllib.parse import urlsplit
 

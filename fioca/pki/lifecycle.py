@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from fioca import facts, shapes
 from fioca.api import CERT_FIELDS, NOT_CONFIGURED, NOT_CONFIGURED_HINT, FactoryApi, is_configured
-from fioca.errors import ApiError, CheckError, FiocaError, PkiDirError, RefusedError, UsageError
+from fioca.errors import ApiError, CheckError, FiocaError, RefusedError, UsageError
 from fioca.pki import profiles
 from fioca.pki.files import PkiDir
 from fioca.pki.signer import RootSigner, Via, create_local_ca, sign_crl, sign_csr
@@ -571,7 +571,7 @@ class EstAuthorizePlan:
 
 def authorize_est(
     api: FactoryApi,
-    pki_dir: files.PkiDir,
+    pki_dir: PkiDir,
     signer: RootSigner,
     *,
     confirm: Confirm,
