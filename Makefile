@@ -17,7 +17,7 @@ TEST_PACKAGES = $(RUN_PACKAGES) curl jq nginx-light softhsm2 opensc libengine-pk
 # What `make bench` adds: hyperfine times whole commands.
 BENCH_PACKAGES = $(TEST_PACKAGES) hyperfine
 
-.PHONY: venv demo test bench clean demo-packages test-packages bench-packages
+.PHONY: venv demo test bench clean clean-room demo-packages test-packages bench-packages
 
 # $(call packages,LIST): install the missing ones as root, else say which command to run and stop.
 # python3-venv joins the list when this Python cannot make a virtual environment.
@@ -83,6 +83,10 @@ test: test-packages $(STAMP)
 
 bench: bench-packages $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# The two commands above on a fresh minimal Debian root (as root, network needed; see the script).
+clean-room:
+	sh tests/clean_room.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
