@@ -279,20 +279,33 @@ CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Show the CRL that wo
 CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also show the CRL in a pretty format (fioctl's).")]
 
 
-@app.command("disable-device-ca", cls=LeanCommand, short_help="Disable a device CA: no new devices from it")
-def disable_device_ca(
-    ctx: typer.Context,
-    pki_dir: RootPkiDir,
-    ca_file: CaFiles = [],
-    ca_serial: CaSerials = [],
-    dry_run: CrlDryRun = False,
-    pretty: CrlPretty = False,
-    yes: YesSend = False,
-    output: ResultFormat = Format.text,
-    hsm_module: hsm_options.HsmModule = None,
-    hsm_pin: hsm_options.HsmPin = None,
-    hsm_token_label: hsm_options.HsmTokenLabel = None,
-) -> None:
+def _crl_command_for(action: str, name: str, short_help: str, doc: str) -> None:
+    """One of disable-, enable- and revoke-device-ca: the same options, its own CRL reason."""
+
+    def command(
+        ctx: typer.Context,
+        pki_dir: RootPkiDir,
+        ca_file: CaFiles = [],
+        ca_serial: CaSerials = [],
+        dry_run: CrlDryRun = False,
+        pretty: CrlPretty = False,
+        yes: YesSend = False,
+        output: ResultFormat = Format.text,
+        hsm_module: hsm_options.HsmModule = None,
+        hsm_pin: hsm_options.HsmPin = None,
+        hsm_token_label: hsm_options.HsmTokenLabel = None,
+    ) -> None:
+        _crl_command(
+            ctx, action, pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
+        )
+
+    command.__doc__ = doc
+    command.__name__ = name.replace("-", "_")
+    app.command(name, cls=LeanCommand, short_help=short_help)(command)
+
+
+_crl_command_for(
+    "disable", "disable-device-ca", "Disable a device CA: no new devices from it",
     """Disable device CA, so that new devices with client certificates it issued can no longer be registered.
 
     CRL reason 6: devices already registered keep connecting. Reversible with
@@ -302,51 +315,19 @@ def disable_device_ca(
     Examples:
       fioca keys ca disable-device-ca ./pki --ca-file local-ca.pem --dry-run
       fioca keys ca disable-device-ca ./pki --ca-serial 1234567890 --yes
-    """
-    _crl_command(
-        ctx, "disable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
-    )
-
-
-@app.command("enable-device-ca", cls=LeanCommand, short_help="Re-enable a disabled device CA (not in fioctl)")
-def enable_device_ca(
-    ctx: typer.Context,
-    pki_dir: RootPkiDir,
-    ca_file: CaFiles = [],
-    ca_serial: CaSerials = [],
-    dry_run: CrlDryRun = False,
-    pretty: CrlPretty = False,
-    yes: YesSend = False,
-    output: ResultFormat = Format.text,
-    hsm_module: hsm_options.HsmModule = None,
-    hsm_pin: hsm_options.HsmPin = None,
-    hsm_token_label: hsm_options.HsmTokenLabel = None,
-) -> None:
+    """,
+)
+_crl_command_for(
+    "enable", "enable-device-ca", "Re-enable a disabled device CA (not in fioctl)",
     """Re-enable disabled device CAs (CRL reason 8, removeFromCRL). Not in fioctl.
 
     \b
     Example:
       fioca keys ca enable-device-ca ./pki --ca-file local-ca.pem --yes
-    """
-    _crl_command(
-        ctx, "enable", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
-    )
-
-
-@app.command("revoke-device-ca", cls=LeanCommand, short_help="Revoke a device CA: its devices are refused")
-def revoke_device_ca(
-    ctx: typer.Context,
-    pki_dir: RootPkiDir,
-    ca_file: CaFiles = [],
-    ca_serial: CaSerials = [],
-    dry_run: CrlDryRun = False,
-    pretty: CrlPretty = False,
-    yes: YesSend = False,
-    output: ResultFormat = Format.text,
-    hsm_module: hsm_options.HsmModule = None,
-    hsm_pin: hsm_options.HsmPin = None,
-    hsm_token_label: hsm_options.HsmTokenLabel = None,
-) -> None:
+    """,
+)
+_crl_command_for(
+    "revoke", "revoke-device-ca", "Revoke a device CA: its devices are refused",
     """Revoke device CA, so that devices with client certificates it issued can no longer connect.
 
     CRL reason 9, permanent: the CA leaves ca-crt and every device under it is refused. A
@@ -356,10 +337,8 @@ def revoke_device_ca(
     Examples:
       fioca keys ca revoke-device-ca ./pki --ca-file local-ca.pem --dry-run
       fioca keys ca revoke-device-ca ./pki --ca-serial 1234 --ca-serial 42 --yes
-    """
-    _crl_command(
-        ctx, "revoke", pki_dir, ca_file, ca_serial, dry_run, pretty, yes, output, (hsm_module, hsm_pin, hsm_token_label)
-    )
+    """,
+)
 
 
 # --- rotate-tls -----------------------------------------------------------------------------------------
