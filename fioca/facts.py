@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 ROOT_KEY = "factory_ca.key"
 ROOT_CERT = "factory_ca.pem"
-ROOT_SERIAL = "factory_ca.srl"  # what `openssl x509 -CAcreateserial` leaves beside the CA
 TLS_CERT = "tls-crt"
 TLS_CSR = "tls-csr"
 ONLINE_CA_CERT = "online-crt"
@@ -50,7 +49,6 @@ SIGN_VIAS = ("script", "inprocess")  # the bundled reference scripts with openss
 # --- The Factory API -------------------------------------------------------------------------
 
 DEFAULT_API = "https://api.foundries.io"
-DEFAULT_DEVICE_API = "https://api.foundries.io/ota/devices/"
 DEFAULT_TOKEN_HEADER = "OSF-TOKEN"
 # Fields of certs/ that hold PEM text (or null).
 CERT_FIELDS = ("root-crt", "ca-crt", "tls-crt", "est-tls-crt")

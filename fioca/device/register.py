@@ -355,10 +355,9 @@ def register(api: DeviceRegistrationApi, options: RegisterOptions, *,
         if not created and error.status is not None and 400 <= error.status < 500:
             raise  # the server refused the registration: there is nothing to take back
         raise _taken_back(error, api, prepared, key, created=created) from None
-    except FiocaError as error:
-        if interrupts.received():
-            error = Interrupted("Interrupted during the registration.")
-        raise _taken_back(error, api, prepared, key, created=created) from None
+    except FiocaError as failure:
+        reported = Interrupted("Interrupted during the registration.") if interrupts.received() else failure
+        raise _taken_back(reported, api, prepared, key, created=created) from None
     except KeyboardInterrupt:
         raise _taken_back(Interrupted("Interrupted during the registration."), api, prepared, key,
                           created=created) from None  # fmt: skip

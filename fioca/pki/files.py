@@ -32,10 +32,6 @@ MAX_FILE_BYTES = 1024 * 1024
 _NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-def _describe(path: Path) -> str:
-    return str(path)
-
-
 class PkiDir:
     """A private folder (the PKI dir, a device folder), used through one O_NOFOLLOW handle.
 
@@ -359,10 +355,3 @@ def write_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
     path = Path(path)
     with PkiDir.open(path.parent) as folder:
         return folder.write_new(path.name, data, mode)
-
-
-def replace_file(path: Path, data: bytes, mode: int = facts.FILE_MODE) -> Path:
-    """`PkiDir.replace` for one file the user asked to overwrite (`device register --force`)."""
-    path = Path(path)
-    with PkiDir.open(path.parent) as folder:
-        return folder.replace(path.name, data, mode)

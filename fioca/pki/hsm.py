@@ -36,7 +36,6 @@ from fioca.errors import CheckError, ConfigError, RefusedError
 from fioca.pki.profiles.details import same_key
 
 ROOT_KEY_LABEL = "root-ca"
-ROOT_KEY_ID = b"\x01"
 # DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 

@@ -49,7 +49,6 @@ DEVICE_VALIDITY = timedelta(days=facts.REGISTERED_DEVICE_DAYS)  # 20 years, as f
 MAX_GROUP_LENGTH = 128
 
 REQUIRED_FIELDS = ("name", "uuid", "csr", "hardware-id", "sota-config-dir")
-OPTIONAL_STRING_FIELDS = ("use-ostree-server", "group")
 
 
 def _bad_request(message: str, *errors: str) -> SandboxApiError:

@@ -118,17 +118,6 @@ def key_id_sha256(public_key: Any) -> bytes:
 KEY_ID_METHODS = {"sha1": key_id_sha1, "sha256-160": key_id_sha256}
 
 
-def key_id_method(digest: bytes, public_key: Any) -> str | None:
-    """Which method (`sha1`, `sha256-160`) made `digest` from `public_key`; None when neither did."""
-    for name, method in KEY_ID_METHODS.items():
-        try:
-            if method(public_key) == digest:
-                return name
-        except ValueError:
-            return None
-    return None
-
-
 # --- Extensions -------------------------------------------------------------------------------
 
 
@@ -139,11 +128,6 @@ def extension(
         return item.extensions.get_extension_for_oid(oid)
     except x509.ExtensionNotFound:
         return None
-
-
-def oid_name(oid: x509.ObjectIdentifier) -> str:
-    name = getattr(oid, "_name", "Unknown OID")
-    return oid.dotted_string if name == "Unknown OID" else name
 
 
 def key_usage_bits(usage: x509.KeyUsage) -> list[str]:
