@@ -32,6 +32,8 @@ else
 	cert=
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# What an installed system has and debootstrap leaves out: localhost by name.
+[ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 mkdir -p "$root/.oldroot"
 
 # Inside: a fresh private mount tree rooted at $root; then the README's commands.

@@ -4,6 +4,7 @@ the screen shows (issue 13.8)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,15 @@ from tests.test_hostile_server import _processes_with
 from tests.test_hsm import MODULE, new_token
 
 MARKER = "fioca-terminal-marker"
+# A sleep no other test (or other run on this machine) starts: it is looked for after Ctrl-C.
+SLEEP = f"sleep {60 + os.getpid() % 997 / 1000:.3f}"
 
 
 def _scripts_with_a_slow_create_ca(sandbox) -> dict[str, str]:
     cn = f"fio-{sandbox.backend.user_self()['polis-id']}"
     scripts = reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=cn)
     # A step that takes long enough to press Ctrl-C in (sleep is one of the jail's tools).
-    slow = scripts["create_ca"].replace("rm ca.cnf", f"echo {MARKER} >&2\nsleep 60\nrm ca.cnf")
+    slow = scripts["create_ca"].replace("rm ca.cnf", f"echo {MARKER} >&2\n{SLEEP}\nrm ca.cnf")
     return {**scripts, "create_ca": slow}
 
 
@@ -42,7 +45,7 @@ def test_ctrl_c_during_a_script_is_one_line_that_says_what_to_run(sandbox, termi
     assert "no key was made" in line and f"fioca keys ca create {pki} --resume" in line
     assert not (pki / facts.WORK_DIR).exists()  # the work dir (the root key's copy) is gone
     assert (pki / facts.JOURNAL_FILE).exists()
-    assert _processes_with("sleep 60") == []  # nothing the script started outlived it
+    assert _processes_with(SLEEP) == []  # nothing the script started outlived it
     assert server_certs(sandbox)[0] == 206
 
 
