@@ -72,49 +72,64 @@ def _pins(values: List[str]) -> dict[str, str]:
     return pins
 
 
+# create's options, declared apart so that the command reads as what it does.
+PkiDirArgument = Annotated[
+    Path, typer.Argument(metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing).")
+]
+OnlineCa = Annotated[bool, typer.Option(
+    "--online-ca/--no-online-ca", help="Create an online CA owned by Foundries.io that works with lmp-device-register.",
+)]
+LocalCa = Annotated[bool, typer.Option(
+    "--local-ca/--no-local-ca", help="Create a local CA that you can use for signing your own device certificates.",
+)]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH.",
+)]
+FromJson = Annotated[Optional[Path], typer.Option(
+    "--from-json", metavar="FILE", help="With --dry-run: use a saved answer (factory_certs.json); no server at all.",
+)]
+AllowUnaudited = Annotated[bool, typer.Option(
+    "--allow-unaudited", help="Run scripts even when the audit finds high-severity problems.",
+)]
+ExpectSha256 = Annotated[List[str], typer.Option(
+    "--expect-sha256", metavar="NAME=HEX", help="Pin a script (repeatable); any other content is refused.",
+    show_default=False,
+)]
+ScriptTimeout = Annotated[float, typer.Option(
+    "--script-timeout", min=1, metavar="SECONDS", help="Kill a script after this many seconds.",
+)]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Finish an interrupted create in PKI_DIR: redo only what is missing, upload its root.",
+)]
+FreshCsrs = Annotated[bool, typer.Option(
+    "--fresh-csrs", help="With --resume: ask the server for new CSRs and sign them with the same root.",
+)]
+Reissue = Annotated[bool, typer.Option(
+    "--reissue", help="Upload in-process re-issues of what the scripts made (fresh serials and signatures by the root).",
+)]
+NoJail = Annotated[bool, typer.Option(
+    "--no-jail", help="Run the scripts without bubblewrap: no containment at all (a warning, journalled).",
+)]
+SummaryFormat = Annotated[Format, typer.Option("--format", help="Summary as text or JSON.")]
+
+
 @app.command(cls=LeanCommand, short_help="Create the factory PKI (its root is set only once)")
 def create(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing)."),
-    online_ca: bool = typer.Option(
-        True, "--online-ca/--no-online-ca",
-        help="Create an online CA owned by Foundries.io that works with lmp-device-register.",
-    ),
-    local_ca: bool = typer.Option(
-        True, "--local-ca/--no-local-ca",
-        help="Create a local CA that you can use for signing your own device certificates.",
-    ),
+    pki_dir: PkiDirArgument,
+    online_ca: OnlineCa = True,
+    local_ca: LocalCa = True,
     yes: Annotated[bool, yes_option("Upload")] = False,
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH."
-    ),
-    from_json: Optional[Path] = typer.Option(
-        None, "--from-json", metavar="FILE", help="With --dry-run: use a saved answer (factory_certs.json); no server at all."
-    ),
-    allow_unaudited: bool = typer.Option(
-        False, "--allow-unaudited", help="Run scripts even when the audit finds high-severity problems."
-    ),
-    expect_sha256: List[str] = typer.Option(
-        [], "--expect-sha256", metavar="NAME=HEX", help="Pin a script (repeatable); any other content is refused.",
-        show_default=False,
-    ),
-    script_timeout: float = typer.Option(
-        120.0, "--script-timeout", min=1, metavar="SECONDS", help="Kill a script after this many seconds."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Finish an interrupted create in PKI_DIR: redo only what is missing, upload its root."
-    ),
-    fresh_csrs: bool = typer.Option(
-        False, "--fresh-csrs", help="With --resume: ask the server for new CSRs and sign them with the same root."
-    ),
-    reissue: bool = typer.Option(
-        False, "--reissue",
-        help="Upload in-process re-issues of what the scripts made (fresh serials and signatures by the root).",
-    ),
-    no_jail: bool = typer.Option(
-        False, "--no-jail", help="Run the scripts without bubblewrap: no containment at all (a warning, journalled)."
-    ),
-    output: Format = typer.Option(Format.text, "--format", help="Summary as text or JSON."),
+    dry_run: DryRun = False,
+    from_json: FromJson = None,
+    allow_unaudited: AllowUnaudited = False,
+    expect_sha256: ExpectSha256 = [],  # noqa: B006 - Typer's way to default a repeatable option
+    script_timeout: ScriptTimeout = 120.0,
+    resume: Resume = False,
+    fresh_csrs: FreshCsrs = False,
+    reissue: Reissue = False,
+    no_jail: NoJail = False,
+    output: SummaryFormat = Format.text,
     hsm_module: hsm_options.HsmModule = None,
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
@@ -138,26 +153,13 @@ def create(
     from fioca.pki import create as flow
 
     app_ctx = app_context(ctx)
-    if from_json and not dry_run:
-        raise UsageError("--from-json goes with --dry-run")
-    if resume and dry_run:
-        raise UsageError("--resume and --dry-run do not go together")
-    if fresh_csrs and not resume:
-        raise UsageError("--fresh-csrs goes with --resume")
+    _refuse_combinations(dry_run=dry_run, from_json=from_json, resume=resume, fresh_csrs=fresh_csrs)
     # A dry-run never touches the token, so it needs no PIN.
     hsm = hsm_options.resolve_hsm(app_ctx, hsm_module, hsm_pin, hsm_token_label, need_pin=not dry_run)
     options = flow.CreateOptions(
-        online_ca=online_ca,
-        local_ca=local_ca,
-        dry_run=dry_run,
-        allow_unaudited=allow_unaudited,
-        expected_sha256=_pins(expect_sha256),
-        script_timeout=script_timeout,
-        resume=resume,
-        fresh_csrs=fresh_csrs,
-        hsm=hsm,
-        no_jail=no_jail,
-        reissue=reissue,
+        online_ca=online_ca, local_ca=local_ca, dry_run=dry_run, allow_unaudited=allow_unaudited,
+        expected_sha256=_pins(expect_sha256), script_timeout=script_timeout, resume=resume,
+        fresh_csrs=fresh_csrs, hsm=hsm, no_jail=no_jail, reissue=reissue,
     )
     if not dry_run:
         app_ctx.require_confirmation_possible(yes, "uploading the root of trust")
@@ -169,7 +171,20 @@ def create(
         result = flow.create(app_ctx.api(), path, options, reporter)
     if result.dry_run:
         _print_dry_run(app_ctx, result, path, hsm, output)
-        return
+    else:
+        _print_summary(app_ctx, result, hsm, output)
+
+
+def _refuse_combinations(*, dry_run: bool, from_json: Optional[Path], resume: bool, fresh_csrs: bool) -> None:
+    if from_json and not dry_run:
+        raise UsageError("--from-json goes with --dry-run")
+    if resume and dry_run:
+        raise UsageError("--resume and --dry-run do not go together")
+    if fresh_csrs and not resume:
+        raise UsageError("--fresh-csrs goes with --resume")
+
+
+def _print_summary(app_ctx: AppContext, result: CreateResult, hsm, output: Format) -> None:
     from fioca.cli import render
 
     summary = render.create_summary(result, hsm)

@@ -123,65 +123,74 @@ class CreatePlan:
 def plan_create(*, online_ca: bool = True, local_ca: bool = True, hsm: bool = False) -> CreatePlan:
     """The documented flow for these options (PKI-SPEC section 3)."""
     root_files = (facts.ROOT_CERT,) if hsm else (facts.ROOT_KEY, facts.ROOT_CERT)
-    signing = root_files  # a signing step is given the root: its certificate, and its key unless on a token
-    steps = [
-        ScriptStep(
-            facts.CREATE_CA,
-            (),
-            stages=(),
-            produces=root_files,
-            checks=(
-                f"{facts.ROOT_CERT}: exactly what create_ca's text asks openssl for; the root-of-trust rules "
-                "(self-signed CA, OU = the factory, P-256, ECDSA-SHA256, valid from now)",
-                f"{facts.ROOT_KEY}: matches {facts.ROOT_CERT}" if not hsm else "the token's root-ca key matches it",
-            ),
-        ),
-        ScriptStep(
-            facts.SIGN_TLS_CSR,
-            (facts.TLS_CSR,),
-            stages=(*signing, facts.TLS_CSR),
-            produces=(),
-            stdout_file=facts.TLS_CERT,
-            checks=(
-                f"{facts.TLS_CERT}: as sign_tls_csr asks; signed by the root; the CSR's key and DNS names; serverAuth",
-            ),
-        ),
-    ]
+    steps = [_create_ca_step(root_files, hsm), _sign_tls_step(root_files)]
     saved = [facts.FACTORY_CERTS_JSON, facts.TLS_CSR]
     ca_sources: list[str] = []
     if online_ca:
         saved.append(facts.ONLINE_CA_CSR)
-        steps.append(
-            ScriptStep(
-                facts.SIGN_CA_CSR,
-                (facts.ONLINE_CA_CSR,),
-                stages=(*signing, facts.ONLINE_CA_CSR),
-                produces=(),
-                stdout_file=facts.ONLINE_CA_CERT,
-                checks=(
-                    f"{facts.ONLINE_CA_CERT}: as sign_ca_csr asks; signed by the root; the CSR's key; "
-                    "a device CA (CA:TRUE, keyCertSign) with OU = the factory",
-                ),
-            )
-        )
+        steps.append(_sign_ca_step(root_files))
         ca_sources.append(facts.ONLINE_CA_CERT)
     if local_ca:
-        steps.append(
-            ScriptStep(
-                facts.CREATE_DEVICE_CA,
-                (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
-                stages=signing,
-                produces=(facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
-                checks=(
-                    f"{facts.LOCAL_CA_CERT}: as create_device_ca asks; signed by the root; a device CA with "
-                    "CN = fio-<polis-id>, OU = the factory",
-                    f"{facts.LOCAL_CA_KEY}: matches {facts.LOCAL_CA_CERT}",
-                ),
-            )
-        )
+        steps.append(_create_device_ca_step(root_files))
         ca_sources.append(facts.LOCAL_CA_CERT)
     saved += list(facts.SCRIPT_NAMES)
     patch = [PatchField("root-crt", (facts.ROOT_CERT,)), PatchField("tls-crt", (facts.TLS_CERT,))]
     if ca_sources:
         patch.append(PatchField("ca-crt", tuple(ca_sources)))
     return CreatePlan(online_ca, local_ca, hsm, tuple(saved), tuple(steps), tuple(patch))
+
+
+# Each signing step is given the root files: its certificate, and its key unless on a token.
+
+
+def _create_ca_step(root_files: tuple[str, ...], hsm: bool) -> ScriptStep:
+    return ScriptStep(
+        facts.CREATE_CA,
+        (),
+        stages=(),
+        produces=root_files,
+        checks=(
+            f"{facts.ROOT_CERT}: exactly what create_ca's text asks openssl for; the root-of-trust rules "
+            "(self-signed CA, OU = the factory, P-256, ECDSA-SHA256, valid from now)",
+            f"{facts.ROOT_KEY}: matches {facts.ROOT_CERT}" if not hsm else "the token's root-ca key matches it",
+        ),
+    )
+
+
+def _sign_tls_step(root_files: tuple[str, ...]) -> ScriptStep:
+    return ScriptStep(
+        facts.SIGN_TLS_CSR,
+        (facts.TLS_CSR,),
+        stages=(*root_files, facts.TLS_CSR),
+        produces=(),
+        stdout_file=facts.TLS_CERT,
+        checks=(f"{facts.TLS_CERT}: as sign_tls_csr asks; signed by the root; the CSR's key and DNS names; serverAuth",),
+    )
+
+
+def _sign_ca_step(root_files: tuple[str, ...]) -> ScriptStep:
+    return ScriptStep(
+        facts.SIGN_CA_CSR,
+        (facts.ONLINE_CA_CSR,),
+        stages=(*root_files, facts.ONLINE_CA_CSR),
+        produces=(),
+        stdout_file=facts.ONLINE_CA_CERT,
+        checks=(
+            f"{facts.ONLINE_CA_CERT}: as sign_ca_csr asks; signed by the root; the CSR's key; "
+            "a device CA (CA:TRUE, keyCertSign) with OU = the factory",
+        ),
+    )
+
+
+def _create_device_ca_step(root_files: tuple[str, ...]) -> ScriptStep:
+    return ScriptStep(
+        facts.CREATE_DEVICE_CA,
+        (facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
+        stages=root_files,
+        produces=(facts.LOCAL_CA_KEY, facts.LOCAL_CA_CERT),
+        checks=(
+            f"{facts.LOCAL_CA_CERT}: as create_device_ca asks; signed by the root; a device CA with "
+            "CN = fio-<polis-id>, OU = the factory",
+            f"{facts.LOCAL_CA_KEY}: matches {facts.LOCAL_CA_CERT}",
+        ),
+    )
