@@ -27,8 +27,9 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -38,7 +39,12 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from fioca import facts
-from fioca.config import DEFAULT_OAUTH_URL, ClientCredentials, Settings, save_client_credentials
+from fioca.config import (
+    DEFAULT_OAUTH_URL,
+    ClientCredentials,
+    Settings,
+    save_client_credentials,
+)
 from fioca.errors import ApiError, ConfigError
 from fioca.text import quote_path
 

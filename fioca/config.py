@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fioca import facts
 from fioca.errors import ConfigError
@@ -59,8 +60,8 @@ class ClientCredentials:
         except ValueError:
             raise ConfigError("Error parsing oauth token creation date (clientcredentials.created)") from None
         if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        now = now or datetime.now(timezone.utc)
+            created = created.replace(tzinfo=UTC)
+        now = now or datetime.now(UTC)
         return (now - created).total_seconds() > self.expires_in
 
     def as_yaml(self) -> dict[str, Any]:

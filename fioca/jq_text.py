@@ -17,10 +17,9 @@ import jq
 
 from fioca.errors import FiocaError, UsageError
 
-
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _KEYWORDS = frozenset(
-    "true false null not and or def if then elif else end as reduce foreach try catch label import include __loc__".split()
+    ["true", "false", "null", "not", "and", "or", "def", "if", "then", "elif", "else", "end", "as", "reduce", "foreach", "try", "catch", "label", "import", "include", "__loc__"]
 )
 
 

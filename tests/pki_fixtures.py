@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def _run_scripts(
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _openssl_serial() -> int:
@@ -484,7 +484,7 @@ def make_pki(profile: str, pki_dir: Path, *, factory: str = "acme", local_ca_cn:
     """A PKI dir made to `profile` for CSRs made here, loaded."""
     tls_csr, _ = gateway_csr()
     ca_csr, _ = online_ca_csr(factory)
-    pem = lambda csr: csr.public_bytes(serialization.Encoding.PEM).decode()  # noqa: E731
+    pem = lambda csr: csr.public_bytes(serialization.Encoding.PEM).decode()
     built = build_pki(profile, pki_dir, factory=factory, tls_csr_pem=pem(tls_csr), ca_csr_pem=pem(ca_csr),
                       local_ca_cn=local_ca_cn)  # fmt: skip
     return Pki(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,7 @@ class RegistrationRef:
         ours = self.ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
         if factory != ours:
             raise Refused(400, f"Invalid factory({factory}) must be {ours}")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                               data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
                               encipher_only=False, decipher_only=False)  # fmt: skip

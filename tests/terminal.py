@@ -7,8 +7,8 @@ terminal, with the answer already typed; `.screen()` is what fioca wrote there.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class Pty:

@@ -10,7 +10,7 @@ import pytest
 from fioca import facts
 from fioca.pki import reference
 from fioca.pki.audit import Severity, audit_scripts, parser
-from fioca.pki.audit.parser import Call, If, ParseFailure, Param, Script, Subst, Text
+from fioca.pki.audit.parser import Call, If, Param, ParseFailure, Script, Subst, Text
 
 KNOWN = reference.known_sets(factory="acme", local_ca_cn="fio-abc")
 CORPUS = sorted((Path(__file__).parent / "hostile_scripts").iterdir())

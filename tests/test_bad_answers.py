@@ -21,11 +21,12 @@ import socketserver
 import ssl
 import stat
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -38,7 +39,7 @@ from fioca import facts
 from fioca.errors import CheckError
 from fioca.pki import files, profiles
 from fioca.sandbox.server import Sandbox
-from fioca.sandbox.tls import make_ca, issue_server_cert
+from fioca.sandbox.tls import issue_server_cert, make_ca
 from tests.conftest import FACTORY, config_env, record_certs_calls
 
 TOKEN = "tok-bad-answers-0123456789"
@@ -171,7 +172,7 @@ def route_of(path: str) -> str:
 
 class _CannedHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "FakeApi"
+    server: FakeApi
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -270,7 +271,7 @@ def _pem_key(key) -> bytes:
 def expired_server_cert(ca_cert, ca_key) -> tuple[x509.Certificate, Any]:
     """A server cert for 127.0.0.1 that expired yesterday, signed by a trusted CA."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))

@@ -49,7 +49,7 @@ def test_help_at_80_columns(cli, path):
     for param in found.params:
         for name in (*param.opts, *param.secondary_opts):
             if name.startswith("-") and not param.hidden:
-                assert re.search(rf"(^|[\s,/]){re.escape(name)}($|[\s,/])", text, re.M), f"{name} cut or missing"
+                assert re.search(rf"(^|[\s,/]){re.escape(name)}($|[\s,/])", text, re.MULTILINE), f"{name} cut or missing"
     usage = text.splitlines()[0]
     assert "{" not in usage and "<" not in usage
     assert re.fullmatch(r"Usage: fioca[ a-z-]*( \[OPTIONS\])?( [A-Z_]+(\.\.\.)?| \[[A-Z_]+\]| COMMAND \[ARGS\]\.\.\.)*", usage), usage

@@ -162,4 +162,4 @@ def test_a_root_on_an_hsm_used_without_the_hsm_flags_says_so(cli, created, tmp_p
     assert cli("keys", "ca", "rotate-tls", created.pki, "--yes", env=created.env).exit_code == 0
 
 
-from test_keys_ca_helpers import created, created_template  # noqa: E402,F401  (fixtures)
+from test_keys_ca_helpers import created, created_template  # noqa: F401  (fixtures)

@@ -44,7 +44,7 @@ def test_create_runs_the_documented_flow(cli, sandbox, sandbox_env, recorder, tm
     assert [method for method, _ in recorder] == ["POST", "PATCH"]
     assert recorder[0][1] == {"first-time-init": True, "ca-csr": online, "est-tls-csr": False, "tls-csr": True}
     patch = recorder[1][1]
-    read = lambda name: (pki / name).read_text()  # noqa: E731
+    read = lambda name: (pki / name).read_text()
     want = {"root-crt": read(facts.ROOT_CERT), "tls-crt": read(facts.TLS_CERT), "change-meta": {}}
     bundle = [read(name) for name, on in ((facts.ONLINE_CA_CERT, online), (facts.LOCAL_CA_CERT, local)) if on]
     if bundle:

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import uuid as uuid_module
 
+from test_keys_ca_helpers import (  # noqa: F401
+    Created,
+    created,
+    created_template,
+    device_cert,
+    probe_gateway,
+)
+
 from fioca.pki import profiles
-from test_keys_ca_helpers import Created, created, created_template, device_cert, probe_gateway  # noqa: F401
 
 
 def denied(created: Created, count: int, *, owner: str | None = "user") -> list[str]:

@@ -13,9 +13,16 @@ import uuid as uuid_module
 from pathlib import Path
 
 import pytest
+from test_device_support import (
+    FACTORY,
+    Factory,
+    Nginx,
+    curl_device,
+    manual_procedure,
+    rogue_device,
+)
 
 from fioca.pki import profiles
-from test_device_support import FACTORY, Factory, Nginx, curl_device, manual_procedure, rogue_device
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
+from test_device_support import FACTORY, Factory
 
 from fioca import facts
 from fioca.device import offline, sota
 from fioca.pki import profiles
-from test_device_support import FACTORY, Factory
 
 PATHS = {"in-process": [], "faithful": ["--faithful"]}
 
@@ -264,7 +264,7 @@ def test_interrupted_batch_leaves_only_complete_folders(factory: Factory, tmp_pa
 
 @pytest.mark.parametrize("use_ostree_server", [True, False])
 def test_offline_sota_toml_has_the_registration_servers_layout(use_ostree_server: bool):
-    from fioca.sandbox import sota_toml as server_side
+    from fioca import sota_toml as server_side
 
     gateway, ostree = "abc.ota-lite.foundries.io", "abc.ostree.foundries.io"
     ours = sota.render(gateway_host=gateway, ostree_host=ostree, hardware_id="rpi4", sota_dir="/var/sota",

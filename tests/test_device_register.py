@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from http_stub import Answer, Stub
+from pki_fixtures import seed_sandbox, shared_pki
+from test_device_support import FACTORY
 
 from fioca.api import DeviceRegistrationApi
 from fioca.config import load_settings
@@ -27,9 +30,6 @@ from fioca.sandbox import oauth
 from fioca.sandbox.auth import Authenticator
 from fioca.sandbox.registration import Registrar
 from fioca.sandbox.server import Sandbox
-from http_stub import Answer, Stub
-from pki_fixtures import seed_sandbox, shared_pki
-from test_device_support import FACTORY
 
 TAGS_LINE = 'tags = "main"'
 
@@ -274,14 +274,14 @@ def test_device_flow_waits_for_the_approval(shared):
 
 def test_device_flow_denied_is_an_error(shared):
     api, shown = _oauth_api(shared), []
-    deny = lambda _s: shared.approve_device(shown[1].split("user code ")[1].split(" ")[0], approve=False)  # noqa: E731
+    deny = lambda _s: shared.approve_device(shown[1].split("user code ")[1].split(" ")[0], approve=False)
     with pytest.raises(ApiError, match="not authorized: access_denied"):
         reg.device_flow(api, "7f0c6a52-7a5e-4a1f-8e1b-2a3c4d5e6f71", show=shown.extend, wait=deny)
 
 
 def test_device_flow_gives_up_when_the_code_expires(shared):
     now = [0.0]
-    clock = lambda: now[0]  # noqa: E731
+    clock = lambda: now[0]
 
     def wait(_seconds):  # nobody approves; time goes by
         now[0] += 300
@@ -492,7 +492,7 @@ def test_a_file_in_the_way_after_the_post_takes_the_device_back(cli, shared, tmp
 def test_a_device_flow_token_cannot_take_it_back_and_says_what_is_left(shared, tmp_path, monkeypatch):
     answer_tampered(monkeypatch, lambda answer: answer.update({"client.chained": answer["client.pem"]}))
     api, shown = _oauth_api(shared), []
-    approve = lambda _s: shared.approve_device(shown[1].split("user code ")[1].split(" ")[0])  # noqa: E731
+    approve = lambda _s: shared.approve_device(shown[1].split("user code ")[1].split(" ")[0])
     uuid = "ad1f3b2a-0c4e-4f6a-8b9d-7e2a1c3b5d4f"
     (tmp_path / "sota").mkdir()
     options = reg.RegisterOptions(sota_dir=tmp_path / "sota", factory=FACTORY, tags="main", hardware_id="rpi4", uuid=uuid,

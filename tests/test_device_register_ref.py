@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
-
-from fioca.pki import profiles
-from fioca.sandbox.server import Sandbox
 from pki_fixtures import seed_sandbox, shared_pki
 from registration_ref import RegistrationRef, sota_toml
 from test_device_support import FACTORY
+
+from fioca.pki import profiles
+from fioca.sandbox.server import Sandbox
 
 PROFILES = ("fioctl-go-v0.41", "api-2023-openssl-1.1", "api-2026-openssl-3")
 

@@ -12,15 +12,23 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_keys_ca_helpers import created, created_template  # noqa: F401  (fixtures)
 
 from fioca import facts
 from fioca.device import check, rotate
 from fioca.device.est import EstServer, Transport
 from fioca.errors import RefusedError
 from fioca.pki import profiles
-from tests.est_support import Hosts, authorized, curl, device_status, offline_devices, openssl, uuid_of
+from tests.est_support import (
+    Hosts,
+    authorized,
+    curl,
+    device_status,
+    offline_devices,
+    openssl,
+    uuid_of,
+)
 from tests.test_device_support import Factory
-from test_keys_ca_helpers import created, created_template  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")

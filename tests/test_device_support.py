@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -177,7 +177,7 @@ def rogue_device(folder: Path, *, factory: str = FACTORY, ou: str | None = None,
     """A device folder whose cert is signed by a CA the factory never heard of (same names),
     or, with `local_ca` (a PKI dir), by the real local CA with the OU `ou`."""
     folder.mkdir(parents=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if local_ca is None:
         ca_key = profiles.new_key()
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fio-rogue"),

@@ -12,12 +12,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from test_keys_ca_helpers import created, created_template  # noqa: F401  (fixtures)
 
 from fioca import facts
 from fioca.pki import profiles
-from tests.est_support import Hosts, authorized, curl, device_status, hosts_of, offline_devices, openssl, uuid_of
+from tests.est_support import (
+    Hosts,
+    authorized,
+    curl,
+    device_status,
+    hosts_of,
+    offline_devices,
+    openssl,
+    uuid_of,
+)
 from tests.test_device_support import Factory, rogue_device
-from test_keys_ca_helpers import created, created_template  # noqa: F401  (fixtures)
 
 EST = facts.EST_RESOURCE
 

@@ -5,7 +5,7 @@ time.Time.String(), fioctl's own words for key usages), and doShowCA's blank lin
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,8 +16,8 @@ from fioca.cli import fioctl_layout
 from fioca.pki import profiles
 
 KEY = ec.derive_private_key(0x1234567890ABCDEF, ec.SECP256R1())
-START = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-END = datetime(2034, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+START = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+END = datetime(2034, 1, 2, 3, 4, 5, tzinfo=UTC)
 ISSUER = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Factory-CA"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "acme")])
 
 
@@ -123,7 +123,7 @@ def test_pretty_crl_is_fioctls_layout():
         x509.CertificateRevocationListBuilder()
         .issuer_name(ISSUER)
         .last_update(START)
-        .next_update(datetime(2024, 1, 2, 3, 19, 5, tzinfo=timezone.utc))
+        .next_update(datetime(2024, 1, 2, 3, 19, 5, tzinfo=UTC))
         .add_extension(x509.AuthorityKeyIdentifier(bytes(range(20)), None, None), critical=False)
         .add_extension(x509.CRLNumber(1), critical=False)
     )

@@ -12,10 +12,10 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 from fioca import facts
 from fioca.cli import main
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import hsm, profiles
 from fioca.facts import WORK_DIR
+from fioca.pki import hsm, profiles
 from fioca.pki.files import PkiDir
 from fioca.pki.signer import HsmRootSigner, load_root_signer
 from fioca.sandbox.server import Sandbox

@@ -119,7 +119,7 @@ def test_network_probes_connect_without_the_jail(tmp_path, probe):
 
 def test_the_jail_has_only_its_own_loopback(tmp_path):
     out = run_probe(tmp_path, "cat /proc/net/dev\nls /etc\n")
-    interfaces = re.findall(r"^\s*(\w+):", out, re.M)
+    interfaces = re.findall(r"^\s*(\w+):", out, re.MULTILINE)
     assert interfaces == ["lo"]
     assert "resolv.conf" not in out and "hosts" not in out
 

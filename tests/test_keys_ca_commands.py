@@ -9,13 +9,13 @@ import stat
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from test_keys_ca_helpers import Created, created, created_template  # noqa: F401  (fixtures)
 
 from fioca import facts
-from fioca.errors import RefusedError
-from fioca.pki import files, lifecycle, profiles, signer
 from fioca.api import FactoryApi
 from fioca.config import load_settings
-from test_keys_ca_helpers import Created, created, created_template  # noqa: F401  (fixtures)
+from fioca.errors import RefusedError
+from fioca.pki import files, lifecycle, profiles, signer
 
 FACTORY = "acme"
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 
 from cryptography import x509
+from test_keys_ca_helpers import (  # noqa: F401
+    created,
+    created_template,
+    device_cert,
+    probe_gateway,
+    register_online,
+)
 
 from fioca.pki import profiles
-from test_keys_ca_helpers import created, created_template, device_cert, probe_gateway, register_online  # noqa: F401
 
 
 def test_device_ca_lifecycle_story(cli, created, tmp_path):

@@ -10,12 +10,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_keys_ca_helpers import Created, created, created_template  # noqa: F401  (fixtures)
 
 from fioca import facts
 from fioca.pki import profiles
 from fioca.sandbox.backend import _new_key_and_csr
 from tests.conftest import record_certs_calls
-from test_keys_ca_helpers import Created, created, created_template  # noqa: F401  (fixtures)
 
 EST_POST = {"first-time-init": False, "ca-csr": False, "est-tls-csr": True, "tls-csr": False}
 

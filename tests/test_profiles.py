@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from pki_fixtures import FIXTURE_PROFILES, GATEWAY_HOSTS, Pki, shared_pki
 
 from fioca.errors import CheckError, ExitCode
 from fioca.pki import profiles
-from pki_fixtures import FIXTURE_PROFILES, GATEWAY_HOSTS, Pki, shared_pki
 
 FACTORY = "acme"
 LOCAL_CA_CN = "fio-42"
@@ -558,7 +558,7 @@ def test_crl_from_foreign_root_fails(pki: Pki, foreign_root: tuple[x509.Certific
 
 
 def test_crl_entry_without_reason_fails(pki: Pki) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     entry = x509.RevokedCertificateBuilder().serial_number(7).revocation_date(now).build()
     crl = (
         x509.CertificateRevocationListBuilder().issuer_name(pki.root.subject).last_update(now)

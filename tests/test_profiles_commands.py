@@ -21,11 +21,11 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from pki_fixtures import FIXTURE_PROFILES, BuiltPki, seed_sandbox
 
-from tests.conftest import config_env
 from fioca.pki import profiles
 from fioca.sandbox.server import Sandbox
-from pki_fixtures import FIXTURE_PROFILES, BuiltPki, seed_sandbox
+from tests.conftest import config_env
 
 FACTORY = "acme"
 

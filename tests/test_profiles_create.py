@@ -4,11 +4,9 @@ for, and the upload check reads the stored files right before the PATCH."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
-import json
-
-import os
 
 import pytest
 from cryptography import x509
@@ -16,10 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import answer_with, server_certs
 from fioca import facts
 from fioca.pki import profiles, reference
 from fioca.sandbox import backend as sandbox_backend
+from tests.conftest import answer_with, server_certs
 
 Role = profiles.Role
 

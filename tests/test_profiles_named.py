@@ -3,19 +3,19 @@ to, and what only tells makers apart is reported as a difference, never refused.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from pki_fixtures import FIXTURE_PROFILES, Pki, shared_pki
+from test_profiles import eku, key_usage, name, twin
 
 from fioca import facts
 from fioca.pki import profiles
 from fioca.pki.profiles.named import CalendarYears, Days, validity_matches
-from pki_fixtures import FIXTURE_PROFILES, Pki, shared_pki
-from test_profiles import eku, key_usage, name, twin
 
 FACTORY = "acme"
 Role = profiles.Role
@@ -138,9 +138,9 @@ def test_recognise_never_refuses(made: dict[str, Pki]) -> None:
 
 
 def test_calendar_years_as_go_adds_them() -> None:
-    leap = datetime(2024, 2, 29, 12, 0, tzinfo=timezone.utc)
-    assert CalendarYears(10).end(leap) == datetime(2034, 3, 1, 12, 0, tzinfo=timezone.utc)
-    assert CalendarYears(20).end(leap) == datetime(2044, 2, 29, 12, 0, tzinfo=timezone.utc)
+    leap = datetime(2024, 2, 29, 12, 0, tzinfo=UTC)
+    assert CalendarYears(10).end(leap) == datetime(2034, 3, 1, 12, 0, tzinfo=UTC)
+    assert CalendarYears(20).end(leap) == datetime(2044, 2, 29, 12, 0, tzinfo=UTC)
     assert Days(7300).end(leap) == leap + timedelta(days=7300)
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
+from pki_fixtures import Pki, gateway_csr, shared_pki
+from test_profiles import fails, key_usage, twin
 
 from fioca.pki import profiles
 from fioca.pki.asked import AskedCertificate, AskedExtension
-from pki_fixtures import Pki, gateway_csr, shared_pki
-from test_profiles import fails, key_usage, twin
 
 FACTORY = "acme"
 Role = profiles.Role
@@ -227,7 +227,7 @@ def test_upload_check_passes_what_the_scripts_made(made: dict[str, Pki]) -> None
 
 
 def test_upload_refuses_a_backdated_root(fioca_pki: Pki) -> None:
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     backdated = twin(fioca_pki.root, fioca_pki.root_key, not_before=now - timedelta(days=7000), days=7300)
     profiles.check_as_asked(backdated, ASKED["fioca"][Role.ROOT], openssl=3)  # as asked: -days 7300
     with fails("notBefore .* is not within 15 minutes of when it was made"):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from fioca import facts
+from fioca.facts import JOURNAL_FILE, WORK_DIR
 from fioca.pki import profiles, reference
 from fioca.pki.files import PkiDir
-from fioca.facts import JOURNAL_FILE, WORK_DIR
 from fioca.pki.plan import PROGRESS
 from tests.conftest import FACTORY, server_certs
 
@@ -100,7 +100,7 @@ FAIL_ONCE = {
 
 @pytest.mark.parametrize("how", sorted(FAIL_ONCE))
 @pytest.mark.parametrize("script", facts.SCRIPT_NAMES)
-def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):  # noqa: F811
+def test_script_failing_once_then_resume(cli, sandbox, sandbox_env, recorder, tmp_path, monkeypatch, script, how):
     fail_once(monkeypatch, script, FAIL_ONCE[how])
     pki = tmp_path / "pki"
 
@@ -175,7 +175,7 @@ def test_sigkill_between_moving_files_then_resume(cli, sandbox, sandbox_env, hom
 
 # -- the upload ------------------------------------------------------------------------------
 
-def test_patch_500_keeps_everything_and_resume_uploads(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+def test_patch_500_keeps_everything_and_resume_uploads(cli, sandbox, sandbox_env, recorder, tmp_path):
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=500)
     failed = create(cli, sandbox_env, pki)
@@ -188,7 +188,7 @@ def test_patch_500_keeps_everything_and_resume_uploads(cli, sandbox, sandbox_env
     assert_server_holds_disk_root(sandbox, pki)
 
 
-def test_patch_answer_lost_after_it_applied(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+def test_patch_answer_lost_after_it_applied(cli, sandbox, sandbox_env, recorder, tmp_path):
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3, apply=True)
     result = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)
@@ -198,7 +198,7 @@ def test_patch_answer_lost_after_it_applied(cli, sandbox, sandbox_env, recorder,
     assert_server_holds_disk_root(sandbox, pki)
 
 
-def test_patch_timing_out_before_it_applied_is_retried_once(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+def test_patch_timing_out_before_it_applied_is_retried_once(cli, sandbox, sandbox_env, recorder, tmp_path):
     pki = tmp_path / "pki"
     sandbox.inject_fault(method="PATCH", route="certs", status=504, stall=3)
     result = create(cli, {**sandbox_env, "FIOCA_HTTP_TIMEOUT": "1"}, pki)

@@ -23,12 +23,12 @@ CORPUS = Path(__file__).parent / "hostile_scripts"
 
 
 def corpus(kind: str) -> list[Path]:
-    return sorted(p for p in CORPUS.iterdir() if re.search(rf"^# expect: {kind}:", p.read_text(), re.M))
+    return sorted(p for p in CORPUS.iterdir() if re.search(rf"^# expect: {kind}:", p.read_text(), re.MULTILINE))
 
 
 def corpus_script(path: Path, local_ca_cn: str) -> tuple[str, str]:
     text = path.read_text()
-    name = re.search(r"^# script: (\S+)", text, re.M).group(1)
+    name = re.search(r"^# script: (\S+)", text, re.MULTILINE).group(1)
     return name, reference.render(text, factory=FACTORY, local_ca_cn=local_ca_cn)
 
 
@@ -42,7 +42,7 @@ def user_files_snapshot(home: Path, pki: Path) -> dict[str, bytes]:
     return seen
 
 
-def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+def test_dry_run_prints_scripts_and_plan_and_sends_no_patch(cli, sandbox, sandbox_env, recorder, tmp_path):
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--dry-run", env=sandbox_env)
     assert result.exit_code == 0, result.output
@@ -117,13 +117,13 @@ def test_audit_reports_a_diff_for_a_changed_script(cli, sandbox_env, tmp_path):
 
 
 @pytest.mark.parametrize("entry", corpus("audit"), ids=lambda p: p.name)
-def test_create_refuses_what_the_audit_condemns(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):  # noqa: F811
-    high = re.findall(r"^# expect: audit:([\w-]+)(?:@high)?$", entry.read_text(), re.M)
+def test_create_refuses_what_the_audit_condemns(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):
+    high = re.findall(r"^# expect: audit:([\w-]+)(?:@high)?$", entry.read_text(), re.MULTILINE)
     polis = sandbox.backend.user_self()["polis-id"]
     name, text = corpus_script(entry, f"fio-{polis}")
     if not high:
         # Below high, a finding is reported, not condemned; --fail-on lowers the bar.
-        lower = re.findall(r"^# expect: audit:([\w-]+)@(\w+)$", entry.read_text(), re.M)
+        lower = re.findall(r"^# expect: audit:([\w-]+)@(\w+)$", entry.read_text(), re.MULTILINE)
         saved = tmp_path / "answer.json"
         saved.write_text(json.dumps({name: text}))
         report = cli("keys", "ca", "audit", saved)
@@ -155,8 +155,8 @@ RUNTIME_MESSAGES = {
 
 
 @pytest.mark.parametrize("entry", corpus("runtime"), ids=lambda p: p.name)
-def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):  # noqa: F811
-    kind = re.search(r"^# expect: runtime:([\w-]+)", entry.read_text(), re.M).group(1)
+def test_runtime_guards_stop_what_the_audit_cannot_see(cli, sandbox, sandbox_env, recorder, tmp_path, home, monkeypatch, entry):
+    kind = re.search(r"^# expect: runtime:([\w-]+)", entry.read_text(), re.MULTILINE).group(1)
     polis = sandbox.backend.user_self()["polis-id"]
     name, text = corpus_script(entry, f"fio-{polis}")
     answer_with(monkeypatch, sandbox, {name: text})
@@ -190,7 +190,7 @@ def test_allow_unaudited_says_what_it_overrides(cli, sandbox, sandbox_env, tmp_p
     assert "token visible" not in result.stderr  # the token never reaches a script
 
 
-def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):  # noqa: F811
+def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_path):
     polis = sandbox.backend.user_self()["polis-id"]
     served = reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=f"fio-{polis}")["create_ca"]
     good = hashlib.sha256(served.encode()).hexdigest()

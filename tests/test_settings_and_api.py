@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import ssl
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ def write_config(path: Path, stub: Stub, **extra) -> Path:
 def credentials(stub: Stub, **overrides) -> dict:
     values = {
         "client_id": "cid", "client_secret": SECRET, "access_token": ACCESS, "refresh_token": REFRESH,
-        "token_type": "bearer", "expires_in": 3600, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "token_type": "bearer", "expires_in": 3600, "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "url": f"{stub.url}/oauth",
     }
     values.update(overrides)
@@ -84,7 +84,7 @@ def test_an_expired_token_is_refreshed_and_written_back(cli, stub, tmp_path):
         200, {"access_token": REFRESHED, "refresh_token": "new-refresh-token-000000", "token_type": "bearer", "expires_in": 7200}
     )
     KNOWN_SECRETS.add("new-refresh-token-000000")
-    old = (datetime.now(timezone.utc) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = write_config(tmp_path / "fioctl.yaml", stub, clientcredentials=credentials(stub, created=old), note="kept")
     result = cli("-c", config, "keys", "ca", "show")
     assert "Factory PKI is not configured" in result.stderr, result.output
@@ -112,7 +112,7 @@ def test_no_access_token_yet_asks_for_one_with_the_client_credentials_grant(cli,
 
 
 def test_an_expired_token_without_refresh_token_is_fioctls_error(cli, stub, tmp_path):
-    old = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = write_config(tmp_path / "fioctl.yaml", stub, clientcredentials=credentials(stub, created=old, refresh_token=""))
     result = cli("-c", config, "keys", "ca", "show")
     assert result.exit_code == 1
@@ -122,7 +122,7 @@ def test_an_expired_token_without_refresh_token_is_fioctls_error(cli, stub, tmp_
 
 def test_a_refused_refresh_says_so_and_sends_nothing_else(cli, stub, tmp_path):
     stub.routes[TOKEN_URL] = lambda _r: Answer(401, {"message": f"bad client secret {SECRET}"})
-    old = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = write_config(tmp_path / "fioctl.yaml", stub, clientcredentials=credentials(stub, created=old))
     before = config.read_text()
     result = cli("-c", config, "keys", "ca", "show")

@@ -8,8 +8,9 @@ which Click prints as typed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
@@ -256,11 +257,11 @@ app = typer.Typer(
 @app.callback()
 def root(
     ctx: typer.Context,
-    factory: Optional[str] = typer.Option(
+    factory: str | None = typer.Option(
         None, "-f", "--factory", metavar="FACTORY", help="Factory name (env FIOCTL_FACTORY).",
         show_default="from the config file"
     ),
-    token: Optional[str] = typer.Option(
+    token: str | None = typer.Option(
         None,
         "-t",
         "--token",
@@ -268,7 +269,7 @@ def root(
         help="API token (env FIOCTL_TOKEN, safer: a flag's value is visible to other users of the machine).",
         show_default=False,
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None,
         "-c",
         "--config",
@@ -276,7 +277,7 @@ def root(
         help="fioctl's config file (env FIOCTL_CONFIG wins).",
         show_default="~/.config/fioctl.yaml",
     ),
-    server: Optional[str] = typer.Option(
+    server: str | None = typer.Option(
         None, "--server", metavar="URL", help="API base URL (env FIOCA_SERVER).", show_default="server.url, else https://api.foundries.io"
     ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Print each API request (never the token)."),

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
@@ -86,23 +87,23 @@ def progress_reporter(app_ctx: AppContext, total: int, label: str) -> tuple[Call
 def create_offline(
     ctx: typer.Context,
     pki_dir: Path = typer.Argument(..., help="The PKI dir: factory_ca.pem, local-ca.key/.pem, tls-crt."),
-    uuid: Optional[str] = typer.Option(None, "--uuid", help="The device UUID (one device).", show_default="a random one"),
-    name: Optional[str] = typer.Option(None, "--name", help="Folder name for one device.", show_default="its UUID"),
+    uuid: str | None = typer.Option(None, "--uuid", help="The device UUID (one device).", show_default="a random one"),
+    name: str | None = typer.Option(None, "--name", help="Folder name for one device.", show_default="its UUID"),
     count: int = typer.Option(1, "--count", "-n", min=1, help="How many devices to issue."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where device folders go.", show_default="PKI_DIR/devices"),
+    out: Path | None = typer.Option(None, "--out", help="Where device folders go.", show_default="PKI_DIR/devices"),
     faithful: bool = typer.Option(
         False, "--faithful", help="Run the documented openssl commands with sh, one device at a time."
     ),
     production: bool = typer.Option(False, "--production", help="Mark devices as production (businessCategory)."),
-    days: Optional[int] = typer.Option(
+    days: int | None = typer.Option(
         None, "--days", min=1, help="Validity in days.", show_default=f"{offline.DEFAULT_DAYS}; --faithful: OpenSSL's 30, fixed"
     ),
-    hwid: Optional[str] = typer.Option(None, "--hwid", help="primary_ecu_hardware_id in sota.toml.", show_default="unset"),
-    gateway_url: Optional[str] = typer.Option(
+    hwid: str | None = typer.Option(None, "--hwid", help="primary_ecu_hardware_id in sota.toml.", show_default="unset"),
+    gateway_url: str | None = typer.Option(
         None, "--gateway-url", help="Take the gateway port for sota.toml from this URL.", show_default="8443, or the sandbox's"
     ),
     sota_dir: str = typer.Option(sota.DEFAULT_SOTA_DIR, "--sota-dir", help="Where the folder will live on the device."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes.", show_default="every core"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes.", show_default="every core"),
     output: Format = typer.Option(Format.text, "--format", help="text (uuid and folder per line) or json."),
 ) -> None:
     """Issue offline device certificates with the local device CA (the documented procedure).
@@ -211,33 +212,33 @@ Examples:
 @app.command(help=REGISTER_HELP)
 def register(
     ctx: typer.Context,
-    api_token: Optional[str] = typer.Option(
+    api_token: str | None = typer.Option(
         None, "--api-token", "-T", help="API token (other users can see it in ps: prefer FIOCTL_TOKEN or the config).",
         show_default="fioca's token; without one, the OAuth device flow",
     ),
-    api_token_header: Optional[str] = typer.Option(
+    api_token_header: str | None = typer.Option(
         None, "--api-token-header", "-H", help="The header the token goes in.", show_default="TOKEN_HEADER, else OSF-TOKEN"
     ),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="The device's name.", show_default="its UUID"),
-    tags: Optional[str] = typer.Option(
+    name: str | None = typer.Option(None, "--name", "-n", help="The device's name.", show_default="its UUID"),
+    tags: str | None = typer.Option(
         None, "--tags", "-t", help="aktualizr-lite takes only Targets with these tags.", show_default="LMP_FACTORY_TAG"
     ),
-    apps: Optional[str] = typer.Option(
+    apps: str | None = typer.Option(
         None, "--apps", "-a", help='Compose apps to run, comma separated ("" = all); turns the compose-apps overrides on.'
     ),
-    restorable_apps: Optional[str] = typer.Option(
+    restorable_apps: str | None = typer.Option(
         None, "--restorable-apps", "-A", help='Restorable apps, comma separated ("" = off); turns the compose-apps overrides on.',
         show_default='" " (on, the apps list)',
     ),
-    hwid: Optional[str] = typer.Option(
+    hwid: str | None = typer.Option(
         None, "--hwid", "-i", help="The hardware id.", show_default="LMP_MACHINE in /etc/os-release, else the CPU arch"
     ),
     sota_dir: Path = typer.Option(Path(facts.DEFAULT_SOTA_DIR), "--sota-dir", "-d", help="Where the keys and config go."),
-    factory: Optional[str] = typer.Option(
+    factory: str | None = typer.Option(
         None, "--factory", "-f", help="The factory.", show_default="DEVICE_FACTORY, LMP_FACTORY, fioca's factory"
     ),
-    uuid: Optional[str] = typer.Option(None, "--uuid", "-u", help="The device UUID.", show_default="a random one"),
-    group: Optional[str] = typer.Option(None, "--device-group", "--group", "-g", help="The device group to join."),
+    uuid: str | None = typer.Option(None, "--uuid", "-u", help="The device UUID.", show_default="a random one"),
+    group: str | None = typer.Option(None, "--device-group", "--group", "-g", help="The device group to join."),
     production: bool = typer.Option(
         False, "--production", "-p", help="A production device (businessCategory).", show_default="PRODUCTION set"
     ),
@@ -248,7 +249,7 @@ def register(
     start_daemon: bool = typer.Option(
         False, "--start-daemon/--no-start-daemon", help="lmp-device-register's; fioca takes only off."
     ),
-    pki_dir: Optional[Path] = typer.Option(
+    pki_dir: Path | None = typer.Option(
         None, "--pki-dir", help="The factory's PKI dir: its factory_ca.pem must be the root the server answers."
     ),
     aklite_lock: Path = typer.Option(
@@ -309,13 +310,13 @@ def _registered_json(result: device_register.Registered, factory: str) -> dict[s
 def check(
     ctx: typer.Context,
     device_dir: Path = typer.Argument(..., help="A device folder or sota dir (client.pem, pkey.pem)."),
-    pki_dir: Optional[Path] = typer.Option(
+    pki_dir: Path | None = typer.Option(
         None, "--pki-dir", help="Trust factory_ca.pem and take the gateway host from tls-crt.", show_default="root.crt, sota.toml"
     ),
-    resolve: Optional[str] = typer.Option(
+    resolve: str | None = typer.Option(
         None, "--resolve", help="Connect to ADDR for the gateway host, as curl: HOST:PORT:ADDR (or HOST:ADDR)."
     ),
-    gateway_url: Optional[str] = typer.Option(
+    gateway_url: str | None = typer.Option(
         None, "--gateway-url", help="Connect to this https://ADDRESS:PORT (TLS name stays the gateway host)."
     ),
     path: str = typer.Option(device_check.DEVICE_PATH, "--path", help="What to GET from the gateway."),

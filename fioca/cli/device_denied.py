@@ -7,7 +7,8 @@ gateway registers unknown devices on their first request); `delete-denied` frees
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, List
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -96,7 +97,7 @@ def list_denied(
 @app.command("delete-denied", cls=LeanCommand, short_help="Remove a device UUID from the deny list")
 def delete_denied(
     ctx: typer.Context,
-    uuids: Annotated[List[str], typer.Argument(metavar="UUID", help="Device UUIDs to take off the deny list.")],
+    uuids: Annotated[list[str], typer.Argument(metavar="UUID", help="Device UUIDs to take off the deny list.")],
 ) -> None:
     """Remove a device UUID from the deny list.
 

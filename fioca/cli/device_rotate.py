@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -80,20 +80,20 @@ def _folders(dirs: list[Path], fleet: bool) -> list[Path]:
 def rotate_cert(
     ctx: typer.Context,
     device_dirs: Annotated[
-        List[Path], typer.Argument(metavar="DEVICE_DIR", help="Device folders or sota dirs (with --fleet: folders of them).")
+        list[Path], typer.Argument(metavar="DEVICE_DIR", help="Device folders or sota dirs (with --fleet: folders of them).")
     ],
     fleet: bool = typer.Option(False, "--fleet", help="Each DEVICE_DIR is a folder of device folders: rotate them all."),
-    server_name: Optional[str] = typer.Option(
+    server_name: str | None = typer.Option(
         None, "--server-name",
         help="EST server name when not using the Foundries.io managed server. e.g. est.example.com",
         show_default="the DNS name of the factory's est-tls-crt",
     ),
     est_port: int = typer.Option(facts.EST_PORT, "--est-port", "-p", help="The EST server port"),
     est_resource: str = typer.Option(facts.EST_RESOURCE, "--est-resource", "-e", help="The path the to EST resource on your server"),
-    gateway_url: Optional[str] = typer.Option(
+    gateway_url: str | None = typer.Option(
         None, "--gateway-url", help="Connect to this https://ADDRESS:PORT for every host (TLS names stay the hosts')."
     ),
-    resolve: List[str] = typer.Option(
+    resolve: list[str] = typer.Option(
         [], "--resolve", metavar="HOST:PORT:ADDR", help="Connect to ADDR for HOST, as curl (repeatable).", show_default=False
     ),
     workers: int = typer.Option(8, "--workers", min=1, help="Devices rotated at once (with several)."),

@@ -10,7 +10,7 @@ stops with fioctl's message before it does anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 PIN_ENV = "FIOCA_HSM_PIN"
 
 HsmModule = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--hsm-module",
         metavar="MODULE",
@@ -32,7 +32,7 @@ HsmModule = Annotated[
     ),
 ]
 HsmPin = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--hsm-pin",
         metavar="PIN",
@@ -41,7 +41,7 @@ HsmPin = Annotated[
     ),
 ]
 HsmTokenLabel = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--hsm-token-label", metavar="LABEL", help="Label of the HSM token holding the root key (object root-ca).", show_default=False),
 ]
 
@@ -53,9 +53,9 @@ PIN_FLAG_WARNING = (
 
 def resolve_hsm(
     app_ctx: AppContext,
-    module: Optional[str],
-    pin: Optional[str],
-    token_label: Optional[str],
+    module: str | None,
+    pin: str | None,
+    token_label: str | None,
     *,
     need_pin: bool = True,
 ) -> HsmSettings | None:
@@ -78,7 +78,7 @@ def resolve_hsm(
     return hsm.HsmSettings(module=module_path, token_label=token_label, pin=secret, module_env=module_env)
 
 
-def _pin(app_ctx: AppContext, flag_pin: Optional[str], token_label: str) -> str:
+def _pin(app_ctx: AppContext, flag_pin: str | None, token_label: str) -> str:
     if flag_pin:
         app_ctx.terminal.err(PIN_FLAG_WARNING)
         return flag_pin

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fioca import facts
 from fioca.cli import hsm_options
-from fioca.cli.lean import LeanCommand
 from fioca.cli.context import AppContext, app_context
+from fioca.cli.lean import LeanCommand
 from fioca.cli.options import Format, yes_option
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.pki.audit.report import Severity
@@ -62,7 +62,7 @@ class CliReporter:
         )
 
 
-def _pins(values: List[str]) -> dict[str, str]:
+def _pins(values: list[str]) -> dict[str, str]:
     pins = {}
     for value in values:
         name, sep, digest = value.partition("=")
@@ -85,13 +85,13 @@ LocalCa = Annotated[bool, typer.Option(
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH.",
 )]
-FromJson = Annotated[Optional[Path], typer.Option(
+FromJson = Annotated[Path | None, typer.Option(
     "--from-json", metavar="FILE", help="With --dry-run: use a saved answer (factory_certs.json); no server at all.",
 )]
 AllowUnaudited = Annotated[bool, typer.Option(
     "--allow-unaudited", help="Run scripts even when the audit finds high-severity problems.",
 )]
-ExpectSha256 = Annotated[List[str], typer.Option(
+ExpectSha256 = Annotated[list[str], typer.Option(
     "--expect-sha256", metavar="NAME=HEX", help="Pin a script (repeatable); any other content is refused.",
     show_default=False,
 )]
@@ -175,7 +175,7 @@ def create(
         _print_summary(app_ctx, result, hsm, output)
 
 
-def _refuse_combinations(*, dry_run: bool, from_json: Optional[Path], resume: bool, fresh_csrs: bool) -> None:
+def _refuse_combinations(*, dry_run: bool, from_json: Path | None, resume: bool, fresh_csrs: bool) -> None:
     if from_json and not dry_run:
         raise UsageError("--from-json goes with --dry-run")
     if resume and dry_run:
@@ -316,8 +316,8 @@ def audit(
 
     from fioca.cli.audit_view import render_text as audit_text
     from fioca.pki import audit as script_audit
-    from fioca.pki import reference
     from fioca.pki import jail as jails
+    from fioca.pki import reference
     from fioca.pki.create import read_answer_file
 
     app_ctx = app_context(ctx)

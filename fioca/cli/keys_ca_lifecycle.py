@@ -7,16 +7,17 @@ they bring cryptography and requests, which `--help` does not need).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fioca import facts
 from fioca.cli import hsm_options
-from fioca.cli.lean import LeanCommand
 from fioca.cli.context import AppContext, app_context
+from fioca.cli.lean import LeanCommand
 from fioca.cli.options import Format, ResultFormat, YesSend, YesWriteAndSend
 from fioca.errors import FiocaError, UsageError
 from fioca.text import quote_path
@@ -231,7 +232,7 @@ def _crl_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _crl_command(
-    ctx: typer.Context, action: str, pki_dir: Path, ca_file: List[str], ca_serial: List[str],
+    ctx: typer.Context, action: str, pki_dir: Path, ca_file: list[str], ca_serial: list[str],
     dry_run: bool, pretty: bool, yes: bool, output: Format, hsm_flags: tuple[str | None, str | None, str | None],
 ) -> None:
     from fioca.cli import fioctl_layout
@@ -270,10 +271,10 @@ def _crl_command(
 
 # The options disable-, enable- and revoke-device-ca share.
 CaFiles = Annotated[
-    List[str], typer.Option("--ca-file", metavar="NAME", help="File name of a device CA in PKI_DIR (repeatable).", show_default=False)
+    list[str], typer.Option("--ca-file", metavar="NAME", help="File name of a device CA in PKI_DIR (repeatable).", show_default=False)
 ]
 CaSerials = Annotated[
-    List[str], typer.Option("--ca-serial", metavar="SERIAL", help="Base-10 serial of a device CA (repeatable).", show_default=False)
+    list[str], typer.Option("--ca-serial", metavar="SERIAL", help="Base-10 serial of a device CA (repeatable).", show_default=False)
 ]
 CrlDryRun = Annotated[bool, typer.Option("--dry-run", help="Show the CRL that would be uploaded; send nothing.")]
 CrlPretty = Annotated[bool, typer.Option("--pretty", help="With --dry-run: also show the CRL in a pretty format (fioctl's).")]
@@ -410,7 +411,7 @@ def sign(
     pki_dir: Path = typer.Option(
         ..., "--pki-dir", metavar="DIR", help="Path to the PKI directory containing factory_ca.key and factory_ca.pem."
     ),
-    profile: Optional[SignProfile] = typer.Option(
+    profile: SignProfile | None = typer.Option(
         None, "--profile",
         help="tls: a TLS server certificate; ca: a device CA.",
         show_default="from the CSR: ca when it asks for CA:TRUE, else tls",

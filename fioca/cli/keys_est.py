@@ -14,11 +14,17 @@ from typing import Annotated, Any
 import typer
 
 from fioca.cli import hsm_options
+from fioca.cli.context import app_context
 
 # The shared pieces of the root-signing commands (PKI dir, root signer, plan and question).
-from fioca.cli.keys_ca_lifecycle import Via, ViaOption, confirmer, open_pki_dir, root_signer_for
+from fioca.cli.keys_ca_lifecycle import (
+    Via,
+    ViaOption,
+    confirmer,
+    open_pki_dir,
+    root_signer_for,
+)
 from fioca.cli.lean import LeanCommand
-from fioca.cli.context import app_context
 from fioca.cli.options import Format, ResultFormat, YesWriteAndSend
 from fioca.errors import FiocaError
 

@@ -30,7 +30,7 @@ import signal
 import uuid as uuid_module
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from fioca import facts
 from fioca.device import sota
-from fioca.errors import CheckError, ExitCode, FiocaError, PkiDirError, RefusedError, ScriptError, UsageError
+from fioca.errors import (
+    CheckError,
+    ExitCode,
+    FiocaError,
+    PkiDirError,
+    RefusedError,
+    ScriptError,
+    UsageError,
+)
 from fioca.pki import profiles
 from fioca.pki.files import PkiDir
 
@@ -299,7 +307,7 @@ class InProcessIssuer:
         # openssl req with device-cert.conf: subject only, no requested extensions.
         csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
         public_key = key.public_key()
-        start = datetime.now(timezone.utc).replace(microsecond=0)
+        start = datetime.now(UTC).replace(microsecond=0)
         # What `openssl x509 -req -extfile device-cert.ext` makes (OpenSSL 3 adds SKID and AKID).
         cert = (
             x509.CertificateBuilder()

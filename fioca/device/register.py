@@ -45,7 +45,14 @@ from typing import Any
 from fioca import facts, interrupts
 from fioca.api import DeviceRegistrationApi
 from fioca.device import registration_answer
-from fioca.errors import ApiError, FiocaError, Interrupted, PkiDirError, RefusedError, UsageError
+from fioca.errors import (
+    ApiError,
+    FiocaError,
+    Interrupted,
+    PkiDirError,
+    RefusedError,
+    UsageError,
+)
 from fioca.pki import files, profiles
 from fioca.pki.profiles.details import same_key
 

@@ -189,13 +189,13 @@ def _sota_with(folder: DeviceFolder, *, staged: bool) -> str:
     named = sota.import_paths(folder.sota_text)
     paths = {}
     for key, value in named.items():
-        plain = value[: -len(STAGED)] if value.endswith(STAGED) else value
+        plain = value.removesuffix(STAGED)
         paths[key] = plain + STAGED if staged else plain
     return sota.with_import_paths(folder.sota_text, paths)
 
 
 def _plain(name: str) -> str:
-    return name[: -len(STAGED)] if name.endswith(STAGED) else name
+    return name.removesuffix(STAGED)
 
 
 def _staged_names(folder: DeviceFolder) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""`sota.toml` for a device's sota dir, in the layout a registration server sends (PKI-SPEC 9).
+"""`sota.toml` for a device's sota dir, in the layout a registration server sends (fioca.sota_toml).
 
 Used for offline devices, whose folder must hold what `/var/sota` needs without any server.
 The gateway and OSTree hosts are the first two DNS names of `tls-crt`; the port is the real
@@ -9,18 +9,14 @@ aktualizr-lite falls back to its own default.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from urllib.parse import urlsplit
 
+from fioca import sota_toml
+
 GATEWAY_PORT = 8443
 DEFAULT_SOTA_DIR = "/var/sota"
-
-
-def _quoted(value: str) -> str:
-    # A JSON string is a valid TOML basic string for every URL and path used here.
-    return json.dumps(value)
 
 
 def gateway_port_from_url(url: str) -> int:
@@ -44,43 +40,9 @@ def render(
     gateway_url = f"https://{gateway_host}:{port}"
     # As the registration server does: the OSTree proxy host, or the gateway's own treehub.
     ostree_url = f"https://{ostree_host}:{port}/ostree" if use_ostree_server else f"{gateway_url}/treehub"
-    base = sota_dir.rstrip("/")
-    sections: dict[str, dict[str, str]] = {
-        "tls": {
-            "server": _quoted(gateway_url),
-            "ca_source": _quoted("file"),
-            "pkey_source": _quoted("file"),
-            "cert_source": _quoted("file"),
-        },
-        "provision": {
-            "server": _quoted(gateway_url),
-            "primary_ecu_hardware_id": _quoted(hardware_id) if hardware_id else "",
-        },
-        "uptane": {
-            "repo_server": _quoted(f"{gateway_url}/repo"),
-            "key_source": _quoted("file"),
-        },
-        "pacman": {
-            "type": _quoted("ostree+compose_apps"),
-            "ostree_server": _quoted(ostree_url),
-        },
-        "storage": {
-            "type": _quoted("sqlite"),
-            "path": _quoted(f"{base}/"),
-        },
-        "import": {
-            "tls_cacert_path": _quoted(f"{base}/root.crt"),
-            "tls_pkey_path": _quoted(f"{base}/pkey.pem"),
-            "tls_clientcert_path": _quoted(f"{base}/client.pem"),
-        },
-    }
-    lines: list[str] = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"# {key} is not set" if value == "" else f"{key} = {value}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    return sota_toml.render(
+        gateway_url=gateway_url, ostree_url=ostree_url, hardware_id=hardware_id or None, sota_config_dir=sota_dir
+    )
 
 
 # Where a device's key and certificate are: `[import]`'s paths (aktualizr-lite reads them there).

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from fioca import facts, interrupts, shapes
 from fioca.api import FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, Interrupted, RefusedError
-from fioca.pki import audit, hsm, jail as jails, profiles, reference
+from fioca.pki import audit, hsm, profiles, reference
+from fioca.pki import jail as jails
 from fioca.pki.asked import AskedCertificate, with_environment
 from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
@@ -462,7 +464,7 @@ class Steps:
         if step.script == facts.CREATE_CA and self.options.hsm is not None:
             self.refuse_orphan_token_key()
         self.reporter.progress(step.progress)
-        made_at = datetime.now(timezone.utc).replace(microsecond=0)
+        made_at = datetime.now(UTC).replace(microsecond=0)
         products = self.made_by(step)
         self.check(step, products)
         if self.options.reissue:

@@ -20,8 +20,8 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
 
 from fioca import facts
 from fioca.errors import PkiDirError, RefusedError

@@ -36,9 +36,9 @@ import select
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
 
 from fioca.errors import ConfigError
 from fioca.pki.hsm import MODULE_CONFIG_VARS
@@ -391,7 +391,7 @@ def _softhsm2_tokendir(conf: str) -> str:
         text = Path(conf).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read the SoftHSM2 configuration {conf}: {exc.strerror}") from None
-    found = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", text, re.M)
+    found = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", text, re.MULTILINE)
     tokendir = found.group(1) if found else None
     if not tokendir or not os.path.isabs(tokendir) or not os.path.isdir(tokendir):
         raise ConfigError(f"{conf} names no token dir (directories.tokendir) that exists; the script jail needs it")
@@ -405,7 +405,7 @@ def _openssl_dirs() -> tuple[str, str]:
     done = subprocess.run(
         [openssl, "version", "-d", "-e"], capture_output=True, text=True, timeout=10, env={"PATH": SAFE_PATH}
     )
-    dirs = dict(re.findall(r'^(OPENSSLDIR|ENGINESDIR): "(.*)"', done.stdout, re.M))
+    dirs = dict(re.findall(r'^(OPENSSLDIR|ENGINESDIR): "(.*)"', done.stdout, re.MULTILINE))
     return dirs.get("OPENSSLDIR", "/usr/lib/ssl"), dirs.get("ENGINESDIR", "")
 
 

@@ -14,15 +14,22 @@ unknown (no answer), the files are kept and the error says so.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from fioca import facts, shapes
-from fioca.api import CERT_FIELDS, NOT_CONFIGURED, NOT_CONFIGURED_HINT, FactoryApi, is_configured
+from fioca.api import (
+    CERT_FIELDS,
+    NOT_CONFIGURED,
+    NOT_CONFIGURED_HINT,
+    FactoryApi,
+    is_configured,
+)
 from fioca.errors import ApiError, CheckError, FiocaError, RefusedError, UsageError
 from fioca.pki import profiles
 from fioca.pki.files import PkiDir

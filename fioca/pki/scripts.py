@@ -31,9 +31,9 @@ import signal
 import stat
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import sh
 

@@ -18,8 +18,9 @@ script's text asked and against the trust rules, before returning it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from fioca import facts
 from fioca.errors import CheckError, RefusedError
-from fioca.pki import hsm, jail as jails, profiles, reference
+from fioca.pki import hsm, profiles, reference
+from fioca.pki import jail as jails
 from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
 from fioca.pki.scripts import ScriptRunner

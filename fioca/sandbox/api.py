@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -140,7 +140,7 @@ class DeviceRules:
             record = self._register(presented, name=presented.uuid, group=None, seen=True)
         record = self._check_known_device(record, presented)
         # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.
-        stale = (datetime.now(timezone.utc) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stale = (datetime.now(UTC) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
         if record.last_seen is None or record.last_seen <= stale:
             seen = utc_now()
             self.store.touch_device(record.uuid, seen)
@@ -160,7 +160,7 @@ class DeviceRules:
         ca = presented.ca
         if ca is None:
             raise DeviceRefused(f"the certificate is not signed by a device CA of factory '{self.factory}'")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if now < presented.not_before:
             raise DeviceRefused(f"the certificate is not valid yet (notBefore {presented.not_before:%Y-%m-%dT%H:%M:%SZ})")
         if now > presented.not_after:

@@ -36,9 +36,9 @@ import base64
 import binascii
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Mapping
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -155,7 +155,7 @@ class EstService:
     def _issue(self, csr: x509.CertificateSigningRequest, issuer: OnlineCa) -> x509.Certificate:
         ca_cert = x509.load_pem_x509_certificate(issuer.cert_pem.encode("ascii"))
         ca_key = self._ca_key(issuer)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         not_after = min(now + timedelta(days=facts.EST_DEVICE_DAYS), ca_cert.not_valid_after_utc)
         try:
             akid = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(

@@ -55,7 +55,13 @@ from cryptography import x509
 from fioca import facts
 from fioca.sandbox.backend import Backend, GatewayIdentity
 from fioca.sandbox.context import GatewayContext
-from fioca.sandbox.device_rules import DeviceRefused, DeviceRules, PresentedCert, TrustedCa, read_presented
+from fioca.sandbox.device_rules import (
+    DeviceRefused,
+    DeviceRules,
+    PresentedCert,
+    TrustedCa,
+    read_presented,
+)
 from fioca.sandbox.est import TEXT, EstService, is_est_path
 from fioca.sandbox.shared_pki import SharedPki
 from fioca.sandbox.store import DeviceRecord

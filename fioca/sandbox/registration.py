@@ -29,7 +29,7 @@ import sqlite3
 import uuid as uuid_module
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -37,11 +37,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fioca import facts
-from fioca.sandbox import sota_toml
-from fioca.sandbox.backend import Backend, SandboxApiError, parse_pem_certs
+from fioca import facts, sota_toml
+from fioca.sandbox.backend import (
+    Backend,
+    SandboxApiError,
+    bad_request,
+    conflict,
+    parse_pem_certs,
+)
 from fioca.sandbox.certs import PRODUCTION, is_canonical_uuid, is_production, key_usage
-from fioca.sandbox.device_rules import DeviceExists, DeviceRefused, DeviceRules, TrustedCa, read_presented
+from fioca.sandbox.device_rules import (
+    DeviceExists,
+    DeviceRefused,
+    DeviceRules,
+    TrustedCa,
+    read_presented,
+)
 from fioca.sandbox.shared_pki import SharedPki, gateway_hosts
 from fioca.sandbox.store import DeviceRecord
 
@@ -49,14 +60,6 @@ DEVICE_VALIDITY = timedelta(days=facts.REGISTERED_DEVICE_DAYS)  # 20 years, as f
 MAX_GROUP_LENGTH = 128
 
 REQUIRED_FIELDS = ("name", "uuid", "csr", "hardware-id", "sota-config-dir")
-
-
-def _bad_request(message: str, *errors: str) -> SandboxApiError:
-    return SandboxApiError(400, message, list(errors))
-
-
-def _conflict(message: str, *errors: str) -> SandboxApiError:
-    return SandboxApiError(409, message, list(errors))
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Registrar:
             return Signer(shared.device_ca_pem, shared.device_ca_key, shared.device_ca_serial, shared.root_pem)
         online = self.backend.online_ca()
         if online is None:
-            raise _conflict(
+            raise conflict(
                 "Factory has no usable online device CA: none in ca-crt, or it is disabled",
                 "add one with keys ca add-device-ca --online-ca, or re-enable it",
             )
@@ -170,19 +173,19 @@ class Registrar:
         """Record a device from a certificate a device CA of ca-crt signed."""
         cert_pem, name, group = _checked_put_body(body)
         if not self.backend.store.certs().root_crt:
-            raise _conflict(
+            raise conflict(
                 "Factory PKI is not configured: there is no device CA to vouch for this certificate",
                 "create the factory PKI first (keys ca create)",
             )
         cert = parse_pem_certs(facts.DEVICE_CERT, cert_pem)
         if len(cert) != 1:
-            raise _bad_request(f"Invalid {facts.DEVICE_CERT}: expected exactly one certificate, got {len(cert)}")
+            raise bad_request(f"Invalid {facts.DEVICE_CERT}: expected exactly one certificate, got {len(cert)}")
         cas = [TrustedCa.of(ca.cert, disabled=ca.disabled) for ca in self.backend.device_cas()]
         presented = read_presented(cert[0].cert, cas, verified=False)
         try:
             return self.rules.pre_register(presented, name=name, group=group)
         except DeviceRefused as refusal:
-            raise _bad_request(f"Invalid {facts.DEVICE_CERT}: {refusal}") from None
+            raise bad_request(f"Invalid {facts.DEVICE_CERT}: {refusal}") from None
         except DeviceExists as exists:
             raise _duplicate(exists.uuid, deleted=self._deleted(exists.uuid)) from None
 
@@ -193,12 +196,12 @@ class Registrar:
 
 def _duplicate(device_uuid: str, *, deleted: bool = False) -> SandboxApiError:
     if deleted:
-        return _conflict(
+        return conflict(
             f"Device {device_uuid} was deleted and is on the deny-list",
             "uuid: a deleted device's uuid cannot be used again until it leaves the deny-list"
             " (fioctl devices delete-denied)",
         )
-    return _conflict(
+    return conflict(
         f"Device {device_uuid} already exists",
         f"uuid: a device with uuid {device_uuid} is already registered; use a new uuid",
     )
@@ -219,7 +222,7 @@ def _checked_group(value: Any, errors: list[str]) -> str | None:
 def _checked_body(body: Any) -> tuple[dict[str, str], sota_toml.Overrides]:
     """The string fields and the overrides; 400 naming every field that is wrong."""
     if not isinstance(body, dict):
-        raise _bad_request("Invalid request: the body must be a JSON object")
+        raise bad_request("Invalid request: the body must be a JSON object")
     errors: list[str] = []
     fields: dict[str, str] = {}
     for name in (*REQUIRED_FIELDS, "use-ostree-server"):
@@ -240,13 +243,13 @@ def _checked_body(body: Any) -> tuple[dict[str, str], sota_toml.Overrides]:
     if "uuid" in fields and not is_canonical_uuid(fields["uuid"]):
         errors.append(f"uuid: {fields['uuid']!r} is not a lower-case hyphenated UUID")
     if errors:
-        raise _bad_request("Invalid device registration request", *errors)
+        raise bad_request("Invalid device registration request", *errors)
     return fields, overrides
 
 
 def _checked_put_body(body: Any) -> tuple[str, str | None, str | None]:
     if not isinstance(body, dict):
-        raise _bad_request("Invalid request: the body must be a JSON object")
+        raise bad_request("Invalid request: the body must be a JSON object")
     errors: list[str] = []
     cert_pem = body.get(facts.DEVICE_CERT)
     if not isinstance(cert_pem, str) or not cert_pem.strip():
@@ -256,7 +259,7 @@ def _checked_put_body(body: Any) -> tuple[str, str | None, str | None]:
         errors.append("name: must be a printable, non-empty string")
     group = _checked_group(body.get("group"), errors)
     if errors:
-        raise _bad_request("Invalid device pre-registration request", *errors)
+        raise bad_request("Invalid device pre-registration request", *errors)
     return cert_pem, name, group
 
 
@@ -278,27 +281,27 @@ def _checked_csr(text: str, factory: str, device_uuid: str) -> x509.CertificateS
     try:
         csr = x509.load_pem_x509_csr(text.encode("utf-8"))
     except ValueError as error:
-        raise _bad_request("Invalid csr: not a PEM certificate signing request", str(error)) from None
+        raise bad_request("Invalid csr: not a PEM certificate signing request", str(error)) from None
     if not csr.is_signature_valid:
-        raise _bad_request("Invalid csr: its signature does not match its public key")
+        raise bad_request("Invalid csr: its signature does not match its public key")
     if not isinstance(csr.public_key(), (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
-        raise _bad_request("Invalid csr: the key must be EC, RSA or Ed25519")
+        raise bad_request("Invalid csr: the key must be EC, RSA or Ed25519")
     subject = csr.subject
     units = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
     if units != [factory]:
-        raise _bad_request(
+        raise bad_request(
             "Invalid csr: the subject OU must equal the factory name",
             f"csr: OU is {', '.join(units) or '(none)'}, expected '{factory}'",
         )
     names = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [device_uuid]:
-        raise _bad_request(
+        raise bad_request(
             "Invalid csr: the subject CN must be the device uuid",
             f"csr: CN is {', '.join(names) or '(none)'}, expected '{device_uuid}'",
         )
     categories = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.BUSINESS_CATEGORY)]
     if categories not in ([], [PRODUCTION]):
-        raise _bad_request(
+        raise bad_request(
             "Invalid csr: businessCategory may only be 'production'",
             f"csr: businessCategory is {', '.join(categories)}",
         )
@@ -308,7 +311,7 @@ def _checked_csr(text: str, factory: str, device_uuid: str) -> x509.CertificateS
 def sign_device_csr(csr: x509.CertificateSigningRequest, signer: Signer, device_uuid: str) -> x509.Certificate:
     """The device certificate: the CSR's subject, signed by the signer's CA for 20 years."""
     ca_cert = signer.cert
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # The UUID as a 128-bit number, as factory-registration-ref does; 0 is not a legal serial.
     serial = uuid_module.UUID(device_uuid).int or x509.random_serial_number()
     return (

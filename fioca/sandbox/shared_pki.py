@@ -16,7 +16,7 @@ The three certificates are made once per data dir (keys 0600) and kept:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -79,7 +79,7 @@ def _issue(subject: str | x509.Name, key: ec.EllipticCurvePrivateKey, issuer: tu
            validity: timedelta, extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
     name = subject if isinstance(subject, x509.Name) else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -128,7 +128,7 @@ def _gateway_cert_fits(path: Path, root: x509.Certificate, hosts: tuple[str, str
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except Exception:  # missing, unreadable, from another root: make a new one
         return False
-    fresh = cert.not_valid_after_utc - datetime.now(timezone.utc) > RENEW_BEFORE
+    fresh = cert.not_valid_after_utc - datetime.now(UTC) > RENEW_BEFORE
     return fresh and tuple(names.get_values_for_type(x509.DNSName)) == hosts
 
 

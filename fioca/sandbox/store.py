@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 DB_FILE_NAME = "sandbox.db"
@@ -136,7 +136,7 @@ CREATE TABLE IF NOT EXISTS faults (
 
 def utc_now() -> str:
     """Now as ISO-8601 UTC with a `Z`, second precision (the API's timestamp style)."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -70,7 +70,7 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     """A self-signed P-256 CA that only issues server certificates."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -93,7 +93,7 @@ def issue_server_cert(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A TLS server certificate for `hosts` (plus the loopback names), signed by `ca_key`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "localhost")]))
@@ -123,7 +123,7 @@ def _server_cert_fits(path: Path, ca_cert: x509.Certificate, hosts: list[str]) -
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except Exception:  # missing, unreadable, foreign: any of these means "issue a new one"
         return False
-    if cert.not_valid_after_utc - datetime.now(timezone.utc) < RENEW_BEFORE:
+    if cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE:
         return False
     return all(_general_name(host) in names for host in hosts)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _expires(delta: timedelta) -> str:
-    return (datetime.now(timezone.utc) + delta).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return (datetime.now(UTC) + delta).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class TufRepo:

@@ -11,8 +11,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fioca.pki import jail as jails
 from fioca.pki.scripts import ScriptRunner

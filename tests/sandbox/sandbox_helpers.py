@@ -7,7 +7,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def serial_of(pem: str) -> str:
 
 def make_crl(flow: Flow, entries: list[tuple[str, x509.ReasonFlags]], *, signer: ec.EllipticCurvePrivateKey | None = None) -> str:
     """A CRL as fioctl's revoke/disable-device-ca builds it: issued by the root, +15 min."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(flow.root_cert().subject)
@@ -175,7 +175,7 @@ def make_crl(flow: Flow, entries: list[tuple[str, x509.ReasonFlags]], *, signer:
 def sign_with_root(flow: Flow, public_key: Any, subject: x509.Name, *, ca: bool) -> str:
     """A certificate for `public_key` signed by the flow's root (to forge near-valid uploads)."""
     root = flow.root_cert()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

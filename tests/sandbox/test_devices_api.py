@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from sandbox_helpers import FACTORY, make_crl, serial_of
+from test_gateway import foreign_ca
+from test_gateway_lifecycle import HOLD
 from test_gateway_support import (
     Device,
     Factory,
@@ -26,8 +28,6 @@ from test_gateway_support import (
     running_factory,
     start_factory,
 )
-from test_gateway_lifecycle import HOLD
-from test_gateway import foreign_ca
 
 SPELLINGS = [str.upper, lambda u: "{" + u + "}", lambda u: "urn:uuid:" + u, lambda u: u.replace("-", "")]
 SPELLING_IDS = ["upper", "braces", "urn", "no-hyphens"]
@@ -111,8 +111,8 @@ def test_pre_registration_names_the_device_after_its_uuid_by_default(factory: Fa
         (lambda f, d: make_device(d, f.local_ca(), unit="other"), "not factory"),
         (lambda f, d: make_device(d, f.local_ca(), device_uuid=new_uuid().upper()), "lower-case"),
         (lambda f, d: make_device(d, f.local_ca(), usages=[]), "clientAuth"),
-        (lambda f, d: make_device(d, f.local_ca(), not_before=datetime.now(timezone.utc) - timedelta(days=9),
-                                  not_after=datetime.now(timezone.utc) - timedelta(days=1)), "expired"),
+        (lambda f, d: make_device(d, f.local_ca(), not_before=datetime.now(UTC) - timedelta(days=9),
+                                  not_after=datetime.now(UTC) - timedelta(days=1)), "expired"),
     ],
     ids=["foreign-ca", "ca-true", "wrong-ou", "upper-case-uuid", "no-client-auth", "expired"],
 )

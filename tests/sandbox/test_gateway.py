@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -54,7 +54,7 @@ def foreign_ca(common_name: str, unit: str) -> tuple[x509.Certificate, ec.Ellipt
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
@@ -166,7 +166,7 @@ def test_root_signed_leaf_is_not_a_device(factory: Factory, devices_dir: Path) -
 )
 def test_certificate_outside_its_validity_is_refused(factory: Factory, devices_dir: Path, shift: dict,
                                                      words: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     device = make_device(devices_dir, factory.local_ca(), **{k: now + v for k, v in shift.items()})
     reply = factory.get(device)
     assert reply.status == 403

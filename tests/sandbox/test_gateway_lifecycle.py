@@ -26,8 +26,7 @@ from test_gateway_support import (
     start_factory,
 )
 
-from fioca.sandbox import Sandbox
-from fioca.sandbox import shared_pki
+from fioca.sandbox import Sandbox, shared_pki
 from fioca.sandbox.tuf import REPO_ROOT
 
 HOLD = x509.ReasonFlags.certificate_hold

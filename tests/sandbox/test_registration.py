@@ -28,7 +28,8 @@ from test_gateway_support import (
     start_factory,
 )
 
-from fioca.sandbox import shared_pki, sota_toml
+from fioca import sota_toml
+from fioca.sandbox import shared_pki
 
 
 @pytest.fixture(scope="module")

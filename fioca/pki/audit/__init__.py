@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fioca.pki.audit.report import AuditReport, Command, Finding, ScriptAudit, ScriptFinding, Severity
+from fioca.pki.audit.report import (
+    AuditReport,
+    Command,
+    Finding,
+    ScriptAudit,
+    ScriptFinding,
+    Severity,
+)
 
 __all__ = ["AuditReport", "Command", "Finding", "ScriptAudit", "ScriptFinding", "Severity", "audit_scripts"]
 

@@ -13,7 +13,17 @@ import re
 from fioca.pki.audit import knowledge, paths
 from fioca.pki.audit.expand import read_env
 from fioca.pki.audit.report import Severity
-from fioca.pki.audit.state import ARG, COMPUTED, EMPTY, ENV, Field, Invocation, Output, State, Value
+from fioca.pki.audit.state import (
+    ARG,
+    COMPUTED,
+    EMPTY,
+    ENV,
+    Field,
+    Invocation,
+    Output,
+    State,
+    Value,
+)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -8,7 +8,7 @@ program nobody knows is MEDIUM with its path-like operands checked.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from fioca.pki.audit import builtins, fileops, knowledge, openssl, paths, texttools
 from fioca.pki.audit.builtins import sets_env

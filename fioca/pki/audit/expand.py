@@ -12,13 +12,24 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fioca.pki.audit import knowledge
 from fioca.pki.audit.parser import Arith, Opaque, Param, Subst, Text, Word
 from fioca.pki.audit.report import Severity
 from fioca.pki.audit.state import (
-    ARG, COMPUTED, EMPTY, ENV, HOME, MAX_ALTERNATIVES, TMP, Field, Output, State, Value,
+    ARG,
+    COMPUTED,
+    EMPTY,
+    ENV,
+    HOME,
+    MAX_ALTERNATIVES,
+    TMP,
+    Field,
+    Output,
+    State,
+    Value,
 )  # fmt: skip
 
 if TYPE_CHECKING:

@@ -12,7 +12,16 @@ import re
 
 from fioca.pki.audit import knowledge, paths
 from fioca.pki.audit.report import Severity
-from fioca.pki.audit.state import ARG, COMPUTED, TMP, Field, FileInfo, Invocation, Output, Value
+from fioca.pki.audit.state import (
+    ARG,
+    COMPUTED,
+    TMP,
+    Field,
+    FileInfo,
+    Invocation,
+    Output,
+    Value,
+)
 
 
 def remove(inv: Invocation) -> Output:

@@ -18,7 +18,17 @@ import re
 from fioca import facts
 from fioca.pki.audit import knowledge
 from fioca.pki.audit.report import Severity
-from fioca.pki.audit.state import COMPUTED, ENV, HOME, TMP, Field, FileInfo, State, Value, norm
+from fioca.pki.audit.state import (
+    COMPUTED,
+    ENV,
+    HOME,
+    TMP,
+    Field,
+    FileInfo,
+    State,
+    Value,
+    norm,
+)
 
 _VERBS = {"read": "reads", "write": "writes", "delete": "deletes", "run": "runs", "check": "uses"}
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from fioca.pki.audit import knowledge, parser, walker
 from fioca.pki.audit.report import AuditReport, Finding, ScriptAudit, Severity
 from fioca.pki.audit.state import World
+
 
 def audit_scripts(scripts: Mapping[str, object], *, hsm: bool, known: dict[str, dict[str, str]], jail: str) -> AuditReport:
     """Audit every script (by name, in the order given) as a run in this mode would use it.

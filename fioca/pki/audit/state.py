@@ -15,8 +15,9 @@ profile) is shared by all of them; its variables are copied where the shell copi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Union
 
 from fioca.pki.asked import AskedCertificate
 from fioca.pki.audit import knowledge

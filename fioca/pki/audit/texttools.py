@@ -13,7 +13,15 @@ import re
 
 from fioca.pki.audit import knowledge, paths
 from fioca.pki.audit.report import Severity
-from fioca.pki.audit.state import COMPUTED, EMPTY, Field, FileInfo, Invocation, Output, Value
+from fioca.pki.audit.state import (
+    COMPUTED,
+    EMPTY,
+    Field,
+    FileInfo,
+    Invocation,
+    Output,
+    Value,
+)
 
 
 def cat(inv: Invocation) -> Output:

@@ -21,11 +21,34 @@ import re
 from fioca.pki.audit import commands, knowledge, paths
 from fioca.pki.audit.expand import Expander
 from fioca.pki.audit.parser import (
-    Binary, Block, Call, Case, For, Func, If, Loop, ParseFailure, Script, Stmt, Text, Word, parse,
+    Binary,
+    Block,
+    Call,
+    Case,
+    For,
+    Func,
+    If,
+    Loop,
+    ParseFailure,
+    Script,
+    Stmt,
+    Text,
+    Word,
+    parse,
 )  # fmt: skip
 from fioca.pki.audit.report import Command, Severity
 from fioca.pki.audit.state import (
-    COMPUTED, MAX_ALTERNATIVES, MAX_DEPTH, EMPTY, Field, FileInfo, Invocation, Output, State, Value, World,
+    COMPUTED,
+    EMPTY,
+    MAX_ALTERNATIVES,
+    MAX_DEPTH,
+    Field,
+    FileInfo,
+    Invocation,
+    Output,
+    State,
+    Value,
+    World,
 )  # fmt: skip
 
 _HARMLESS_FIRST = {"set", "trap", ":", "true", "false", "echo", "printf", "[", "test", "exit", "shift", "local",

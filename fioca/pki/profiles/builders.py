@@ -14,7 +14,7 @@ accepts (a file key, or `hsm.TokenKey`, which signs on the token).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -47,7 +47,7 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 def _start(now: datetime | None) -> datetime:
     # Certificates carry whole seconds; dropping microseconds keeps lengths exact.
-    return (now if now is not None else datetime.now(timezone.utc)).replace(microsecond=0)
+    return (now if now is not None else datetime.now(UTC)).replace(microsecond=0)
 
 
 def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:

@@ -107,7 +107,7 @@ def _subject_public_key_bits(public_key: Any) -> bytes:
 
 def key_id_sha1(public_key: Any) -> bytes:
     """RFC 5280 4.2.1.2 method 1: SHA-1 of the key, as OpenSSL's `hash` and Go before 1.25 make it."""
-    return hashlib.sha1(_subject_public_key_bits(public_key)).digest()  # noqa: S324 (an identifier, not a MAC)
+    return hashlib.sha1(_subject_public_key_bits(public_key)).digest()
 
 
 def key_id_sha256(public_key: Any) -> bytes:

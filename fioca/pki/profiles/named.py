@@ -27,8 +27,20 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from fioca import facts
 from fioca.pki import reference
 from fioca.pki.asked import AskedCertificate, AskedExtension
-from fioca.pki.profiles.details import CURVE_NAME, KEY_ID_METHODS, key_kind, name_text, subject_key_identifier
-from fioca.pki.profiles.extensions import Context, Expected, differences, expected, openssl_defaults
+from fioca.pki.profiles.details import (
+    CURVE_NAME,
+    KEY_ID_METHODS,
+    key_kind,
+    name_text,
+    subject_key_identifier,
+)
+from fioca.pki.profiles.extensions import (
+    Context,
+    Expected,
+    differences,
+    expected,
+    openssl_defaults,
+)
 
 
 class Role(str, Enum):

@@ -24,7 +24,7 @@ import functools
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -44,7 +44,14 @@ from fioca.pki.profiles.extensions import (
     extension_name,
     openssl_defaults,
 )
-from fioca.pki.profiles.named import PROFILES, Days, NamedProfile, Role, script_profiles, validity_matches
+from fioca.pki.profiles.named import (
+    PROFILES,
+    Days,
+    NamedProfile,
+    Role,
+    script_profiles,
+    validity_matches,
+)
 
 UPLOAD_NOT_BEFORE = timedelta(minutes=facts.UPLOAD_NOT_BEFORE_MINUTES)
 
@@ -255,7 +262,7 @@ def check_upload(
     (None: what a named script set asks); `csr` / `key`: the request it signed / its private key
     (or anything with `.public_key()`); `made_at`: when it was stored (default: now)."""
     role = Role(role)
-    moment = now or datetime.now(timezone.utc)
+    moment = now or datetime.now(UTC)
     _trust(cert, role, factory=factory, issuer=issuer, csr=csr, expected_cn=expected_cn, now=moment, artifact=artifact)
     if key is not None:
         trust.check_key_matches(key, cert, artifact)

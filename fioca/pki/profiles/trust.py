@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -64,7 +64,7 @@ UNDERSTOOD_CRITICAL = frozenset(
 
 
 def _utcnow(now: datetime | None) -> datetime:
-    return now if now is not None else datetime.now(timezone.utc)
+    return now if now is not None else datetime.now(UTC)
 
 
 # --- Small rules ------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ def crl_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags | None:
 # --- What the server sends to be signed -------------------------------------------------------
 
 # A host name as a device dials it: dot-separated LDH labels, no wildcard, no trailing dot.
-_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", re.I)
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", re.IGNORECASE)
 
 
 def check_server_csr(csr: x509.CertificateSigningRequest, *, gateway: bool, artifact: str) -> None:

@@ -1,6 +1,7 @@
 """`sota.toml` as a registration server renders it for lmp-device-register (PKI-SPEC section 9).
 
-Defaults are TOML strings; `overrides` (section -> key -> a TOML value already quoted by the
+One layout for both sides: the sandbox's registration server sends it, and offline device
+folders get the same file (fioca.device.sota). Defaults are TOML strings; `overrides` (section -> key -> a TOML value already quoted by the
 client) replace or extend them, and an empty value means "unset", rendered as a comment.
 """
 
@@ -25,9 +26,10 @@ def _quoted(value: str) -> str:
 
 
 def default_sections(
-    *, gateway_url: str, ostree_url: str, hardware_id: str, sota_config_dir: str
+    *, gateway_url: str, ostree_url: str, hardware_id: str | None, sota_config_dir: str
 ) -> dict[str, dict[str, str]]:
-    """The sections in their documented order, each value already a TOML literal."""
+    """The sections in their documented order, each value already a TOML literal (a hardware id
+    of None is unset)."""
     sota_dir = sota_config_dir.rstrip("/") or ""
     return {
         "tls": {
@@ -38,7 +40,7 @@ def default_sections(
         },
         "provision": {
             "server": _quoted(gateway_url),
-            "primary_ecu_hardware_id": _quoted(hardware_id),
+            "primary_ecu_hardware_id": "" if hardware_id is None else _quoted(hardware_id),
         },
         "uptane": {
             "repo_server": _quoted(f"{gateway_url}/repo"),
@@ -78,7 +80,7 @@ def render(
     *,
     gateway_url: str,
     ostree_url: str,
-    hardware_id: str,
+    hardware_id: str | None,
     sota_config_dir: str,
     overrides: Overrides | None = None,
 ) -> str:
