@@ -85,8 +85,8 @@ def _keys_est_app() -> typer.Typer:
 
 
 def _keys_group() -> Any:
-    ca = LazyCommands(name="ca", help=CA_HELP, sources=[_keys_ca_app, _keys_ca_lifecycle_app], **GROUP_SETTINGS)
-    est = LazyCommands(name="est", help=EST_HELP, sources=[_keys_est_app], **GROUP_SETTINGS)
+    ca = LazyCommands(name="ca", help=CA_HELP, short_help="The device gateway's PKI (fioctl keys ca)", sources=[_keys_ca_app, _keys_ca_lifecycle_app], **GROUP_SETTINGS)
+    est = LazyCommands(name="est", help=EST_HELP, short_help="The EST server's TLS certificate (fioctl keys est)", sources=[_keys_est_app], **GROUP_SETTINGS)
     return LeanGroup(name="keys", help=KEYS_HELP, commands={"ca": ca, "est": est}, **GROUP_SETTINGS)
 
 

@@ -296,7 +296,7 @@ class AuditFormat(str, Enum):
     sarif = "sarif"
 
 
-@app.command(cls=LeanCommand)
+@app.command(cls=LeanCommand, short_help="What each script of an answer does, and its risks")
 def audit(
     ctx: typer.Context,
     file: Path = typer.Argument(Path(facts.FACTORY_CERTS_JSON), help="The saved answer (factory_certs.json)."),

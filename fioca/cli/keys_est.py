@@ -78,7 +78,7 @@ def _authorize_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command(cls=LeanCommand, short_help="Authorize Foundries.io to run an EST server at <repoid>.est.foundries.io")
+@app.command(cls=LeanCommand, short_help="Authorize an EST server for the factory (root-signed)")
 def authorize(
     ctx: typer.Context,
     pki_dir: Annotated[Path, typer.Argument(metavar="PKI_DIR", help="The PKI dir holding factory_ca.pem and its key.")],
