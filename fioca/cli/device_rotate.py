@@ -91,7 +91,7 @@ def rotate_cert(
     est_port: int = typer.Option(facts.EST_PORT, "--est-port", "-p", help="The EST server port"),
     est_resource: str = typer.Option(facts.EST_RESOURCE, "--est-resource", "-e", help="The path the to EST resource on your server"),
     gateway_url: str | None = typer.Option(
-        None, "--gateway-url", help="Connect to this https://ADDRESS:PORT for every host (TLS names stay the hosts')."
+        None, "--gateway-url", metavar="URL", help="Connect to this https://ADDRESS:PORT for every host (TLS names stay the hosts')."
     ),
     resolve: list[str] = typer.Option(
         [], "--resolve", metavar="HOST:PORT:ADDR", help="Connect to ADDR for HOST, as curl (repeatable).", show_default=False

@@ -15,6 +15,7 @@ suite drives every command through it, so a Typer that changes them fails there,
 from __future__ import annotations
 
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +54,25 @@ def _lean(param: Any) -> Any:
     return param
 
 
+def _names_a_value(param: Any) -> bool:
+    kind = getattr(param, "param_type_name", "")
+    if kind == "argument":
+        return True
+    if kind != "option" or param.is_flag:
+        return False
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return not (isinstance(annotation, type) and issubclass(annotation, Enum))
+
+
 class _LeanParams:
     def get_params(self, ctx: Any) -> list[Any]:
         # Here rather than in __init__: Typer appends the root's completion options later.
         params = [_lean(param) for param in super().get_params(ctx)]  # type: ignore[misc]
         for param in params:
-            if getattr(param, "param_type_name", "") == "argument" and param.metavar is None:
-                param.metavar = param.name.upper()  # PKI_DIR, as usage lines name arguments
+            if param.metavar is None and _names_a_value(param):
+                # PKI_DIR, --count COUNT: upper-case, as usage lines and the explicit metavars say
+                # (Typer would write <path>, <int range>); a choice keeps its list, <text|json>.
+                param.metavar = param.name.upper()
         return params
 
     def get_help_option(self, ctx: Any) -> Any:

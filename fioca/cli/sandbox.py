@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from fioca.cli.context import app_context
+from fioca.cli.options import Format
 from fioca.sandbox.backend import DEFAULT_SCRIPTS, SCRIPT_CHOICES
 from fioca.sandbox.certs import is_canonical_uuid
 from fioca.sandbox.oauth import decide_device, normal_user_code
@@ -56,7 +57,7 @@ DATA_OPTION_HELP = "Sandbox data dir (made 0700; holds the state, keys, token, s
 )
 def serve(
     ctx: typer.Context,
-    data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
+    data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
     factory: str = typer.Option(DEFAULT_FACTORY, "--factory", help="Factory name (fixed once the data dir exists)."),
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
     api_port: int = typer.Option(0, "--api-port", min=0, max=65535, help="API port; 0 picks a free one."),
@@ -102,19 +103,17 @@ def serve(
 )
 def devices(
     ctx: typer.Context,
-    data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
-    output_format: str = typer.Option("text", "--format", help="text or json."),
+    data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
+    output: Format = typer.Option(Format.text, "--format", help="text or json."),
     include_deny_listed: bool = typer.Option(False, "--all", help="Also list deleted (deny-listed) devices."),
 ) -> None:
-    if output_format not in ("text", "json"):
-        raise typer.BadParameter("must be text or json", param_hint="--format")
     terminal = app_context(ctx).terminal
     store = _open_store(data)
     try:
         records = [asdict(record) for record in store.devices(include_deny_listed=include_deny_listed)]
     finally:
         store.close()
-    if output_format == "json":
+    if output is Format.json:
         terminal.out(json.dumps(records, indent=2))
         return
     terminal.out(_device_table(records))
@@ -132,7 +131,7 @@ def devices(
 def delete_device(
     ctx: typer.Context,
     uuid: str = typer.Argument(..., help="The device UUID (its certificate's CN)."),
-    data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
+    data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
 ) -> None:
     if not is_canonical_uuid(uuid):
         raise typer.BadParameter("must be a lower-case hyphenated UUID, as devices are recorded", param_hint="UUID")
@@ -156,7 +155,7 @@ def delete_device(
 def approve_device(
     ctx: typer.Context,
     user_code: str = typer.Argument(..., help="The user code the device printed."),
-    data: Path = typer.Option(..., "--data", help=DATA_OPTION_HELP),
+    data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
     deny: bool = typer.Option(False, "--deny", help="Deny the device instead."),
 ) -> None:
     store = _open_store(data)
