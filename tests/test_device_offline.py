@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
 import time
+import uuid as uuid_module
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fioca import facts
 from fioca.device import offline, sota
+from fioca.device import template as template_module
+from fioca.device.template import DeviceTemplate
+from fioca.pki.profiles import der
 from fioca.pki import profiles
 from test_device_support import FACTORY, Factory
 
@@ -278,26 +285,69 @@ def test_offline_sota_toml_has_the_registration_servers_layout(use_ostree_server
     assert "# primary_ecu_hardware_id is not set" in unset and unset != ours
 
 
-def test_batch_fast_check_refuses_what_the_profile_refuses(factory: Factory, tmp_path: Path):
+def _template(factory: Factory) -> DeviceTemplate:
     pki = offline.load_pki(factory.pki)
-    issuer = offline.InProcessIssuer(pki, offline.OfflineOptions(out_dir=tmp_path, days=30))
-    issuer._built = 1  # past the first certificate: only the fast check runs
-    spec = offline.plan_devices(1)[0]
-    key = profiles.new_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.uuid),
-                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, FACTORY)])
+    return DeviceTemplate(local_ca=pki.local_ca, ca_key=offline.load_local_ca_key(pki), factory=FACTORY,
+                          production=False, days=30)
+
+
+def _signed_by(tbs: bytes, key) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return der.tlv(0x30, tbs + template_module.ECDSA_SHA256 + der.tlv(0x03, b"\x00" + signature))
+
+
+def _tbs(cert_der: bytes) -> bytes:
+    _tag, start, _end = der.read(cert_der, 0)
+    _tag, _content, stop = der.read(cert_der, start)
+    return cert_der[start:stop]
+
+
+def test_every_batch_certificate_is_read_back_and_refused_when_wrong(factory: Factory):
+    template = _template(factory)
+    good = template.issue(str(uuid_module.uuid4()))
+    other = template.issue(str(uuid_module.uuid4()))
+    template.check(good)  # the twin: what the template makes passes, and is the profile
+    assert _profile(x509.load_der_x509_certificate(good.cert_der)) == _profile(
+        x509.load_der_x509_certificate(other.cert_der))
     ca_key = profiles.load_private_key((factory.pki / facts.LOCAL_CA_KEY).read_bytes(), "key")
-    csr = profiles.build_device_csr(key, uuid=spec.uuid, factory=FACTORY)
-    good = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30)
-    # sign_device_cert adds no SKID: the fast check wants OpenSSL's exact extension list.
-    with pytest.raises(profiles.CheckError, match="extensions differ"):
-        issuer._check(good, key, spec, subject)
-    no_agreement = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30, key_usage_agreement=False)
-    with pytest.raises(profiles.CheckError, match="extensions differ"):
-        issuer._check(no_agreement, key, spec, subject)
-    with pytest.raises(profiles.CheckError, match="does not belong"):
-        issuer._check(good, profiles.new_key(), spec, subject)
-    with pytest.raises(profiles.CheckError, match="validity"):
-        issuer._check(profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=31), key, spec, subject)
-    # ...and the twin: what the issuer builds passes, files and all.
-    assert set(issuer.build(spec)) == set(offline.DEVICE_FILES)
+    key = profiles.load_private_key(good.pem_files()["pkey.pem"], "pkey.pem")
+    csr = profiles.build_device_csr(key, uuid=good.uuid, factory=FACTORY)
+    local_ca = profiles.load_cert((factory.pki / facts.LOCAL_CA_CERT).read_bytes(), "ca")
+
+    def der_of(cert) -> bytes:
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    cases = {
+        # The builder's certificate without a SKID: not OpenSSL's exact extension list.
+        "extensions differ": replace(good, cert_der=der_of(profiles.sign_device_cert(csr, ca_cert=local_ca, ca_key=ca_key, days=30))),
+        "validity must be 30 days": replace(good, cert_der=der_of(profiles.sign_device_cert(csr, ca_cert=local_ca, ca_key=ca_key, days=31))),
+        "does not belong": replace(good, key_der=other.key_der),
+        "signature does not verify": replace(good, cert_der=_signed_by(_tbs(good.cert_der), profiles.new_key())),
+        f"subject must be CN={other.uuid}": replace(good, uuid=other.uuid),
+        "subject or key differs": replace(good, csr_der=other.csr_der),
+        "is not the DER": replace(good, cert_der=good.cert_der[:-3]),
+    }
+    for message, bent in cases.items():
+        with pytest.raises(profiles.CheckError, match=re.escape(message)):
+            template.check(bent)
+    # The CSR's signature is the full check's (the first device and every 64th): a bent one
+    # passes the read-back and fails there.
+    bent_csr = replace(good, csr_der=good.csr_der[:-2] + bytes([good.csr_der[-2] ^ 1]) + good.csr_der[-1:])
+    template.check(bent_csr)
+    with pytest.raises(profiles.CheckError, match="self-signature|signature"):
+        template.check_whole(bent_csr)
+
+
+def test_a_pool_batch_reports_each_folder_once_and_in_place(factory: Factory, tmp_path: Path):
+    """Every folder reported is in place with all seven files; no partial or work dir stays."""
+    out = tmp_path / "synced"
+    seen: list[int] = []
+    made = offline.create_in_process(offline.load_pki(factory.pki), offline.OfflineOptions(out_dir=out, workers=2),
+                                     offline.plan_devices(offline.POOL_THRESHOLD * 3), seen.append)
+    assert sum(seen) == len(made) == offline.POOL_THRESHOLD * 3
+    assert [p.name for p in out.iterdir()] and all(not p.name.startswith(".") for p in out.iterdir())
+    for device in made:
+        assert sorted(os.listdir(device.path)) == sorted(offline.DEVICE_FILES)

@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional
 import typer
 
 from fioca.cli.context import AppContext, app_context
+from fioca import facts
 from fioca.cli.options import Format
 from fioca.device import check as device_check
 from fioca.device import offline, sota
-from fioca.device import register as device_register
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.text import quote_path
 
@@ -42,14 +42,14 @@ app = typer.Typer(
 
 def _sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:
     """The gateway URL of the sandbox whose fioctl.yaml is the config in use, if any."""
-    from fioca.sandbox.server import INFO_FILE, SandboxError, read_info
-
     try:
         config_path = app_ctx.settings.config_path
     except FiocaError:
         return None
-    if not (config_path.parent / INFO_FILE).is_file():
+    if not (config_path.parent / facts.SANDBOX_INFO_FILE).is_file():
         return None
+    from fioca.sandbox.server import INFO_FILE, SandboxError, read_info  # the sandbox's code only for a sandbox
+
     try:
         info = read_info(config_path.parent)
     except SandboxError:
@@ -197,6 +197,8 @@ def register(
       fioca device register --sota-dir /var/sota --name dev1 --hwid rpi4
     """
     app_ctx = app_context(ctx)
+    from fioca.device import register as device_register  # requests: only for this command
+
     api = device_register.RegistrationApi(app_ctx.settings, log=app_ctx.terminal.err)
     options = device_register.RegisterOptions(
         sota_dir=sota_dir.expanduser(),

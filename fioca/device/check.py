@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fioca import api, facts
+from fioca import facts
 from fioca.device import sota
 from fioca.errors import CheckError, FiocaError, PkiDirError, UsageError
 from fioca.pki import profiles
@@ -139,6 +139,8 @@ def probe(device: DeviceFiles, target: Target, *, path: str = DEVICE_PATH, timeo
     except ssl.SSLError as error:
         raise CheckError("client.pem", f"key and certificate do not load together: {error.reason}") from None
     common = {"host": device.host, "address": target.address, "port": target.port, "uuid": device.uuid}
+    from fioca import api  # requests: only for the probe, not for every `device` command
+
     try:
         status, status_reason, raw = api.device_get(
             device.host, target.port, target.address, context=context, path=path, timeout=timeout, max_body=MAX_BODY

@@ -244,6 +244,7 @@ class GatewayTcpServer(socketserver.TCPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         state = self.gateway.trust_state()
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
         try:
             connection = state.ssl_context.wrap_socket(request, server_side=True)

@@ -33,6 +33,7 @@ from typing import IO
 
 import yaml
 
+from fioca import facts
 from fioca.errors import FiocaError
 from fioca.sandbox.api import ApiServer, Route
 from fioca.sandbox.auth import Authenticator
@@ -50,7 +51,7 @@ from fioca.sandbox.tls import TlsFiles, ensure_api_tls
 DEFAULT_FACTORY = "demo-factory"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_USER_NAME = "Sandbox User"
-INFO_FILE = "sandbox.json"
+INFO_FILE = facts.SANDBOX_INFO_FILE
 FIOCTL_CONFIG_FILE = "fioctl.yaml"
 FIOCTL_OAUTH_CONFIG_FILE = "fioctl-oauth.yaml"
 LOCK_FILE = "sandbox.lock"
