@@ -24,18 +24,31 @@ and served in the same round trip.
 
 Probes: `GET /device` (the device record as JSON), `GET /repo/1.root.json` (TUF root metadata
 signed by a sandbox repo key), `GET /repo/targets.json` with `x-ats-tags` (empty targets).
+
+Performance structure: connections get TCP_NODELAY (an answer and the close_notify after it
+must not wait for a delayed ACK); every thread reads the store on a connection of its own
+(store.py); and with `GatewayContext.processes` > 1 (`fioca sandbox serve`: one per core)
+`GatewayProcesses` starts that many more processes minus one on the same listening socket
+(gateway_process.py), each a DeviceGateway of its own with its own interpreter lock, store
+connections and rules. Everything they share goes through the store, so `certs_generation`
+is kept there. With more than one process the listening socket is non-blocking: every
+process polls it, one accepts, the others find nothing and poll again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import queue
+import select
 import socket
 import socketserver
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -66,6 +79,10 @@ LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept
 PRESENTED_CACHE_SIZE = 10_000
 SHUTDOWN_POLL_SECONDS = 0.05
 CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
+PROCESS_START_SECONDS = 60  # for a gateway process to import fioca and load the PKI
+PROCESS_STOP_SECONDS = 10
+PROCESS_MODULE = "fioca.sandbox.gateway_process"
+READY_LINE = b"ready\n"
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
@@ -142,9 +159,10 @@ def build_trust_state(backend: Backend, shared: SharedPki, data_dir: Path, gener
 
 
 class DeviceGateway:
-    """The mTLS device gateway of one sandbox factory (a `GatewayServer`)."""
+    """The mTLS device gateway of one sandbox factory (a `GatewayServer`). `listening`: a
+    socket already listening (a gateway process serves its parent's); else it binds its own."""
 
-    def __init__(self, context: GatewayContext):
+    def __init__(self, context: GatewayContext, listening: socket.socket | None = None):
         factory = context.backend.factory
         self.backend = context.backend
         self.store = context.store
@@ -157,7 +175,11 @@ class DeviceGateway:
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
         self._thread: threading.Thread | None = None
-        self._server = GatewayTcpServer((context.host, context.port), self)
+        self._server = GatewayTcpServer((context.host, context.port), self, listening=listening)
+        shared_socket = listening is not None or context.processes > 1
+        if shared_socket:
+            self._server.socket.setblocking(False)  # see the module docstring
+        self._processes = GatewayProcesses(context, self._server.socket) if listening is None and context.processes > 1 else None
 
     @property
     def port(self) -> int:
@@ -165,6 +187,8 @@ class DeviceGateway:
 
     def start(self) -> None:
         self.trust_state()  # fail at start, not at the first device, if the certs do not load
+        if self._processes is not None:
+            self._processes.start()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
             name="sandbox-gateway", daemon=True,
@@ -172,6 +196,8 @@ class DeviceGateway:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._processes is not None:
+            self._processes.stop()
         if self._thread is not None and self._thread.is_alive():
             self._server.shutdown()
         self._server.server_close()
@@ -201,14 +227,19 @@ class GatewayTcpServer(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int], gateway: DeviceGateway):
+    def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
         self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._pool_lock = threading.Lock()
         self._workers = 0
         self._idle = 0  # workers waiting for a connection no one has promised them yet
-        super().__init__(address, socketserver.BaseRequestHandler)  # finish_request does the work
+        # finish_request does the work; a socket already listening is served as it is.
+        super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=listening is None)
+        if listening is not None:
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._pool_lock:
@@ -244,6 +275,7 @@ class GatewayTcpServer(socketserver.TCPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         state = self.gateway.trust_state()
+        # The answer and the close_notify after it go out at once, not after a delayed ACK.
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
         try:
@@ -262,6 +294,54 @@ class GatewayTcpServer(socketserver.TCPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+class GatewayProcesses:
+    """The gateway's other processes (`python -m fioca.sandbox.gateway_process`), each given
+    the listening socket and the data dir; `start` returns once each serves, `stop` once each
+    has ended. They also end when this process dies: their stdin is a pipe from it."""
+
+    def __init__(self, context: GatewayContext, listening: socket.socket):
+        self.context = context
+        self.listening = listening
+        self._running: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        log_requests = logging.getLogger("fioca.sandbox").isEnabledFor(logging.INFO)
+        fd = self.listening.fileno()
+        command = [sys.executable, "-m", PROCESS_MODULE, str(self.context.data_dir), str(fd)]
+        for _ in range(self.context.processes - 1):
+            self._running.append(subprocess.Popen(
+                [*command, *(["--log-requests"] if log_requests else [])],
+                pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            ))  # fmt: skip
+        for process in self._running:
+            ready = _read_line(process.stdout, PROCESS_START_SECONDS)
+            if ready != READY_LINE:
+                self.stop()
+                raise OSError(f"a gateway process did not start (it said {ready!r}); see its error above")
+
+    def stop(self) -> None:
+        for process in self._running:
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # its signal to stop
+        for process in self._running:
+            try:
+                process.wait(timeout=PROCESS_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        self._running = []
+
+
+def _read_line(stream: Any, timeout: float) -> bytes:
+    """One line from a child's stdout, or b"" when it says nothing within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(stream.fileno(), select.POLLIN)
+    if not poller.poll(timeout * 1000):
+        return b""
+    return stream.readline()
 
 
 @dataclass(frozen=True)
