@@ -63,6 +63,7 @@ GATEWAY_PORT = 8443
 GATEWAY_DOMAIN = "ota-lite.foundries.io"
 OSTREE_DOMAIN = "ostree.foundries.io"
 DEFAULT_SOTA_DIR = "/var/sota"
+DEVICE_PROBE_PATH = "/device"  # what `device check` GETs from the gateway by default
 SANDBOX_INFO_FILE = "sandbox.json"  # how clients reach a running sandbox, in its data dir
 PRODUCTION = "production"  # businessCategory value of a production device
 

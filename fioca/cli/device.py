@@ -22,7 +22,6 @@ import typer
 from fioca.cli.context import AppContext, app_context
 from fioca import facts
 from fioca.cli.options import Format
-from fioca.device import check as device_check
 from fioca.device import offline, sota
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.text import quote_path
@@ -244,7 +243,7 @@ def check(
     gateway_url: Optional[str] = typer.Option(
         None, "--gateway-url", help="Connect to this https://ADDRESS:PORT (TLS name stays the gateway host)."
     ),
-    path: str = typer.Option(device_check.DEVICE_PATH, "--path", help="What to GET from the gateway."),
+    path: str = typer.Option(facts.DEVICE_PROBE_PATH, "--path", help="What to GET from the gateway."),
     output: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
     """Ask the device gateway about this device over mTLS, as the document's curl step does.
@@ -260,6 +259,8 @@ def check(
     app_ctx = app_context(ctx)
     if resolve and gateway_url:
         raise UsageError("give --resolve or --gateway-url, not both")
+    from fioca.device import check as device_check  # ssl and http.client: only for this command
+
     device = device_check.locate(device_dir.expanduser(), pki_dir.expanduser() if pki_dir else None)
     if not resolve and not gateway_url:
         gateway_url = _sandbox_gateway_url(app_ctx, None)
@@ -273,7 +274,8 @@ def check(
         raise typer.Exit(int(ExitCode.REFUSED))
 
 
-def _check_text(result: device_check.CheckResult) -> str:
+def _check_text(result: Any) -> str:
+    """`device check`'s text for a device_check.CheckResult."""
     where = f"gateway {result.host} ({result.address}:{result.port})"
     if result.accepted:
         body: Any = result.body

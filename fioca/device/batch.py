@@ -210,7 +210,8 @@ def run_pool(
 
 def _collect(processes: list, conns: list, stop: Any, plan: PoolPlan, publisher: Publisher,
              progress: Callable[[int], None]) -> list[int]:  # fmt: skip
-    """The parent's loop: publish what the workers wrote, until every worker has ended."""
+    """The parent's loop: publish what the workers wrote, until every worker has ended. All
+    that was written while the last publish synced is published together (one sync)."""
     published: list[int] = []
     failure: BaseException | None = None
     interrupted = False
@@ -218,18 +219,21 @@ def _collect(processes: list, conns: list, stop: Any, plan: PoolPlan, publisher:
     while live:
         try:
             written = []
-            for conn in wait(live):
-                try:
-                    kind, value = conn.recv()
-                except EOFError:  # killed (out of memory?): what it was writing stays partial
-                    kind, value = "error", _portable(FiocaError("a batch worker ended without finishing its devices"))
-                if kind == "written":
-                    written.append(value)
-                    continue
-                live.remove(conn)
-                if kind == "error" and failure is None:
-                    failure = _rebuilt(value)
-                    stop.set()
+            ready = wait(live)
+            while ready:
+                for conn in ready:
+                    try:
+                        kind, value = conn.recv()
+                    except EOFError:  # killed (out of memory?): what it was writing stays partial
+                        kind, value = "error", _portable(FiocaError("a batch worker ended without finishing its devices"))
+                    if kind == "written":
+                        written.append(value)
+                        continue
+                    live.remove(conn)
+                    if kind == "error" and failure is None:
+                        failure = _rebuilt(value)
+                        stop.set()
+                ready = wait(live, timeout=0)  # what else is waiting, without waiting for it
             if written and failure is None:
                 publisher.publish([spec.folder for index in written for spec in plan.part(index)])
                 published.extend(written)

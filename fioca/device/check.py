@@ -27,7 +27,7 @@ from fioca.device import sota
 from fioca.errors import CheckError, FiocaError, PkiDirError, UsageError
 from fioca.pki import profiles
 
-DEVICE_PATH = "/device"
+DEVICE_PATH = facts.DEVICE_PROBE_PATH
 TIMEOUT_SECONDS = 10
 MAX_BODY = 1024 * 1024
 
