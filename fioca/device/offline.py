@@ -396,13 +396,16 @@ def create_faithful(
         workers = min(options.workers or os.cpu_count() or 1, len(specs))
         pool = futures_module.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fioca-offline")
         try:
-            futures = {pool.submit(procedure.run, spec): spec for spec in specs}
-            for future in futures_module.as_completed(futures):
-                spec = futures[future]
-                serial = future.result()
-                publisher.publish([spec.folder])
-                done.append(OfflineDevice(spec.uuid, spec.folder, options.out_dir))
-                progress(1)
+            pending = {pool.submit(procedure.run, spec): spec for spec in specs}
+            while pending:
+                # Every device finished meanwhile is synced and published together.
+                finished, _ = futures_module.wait(pending, return_when=futures_module.FIRST_COMPLETED)
+                ready = [(future, pending.pop(future)) for future in finished]
+                serials = [future.result() for future, _spec in ready]
+                publisher.publish([spec.folder for _future, spec in ready])
+                serial = serials[-1]
+                done.extend(OfflineDevice(spec.uuid, spec.folder, options.out_dir) for _future, spec in ready)
+                progress(len(ready))
         except KeyboardInterrupt:
             procedure.stop(pool)
             raise _interrupted(options.out_dir, len(specs)) from None

@@ -190,9 +190,9 @@ def report_batch(samples: dict[str, list[float]], counts: list[int], rounds: int
         rates = samples[f"batch {count}"]
         print(common.value_line(f"fioca, {count:,} devices", rates, "devices/s", "{:,.0f}")
               + f"   {common.verdict(common.median(rates), GOAL_RATE, at_most=False)}")  # fmt: skip
-        print(common.ratio_line(f"  share of ceiling 1 (goal {GOAL_SIGNING_SHARE:.0%})",
-                                common.paired(rates, two_signatures), GOAL_SIGNING_SHARE, at_most=False))  # fmt: skip
-        print(common.ratio_line("  share of ceiling 2", common.paired(rates, samples["files"])))
+        print(common.ratio_line("  share of ceiling 1", common.paired(rates, two_signatures), GOAL_SIGNING_SHARE,
+                                at_most=False, percent=True))  # fmt: skip
+        print(common.ratio_line("  share of ceiling 2", common.paired(rates, samples["files"]), percent=True))
         peak = samples[f"memory {count}"]
         print(common.value_line("  peak memory (PSS, all processes)", peak, "MiB", "{:,.0f}")
               + f"   {common.verdict(max(peak), MEMORY_GOAL_MIB, at_most=True)}")  # fmt: skip

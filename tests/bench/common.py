@@ -65,9 +65,15 @@ def verdict(value: float, goal: float, *, at_most: bool) -> str:
     return f"goal {'<=' if at_most else '>='} {goal:g}: {'met' if met else 'NOT met'}"
 
 
-def ratio_line(label: str, ratios: list[float], goal: float | None = None, *, at_most: bool = True, width: int = 46) -> str:
-    text = f"  {label:<{width}} {median(ratios):7.2f}x  (per round {min(ratios):.2f}-{max(ratios):.2f})"
-    return text + (f"   {verdict(median(ratios), goal, at_most=at_most)}" if goal is not None else "")
+def ratio_line(label: str, ratios: list[float], goal: float | None = None, *, at_most: bool = True, width: int = 46,
+               percent: bool = False) -> str:
+    """The median of per-round ratios, their range, and the goal's verdict (as x or as %)."""
+    shown = (lambda r: f"{r:.1%}") if percent else (lambda r: f"{r:.2f}x")
+    text = f"  {label:<{width}} {shown(median(ratios)):>7}  (per round {shown(min(ratios))}-{shown(max(ratios))})"
+    if goal is None:
+        return text
+    met = median(ratios) <= goal if at_most else median(ratios) >= goal
+    return text + f"   goal {'<=' if at_most else '>='} {shown(goal)}: {'met' if met else 'NOT met'}"
 
 
 def value_line(label: str, values: list[float], unit: str, fmt: str = "{:,.1f}", width: int = 46) -> str:
