@@ -9,6 +9,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 import uuid as uuid_module
 from dataclasses import replace
@@ -86,6 +87,7 @@ def test_one_device_folder_is_what_var_sota_needs(factory: Factory, tmp_path: Pa
         assert days == 30  # OpenSSL's default: the documented days=3650 in [req] has no effect
         assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PARAMETERS-----")
         assert (factory.pki / "local-ca.srl").exists()  # -CAcreateserial, as documented
+        assert stat.S_IMODE((factory.pki / "local-ca.srl").stat().st_mode) == 0o400
     else:
         assert days == offline.DEFAULT_DAYS
         assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
@@ -353,3 +355,43 @@ def test_a_pool_batch_reports_each_folder_once_and_in_place(factory: Factory, tm
     assert [p.name for p in out.iterdir()] and all(not p.name.startswith(".") for p in out.iterdir())
     for device in made:
         assert sorted(os.listdir(device.path)) == sorted(offline.DEVICE_FILES)
+
+
+def test_faithful_runs_only_in_the_jail(factory: Factory, tmp_path: Path, monkeypatch):
+    from fioca.pki import jail as jails
+
+    monkeypatch.setattr(jails, "_probe", lambda: "bubblewrap (`bwrap`) is not installed; install it (apt-get install bubblewrap)")
+    out = tmp_path / "nojail"
+    result = factory.run("device", "create-offline", factory.pki, "--faithful", "--out", out)
+    assert result.exit_code == 1 and "apt-get install bubblewrap" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    # The twin: with the jail, the same command makes the device.
+    monkeypatch.undo()
+    assert factory.run("device", "create-offline", factory.pki, "--faithful", "--out", out).exit_code == 0
+
+
+def test_interrupted_faithful_batch_leaves_complete_folders_and_no_work_dir(factory: Factory, tmp_path: Path):
+    """Ctrl-C during --faithful: the devices running finish, no new one starts, every folder
+    left is complete, and no work dir (each held a copy of local-ca.key) remains."""
+    out = tmp_path / "faithful"
+    env = {k: v for k, v in os.environ.items() if k not in ("FIOCTL_CONFIG", "FIOCTL_TOKEN")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fioca", "device", "create-offline", str(factory.pki), "--faithful", "--count", "400",
+         "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and sum(1 for p in out.iterdir() if not p.name.startswith(".")) >= 2):
+        assert time.monotonic() < deadline, "the batch made no 2 folders within 60 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "no partial" in stderr
+    entries = list(out.iterdir())
+    assert [p.name for p in entries if p.name.startswith(".")] == []  # no partial folder, no work dir
+    folders = [p for p in entries if not p.name.startswith(".")]
+    assert 2 <= len(folders) < 400
+    for folder in folders:
+        assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES), folder

@@ -18,13 +18,14 @@ rest.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -44,8 +45,14 @@ class Builder(Protocol):
     def build(self, spec: Any) -> dict[str, bytes]: ...
 
 
-def open_folder(path: Path) -> int:
-    return os.open(path, _FOLDER)
+@contextlib.contextmanager
+def opened_folder(path: Path) -> Iterator[int]:
+    """An fd on the folder `path` (not through a symlink), closed afterwards."""
+    fd = os.open(path, _FOLDER)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def write_partial(out_fd: int, folder: str, files: dict[str, bytes]) -> None:
@@ -138,16 +145,16 @@ def _worker(make_builder: BuilderRecipe, plan: PoolPlan, counter: Any, stop: Any
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
         builder = make_builder()
-        out_fd = open_folder(plan.out_dir)
-        while not stop.is_set():
-            with counter.get_lock():
-                index = counter.value
-                counter.value += 1
-            if index >= plan.chunks:
-                break
-            for spec in plan.part(index):
-                write_partial(out_fd, spec.folder, builder.build(spec))
-            conn.send(("written", index))
+        with opened_folder(plan.out_dir) as out_fd:
+            while not stop.is_set():
+                with counter.get_lock():
+                    index = counter.value
+                    counter.value += 1
+                if index >= plan.chunks:
+                    break
+                for spec in plan.part(index):
+                    write_partial(out_fd, spec.folder, builder.build(spec))
+                conn.send(("written", index))
         conn.send(("end", None))
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which reports it
         conn.send(("error", _portable(exc)))

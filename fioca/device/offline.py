@@ -450,8 +450,8 @@ class Procedure:
         _check_faithful(made, self.pki, self.options, spec, san_line)
         files = {name: made[name] for name in (PKEY, CERT_CONF, CERT_EXT, CSR, CLIENT_CERT)}
         files.update({ROOT_CERT: self.pki.root_pem, SOTA_TOML: self.sota_toml})
-        with contextlib.closing(_Folder(self.options.out_dir)) as out:
-            batch.write_partial(out.fd, spec.folder, {name: files[name] for name in DEVICE_FILES})
+        with batch.opened_folder(self.options.out_dir) as out_fd:
+            batch.write_partial(out_fd, spec.folder, {name: files[name] for name in DEVICE_FILES})
         return made[CA_SERIAL]
 
     def stop(self, pool: Any) -> None:
@@ -459,14 +459,6 @@ class Procedure:
         folders and work dirs go."""
         pool.shutdown(wait=True, cancel_futures=True)
         batch.remove_partials(self.options.out_dir)
-
-
-class _Folder:
-    def __init__(self, path: Path):
-        self.fd = batch.open_folder(path)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _keep_serial(pki_dir: Path, serial: bytes | None) -> None:
@@ -507,8 +499,8 @@ def _locked_out_dir(out_dir: Path) -> Iterator[batch.Publisher]:
     folder, _notes = PkiDir.prepare(out_dir)
     with folder, folder.locked():
         batch.remove_partials(folder.path)
-        with contextlib.closing(_Folder(folder.path)) as out:
-            yield batch.Publisher(folder.path, out.fd)
+        with batch.opened_folder(folder.path) as out_fd:
+            yield batch.Publisher(folder.path, out_fd)
 
 
 def _refuse_existing(out_dir: Path, specs: Sequence[DeviceSpec]) -> None:
