@@ -31,18 +31,18 @@ must not wait for a delayed ACK); every thread reads the store on a connection o
 `GatewayProcesses` starts that many more processes minus one on the same listening socket
 (gateway_process.py), each a DeviceGateway of its own with its own interpreter lock, store
 connections and rules. Everything they share goes through the store, so `certs_generation`
-is kept there. With more than one process the listening socket is non-blocking: every
-process polls it, one accepts, the others find nothing and poll again.
+is kept there. Every process's threads wait in accept() on the one socket: the kernel wakes
+one of them, in whichever process, per connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
-import queue
 import select
 import socket
 import socketserver
@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -77,7 +78,7 @@ MAX_HEADERS = 100
 MAX_WORKERS = 256  # connections served at once; more wait for a free worker
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
-SHUTDOWN_POLL_SECONDS = 0.05
+ACCEPT_RETRY_SECONDS = 0.05
 CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
 PROCESS_START_SECONDS = 60  # for a gateway process to import fioca and load the PKI
 PROCESS_STOP_SECONDS = 10
@@ -174,11 +175,7 @@ class DeviceGateway:
         )
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
-        self._thread: threading.Thread | None = None
         self._server = GatewayTcpServer((context.host, context.port), self, listening=listening)
-        shared_socket = listening is not None or context.processes > 1
-        if shared_socket:
-            self._server.socket.setblocking(False)  # see the module docstring
         self._processes = GatewayProcesses(context, self._server.socket) if listening is None and context.processes > 1 else None
 
     @property
@@ -189,21 +186,12 @@ class DeviceGateway:
         self.trust_state()  # fail at start, not at the first device, if the certs do not load
         if self._processes is not None:
             self._processes.start()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
-            name="sandbox-gateway", daemon=True,
-        )
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
         if self._processes is not None:
             self._processes.stop()
-        if self._thread is not None and self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._server.stop()
 
     def trust_state(self) -> TrustState:
         """The current generation; rebuilt when the store saved certs since it was made."""
@@ -220,9 +208,12 @@ class DeviceGateway:
 
 
 class GatewayTcpServer(socketserver.TCPServer):
-    """Accepts TCP in one thread and hands each connection (TLS handshake and requests) to a
-    worker thread of its own, so a slow device delays nobody else. Workers are kept for the
-    next connection: starting a thread costs more than the rest of a request."""
+    """Threads that each accept a connection and serve it (TLS handshake and requests), so a
+    slow device delays nobody else and no connection is handed from one thread to another:
+    the kernel wakes one thread blocked in accept() per connection, in this process or in
+    another gateway process on the same socket. A thread that takes a connection while no
+    other waits in accept() starts one more first (up to MAX_WORKERS); threads are kept for
+    the next connection: starting one costs more than the rest of a request."""
 
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
@@ -230,33 +221,46 @@ class GatewayTcpServer(socketserver.TCPServer):
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
-        self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._owner = listening is None  # bound here; else another process's socket, served too
         self._pool_lock = threading.Lock()
-        self._workers = 0
-        self._idle = 0  # workers waiting for a connection no one has promised them yet
+        self._threads = 0
+        self._waiting = 0  # threads blocked in accept()
+        self._stopping = False
         # finish_request does the work; a socket already listening is served as it is.
         super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=listening is None)
         if listening is not None:
             self.socket.close()
             self.socket = listening
             self.server_address = listening.getsockname()
+        self.socket.setblocking(True)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def start(self) -> None:
         with self._pool_lock:
-            if self._idle:
-                self._idle -= 1  # an idle worker takes it
-            elif self._workers < MAX_WORKERS:
-                self._workers += 1
-                threading.Thread(target=self._work, name="sandbox-gateway-worker", daemon=True).start()
-            # else: every worker is busy; the connection waits for the first one free
-        self._jobs.put((request, client_address))
+            self._spawn()
 
-    def _work(self) -> None:
+    def _spawn(self) -> None:
+        """One more thread waiting in accept() (the pool lock held)."""
+        self._threads += 1
+        self._waiting += 1
+        threading.Thread(target=self._accept_and_serve, name="sandbox-gateway-worker", daemon=True).start()
+
+    def _accept_and_serve(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            request, client_address = job
+            try:
+                request, client_address = self.socket.accept()
+            except OSError as error:
+                if self._stopping:
+                    return
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(ACCEPT_RETRY_SECONDS)  # out of descriptors or memory: let some go first
+                continue  # else the connection went away before it was accepted
+            with self._pool_lock:
+                self._waiting -= 1
+                if self._stopping:
+                    request.close()
+                    return
+                if self._waiting == 0 and self._threads < MAX_WORKERS:
+                    self._spawn()  # someone must be in accept() for the next connection
             try:
                 self.finish_request(request, client_address)
             except Exception:
@@ -264,14 +268,20 @@ class GatewayTcpServer(socketserver.TCPServer):
             finally:
                 self.shutdown_request(request)
             with self._pool_lock:
-                self._idle += 1
+                self._waiting += 1
 
-    def server_close(self) -> None:
-        super().server_close()
+    def stop(self) -> None:
+        """No thread accepts again, and this process's socket closes; a thread serving a
+        connection finishes it. Where the socket was bound, shutting down its reading side
+        wakes the threads in accept() (it ends the socket for every process on it, so the
+        sandbox stops its gateway processes first); a gateway process's threads in accept()
+        end with the process."""
         with self._pool_lock:
-            workers, self._workers, self._idle = self._workers, 0, 0
-        for _ in range(workers):
-            self._jobs.put(None)  # each worker ends after the connection it is serving
+            self._stopping = True
+        if self._owner:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RD)
+        self.server_close()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         state = self.gateway.trust_state()
