@@ -13,7 +13,6 @@ how much of the difference is start-up.
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,20 +61,18 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
-class Quiet:
-    """A terminal that shows nothing (the in-process run)."""
+def quiet_terminal():
+    """A terminal that shows nothing (the in-process run); fioca.cli loads on first use."""
+    from fioca.cli.context import Terminal
 
-    def __new__(cls):
-        from fioca.cli.context import Terminal
+    class Quiet(Terminal):
+        def out(self, text: str = "") -> None:
+            pass
 
-        class _Quiet(Terminal):
-            def out(self, text: str = "") -> None:
-                pass
+        def err(self, text: str = "") -> None:
+            pass
 
-            def err(self, text: str = "") -> None:
-                pass
-
-        return _Quiet()
+    return Quiet()
 
 
 def run_in_process(base: Path, n: int) -> float:
@@ -88,7 +85,7 @@ def run_in_process(base: Path, n: int) -> float:
         os.environ["FIOCTL_CONFIG"] = str(box.data_dir / "fioctl.yaml")
         try:
             start = time.perf_counter()
-            code = main(["keys", "ca", "create", str(base / f"inproc-pki-{n}"), "--yes"], terminal=Quiet())
+            code = main(["keys", "ca", "create", str(base / f"inproc-pki-{n}"), "--yes"], terminal=quiet_terminal())
             elapsed = time.perf_counter() - start
         finally:
             if saved is None:
