@@ -54,7 +54,7 @@ MAX_BODY = 4 * 1024 * 1024
 PRINT_LIMIT = 512
 # The certs fields that hold PEM text (or null).
 CERT_FIELDS = facts.CERT_FIELDS
-SANDBOX_INFO_FILE = "sandbox.json"
+SANDBOX_INFO_FILE = facts.SANDBOX_INFO_FILE
 DEVICES_PATH = "/ota/devices/"  # what `fioca sandbox serve` writes beside its fioctl.yaml
 MASK = "********"
 

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
+import uuid as uuid_module
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 from test_device_support import FACTORY, Factory
 
 from fioca import facts
 from fioca.device import offline, sota
+from fioca.device import template as template_module
+from fioca.device.template import DeviceTemplate
+from fioca.pki.profiles import der
 from fioca.pki import profiles
 
 PATHS = {"in-process": [], "faithful": ["--faithful"]}
@@ -79,6 +87,7 @@ def test_one_device_folder_is_what_var_sota_needs(factory: Factory, tmp_path: Pa
         assert days == 30  # OpenSSL's default: the documented days=3650 in [req] has no effect
         assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PARAMETERS-----")
         assert (factory.pki / "local-ca.srl").exists()  # -CAcreateserial, as documented
+        assert stat.S_IMODE((factory.pki / "local-ca.srl").stat().st_mode) == 0o400
     else:
         assert days == offline.DEFAULT_DAYS
         assert (folder / "pkey.pem").read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
@@ -278,26 +287,111 @@ def test_offline_sota_toml_has_the_registration_servers_layout(use_ostree_server
     assert "# primary_ecu_hardware_id is not set" in unset and unset != ours
 
 
-def test_batch_fast_check_refuses_what_the_profile_refuses(factory: Factory, tmp_path: Path):
+def _template(factory: Factory) -> DeviceTemplate:
     pki = offline.load_pki(factory.pki)
-    issuer = offline.InProcessIssuer(pki, offline.OfflineOptions(out_dir=tmp_path, days=30))
-    issuer._built = 1  # past the first certificate: only the fast check runs
-    spec = offline.plan_devices(1)[0]
-    key = profiles.new_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.uuid),
-                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, FACTORY)])
+    return DeviceTemplate(local_ca=pki.local_ca, ca_key=offline.load_local_ca_key(pki), factory=FACTORY,
+                          production=False, days=30)
+
+
+def _signed_by(tbs: bytes, key) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return der.tlv(0x30, tbs + template_module.ECDSA_SHA256 + der.tlv(0x03, b"\x00" + signature))
+
+
+def _tbs(cert_der: bytes) -> bytes:
+    _tag, start, _end = der.read(cert_der, 0)
+    _tag, _content, stop = der.read(cert_der, start)
+    return cert_der[start:stop]
+
+
+def test_every_batch_certificate_is_read_back_and_refused_when_wrong(factory: Factory):
+    template = _template(factory)
+    good = template.issue(str(uuid_module.uuid4()))
+    other = template.issue(str(uuid_module.uuid4()))
+    template.check(good)  # the twin: what the template makes passes, and is the profile
+    assert _profile(x509.load_der_x509_certificate(good.cert_der)) == _profile(
+        x509.load_der_x509_certificate(other.cert_der))
     ca_key = profiles.load_private_key((factory.pki / facts.LOCAL_CA_KEY).read_bytes(), "key")
-    csr = profiles.build_device_csr(key, uuid=spec.uuid, factory=FACTORY)
-    good = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30)
-    # sign_device_cert adds no SKID: the fast check wants OpenSSL's exact extension list.
-    with pytest.raises(profiles.CheckError, match="extensions differ"):
-        issuer._check(good, key, spec, subject)
-    no_agreement = profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=30, key_usage_agreement=False)
-    with pytest.raises(profiles.CheckError, match="extensions differ"):
-        issuer._check(no_agreement, key, spec, subject)
-    with pytest.raises(profiles.CheckError, match="does not belong"):
-        issuer._check(good, profiles.new_key(), spec, subject)
-    with pytest.raises(profiles.CheckError, match="validity"):
-        issuer._check(profiles.sign_device_cert(csr, ca_cert=pki.local_ca, ca_key=ca_key, days=31), key, spec, subject)
-    # ...and the twin: what the issuer builds passes, files and all.
-    assert set(issuer.build(spec)) == set(offline.DEVICE_FILES)
+    key = profiles.load_private_key(good.pem_files()["pkey.pem"], "pkey.pem")
+    csr = profiles.build_device_csr(key, uuid=good.uuid, factory=FACTORY)
+    local_ca = profiles.load_cert((factory.pki / facts.LOCAL_CA_CERT).read_bytes(), "ca")
+
+    def der_of(cert) -> bytes:
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    cases = {
+        # The builder's certificate without a SKID: not OpenSSL's exact extension list.
+        "extensions differ": replace(good, cert_der=der_of(profiles.sign_device_cert(csr, ca_cert=local_ca, ca_key=ca_key, days=30))),
+        "validity must be 30 days": replace(good, cert_der=der_of(profiles.sign_device_cert(csr, ca_cert=local_ca, ca_key=ca_key, days=31))),
+        "does not belong": replace(good, key_der=other.key_der),
+        f"subject must be CN={other.uuid}": replace(good, uuid=other.uuid),
+        "subject or key differs": replace(good, csr_der=other.csr_der),
+        "is not the DER": replace(good, cert_der=good.cert_der[:-3]),
+    }
+    for message, bent in cases.items():
+        with pytest.raises(profiles.CheckError, match=re.escape(message)):
+            template.check(bent)
+    # The signatures are the full check's (the first device and every 64th): bent ones pass
+    # the read-back and fail there; the twin passes both.
+    template.check_whole(good)
+    bent_csr = replace(good, csr_der=good.csr_der[:-2] + bytes([good.csr_der[-2] ^ 1]) + good.csr_der[-1:])
+    foreign = replace(good, cert_der=_signed_by(_tbs(good.cert_der), profiles.new_key()))
+    for bent, message in ((bent_csr, "self-signature does not verify"), (foreign, "does not verify with local-ca.pem")):
+        template.check(bent)
+        with pytest.raises(profiles.CheckError, match=message):
+            template.check_whole(bent)
+
+
+def test_a_pool_batch_reports_each_folder_once_and_in_place(factory: Factory, tmp_path: Path):
+    """Every folder reported is in place with all seven files; no partial or work dir stays."""
+    out = tmp_path / "synced"
+    seen: list[int] = []
+    made = offline.create_in_process(offline.load_pki(factory.pki), offline.OfflineOptions(out_dir=out, workers=2),
+                                     offline.plan_devices(offline.POOL_THRESHOLD * 3), seen.append)
+    assert sum(seen) == len(made) == offline.POOL_THRESHOLD * 3
+    assert [p.name for p in out.iterdir()] and all(not p.name.startswith(".") for p in out.iterdir())
+    for device in made:
+        assert sorted(os.listdir(device.path)) == sorted(offline.DEVICE_FILES)
+
+
+def test_faithful_runs_only_in_the_jail(factory: Factory, tmp_path: Path, monkeypatch):
+    from fioca.pki import jail as jails
+
+    monkeypatch.setattr(jails, "_probe", lambda: "bubblewrap (`bwrap`) is not installed; install it (apt-get install bubblewrap)")
+    out = tmp_path / "nojail"
+    result = factory.run("device", "create-offline", factory.pki, "--faithful", "--out", out)
+    assert result.exit_code == 1 and "apt-get install bubblewrap" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    # The twin: with the jail, the same command makes the device.
+    monkeypatch.undo()
+    assert factory.run("device", "create-offline", factory.pki, "--faithful", "--out", out).exit_code == 0
+
+
+def test_interrupted_faithful_batch_leaves_complete_folders_and_no_work_dir(factory: Factory, tmp_path: Path):
+    """Ctrl-C during --faithful: the devices running finish, no new one starts, every folder
+    left is complete, and no work dir (each held a copy of local-ca.key) remains."""
+    out = tmp_path / "faithful"
+    env = {k: v for k, v in os.environ.items() if k not in ("FIOCTL_CONFIG", "FIOCTL_TOKEN")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fioca", "device", "create-offline", str(factory.pki), "--faithful", "--count", "400",
+         "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and sum(1 for p in out.iterdir() if not p.name.startswith(".")) >= 2):
+        assert time.monotonic() < deadline, "the batch made no 2 folders within 60 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "no partial" in stderr
+    entries = list(out.iterdir())
+    assert [p.name for p in entries if p.name.startswith(".")] == []  # no partial folder, no work dir
+    folders = [p for p in entries if not p.name.startswith(".")]
+    assert 2 <= len(folders) < 400
+    for folder in folders:
+        assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES), folder

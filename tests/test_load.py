@@ -2,13 +2,14 @@
 
 200 devices make their first mTLS request concurrently (25 at a time, twice each): each is
 registered exactly once and every request is answered. Then the sandbox process is killed
-with SIGKILL and restarted on the same data dir: its state survives. Bounded in count and
-time; loopback only.
+with SIGKILL and restarted on the same data dir: its state survives, and its other gateway
+processes (one per core) end with it. Bounded in count and time; loopback only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,17 @@ def start_sandbox(data: Path) -> tuple[subprocess.Popen, dict]:
         assert time.monotonic() < deadline, "the sandbox did not start within 30 s"
         time.sleep(0.05)
     return process, json.loads((data / "sandbox.json").read_text())
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
 
 
 def registered(cli, data: Path) -> list[dict]:
@@ -65,9 +77,15 @@ def test_200_first_requests_at_once_then_sigkill_and_restart(cli, tmp_path):
         assert len(uuids) == len(set(uuids)) == DEVICES
         assert set(uuids) == {d.uuid for d in devices}
     finally:
+        helpers = _children(process.pid)
+        assert len(helpers) == (os.cpu_count() or 1) - 1  # one gateway process per core, this one included
         process.send_signal(signal.SIGKILL)  # no clean shutdown: state must already be on disk
         process.wait(timeout=10)
         process.stderr.close()
+    deadline = time.monotonic() + 30
+    while [pid for pid in helpers if _running(pid)]:  # their stdin ended with the sandbox
+        assert time.monotonic() < deadline, "a gateway process outlived its sandbox"
+        time.sleep(0.05)
 
     assert len(registered(cli, data)) == DEVICES  # read straight from the data dir
     process, info = start_sandbox(data)

@@ -16,19 +16,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from fioca import facts
-from fioca.api import DeviceRegistrationApi
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.options import Format
-from fioca.device import check as device_check
 from fioca.device import offline, sota
-from fioca.device import register as device_register
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.text import quote_path
+
+if TYPE_CHECKING:
+    from fioca.device import register as device_register
 
 app = typer.Typer(
     help=(
@@ -45,14 +45,14 @@ app = typer.Typer(
 
 def sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:
     """The gateway URL of the sandbox whose fioctl.yaml is the config in use, if any."""
-    from fioca.sandbox.server import INFO_FILE, SandboxError, read_info
-
     try:
         config_path = app_ctx.settings.config_path
     except FiocaError:
         return None
-    if not (config_path.parent / INFO_FILE).is_file():
+    if not (config_path.parent / facts.SANDBOX_INFO_FILE).is_file():
         return None
+    from fioca.sandbox.server import INFO_FILE, SandboxError, read_info  # the sandbox's code only for a sandbox
+
     try:
         info = read_info(config_path.parent)
     except SandboxError:
@@ -261,6 +261,9 @@ def register(
     app_ctx = app_context(ctx)
     if start_daemon:
         raise UsageError("fioca never starts aktualizr-lite: run `systemctl start aktualizr-lite` after registering")
+    from fioca.api import DeviceRegistrationApi  # requests: only for this command
+    from fioca.device import register as device_register
+
     settings = app_ctx.settings
     release = device_register.os_release()
     options = device_register.RegisterOptions(
@@ -319,7 +322,7 @@ def check(
     gateway_url: str | None = typer.Option(
         None, "--gateway-url", help="Connect to this https://ADDRESS:PORT (TLS name stays the gateway host)."
     ),
-    path: str = typer.Option(device_check.DEVICE_PATH, "--path", help="What to GET from the gateway."),
+    path: str = typer.Option(facts.DEVICE_PROBE_PATH, "--path", help="What to GET from the gateway."),
     output: Format = typer.Option(Format.text, "--format", help="text or json."),
 ) -> None:
     """Ask the device gateway about this device over mTLS, as the document's curl step does.
@@ -335,6 +338,8 @@ def check(
     app_ctx = app_context(ctx)
     if resolve and gateway_url:
         raise UsageError("give --resolve or --gateway-url, not both")
+    from fioca.device import check as device_check  # ssl and http.client: only for this command
+
     device = device_check.locate(device_dir.expanduser(), pki_dir.expanduser() if pki_dir else None)
     if not resolve and not gateway_url:
         gateway_url = sandbox_gateway_url(app_ctx, None)
@@ -348,7 +353,8 @@ def check(
         raise typer.Exit(int(ExitCode.REFUSED))
 
 
-def _check_text(result: device_check.CheckResult) -> str:
+def _check_text(result: Any) -> str:
+    """`device check`'s text for a device_check.CheckResult."""
     where = f"gateway {result.host} ({result.address}:{result.port})"
     if result.accepted:
         body: Any = result.body

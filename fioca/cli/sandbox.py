@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from dataclasses import asdict
@@ -82,7 +83,8 @@ def serve(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Sandbox(data, factory=factory, host=host, api_port=api_port, gateway_port=gateway_port,
-                     scripts=None if scripts == NO_SCRIPTS else scripts, token_header=token_header) as sandbox:
+                     scripts=None if scripts == NO_SCRIPTS else scripts, token_header=token_header,
+                     gateway_processes=os.cpu_count() or 1) as sandbox:
             info = sandbox.info
             context.terminal.err(
                 f"sandbox ready: api {info.api_url}, gateway {info.gateway_url} ({info.gateway_host}),"

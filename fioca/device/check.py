@@ -22,12 +22,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from fioca import api, facts
+from fioca import facts
 from fioca.device import sota
 from fioca.errors import CheckError, FiocaError, PkiDirError, UsageError
 from fioca.pki import profiles
 
-DEVICE_PATH = "/device"
+DEVICE_PATH = facts.DEVICE_PROBE_PATH
 TIMEOUT_SECONDS = 10
 MAX_BODY = 1024 * 1024
 
@@ -149,6 +149,8 @@ def probe(device: DeviceFiles, target: Target, *, path: str = DEVICE_PATH, timeo
     except ssl.SSLError as error:
         raise CheckError("client.pem", f"key and certificate do not load together: {error.reason}") from None
     common = {"host": device.host, "address": target.address, "port": target.port, "uuid": device.uuid}
+    from fioca import api  # requests: only for the probe, not for every `device` command
+
     try:
         status, status_reason, raw = api.device_get(
             device.host, target.port, target.address, context=context, path=path, timeout=timeout, max_body=MAX_BODY

@@ -25,6 +25,7 @@ class GatewayContext:
     backend: Backend
     api_tls: TlsFiles
     shared: SharedPki
+    processes: int = 1  # processes serving the gateway's socket (gateway.GatewayProcesses)
 
 
 class GatewayServer(Protocol):

@@ -29,20 +29,34 @@ EST (`est.py`): a device that names the EST host (the DNS name of an accepted `e
 in its TLS handshake is served `est-tls-crt` and `/.well-known/est/` only, after the same rules;
 before `keys est authorize`, a name under est.foundries.io is refused in the handshake
 (unrecognized_name).
+
+Performance structure: connections get TCP_NODELAY (an answer and the close_notify after it
+must not wait for a delayed ACK); every thread reads the store on a connection of its own
+(store.py); and with `GatewayContext.processes` > 1 (`fioca sandbox serve`: one per core)
+`GatewayProcesses` starts that many more processes minus one on the same listening socket
+(gateway_process.py), each a DeviceGateway of its own with its own interpreter lock, store
+connections and rules. Everything they share goes through the store, so `certs_generation`
+is kept there. Every process's threads wait in accept() on the one socket: the kernel wakes
+one of them, in whichever process, per connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
-import queue
+import select
 import socket
 import socketserver
 import ssl
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -77,8 +91,12 @@ MAX_HEADERS = 100
 MAX_WORKERS = 256  # connections served at once; more wait for a free worker
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
-SHUTDOWN_POLL_SECONDS = 0.05
+ACCEPT_RETRY_SECONDS = 0.05
 CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
+PROCESS_START_SECONDS = 60  # for a gateway process to import fioca and load the PKI
+PROCESS_STOP_SECONDS = 10
+PROCESS_MODULE = "fioca.sandbox.gateway_process"
+READY_LINE = b"ready\n"
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the handshake ignores validity dates, so the gateway
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
@@ -207,9 +225,10 @@ def _identity_for_name(est: EstEndpoint | None) -> Any:
 
 
 class DeviceGateway:
-    """The mTLS device gateway of one sandbox factory (a `GatewayServer`)."""
+    """The mTLS device gateway of one sandbox factory (a `GatewayServer`). `listening`: a
+    socket already listening (a gateway process serves its parent's); else it binds its own."""
 
-    def __init__(self, context: GatewayContext):
+    def __init__(self, context: GatewayContext, listening: socket.socket | None = None):
         factory = context.backend.factory
         self.backend = context.backend
         self.store = context.store
@@ -222,8 +241,8 @@ class DeviceGateway:
         self.est = EstService(context.backend)
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
-        self._thread: threading.Thread | None = None
-        self._server = GatewayTcpServer((context.host, context.port), self)
+        self._server = GatewayTcpServer((context.host, context.port), self, listening=listening)
+        self._processes = GatewayProcesses(context, self._server.socket) if listening is None and context.processes > 1 else None
 
     @property
     def port(self) -> int:
@@ -231,19 +250,14 @@ class DeviceGateway:
 
     def start(self) -> None:
         self.trust_state()  # fail at start, not at the first device, if the certs do not load
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
-            name="sandbox-gateway", daemon=True,
-        )
-        self._thread.start()
+        if self._processes is not None:
+            self._processes.start()
+        self._server.start()
 
     def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._processes is not None:
+            self._processes.stop()
+        self._server.stop()
 
     def trust_state(self) -> TrustState:
         """The current generation; rebuilt when the store saved certs since it was made."""
@@ -260,38 +274,59 @@ class DeviceGateway:
 
 
 class GatewayTcpServer(socketserver.TCPServer):
-    """Accepts TCP in one thread and hands each connection (TLS handshake and requests) to a
-    worker thread of its own, so a slow device delays nobody else. Workers are kept for the
-    next connection: starting a thread costs more than the rest of a request."""
+    """Threads that each accept a connection and serve it (TLS handshake and requests), so a
+    slow device delays nobody else and no connection is handed from one thread to another:
+    the kernel wakes one thread blocked in accept() per connection, in this process or in
+    another gateway process on the same socket. A thread that takes a connection while no
+    other waits in accept() starts one more first (up to MAX_WORKERS); threads are kept for
+    the next connection: starting one costs more than the rest of a request."""
 
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int], gateway: DeviceGateway):
+    def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
-        self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._owner = listening is None  # bound here; else another process's socket, served too
         self._pool_lock = threading.Lock()
-        self._workers = 0
-        self._idle = 0  # workers waiting for a connection no one has promised them yet
-        super().__init__(address, socketserver.BaseRequestHandler)  # finish_request does the work
+        self._threads = 0
+        self._waiting = 0  # threads blocked in accept()
+        self._stopping = False
+        # finish_request does the work; a socket already listening is served as it is.
+        super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=listening is None)
+        if listening is not None:
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()
+        self.socket.setblocking(True)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def start(self) -> None:
         with self._pool_lock:
-            if self._idle:
-                self._idle -= 1  # an idle worker takes it
-            elif self._workers < MAX_WORKERS:
-                self._workers += 1
-                threading.Thread(target=self._work, name="sandbox-gateway-worker", daemon=True).start()
-            # else: every worker is busy; the connection waits for the first one free
-        self._jobs.put((request, client_address))
+            self._spawn()
 
-    def _work(self) -> None:
+    def _spawn(self) -> None:
+        """One more thread waiting in accept() (the pool lock held)."""
+        self._threads += 1
+        self._waiting += 1
+        threading.Thread(target=self._accept_and_serve, name="sandbox-gateway-worker", daemon=True).start()
+
+    def _accept_and_serve(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            request, client_address = job
+            try:
+                request, client_address = self.socket.accept()
+            except OSError as error:
+                if self._stopping:
+                    return
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(ACCEPT_RETRY_SECONDS)  # out of descriptors or memory: let some go first
+                continue  # else the connection went away before it was accepted
+            with self._pool_lock:
+                self._waiting -= 1
+                if self._stopping:
+                    request.close()
+                    return
+                if self._waiting == 0 and self._threads < MAX_WORKERS:
+                    self._spawn()  # someone must be in accept() for the next connection
             try:
                 self.finish_request(request, client_address)
             except Exception:
@@ -299,17 +334,25 @@ class GatewayTcpServer(socketserver.TCPServer):
             finally:
                 self.shutdown_request(request)
             with self._pool_lock:
-                self._idle += 1
+                self._waiting += 1
 
-    def server_close(self) -> None:
-        super().server_close()
+    def stop(self) -> None:
+        """No thread accepts again, and this process's socket closes; a thread serving a
+        connection finishes it. Where the socket was bound, shutting down its reading side
+        wakes the threads in accept() (it ends the socket for every process on it, so the
+        sandbox stops its gateway processes first); a gateway process's threads in accept()
+        end with the process."""
         with self._pool_lock:
-            workers, self._workers, self._idle = self._workers, 0, 0
-        for _ in range(workers):
-            self._jobs.put(None)  # each worker ends after the connection it is serving
+            self._stopping = True
+        if self._owner:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RD)
+        self.server_close()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         state = self.gateway.trust_state()
+        # The answer and the close_notify after it go out at once, not after a delayed ACK.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
         try:
             connection = state.ssl_context.wrap_socket(request, server_side=True)
@@ -327,6 +370,54 @@ class GatewayTcpServer(socketserver.TCPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+class GatewayProcesses:
+    """The gateway's other processes (`python -m fioca.sandbox.gateway_process`), each given
+    the listening socket and the data dir; `start` returns once each serves, `stop` once each
+    has ended. They also end when this process dies: their stdin is a pipe from it."""
+
+    def __init__(self, context: GatewayContext, listening: socket.socket):
+        self.context = context
+        self.listening = listening
+        self._running: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        log_requests = logging.getLogger("fioca.sandbox").isEnabledFor(logging.INFO)
+        fd = self.listening.fileno()
+        command = [sys.executable, "-m", PROCESS_MODULE, str(self.context.data_dir), str(fd)]
+        for _ in range(self.context.processes - 1):
+            self._running.append(subprocess.Popen(
+                [*command, *(["--log-requests"] if log_requests else [])],
+                pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            ))  # fmt: skip
+        for process in self._running:
+            ready = _read_line(process.stdout, PROCESS_START_SECONDS)
+            if ready != READY_LINE:
+                self.stop()
+                raise OSError(f"a gateway process did not start (it said {ready!r}); see its error above")
+
+    def stop(self) -> None:
+        for process in self._running:
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # its signal to stop
+        for process in self._running:
+            try:
+                process.wait(timeout=PROCESS_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        self._running = []
+
+
+def _read_line(stream: Any, timeout: float) -> bytes:
+    """One line from a child's stdout, or b"" when it says nothing within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(stream.fileno(), select.POLLIN)
+    if not poller.poll(timeout * 1000):
+        return b""
+    return stream.readline()
 
 
 @dataclass(frozen=True)

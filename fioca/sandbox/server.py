@@ -33,6 +33,7 @@ from typing import IO
 
 import yaml
 
+from fioca import facts
 from fioca.errors import FiocaError
 from fioca.sandbox.api import ApiServer, Route
 from fioca.sandbox.auth import Authenticator
@@ -50,7 +51,7 @@ from fioca.sandbox.tls import TlsFiles, ensure_api_tls
 DEFAULT_FACTORY = "demo-factory"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_USER_NAME = "Sandbox User"
-INFO_FILE = "sandbox.json"
+INFO_FILE = facts.SANDBOX_INFO_FILE
 FIOCTL_CONFIG_FILE = "fioctl.yaml"
 FIOCTL_OAUTH_CONFIG_FILE = "fioctl-oauth.yaml"
 LOCK_FILE = "sandbox.lock"
@@ -128,13 +129,16 @@ class Sandbox:
         scripts: str | None = DEFAULT_SCRIPTS,
         token_header: str | None = None,
         access_token_seconds: int = ACCESS_TOKEN_SECONDS,
+        gateway_processes: int = 1,
     ):
         """`scripts`: what a POST certs answer carries besides the CSRs: the API's scripts of a
         revision ("api-2026", the default, because the documented flow runs the server's
         scripts; or "api-2023"), or None (today's API: CSRs only).
         `token_header`: a header name accepted for the API token besides OSF-TOKEN (what
         fioctl's TOKEN_HEADER renames it to). `access_token_seconds`: how long OAuth access
-        tokens live. 0 for a port picks a free one."""
+        tokens live. 0 for a port picks a free one. `gateway_processes`: how many processes
+        serve the gateway's port (gateway.GatewayProcesses); more than one only from a process
+        that runs no other thread yet (`fioca sandbox serve` passes one per core)."""
         if scripts is not None and scripts not in SCRIPT_CHOICES:
             raise SandboxError(f"unknown script set {scripts!r}; one of {', '.join(SCRIPT_CHOICES)}, or none")
         self.data_dir = Path(data_dir)
@@ -146,6 +150,7 @@ class Sandbox:
         self.scripts = scripts
         self.token_header = token_header
         self.access_token_seconds = access_token_seconds
+        self.gateway_processes = gateway_processes
         self.store: Store | None = None
         self.backend: Backend | None = None
         self.oauth: OAuthServer | None = None
@@ -177,6 +182,7 @@ class Sandbox:
         context = GatewayContext(
             data_dir=self.data_dir, host=self.host, port=self.gateway_port, store=self.store,
             backend=self.backend, api_tls=tls, shared=ensure_shared_pki(self.data_dir, factory.gateway_id),
+            processes=self.gateway_processes,
         )
         try:
             self._gateway = (self.gateway_factory or create_gateway)(context)

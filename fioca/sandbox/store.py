@@ -7,8 +7,11 @@ registered or deny-listed), the OAuth tokens and device authorizations it issued
 hashes only: a copy of the db does not hold a usable access token), and injected faults.
 
 The db file holds private keys and the token, so it is created 0600 (SQLite gives its WAL and
-shm files the same mode). One connection is shared by every thread behind a re-entrant lock;
-WAL mode lets a second process (the CLI's `devices` command) read while the server runs.
+shm files the same mode). Writes and transactions go through one connection shared by every
+thread behind a re-entrant lock. A read outside a transaction goes through a connection of
+the reading thread's own: WAL readers wait neither for each other nor for the writer, so the
+gateway's threads (a device lookup on every request) do not queue behind one lock. WAL mode
+also lets a second process (the CLI's `devices` command) read while the server runs.
 `synchronous=NORMAL`: in WAL mode a commit then survives a crash of the sandbox but not of the
 machine, and costs no fsync; an emulator's state does not need more, and a registration
 burst must not wait on the disk.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,19 +242,29 @@ def _create_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+class _Reader:
+    """One thread's read connection; closed when the thread (and so its reference) is gone."""
+
+    def __init__(self, path: Path):
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self.conn.row_factory = sqlite3.Row
+
+    def __del__(self) -> None:
+        self.conn.close()
+
+
 class Store:
-    """All sandbox state, behind one lock. Methods are safe to call from any thread."""
+    """All sandbox state. Methods are safe to call from any thread."""
 
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / DB_FILE_NAME
         _create_private_file(self.path)
         self._lock = threading.RLock()
-        # Bumped by every save_certs, so the gateway notices new certs without a query per
-        # connection. In-process only: certs change through this sandbox's API alone.
-        self.certs_generation = 0
         # Autocommit (isolation_level=None): every statement commits unless inside transaction().
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._conn.row_factory = sqlite3.Row
+        self._local = threading.local()  # .reader: this thread's _Reader; .writing: inside transaction()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
@@ -261,6 +275,7 @@ class Store:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
             self._conn.execute("INSERT OR IGNORE INTO certs (id) VALUES (1)")
+            self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('certs_generation', '0')")
 
     def _add_missing_columns(self) -> None:
         for table, column, kind in _ADDED_COLUMNS:
@@ -270,28 +285,48 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            for reader in list(self._readers):
+                reader.conn.close()
             self._conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run a read-check-write sequence atomically (also against other processes)."""
+        """Run a read-check-write sequence atomically (also against other processes); inside
+        another one, it is part of that one."""
+        if getattr(self._local, "writing", False):
+            yield
+            return
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._local.writing = True
             try:
                 yield
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.writing = False
             self._conn.execute("COMMIT")
 
     def _execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._conn.execute(sql, params)
 
+    def _query(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        """A read: on this thread's own connection, or the transaction's when inside one."""
+        if getattr(self._local, "writing", False):
+            return self._execute(sql, params)
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = _Reader(self.path)
+            with self._lock:
+                self._readers.add(reader)
+        return reader.conn.execute(sql, params)
+
     # -- the factory -------------------------------------------------------------------------
 
     def factory(self) -> FactoryRecord | None:
-        row = self._execute("SELECT * FROM factory WHERE id = 1").fetchone()
+        row = self._query("SELECT * FROM factory WHERE id = 1").fetchone()
         if row is None:
             return None
         return FactoryRecord(
@@ -323,17 +358,25 @@ class Store:
     # -- uploaded certs ----------------------------------------------------------------------
 
     def certs(self) -> CertsRecord:
-        row = self._execute("SELECT * FROM certs WHERE id = 1").fetchone()
+        row = self._query("SELECT * FROM certs WHERE id = 1").fetchone()
         return CertsRecord(**{key: row[key] for key in row.keys() if key != "id"})
 
     def save_certs(self, certs: CertsRecord) -> None:
-        self._execute(
-            "UPDATE certs SET root_crt = :root_crt, ca_crt = :ca_crt, tls_crt = :tls_crt,"
-            " est_tls_crt = :est_tls_crt, created_by = :created_by, created_at = :created_at,"
-            " updated_by = :updated_by, updated_at = :updated_at WHERE id = 1",
-            certs.__dict__,
-        )
-        self.certs_generation += 1
+        with self.transaction():
+            self._execute(
+                "UPDATE certs SET root_crt = :root_crt, ca_crt = :ca_crt, tls_crt = :tls_crt,"
+                " est_tls_crt = :est_tls_crt, created_by = :created_by, created_at = :created_at,"
+                " updated_by = :updated_by, updated_at = :updated_at WHERE id = 1",
+                certs.__dict__,
+            )
+            self._execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'certs_generation'")
+
+    @property
+    def certs_generation(self) -> int:
+        """Bumped by every save_certs, in the same transaction: the gateway (in any of its
+        processes) compares it with the one its TLS context was built at, on every connection."""
+        row = self._query("SELECT value FROM meta WHERE key = 'certs_generation'").fetchone()
+        return int(row["value"])
 
     # -- keys the backend generated ----------------------------------------------------------
 
@@ -355,7 +398,7 @@ class Store:
         if states:
             sql += f" AND state IN ({', '.join('?' for _ in states)})"
             params.extend(states)
-        rows = self._execute(sql + " ORDER BY id", tuple(params)).fetchall()
+        rows = self._query(sql + " ORDER BY id", tuple(params)).fetchall()
         return [BackendKey(**{key: row[key] for key in row.keys()}) for row in rows]
 
     def set_backend_key_state(
@@ -371,7 +414,7 @@ class Store:
     # -- device CA serials -------------------------------------------------------------------
 
     def disabled_ca_serials(self) -> list[str]:
-        rows = self._execute("SELECT serial FROM disabled_ca_serials ORDER BY disabled_at, serial").fetchall()
+        rows = self._query("SELECT serial FROM disabled_ca_serials ORDER BY disabled_at, serial").fetchall()
         return [row["serial"] for row in rows]
 
     def disable_ca_serial(self, serial: str) -> None:
@@ -383,7 +426,7 @@ class Store:
         self._execute("DELETE FROM disabled_ca_serials WHERE serial = ?", (serial,))
 
     def revoked_ca_serials(self) -> set[str]:
-        return {row["serial"] for row in self._execute("SELECT serial FROM revoked_ca_serials").fetchall()}
+        return {row["serial"] for row in self._query("SELECT serial FROM revoked_ca_serials").fetchall()}
 
     def revoke_ca_serial(self, serial: str) -> None:
         """A revoked serial is gone from ca-crt and never disabled any more; it comes back only
@@ -399,14 +442,14 @@ class Store:
     # -- devices (used by the gateway and registration) --------------------------------------
 
     def device(self, uuid: str) -> DeviceRecord | None:
-        row = self._execute("SELECT * FROM devices WHERE uuid = ?", (uuid,)).fetchone()
+        row = self._query("SELECT * FROM devices WHERE uuid = ?", (uuid,)).fetchone()
         return None if row is None else _device_from_row(row)
 
     def devices(self, *, include_deny_listed: bool = False) -> list[DeviceRecord]:
         sql = "SELECT * FROM devices"
         if not include_deny_listed:
             sql += " WHERE deny_listed = 0"
-        return [_device_from_row(row) for row in self._execute(sql + " ORDER BY created_at, uuid").fetchall()]
+        return [_device_from_row(row) for row in self._query(sql + " ORDER BY created_at, uuid").fetchall()]
 
     def add_device(
         self,
@@ -434,11 +477,11 @@ class Store:
         return record
 
     def devices_named(self, name: str) -> list[DeviceRecord]:
-        rows = self._execute("SELECT * FROM devices WHERE name = ? AND deny_listed = 0 ORDER BY uuid", (name,))
+        rows = self._query("SELECT * FROM devices WHERE name = ? AND deny_listed = 0 ORDER BY uuid", (name,))
         return [_device_from_row(row) for row in rows.fetchall()]
 
     def denied_devices(self) -> list[DeviceRecord]:
-        rows = self._execute("SELECT * FROM devices WHERE deny_listed = 1 ORDER BY created_at, uuid").fetchall()
+        rows = self._query("SELECT * FROM devices WHERE deny_listed = 1 ORDER BY created_at, uuid").fetchall()
         return [_device_from_row(row) for row in rows]
 
     def touch_device(self, uuid: str, when: str) -> None:
@@ -486,7 +529,7 @@ class Store:
         )
 
     def oauth_token(self, access_hash: str) -> OAuthToken | None:
-        row = self._execute(
+        row = self._query(
             "SELECT access_hash, grant_type, client_id, scope, expires_at FROM oauth_tokens WHERE access_hash = ?",
             (access_hash,),
         ).fetchone()
@@ -496,7 +539,7 @@ class Store:
         """The token pair a refresh token belongs to, removed (a refresh token works once, and
         the access token it came with ends with it); None when unknown or another client's."""
         with self.transaction():
-            row = self._execute(
+            row = self._query(
                 "SELECT access_hash, grant_type, client_id, scope, expires_at FROM oauth_tokens"
                 " WHERE refresh_hash = ? AND client_id = ?", (refresh_hash, client_id),
             ).fetchone()
@@ -514,7 +557,7 @@ class Store:
         )
 
     def device_authorization(self, code_hash: str) -> DeviceAuthorization | None:
-        row = self._execute(
+        row = self._query(
             "SELECT user_code, client_id, scope, expires_at, state FROM device_authorizations WHERE code_hash = ?",
             (code_hash,),
         ).fetchone()
@@ -547,10 +590,10 @@ class Store:
 
     def take_fault(self, method: str, route: str) -> Fault | None:
         """The first fault matching this request, counted down once; None when none applies."""
-        if self._execute("SELECT 1 FROM faults LIMIT 1").fetchone() is None:
+        if self._query("SELECT 1 FROM faults LIMIT 1").fetchone() is None:
             return None  # the usual case: no write transaction per request
         with self.transaction():
-            row = self._execute(
+            row = self._query(
                 "SELECT * FROM faults WHERE remaining > 0 AND method IN (?, '*') AND route IN (?, '*')"
                 " ORDER BY id LIMIT 1",
                 (method.upper(), route),

@@ -12,6 +12,7 @@ import statistics
 import time
 
 from fioca.pki import reference
+from tests.bench import common
 from fioca.pki.audit import audit_scripts
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
@@ -33,8 +34,9 @@ def measure_audit(rounds: int = ROUNDS) -> dict[str, float]:
 
 
 def main() -> None:
+    load = common.Load()
     result = measure_audit()
-    print("audit of the four scripts (parse with shfmt + walk), per set and mode")
+    print(f"audit of the four scripts (parse with shfmt + walk), per set and mode; {load.done()}")
     print(f"  first call {result['first_ms']:.1f} ms; then median {result['median_ms']:.1f} ms, "
           f"worst {result['max_ms']:.1f} ms over {result['runs'] - 1} runs (goal <= {GOAL_MS:.0f} ms)")  # fmt: skip
 

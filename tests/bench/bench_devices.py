@@ -1,20 +1,22 @@
-"""Devices at factory scale, side by side in one run (loopback only, bounded in count and time).
+"""Offline devices as a user makes them, side by side with their baselines in the same rounds.
 
-1. Offline issuance: fioca's in-process batch (every core) in devices/s, against the documented
-   section 8 procedure typed into sh (openssl, one device at a time), against fioca's own
-   `--faithful` path, and against `openssl speed ecdsap256` signs/s as a ceiling (a device
-   costs at least one ECDSA sign for its CSR and one for its certificate).
-2. New mTLS connections per second (`openssl s_time -new`, GET /device with a device cert):
-   the sandbox gateway against nginx (worker_processes 1: one core, as the gateway's Python
-   process mostly gets) serving the same factory PKI.
+1. The batch: `fioca device create-offline PKI --count N` (1,000 and 10,000; 100,000 with
+   `make bench-large`), run as a user runs it: a new process, start-up included, folders on
+   disk (BENCH_DISK_TMP, default /var/tmp), timed from outside. Peak memory is the largest
+   sum of PSS over fioca's processes (the parent and its workers), sampled every 50 ms. Each
+   round also measures the two ceilings on every core: `openssl speed ecdsap256` (a device
+   costs at least two signatures: its CSR and its certificate), and keygen + two signatures
+   + encoding + the seven files in the same place on disk (files_ceiling.py). The batch's
+   folders stay until the end of the suite: deleting many files right before making more
+   makes ext4's inode allocation slow for a while, and would count against the next round.
+2. `--faithful` against the documented procedure typed by hand (section 8 with sh and
+   openssl, one device after another, in the PKI dir, no jail), BENCH_FAITHFUL devices each.
+   fioca runs the same commands in the script jail, one device per core at a time, checks
+   every device and syncs each folder before reporting it; the hand-run procedure does none
+   of that.
 
-Both issuance procedures write to the same filesystem: BENCH_TMP, default /dev/shm (RAM),
-so the figures measure the procedures, not a disk shared with other work (on this machine's
-ext4 a directory create costs 0.3-6 ms depending on what else runs; the output says which).
-The batch is also run with its folders on disk (BENCH_DISK_TMP, default /var/tmp) and
-reported beside it.
-Environment: BENCH_DEVICES (default 3000), BENCH_MANUAL (20), BENCH_STIME_SECONDS (5), BENCH_TMP,
-BENCH_DISK_TMP.
+Environment: BENCH_ROUNDS (5), BENCH_DEVICE_COUNTS ("1000,10000"), BENCH_FAITHFUL (24),
+BENCH_DISK_TMP (/var/tmp).
 """
 
 from __future__ import annotations
@@ -23,130 +25,210 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid as uuid_module
 from pathlib import Path
 
-from fioca.device import offline
-from tests.test_device_support import Factory, Nginx, manual_procedure
+from tests.bench import common
+from tests.test_device_support import Factory, manual_procedure
 
-DEVICES = int(os.environ.get("BENCH_DEVICES", "3000"))
-MANUAL = int(os.environ.get("BENCH_MANUAL", "20"))
-STIME_SECONDS = int(os.environ.get("BENCH_STIME_SECONDS", "5"))
-GOAL_RATE = 2000
-GOAL_RATIO = 50
+COUNTS = [int(n) for n in os.environ.get("BENCH_DEVICE_COUNTS", "1000,10000").split(",")]
+FAITHFUL = int(os.environ.get("BENCH_FAITHFUL", "24"))
+DISK_TMP = os.environ.get("BENCH_DISK_TMP", "/var/tmp")
+CEILING_DEVICES = 1000  # per core, for the files ceiling
+GOAL_RATE = 2000  # devices/s
+GOAL_SIGNING_SHARE = 0.07
+GOAL_FAITHFUL = 1.8
+MEMORY_GOAL_MIB = 200
+SAMPLE_SECONDS = 0.05
 
 
-def in_process_rate(factory: Factory, out: Path, count: int) -> float:
-    pki = offline.load_pki(factory.pki)
-    specs = offline.plan_devices(count)
+def fioca() -> list[str]:
+    script = Path(sys.executable).with_name("fioca")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FIOCTL_")}
+
+
+# --- peak memory of a process tree ---------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            todo.extend(int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split())
+        except OSError:
+            pass
+    return found
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Samples the PSS of a process and its descendants until it ends; the largest sum, MiB."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak_kib = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in _tree(self.pid)))
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
+# --- the measures ----------------------------------------------------------------------------------
+
+
+def batch_run(pki: Path, out: Path, count: int) -> tuple[float, float]:
+    """(devices/s, peak MiB) of `fioca device create-offline --count` into `out`, from outside."""
     start = time.perf_counter()
-    made = offline.create_in_process(pki, offline.OfflineOptions(out_dir=out), specs)
+    process = subprocess.Popen([*fioca(), "device", "create-offline", str(pki), "--count", str(count), "--out", str(out)],
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    memory = PeakMemory(process.pid)
+    _, stderr = process.communicate()
     elapsed = time.perf_counter() - start
-    assert len(made) == count
-    return count / elapsed
+    peak = memory.stop()
+    if process.returncode != 0:
+        raise SystemExit(f"fioca device create-offline --count {count} failed:\n{stderr}")
+    made = sum(1 for entry in os.scandir(out) if not entry.name.startswith("."))
+    if made != count:
+        raise SystemExit(f"the batch reported success with {made} of {count} folders")
+    return count / elapsed, peak
 
 
-def faithful_rate(factory: Factory, out: Path, count: int) -> float:
-    pki = offline.load_pki(factory.pki)
-    specs = offline.plan_devices(1) if count == 1 else offline.plan_devices(count)
+def signing_ceiling() -> float:
+    """ECDSA P-256 signatures/s on every core at once: one `openssl speed` per core."""
+    command = ["openssl", "speed", "-seconds", "1", "ecdsap256"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for _ in range(common.CORES)]  # fmt: skip
+    total = 0.0
+    for process in processes:
+        out, _ = process.communicate(timeout=120)
+        line = next((line for line in out.splitlines() if "nistp256" in line and "ecdsa" in line), None)
+        if line is None:
+            raise SystemExit(f"cannot read openssl speed output:\n{out}")
+        total += float(re.findall(r"\d+\.\d+", line)[-2])  # sign/s, verify/s are the last two
+    return total
+
+
+def files_ceiling(out: Path) -> float:
+    done = subprocess.run([sys.executable, "-m", "tests.bench.files_ceiling", str(out), str(CEILING_DEVICES)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return float(done.stdout)
+
+
+def faithful_rate(pki: Path, out: Path) -> float:
     start = time.perf_counter()
-    offline.create_faithful(pki, offline.OfflineOptions(out_dir=out, days=offline.FAITHFUL_DAYS), specs)
-    return count / (time.perf_counter() - start)
+    done = subprocess.run([*fioca(), "device", "create-offline", str(pki), "--faithful", "--count", str(FAITHFUL),
+                           "--out", str(out)], env=_env(), capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"fioca device create-offline --faithful failed:\n{done.stderr}")
+    return FAITHFUL / (time.perf_counter() - start)
 
 
-def manual_rate(factory: Factory, count: int) -> float:
+def by_hand_rate(pki: Path, round_index: int) -> float:
     start = time.perf_counter()
-    for index in range(count):
-        done = manual_procedure(factory.pki, f"bench-manual-{index}", str(uuid_module.uuid4()))
+    for index in range(FAITHFUL):
+        done = manual_procedure(pki, f"by-hand-{round_index}-{index}", str(uuid_module.uuid4()))
         if done.returncode != 0:
             raise SystemExit(f"the documented procedure failed: {done.stderr}")
-    return count / (time.perf_counter() - start)
+    return FAITHFUL / (time.perf_counter() - start)
 
 
-def openssl_sign_rate() -> float:
-    done = subprocess.run(
-        ["openssl", "speed", "-seconds", "2", "ecdsap256"], capture_output=True, text=True, timeout=120
-    )
-    for line in done.stdout.splitlines():
-        if "nistp256" in line and "ecdsa" in line:
-            numbers = re.findall(r"\d+\.\d+", line)
-            return float(numbers[-2])  # sign/s, verify/s are the last two
-    raise SystemExit(f"cannot read openssl speed output:\n{done.stdout}")
+# --- the suite -------------------------------------------------------------------------------------
 
 
-def new_connection_rate(device: Path, cafile: Path, port: int) -> float:
-    done = subprocess.run(
-        [
-            "openssl", "s_time", "-new", "-connect", f"127.0.0.1:{port}", "-cert", str(device / "client.pem"),
-            "-key", str(device / "pkey.pem"), "-CAfile", str(cafile), "-www", "/device", "-time", str(STIME_SECONDS),
-        ],
-        capture_output=True, text=True, timeout=STIME_SECONDS * 4 + 30,
-    )
-    match = re.search(r"(\d+) connections in (\d+(?:\.\d+)?) real seconds", done.stdout)
-    if not match:
-        raise SystemExit(f"cannot read openssl s_time output:\n{done.stdout}\n{done.stderr}")
-    return int(match[1]) / float(match[2])
+def batch_suite(pki: Path, disk: Path, counts: list[int], rounds: int) -> dict[str, list[float]]:
+    memory: dict[int, list[float]] = {count: [] for count in counts}
+
+    def batch(count: int):
+        def run(index: int) -> float:
+            rate, peak = batch_run(pki, disk / f"batch-{count}-{index}", count)
+            memory[count].append(peak)
+            return rate
+
+        return run
+
+    measures = {"signing": lambda _i: signing_ceiling(), "files": lambda i: files_ceiling(disk / f"ceiling-{i}")}
+    measures.update({f"batch {count}": batch(count) for count in counts})
+    samples = common.alternate(rounds, measures)
+    samples.update({f"memory {count}": values for count, values in memory.items()})
+    return samples
 
 
-DISK_TMP = os.environ.get("BENCH_DISK_TMP", "/var/tmp")
+def report_batch(samples: dict[str, list[float]], counts: list[int], rounds: int, where: str, load: str) -> None:
+    print(f"device batch, folders on disk ({where}), `fioca device create-offline --count N` timed from outside, "
+          f"{rounds} rounds alternated; {load}")  # fmt: skip
+    two_signatures = [rate / 2 for rate in samples["signing"]]
+    print(common.value_line("ceiling 1: openssl speed ecdsap256, 2 signs", two_signatures, "devices/s", "{:,.0f}"))
+    print(common.value_line("ceiling 2: keygen + 2 signs + PEM + 7 files", samples["files"], "devices/s", "{:,.0f}"))
+    for count in counts:
+        rates = samples[f"batch {count}"]
+        print(common.value_line(f"fioca, {count:,} devices", rates, "devices/s", "{:,.0f}")
+              + f"   {common.verdict(common.median(rates), GOAL_RATE, at_most=False)}")  # fmt: skip
+        print(common.ratio_line("  share of ceiling 1", common.paired(rates, two_signatures), GOAL_SIGNING_SHARE,
+                                at_most=False, percent=True))  # fmt: skip
+        print(common.ratio_line("  share of ceiling 2", common.paired(rates, samples["files"]), percent=True))
+        peak = samples[f"memory {count}"]
+        print(common.value_line("  peak memory (PSS, all processes)", peak, "MiB", "{:,.0f}")
+              + f"   {common.verdict(max(peak), MEMORY_GOAL_MIB, at_most=True)}")  # fmt: skip
+    if len(counts) > 1:
+        flat = common.paired(samples[f"batch {counts[-1]}"], samples[f"batch {counts[0]}"])
+        print(common.ratio_line(f"flat: rate at {counts[-1]:,} / rate at {counts[0]:,}", flat))
 
 
-def main() -> None:
-    shm = Path("/dev/shm")
-    where = os.environ.get("BENCH_TMP") or (str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None)
-    base = Path(tempfile.mkdtemp(prefix="fioca-bench-devices-", dir=where))
+def faithful_suite(pki: Path, base: Path, rounds: int) -> None:
+    load = common.Load()
+    samples = common.alternate(rounds, {
+        "fioca": lambda i: faithful_rate(pki, base / f"faithful-{i}"),
+        "hand": lambda i: by_hand_rate(pki, i),
+    })  # fmt: skip
+    print(f"--faithful / the documented procedure by hand, {FAITHFUL} devices each, {rounds} rounds alternated; "
+          f"{load.done()}")  # fmt: skip
+    print(common.value_line("fioca --faithful (jail, checks, synced)", samples["fioca"], "devices/s"))
+    print(common.value_line("by hand: sh + openssl, one after another, no jail", samples["hand"], "devices/s"))
+    print(common.ratio_line("ratio", common.paired(samples["fioca"], samples["hand"]), GOAL_FAITHFUL, at_most=False))
+
+
+def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool = True) -> None:
+    base = Path(tempfile.mkdtemp(prefix="fioca-bench-devices-"))
+    disk = Path(tempfile.mkdtemp(prefix="fioca-bench-batch-", dir=DISK_TMP))
     factory = Factory(base / "factory")
-    nginx = None
+    factory.stop()  # the PKI is made; offline devices need no server
     try:
-        batch = in_process_rate(factory, base / "batch", DEVICES)
-        # The same batch with its folders on this machine's disk, for the record.
-        on_disk = Path(tempfile.mkdtemp(prefix="fioca-bench-disk-", dir=DISK_TMP))
-        try:
-            batch_disk = in_process_rate(factory, on_disk / "batch", DEVICES)
-        finally:
-            shutil.rmtree(on_disk, ignore_errors=True)
-        manual = manual_rate(factory, MANUAL)
-        faithful = faithful_rate(factory, base / "faithful", max(1, MANUAL // 2))
-        ceiling = openssl_sign_rate()
-
-        # One device, accepted (and so registered) by the gateway before timing connections.
-        [device] = offline.create_in_process(
-            offline.load_pki(factory.pki), offline.OfflineOptions(out_dir=base / "probe"), offline.plan_devices(1)
-        )
-        check = factory.run("device", "check", device.path, "--pki-dir", factory.pki)
-        if check.exit_code != 0:
-            raise SystemExit(f"the probe device was not accepted: {check.stdout}{check.stderr}")
-        root = factory.pki / "factory_ca.pem"
-        gateway_rate = new_connection_rate(device.path, root, factory.gateway_port)
-        nginx = Nginx(factory, workers="1")
-        nginx_rate = new_connection_rate(device.path, root, nginx.port)
+        load = common.Load()
+        samples = batch_suite(factory.pki, disk, counts, rounds)
+        report_batch(samples, counts, rounds, DISK_TMP, load.done())
+        if faithful:
+            print()
+            faithful_suite(factory.pki, base, rounds)
     finally:
-        if nginx is not None:
-            nginx.stop()
-        factory.stop()
+        shutil.rmtree(disk, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
-
-    cores = os.cpu_count() or 1
-    print(f"device issuance ({cores} cores; {DEVICES} in-process devices, {MANUAL} by the documented procedure; "
-          f"files in {where or tempfile.gettempdir()})")
-    print(f"  {'fioca in process (batch)':<44}{batch:>10,.0f} devices/s")
-    print(f"  {'  the same, folders on disk (' + DISK_TMP + ')':<44}{batch_disk:>10,.0f} devices/s "
-          f"(goal >= {GOAL_RATE:,}/s: {'met' if batch_disk >= GOAL_RATE else 'NOT met'})")
-    print(f"  {'documented procedure (sh + openssl)':<44}{manual:>10,.1f} devices/s")
-    print(f"  {'fioca --faithful (same commands + checks)':<44}{faithful:>10,.1f} devices/s")
-    print(f"  {'ceiling: openssl speed ecdsap256, 2 signs':<44}{ceiling * cores / 2:>10,.0f} devices/s "
-          f"({ceiling:,.0f} signs/s per core)")
-    ratio = batch / manual
-    print(f"  batch vs documented: {ratio:,.0f}x (goal >= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'}); "
-          f"batch rate goal >= {GOAL_RATE:,}/s: {'met' if batch >= GOAL_RATE else 'NOT met'}; "
-          f"{batch / (ceiling * cores / 2):.0%} of the signing ceiling")
-    print(f"new mTLS connections (openssl s_time -new, GET /device, {STIME_SECONDS}s each)")
-    print(f"  {'sandbox gateway':<44}{gateway_rate:>10,.0f} conn/s")
-    print(f"  {'nginx (worker_processes 1), same PKI':<44}{nginx_rate:>10,.0f} conn/s")
-    share = gateway_rate / nginx_rate if nginx_rate else 0.0
-    print(f"  gateway vs nginx: {share:.0%} (goal >= 50%: {'met' if share >= 0.5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

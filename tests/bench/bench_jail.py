@@ -17,6 +17,7 @@ from pathlib import Path
 from fioca.pki import jail as jails
 from fioca.pki.scripts import ScriptRunner
 from fioca.sandbox.server import Sandbox
+from tests.bench import common
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 RUNS = 5 * ROUNDS
@@ -72,6 +73,7 @@ def create_in_process(base: Path, n: int, jail: jails.Jail) -> float:
 
 
 def main() -> dict[str, float]:
+    load = common.Load()
     jail = jails.require()
     with tempfile.TemporaryDirectory(prefix="fioca-bench-jail-") as tmp:
         base = Path(tmp)
@@ -83,11 +85,12 @@ def main() -> dict[str, float]:
             for contained in (n % 2 == 0, n % 2 == 1):
                 creates[contained].append(create_in_process(base, n, jail if contained else jails.NO_JAIL))
     with_jail, without = statistics.median(creates[True]), statistics.median(creates[False])
-    print(f"the script jail ({jail.describe()}), median of {RUNS} runs / {ROUNDS} creates")
+    print(f"the script jail ({jail.describe()}), median of {RUNS} runs / {ROUNDS} creates alternated; {load.done()}")
     for what, jailed, plain in (("empty script", noop_jail, noop_plain), ("openssl genkey", genkey_jail, genkey_plain)):
         print(f"  {what:<18}  jail {jailed:7.1f} ms   no jail {plain:7.1f} ms   +{jailed - plain:.1f} ms")
-    print(f"  keys ca create      jail {with_jail:7.1f} ms   no jail {without:7.1f} ms   "
-          f"ratio {with_jail / without:.2f}x   (goal <= 1.3x)")  # fmt: skip
+    print(f"  keys ca create      jail {with_jail:7.1f} ms   no jail {without:7.1f} ms")
+    print(common.ratio_line("keys ca create in process: jail / no jail", common.paired(creates[True], creates[False]),
+                            1.3, width=44))  # fmt: skip
     return {"run_overhead_ms": noop_jail - noop_plain, "create_jail_ms": with_jail, "create_nojail_ms": without,
             "ratio": with_jail / without}  # fmt: skip
 

@@ -1,0 +1,262 @@
+"""How a batch of device folders reaches the disk: written whole, synced, then published.
+
+Every device is built in `OUT/.partial-<folder>` (0700, files 0400) and only complete, checked
+folders are renamed to `OUT/<folder>`. Durability is by batch, not by file: `Publisher`
+flushes the filesystem once (syncfs) for every folder written since the last time, renames
+them into place, and syncs OUT, so a crash never leaves a published folder with a file that
+did not reach the disk, and a folder is reported only once it is durable.
+
+`run_pool` spreads a batch over worker processes: each takes the next chunk of devices from a
+shared counter, builds, checks and writes its partial folders, and tells the parent; the
+parent publishes and reports progress. The workers are forked from the caller (a few
+milliseconds, the PKI already loaded) when it runs no other thread; a caller with threads
+(a sandbox in the same process) gets them from a fork server instead, since a fork would copy
+whatever locks those threads hold. Ctrl-C reaches the whole process group: workers ignore it
+and the parent stops them after the chunk at hand, publishes what is complete and removes the
+rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Protocol
+
+from fioca import facts
+from fioca.errors import FiocaError, RefusedError
+
+PARTIAL_PREFIX = ".partial-"
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Builder(Protocol):
+    """What a worker does for one device: its files, built and checked (nothing written)."""
+
+    def build(self, spec: Any) -> dict[str, bytes]: ...
+
+
+@contextlib.contextmanager
+def opened_folder(path: Path) -> Iterator[int]:
+    """An fd on the folder `path` (not through a symlink), closed afterwards."""
+    fd = os.open(path, _FOLDER)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_partial(out_fd: int, folder: str, files: dict[str, bytes]) -> None:
+    """`OUT/.partial-<folder>` (0700) holding `files` (0400 each), all new."""
+    partial = PARTIAL_PREFIX + folder
+    os.mkdir(partial, facts.DIR_MODE, dir_fd=out_fd)
+    folder_fd = os.open(partial, _FOLDER, dir_fd=out_fd)
+    try:
+        for name, data in files.items():
+            fd = os.open(name, _NEW_FILE, facts.FILE_MODE, dir_fd=folder_fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+    finally:
+        os.close(folder_fd)
+
+
+def remove_partials(out_dir: Path) -> None:
+    for entry in out_dir.glob(f"{PARTIAL_PREFIX}*"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _syncfs_call() -> Callable[[int], None]:
+    """syncfs(2) (Linux): one flush of the filesystem OUT is on; elsewhere, sync(2)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return lambda _fd: os.sync()
+
+    def syncfs(fd: int) -> None:
+        if call(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+
+    return syncfs
+
+
+class Publisher:
+    """Moves complete partial folders into place in OUT, durably (see the module docstring)."""
+
+    def __init__(self, out_dir: Path, out_fd: int):
+        self.out_dir = out_dir
+        self.out_fd = out_fd
+        self._syncfs = _syncfs_call()
+
+    def publish(self, folders: Sequence[str]) -> None:
+        if not folders:
+            return
+        self._syncfs(self.out_fd)  # every file of every folder below is on the disk
+        for folder in folders:
+            try:
+                os.stat(folder, dir_fd=self.out_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:  # the run holds OUT's lock: nothing else makes names there meanwhile
+                raise RefusedError(f"{self.out_dir / folder} already exists; fioca never overwrites a device folder")
+            os.rename(PARTIAL_PREFIX + folder, folder, src_dir_fd=self.out_fd, dst_dir_fd=self.out_fd)
+        os.fsync(self.out_fd)  # the renames too
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """What the workers share: the devices (anything sliceable into specs with a `folder`),
+    the chunk size and where to write."""
+
+    specs: Sequence[Any]
+    chunk: int
+    out_dir: Path
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.specs) // self.chunk)
+
+    def part(self, index: int) -> Sequence[Any]:
+        return self.specs[index * self.chunk : (index + 1) * self.chunk]
+
+
+class BuilderRecipe(Protocol):
+    """How a fork-server worker makes its own Builder (a loaded CA key does not pickle)."""
+
+    def __call__(self) -> Builder: ...
+
+
+def _worker(make_builder: BuilderRecipe, plan: PoolPlan, counter: Any, stop: Any, conn: Any) -> None:
+    """A worker: chunks from the shared counter until there are none or the parent says stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        builder = make_builder()
+        with opened_folder(plan.out_dir) as out_fd:
+            while not stop.is_set():
+                with counter.get_lock():
+                    index = counter.value
+                    counter.value += 1
+                if index >= plan.chunks:
+                    break
+                for spec in plan.part(index):
+                    write_partial(out_fd, spec.folder, builder.build(spec))
+                conn.send(("written", index))
+        conn.send(("end", None))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which reports it
+        conn.send(("error", _portable(exc)))
+    finally:
+        conn.close()
+
+
+def _portable(exc: BaseException) -> tuple[type, tuple, dict]:
+    """An exception as (class, args, attributes): FiocaError subclasses with their own
+    __init__ (CheckError) do not survive pickling as themselves."""
+    kind = type(exc) if isinstance(exc, (FiocaError, OSError)) else FiocaError
+    args = exc.args if kind is type(exc) else (f"a batch worker failed: {exc!r}",)
+    state = dict(getattr(exc, "__dict__", {})) if kind is type(exc) else {"message": args[0], "details": []}
+    return kind, args, state
+
+
+def _rebuilt(portable: tuple[type, tuple, dict]) -> BaseException:
+    kind, args, state = portable
+    exc = kind.__new__(kind)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class PoolInterrupted(Exception):
+    """Ctrl-C during a pool run; `published` folders are complete and in place."""
+
+    def __init__(self, published: list[int]):
+        super().__init__("interrupted")
+        self.published = published
+
+
+def run_pool(
+    builder: Builder,
+    recipe: BuilderRecipe,
+    plan: PoolPlan,
+    publisher: Publisher,
+    workers: int,
+    progress: Callable[[int], None],
+) -> list[int]:
+    """Run `plan` on `workers` processes; the indexes of the chunks published, in order.
+    Forked workers use `builder` as it is; fork-server workers make theirs with `recipe`.
+    Raises the first worker's error, or PoolInterrupted, after stopping every worker."""
+    forked = threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if forked else "forkserver")
+    if not forked:
+        context.set_forkserver_preload(["fioca.device.offline"])
+    counter, stop = context.Value("q", 0), context.Event()
+    processes, conns = [], []
+    for _ in range(min(workers, plan.chunks)):
+        receive, send = context.Pipe(duplex=False)
+        make = (lambda: builder) if forked else recipe  # a fork copies the builder; nothing is pickled
+        process = context.Process(target=_worker, args=(make, plan, counter, stop, send), daemon=True)
+        process.start()
+        send.close()
+        processes.append(process)
+        conns.append(receive)
+    return _collect(processes, conns, stop, plan, publisher, progress)
+
+
+def _collect(processes: list, conns: list, stop: Any, plan: PoolPlan, publisher: Publisher,
+             progress: Callable[[int], None]) -> list[int]:  # fmt: skip
+    """The parent's loop: publish what the workers wrote, until every worker has ended. All
+    that was written while the last publish synced is published together (one sync)."""
+    published: list[int] = []
+    failure: BaseException | None = None
+    interrupted = False
+    live = list(conns)
+    while live:
+        try:
+            written = []
+            ready = wait(live)
+            while ready:
+                for conn in ready:
+                    try:
+                        kind, value = conn.recv()
+                    except EOFError:  # killed (out of memory?): what it was writing stays partial
+                        kind, value = "error", _portable(FiocaError("a batch worker ended without finishing its devices"))
+                    if kind == "written":
+                        written.append(value)
+                        continue
+                    live.remove(conn)
+                    if kind == "error" and failure is None:
+                        failure = _rebuilt(value)
+                        stop.set()
+                ready = wait(live, timeout=0)  # what else is waiting, without waiting for it
+            if written and failure is None:
+                publisher.publish([spec.folder for index in written for spec in plan.part(index)])
+                published.extend(written)
+                progress(sum(len(plan.part(index)) for index in written))
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()  # the chunks at hand finish; no new ones start
+        except BaseException as exc:
+            failure = failure or exc
+            stop.set()
+    for process in processes:
+        process.join()
+    remove_partials(plan.out_dir)
+    if failure is not None:
+        raise failure
+    if interrupted:
+        raise PoolInterrupted(sorted(published))
+    return sorted(published)
+
