@@ -281,15 +281,20 @@ def printenv(inv: Invocation) -> Output:
 
 
 def cd(inv: Invocation) -> Output:
+    """The audit reads every path from the work dir: after a `cd` anywhere else, `factory_ca.key`
+    may be another file than the one it followed (a key the script wrote as data)."""
     names = inv.operands()
     if not names:
         inv.find("outside-workdir", Severity.HIGH, "'cd' without a directory goes to the user's home")
     elif names[0].text == "-":
-        inv.find("outside-workdir", Severity.MEDIUM, "'cd -' goes back to a directory outside the script's view")
+        inv.find("outside-workdir", Severity.HIGH, "'cd -' goes back to a directory outside the script's view")
     else:
         paths.check(inv.state, names[0], "check", inv.line)
         if names[0].value.kinds() - {ARG}:
             inv.find("unresolved-path", Severity.HIGH, f"cd {names[0].text}: a directory chosen at run time")
+        elif paths.norm(names[0].text).rstrip("/") not in ("", "."):
+            inv.find("unresolved-path", Severity.HIGH,
+                     f"cd {names[0].text}: the audit follows files from the work dir only; after it, no path names the file the audit read")  # fmt: skip
     return Output()
 
 

@@ -111,7 +111,7 @@ def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output |
             if target.text == "2" and fd == "1":
                 to_stderr = True
             elif not (target.text.isdigit() or target.text == "-"):
-                paths.check(state, field, "write", redirect.line)
+                paths.write(state, field, redirect.line, FileInfo(None, None, "data"))
             continue
         if redirect.op in ("<", "<>"):
             info = paths.read(state, field, redirect.line, "the redirection", signing=True)
@@ -120,7 +120,9 @@ def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output |
             if fd == "1":
                 targets.append((field, redirect.op == ">>"))
             else:
-                paths.check(state, field, "write", redirect.line)
+                # Another fd (`2>f`, `exec 3>f`) writes whatever goes to it: unknown data, not
+                # what the file held before (a generated key stays generated only untouched).
+                paths.write(state, field, redirect.line, FileInfo(None, None, "data"))
     return stdin, targets, to_stderr
 
 

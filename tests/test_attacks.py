@@ -1,0 +1,105 @@
+"""Attacks on create from a hostile server and a co-located process (the attack review).
+
+Each test is an attack that worked against fioca when it was written: the test says what
+must hold (nothing chosen by the server or secret leaves, nothing runs that the audit did not
+see), and fails until the hole is closed. Attacks that are design decisions for the lead are
+marked xfail(strict=True) with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fioca import facts
+from fioca.pki import reference
+from tests.conftest import FACTORY, answer_with, server_certs
+
+
+def api_scripts(sandbox) -> dict[str, str]:
+    cn = f"fio-{sandbox.backend.user_self()['polis-id']}"
+    return reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=cn)
+
+
+def with_line(scripts: dict[str, str], name: str, before: str, added: str) -> dict[str, str]:
+    """`scripts[name]` with `added` put just before the first `before`."""
+    assert before in scripts[name], f"{before!r} not in {name}"
+    return {name: scripts[name].replace(before, added + before, 1)}
+
+
+def chosen_key_pem() -> tuple[ec.EllipticCurvePrivateKey, list[str]]:
+    """A P-256 key 'the server' made, and its PEM lines."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption()).decode()
+    return key, pem.strip().splitlines()
+
+
+def printf_lines(lines: list[str]) -> str:
+    """Shell that prints `lines`, with no line of the script holding a PEM header whole."""
+    split = [f"'{line[:16]}' '{line[16:]}'" for line in lines]
+    return "; ".join(f"printf '%s%s\\n' {part}" for part in split)
+
+
+def refused_before_running(result, recorder, pki: Path, sandbox) -> None:
+    assert result.exit_code == 3, result.output
+    assert "high-severity finding" in result.stderr
+    assert [method for method, _ in recorder] == ["POST"]
+    assert not (pki / facts.ROOT_KEY).exists()
+    assert server_certs(sandbox)[0] == 206
+
+
+# --- Audit: a root key the server chose, written where the audit does not look ----------------
+
+
+def test_a_key_written_through_stderr_redirection_is_seen(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`{ printf KEY; } 2>factory_ca.key >&2` after the key generation: the audit recorded only
+    fd 1 redirections as writes, so the file kept its 'generated' origin and the server's own
+    key became the factory's root of trust, with no high finding."""
+    _key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    overwrite = f"\t{{ {printf_lines(lines)}; }} 2>factory_ca.key >&2\n"
+    answer_with(monkeypatch, sandbox, with_line(scripts, "create_ca", "\tkey=factory_ca.key\n", overwrite))
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox)
+
+
+def test_a_key_signed_with_after_cd_is_seen(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`(cd d && openssl req -key factory_ca.key ...)`: the audit did not follow `cd`, so it
+    took d/factory_ca.key (the server's key, written as data) for the generated one in the work
+    dir, and the server's key became the root of trust."""
+    _key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    sign = 'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256\n'
+    text = scripts["create_ca"].replace(sign, (
+        f"mkdir d\n{{ {printf_lines(lines)}; }} > d/factory_ca.key\ncp ca.cnf d/ca.cnf\n"
+        f"(cd d && {sign.strip()})\nmv -f d/factory_ca.key .\ncp d/factory_ca.pem .\n"
+    ))
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox)
+
+
+@pytest.mark.parametrize("spelling", ["d/./k", "d//k"])
+def test_two_spellings_of_one_file_are_one_file(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, spelling):
+    """A key generated as d/k, overwritten with the server's key through `d/./k` (or `d//k`),
+    then renamed factory_ca.key: the audit took the two spellings for two files."""
+    _key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    keygen = "\topenssl ecparam -genkey -name prime256v1 | openssl ec -out factory_ca.key\n"
+    text = scripts["create_ca"].replace(keygen, (
+        f"\tmkdir d\n\topenssl ecparam -genkey -name prime256v1 | openssl ec -out d/k\n"
+        f"\t{{ {printf_lines(lines)}; }} > {spelling}\n\tmv d/k factory_ca.key\n"
+    ))
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox)
