@@ -45,7 +45,10 @@ def printf_lines(lines: list[str]) -> str:
     return "; ".join(f"printf '%s%s\\n' {part}" for part in split)
 
 
-def refused_before_running(result, recorder, pki: Path, sandbox) -> None:
+def refused_before_running(result, recorder, pki: Path, sandbox, chosen: ec.EllipticCurvePrivateKey) -> None:
+    if (pki / facts.ROOT_KEY).exists():
+        stored = serialization.load_pem_private_key((pki / facts.ROOT_KEY).read_bytes(), None)
+        assert stored.private_numbers() != chosen.private_numbers(), "the server's own key became the root of trust"
     assert result.exit_code == 3, result.output
     assert "high-severity finding" in result.stderr
     assert [method for method, _ in recorder] == ["POST"]
@@ -60,20 +63,20 @@ def test_a_key_written_through_stderr_redirection_is_seen(cli, sandbox, sandbox_
     """`{ printf KEY; } 2>factory_ca.key >&2` after the key generation: the audit recorded only
     fd 1 redirections as writes, so the file kept its 'generated' origin and the server's own
     key became the factory's root of trust, with no high finding."""
-    _key, lines = chosen_key_pem()
+    key, lines = chosen_key_pem()
     scripts = api_scripts(sandbox)
     overwrite = f"\t{{ {printf_lines(lines)}; }} 2>factory_ca.key >&2\n"
     answer_with(monkeypatch, sandbox, with_line(scripts, "create_ca", "\tkey=factory_ca.key\n", overwrite))
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
-    refused_before_running(result, recorder, pki, sandbox)
+    refused_before_running(result, recorder, pki, sandbox, key)
 
 
 def test_a_key_signed_with_after_cd_is_seen(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
     """`(cd d && openssl req -key factory_ca.key ...)`: the audit did not follow `cd`, so it
     took d/factory_ca.key (the server's key, written as data) for the generated one in the work
     dir, and the server's key became the root of trust."""
-    _key, lines = chosen_key_pem()
+    key, lines = chosen_key_pem()
     scripts = api_scripts(sandbox)
     sign = 'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256\n'
     text = scripts["create_ca"].replace(sign, (
@@ -84,14 +87,14 @@ def test_a_key_signed_with_after_cd_is_seen(cli, sandbox, sandbox_env, recorder,
     answer_with(monkeypatch, sandbox, {"create_ca": text})
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
-    refused_before_running(result, recorder, pki, sandbox)
+    refused_before_running(result, recorder, pki, sandbox, key)
 
 
 @pytest.mark.parametrize("spelling", ["d/./k", "d//k"])
 def test_two_spellings_of_one_file_are_one_file(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, spelling):
     """A key generated as d/k, overwritten with the server's key through `d/./k` (or `d//k`),
     then renamed factory_ca.key: the audit took the two spellings for two files."""
-    _key, lines = chosen_key_pem()
+    key, lines = chosen_key_pem()
     scripts = api_scripts(sandbox)
     keygen = "\topenssl ecparam -genkey -name prime256v1 | openssl ec -out factory_ca.key\n"
     text = scripts["create_ca"].replace(keygen, (
@@ -102,4 +105,31 @@ def test_two_spellings_of_one_file_are_one_file(cli, sandbox, sandbox_env, recor
     answer_with(monkeypatch, sandbox, {"create_ca": text})
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
-    refused_before_running(result, recorder, pki, sandbox)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+KEYGEN = "\topenssl ecparam -genkey -name prime256v1 | openssl ec -out factory_ca.key\n"
+
+
+@pytest.mark.parametrize("overwrite", [
+    "cp -t. d/factory_ca.key",  # GNU getopt: -t's value attached
+    "cp --target=. d/factory_ca.key",  # an abbreviated long option
+    "mv -ft. d/factory_ca.key",  # in a cluster
+    "cp d/* .",  # a glob: the names it writes are not known
+    "cp -r d/. .",  # a folder's contents
+    "sed -n '--expression=w factory_ca.key' d/k",  # sed's script in a long option
+    "sed -new' 'factory_ca.key d/k",  # -n -e 'w factory_ca.key'
+])  # fmt: skip
+def test_options_are_read_as_gnu_getopt_reads_them(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, overwrite):
+    """The generated root key overwritten with the server's by cp, mv or sed options the
+    audit read otherwise than the tools do (an attached value taken for a flag, the data file
+    taken for sed's script): no high finding, and the server's key became the root."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    data = "d/k" if overwrite.startswith("sed") else "d/factory_ca.key"
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > {data}\n\t{overwrite}\n")
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
