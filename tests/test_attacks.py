@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
 from fioca.pki import reference
+from fioca.pki.audit import Severity, audit_scripts
 from tests.conftest import FACTORY, answer_with, server_certs
 
 
@@ -133,3 +134,45 @@ def test_options_are_read_as_gnu_getopt_reads_them(cli, sandbox, sandbox_env, re
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
     refused_before_running(result, recorder, pki, sandbox, key)
+
+
+@pytest.mark.parametrize("overwrite", ["openssl pkey -in d/k -out=factory_ca.key", "openssl pkey -in d/k --out factory_ca.key"])
+def test_openssl_options_are_read_as_openssl_reads_them(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, overwrite):
+    """openssl takes `--out F` and `-out=F` as `-out F`; the audit took them for flags and
+    missed the write of the server's key over the generated one."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > d/k\n\t{overwrite}\n")
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+# --- The same holes at the audit's level, each with its harmless twin ---------------------------
+
+KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")
+
+
+def high_findings(body: str, name: str = "create_ca") -> set[str]:
+    report = audit_scripts({name: "#!/bin/sh -e\n" + body}, hsm=False, known=KNOWN, jail="test")
+    return {finding.id for finding in report.scripts[0].findings if finding.severity == Severity.HIGH}
+
+
+SIGN = "openssl req -new -x509 -days 7300 -config c.cnf -key factory_ca.key -out factory_ca.pem\n"
+AUDIT_TWINS = [
+    # (hostile, harmless, the HIGH finding of the first)
+    ("openssl genpkey -algorithm EC -pkeyopt group:P-256 -pkeyopt hexdhkem-ikm:00ff -out factory_ca.key\n" + SIGN,
+     "openssl genpkey -algorithm EC -pkeyopt group:P-256 -out factory_ca.key\n" + SIGN, "key-from-data"),
+    ("openssl ecparam -genkey -name prime256v1 -out factory_ca.key\nexec 3>factory_ca.key\n" + SIGN,
+     "openssl ecparam -genkey -name prime256v1 -out factory_ca.key\nexec 3>/dev/null\n" + SIGN, "key-from-data"),
+    ("mkdir d\ncd d\n", "mkdir d\ncd .\n", "unresolved-path"),
+    ("cp --parents d/x .\n", "cp -f d/x .\n", "unresolved-value"),
+    ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("hostile", "harmless", "finding"), AUDIT_TWINS)
+def test_audit_twins(hostile: str, harmless: str, finding: str) -> None:
+    assert finding in high_findings(hostile)
+    assert finding not in high_findings(harmless)

@@ -57,7 +57,18 @@ def parse_options(inv: Invocation) -> Options | None:
                 inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} takes {f.text}, options built at run time")
             options.positional.append(f)
         elif f.text.startswith("-") and f.text != "-":
-            name = f.text[1:]
+            # openssl reads `--name` as `-name`, and `-name=value` as `-name value`.
+            if not f.value.known:
+                inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} {f.text}: an option built at run time")
+            first = f.value.parts[0] if isinstance(f.value.parts[0], str) else ""
+            name, eq, attached = first[2:].partition("=") if first.startswith("--") else first[1:].partition("=")
+            if eq:
+                value = Value((attached, *f.value.parts[1:]) if attached else f.value.parts[1:], f.value.taints, f.value.computed)
+                options.values.setdefault(name, []).append(Field(value, False, f.quoted, f.line))
+                if name not in takes_value:
+                    inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} {f.text}: a value given to an option the audit does not know to take one")
+                i += 1
+                continue
             if name in takes_value and i + 1 < len(args):
                 options.values.setdefault(name, []).append(args[i + 1])
                 i += 2
@@ -228,6 +239,9 @@ def _key_kind(inv: Invocation, options: Options) -> None:
             command.key_bits = int(detail) if detail.isdigit() else 2048
     for f in options.values.get("pkeyopt", []):
         key, _, setting = f.text.partition(":")
+        if key not in knowledge.OPENSSL_KEYGEN_SETTINGS and (sub == "genpkey" or options.get("newkey")):
+            # OpenSSL 3.2 on derives an EC key from `dhkem-ikm` (hexdhkem-ikm:...): a key from data.
+            inv.find("key-from-data", Severity.HIGH, f"-pkeyopt {f.text}: a key-generation setting the audit does not know; it can derive the key from data")
         if key in ("ec_paramgen_curve", "group"):
             command.curve = setting
         elif key == "rsa_keygen_bits" and setting.isdigit():
