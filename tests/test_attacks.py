@@ -149,6 +149,46 @@ def test_openssl_options_are_read_as_openssl_reads_them(cli, sandbox, sandbox_en
     refused_before_running(result, recorder, pki, sandbox, key)
 
 
+
+# openssl loads a provider module named by the config `req -config` reads; this config names
+# one (a shared object the script could have written with printf) in words the audit read
+# otherwise than openssl: NCONF joins a line ending in a backslash with the next. (Tried by
+# hand with a module whose constructor puts the server's key in factory_ca.key before openssl
+# reads it: create exited 0 and the server's key became the root.)
+HIDDEN_MODULE_CONFIG = """cat > pre.cnf <<'EOF'
+openssl_\\
+conf = init
+[init]
+provider\\
+s = p
+[p]
+x = x_sect
+default = d_sect
+[d_sect]
+activate = 1
+[x_sect]
+modul\\
+e = \\
+/work/e.so
+activate = 1
+EOF
+cat ca.cnf >> pre.cnf
+mv pre.cnf ca.cnf
+"""
+
+
+def test_an_openssl_config_is_read_as_openssl_reads_it(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    scripts = api_scripts(sandbox)
+    text = scripts["create_ca"].replace('\nif [ -n "$HSM_MODULE" ]', "\n" + HIDDEN_MODULE_CONFIG + 'if [ -n "$HSM_MODULE" ]', 1)
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    assert result.exit_code == 3, result.output
+    assert "eval-data" in result.stderr and "openssl_conf" in result.stderr
+    assert [method for method, _ in recorder] == ["POST"]
+
+
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 
 KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")
@@ -168,6 +208,10 @@ AUDIT_TWINS = [
      "openssl ecparam -genkey -name prime256v1 -out factory_ca.key\nexec 3>/dev/null\n" + SIGN, "key-from-data"),
     ("mkdir d\ncd d\n", "mkdir d\ncd .\n", "unresolved-path"),
     ("cp --parents d/x .\n", "cp -f d/x .\n", "unresolved-value"),
+    ("echo 'openssl_c\\0157nf = init' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n",
+     "echo 'openssl_c0157nf = init' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "eval-data"),
+    ("printf '[a]\\nx = \\\\/etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n",
+     "printf '[a]\\nx = etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "absolute-path"),
     ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
 ]  # fmt: skip
 

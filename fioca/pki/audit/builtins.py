@@ -33,12 +33,44 @@ def sets_env(state: State, name: str, value: Value, line: int, *, before: str | 
 
 
 def echo(inv: Invocation) -> Output:
+    """dash's echo: `-n` is its only option, and it always reads escapes (`\\0157` is `o`,
+    `\\c` ends the output), so `echo 'openssl_c\\0157nf'` writes `openssl_conf`."""
     args = inv.args
     newline = True
-    while args and args[0].text in ("-n", "-e", "-E"):
-        newline = newline and args[0].text != "-n"
+    while args and args[0].text == "-n":
+        newline = False
         args = args[1:]
-    return Output(_join(args) + Value.of("\n" if newline else ""), None, "data")
+    out = EMPTY
+    for i, f in enumerate(args):
+        for piece in ((" ",) if i else ()) + f.value.parts:
+            if not isinstance(piece, str):
+                out = out + Value((piece,), f.value.taints, f.value.computed)
+                continue
+            text, stopped = _echo_escapes(piece)
+            out = out + Value.of(text, taints=f.value.taints)
+            if stopped:
+                return Output(out, None, "data")
+    return Output(out + Value.of("\n" if newline else ""), None, "data")
+
+
+def _echo_escapes(text: str) -> tuple[str, bool]:
+    """(the text as dash's echo prints it, whether `\\c` stopped it)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "\\" or i + 1 == len(text):
+            out.append(text[i])
+            i += 1
+            continue
+        if text[i + 1] == "c":
+            return "".join(out), True
+        octal = re.match(r"0[0-7]{0,3}|[1-7][0-7]{0,2}", text[i + 1 :])
+        if octal:
+            out.append(chr(int(octal.group(0), 8) & 0xFF))
+            i += 1 + octal.end()
+            continue
+        chunk, i = _escape(text, i)
+        out.append(chunk)
+    return "".join(out), False
 
 
 def printf(inv: Invocation) -> Output:

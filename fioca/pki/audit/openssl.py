@@ -350,10 +350,13 @@ class Config:
 
 
 def parse_config(text: str, first_line: int) -> Config:
+    """Sections of (key, value, line), read as OpenSSL's NCONF reads them: a line ending in a
+    backslash continues on the next (`openssl_\\` + `conf = init` is `openssl_conf`), `#`
+    starts a comment unless escaped or quoted, and a value's escapes and quotes are undone."""
     sections: dict[str, list[tuple[str, str, int]]] = {"": []}
     name = ""
-    for offset, raw in enumerate(text.split("\n")):
-        line = raw.split("#", 1)[0].strip()
+    for offset, raw in _config_lines(text):
+        line = _without_comment(raw).strip()
         if not line:
             continue
         m = re.fullmatch(r"\[\s*([^\]]*?)\s*\]", line)
@@ -362,11 +365,58 @@ def parse_config(text: str, first_line: int) -> Config:
             sections.setdefault(name, [])
             continue
         key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        sections.setdefault(name, []).append((key.strip(), value, first_line + offset if first_line else 0))
+        sections.setdefault(name, []).append((key.strip(), _config_value(value.strip()), first_line + offset if first_line else 0))
     return Config(sections)
+
+
+def _config_lines(text: str) -> list[tuple[int, str]]:
+    """(offset of its first line, text) of each logical line: continuations joined."""
+    lines: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for offset, raw in enumerate(text.split("\n")):
+        start, joined = pending if pending is not None else (offset, "")
+        joined += raw
+        trailing = len(joined) - len(joined.rstrip("\\"))
+        if trailing % 2:
+            pending = (start, joined[:-1])
+            continue
+        pending = None
+        lines.append((start, joined))
+    if pending is not None:
+        lines.append(pending)
+    return lines
+
+
+def _without_comment(line: str) -> str:
+    quote, i = None, 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quote is None and c == "#":
+            return line[:i]
+        if c in "\"'":
+            quote = None if quote == c else quote or c
+        i += 1
+    return line
+
+
+def _config_value(value: str) -> str:
+    """A value as NCONF copies it: quotes dropped, `\\n` `\\r` `\\b` `\\t` and `\\x` (any x) undone."""
+    out, quote, i = [], None, 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append({"n": "\n", "r": "\r", "b": "\b", "t": "\t"}.get(value[i + 1], value[i + 1]))
+            i += 2
+            continue
+        if c in "\"'" and quote in (None, c):
+            quote = None if quote == c else c
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _config(inv: Invocation, f: Field | None) -> Config | None:
