@@ -189,6 +189,20 @@ def test_an_openssl_config_is_read_as_openssl_reads_it(cli, sandbox, sandbox_env
     assert [method for method, _ in recorder] == ["POST"]
 
 
+
+def test_an_alias_ending_in_a_blank_expands_the_next_word(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`alias a='command '; alias b='...'; a b`: sh checks the word after such an alias for an
+    alias too, so b's command ran; the audit saw only `command b`, an unknown program (medium)."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    hidden = "\talias a='command '\n\talias b='openssl pkey -in d/k -out factory_ca.key'\n\ta b\n"
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > d/k\n{hidden}")
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 
 KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")
@@ -212,6 +226,8 @@ AUDIT_TWINS = [
      "echo 'openssl_c0157nf = init' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "eval-data"),
     ("printf '[a]\\nx = \\\\/etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n",
      "printf '[a]\\nx = etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "absolute-path"),
+    ("alias a='command '\nalias b='cat /proc/1/environ'\na b\n", "alias a='command'\nalias b='cat /proc/1/environ'\na b\n",
+     "reads-environment"),
     ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
 ]  # fmt: skip
 

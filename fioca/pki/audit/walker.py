@@ -333,7 +333,12 @@ def _unquoted(word: Word) -> bool:
 
 def _through_alias(state: State, node: Call, alias: str, line: int) -> Output:
     name = node.args[0].literal()
-    rest = " ".join(w.source for w in node.args[1:])
+    words = list(node.args[1:])
+    # POSIX (and dash): an alias whose value ends in a blank has the next word checked for an
+    # alias too, so `alias a='command '; a b` runs b's value.
+    while alias[-1:] in (" ", "\t") and words and _unquoted(words[0]) and words[0].literal() in state.aliases:
+        alias += state.aliases[words.pop(0).literal()]
+    rest = " ".join(w.source for w in words)
     nested = state.nested(line, f"through the alias {name}: ")
     nested.aliases.pop(name, None)  # an alias is not expanded inside itself
     return run_code(nested, f"{alias} {rest}", line, "", reuse=True)
