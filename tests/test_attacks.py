@@ -8,9 +8,11 @@ marked xfail(strict=True) with the reason.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,6 +21,7 @@ from fioca import facts
 from fioca.pki import reference
 from fioca.pki.audit import Severity, audit_scripts
 from tests.conftest import FACTORY, answer_with, server_certs
+from tests.test_hostile_server import BACKDATED_ROOT
 
 
 def api_scripts(sandbox) -> dict[str, str]:
@@ -201,6 +204,68 @@ def test_an_alias_ending_in_a_blank_expands_the_next_word(cli, sandbox, sandbox_
     pki = tmp_path / "pki"
     result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
     refused_before_running(result, recorder, pki, sandbox, key)
+
+
+
+# --- The upload check: a root of trust with a property the server chose ------------------------
+
+
+def uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, script: str, old: str, new: str,
+                   args: tuple[str, ...] = ()):  # fmt: skip
+    """create with `script`'s text changed (by default no --allow-unaudited: nothing here is high)."""
+    text = api_scripts(sandbox)[script]
+    assert old in text
+    answer_with(monkeypatch, sandbox, {script: text.replace(old, new, 1)})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", *args, env=sandbox_env)
+    return result, [body for method, body in recorder if method == "PATCH"]
+
+
+@pytest.mark.parametrize(("script", "old", "new", "message"), [
+    # The root can be set only once: one that expires tomorrow is a factory lost.
+    ("create_ca", "-days 7300", "-days 1", "notAfter"),
+    ("create_device_ca", "openssl req -new -config ca.cnf", "openssl req -new -config ca.cnf", None),
+    ("create_ca", "OU = acme\n", "OU = acme\nO = Escrow of the server\n", "subject is"),
+    ("create_ca", "OU = acme\n", "OU = acme\nemailAddress = escrow@example.com\n", "subject is"),
+    ("create_ca", "CN = Factory-CA\n", "CN = Factory-CA (escrowed)\n", "subject is"),
+    ("create_ca", "prompt = no\n", "prompt = no\nstring_mask = MASK:0x800\n", "BMPString"),
+    ("create_ca", "prompt = no\n", "prompt = no\nstring_mask = MASK:0x4\n", "T61String"),
+    ("create_device_ca", "OU = acme\n", "OU = acme\nO = Escrow of the server\n", "subject is"),
+])  # fmt: skip
+def test_the_root_and_the_local_ca_are_what_fioca_names(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path,
+                                                        script, old, new, message):  # fmt: skip
+    """The text asks for them, the audit finds nothing high, and every check until the upload
+    compared the certificates with that text: a root valid one day, or whose subject carries
+    what the server chose (another attribute, another CN, a string type no maker writes)."""
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, script, old, new)
+    if message is None:  # the twin: the text as the server sends it uploads
+        assert result.exit_code == 0, result.output
+        return
+    assert patches == [], "uploaded"
+    assert result.exit_code == 4, result.output
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert message in error
+    assert server_certs(sandbox)[0] == 206
+
+
+
+def test_reissue_takes_no_date_the_script_chose(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """--reissue renews serials and signatures, but kept the script's notBefore: a start the
+    script picks anywhere in the upload check's 15 minutes carries some 10 bits past it (here
+    the server's chosen second, 33), into the root of trust."""
+    chosen = (datetime.now(timezone.utc) - timedelta(minutes=10)).replace(second=33, microsecond=0)
+    end = chosen + timedelta(days=7300)
+    own_ca = BACKDATED_ROOT.replace("20070301000000Z", chosen.strftime("%Y%m%d%H%M%SZ")).replace(
+        "20270224000000Z", end.strftime("%Y%m%d%H%M%SZ"))
+    sign = 'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256'
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, "create_ca", sign,
+                                     own_ca, args=("--allow-unaudited", "--reissue"))
+    assert result.exit_code == 0, result.output
+    (body,) = patches
+    root = x509.load_pem_x509_certificate(body["root-crt"].encode())
+    assert root.not_valid_before_utc != chosen
+    assert root.not_valid_before_utc >= started
+    assert root.not_valid_after_utc - root.not_valid_before_utc == timedelta(days=7300)
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------

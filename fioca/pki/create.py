@@ -466,7 +466,7 @@ class Steps:
         products = self.made_by(step)
         self.check(step, products)
         if self.options.reissue:
-            products = self.reissued(step, products)
+            products = self.reissued(step, products, made_at)
         for name in step.products:
             if self.pki.has(name):  # a product kept by a run that died before journalling it
                 self.pki.move_aside(name, ".unjournalled")
@@ -539,9 +539,10 @@ class Steps:
             return None
         return asked_for(self.report, step, product, self.env)
 
-    def reissued(self, step: ScriptStep, products: dict[str, bytes]) -> dict[str, bytes]:
+    def reissued(self, step: ScriptStep, products: dict[str, bytes], made_at: datetime) -> dict[str, bytes]:
         """--reissue: each certificate re-made in process, with a fresh serial and signature by
-        the root (the root itself too); checked again like what the script made."""
+        the root (the root itself too), valid from `made_at` (fioca's clock when the step began,
+        not a start the script picked); checked again like what the script made."""
         key = self.root_key(products)
         again = dict(products)
         for name, data in products.items():
@@ -549,7 +550,7 @@ class Steps:
                 continue
             cert = profiles.load_cert(data, name)
             issuer = None if name == facts.ROOT_CERT else profiles.load_cert(self.pki.read_bytes(facts.ROOT_CERT), facts.ROOT_CERT)
-            again[name] = profiles.cert_pem(profiles.reissue(cert, signer_key=key, issuer=issuer))
+            again[name] = profiles.cert_pem(profiles.reissue(cert, signer_key=key, issuer=issuer, not_before=made_at))
         self.check(step, again)
         return again
 

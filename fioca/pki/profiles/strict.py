@@ -268,6 +268,11 @@ def check_upload(
         raise CheckError(artifact, "issuer name is not the signer's subject byte for byte")
     _check_made_recently(cert, made_at or moment, artifact)
     _check_longest_validity(cert, role, artifact)
+    _check_shortest_validity(cert, role, artifact)
+    if role is Role.ROOT:
+        _check_own_subject(cert, facts.ROOT_CN, factory, artifact)
+    elif expected_cn is not None:
+        _check_own_subject(cert, expected_cn, factory, artifact)
     _check_extensions_of_a_profile(cert, role, issuer=signer, csr=csr, artifact=artifact)
 
 
@@ -291,6 +296,38 @@ def _check_longest_validity(cert: x509.Certificate, role: Role, artifact: str) -
             artifact,
             f"notAfter {cert.not_valid_after_utc.isoformat()} is later than any named profile allows for a {role.value} certificate",
         )
+
+
+def _check_shortest_validity(cert: x509.Certificate, role: Role, artifact: str) -> None:
+    """A root of trust is set once: one that expires early (`-days 1` asked in the text) is a
+    factory lost, so nothing shorter than the shortest named profile goes up."""
+    start = cert.not_valid_before_utc
+    earliest = min(
+        profile.shape(role).validity.end(start) - profile.shape(role).validity.slack_before for profile in PROFILES
+    )
+    if cert.not_valid_after_utc < earliest:
+        raise CheckError(
+            artifact,
+            f"notAfter {cert.not_valid_after_utc.isoformat()} is earlier than any named profile has a {role.value} certificate end",
+        )
+
+
+# The string types OpenSSL (UTF8String, its default mask) and Go (PrintableString) write names in.
+_NAME_STRING_TYPES = frozenset({x509.name._ASN1Type.UTF8String, x509.name._ASN1Type.PrintableString})
+
+
+def _check_own_subject(cert: x509.Certificate, cn: str, factory: str, artifact: str) -> None:
+    """The subject fioca names itself (the root's, a local CA's): `CN=<cn>, OU=<factory>` and
+    nothing else: one attribute per RDN, in that order, in a string type a maker uses. An extra
+    attribute, a multi-valued RDN or a BMPString would carry what the server chose."""
+    wanted = [(NameOID.COMMON_NAME, cn), (NameOID.ORGANIZATIONAL_UNIT_NAME, factory)]
+    rdns = list(cert.subject.rdns)
+    found = [(attribute.oid, attribute.value) for rdn in rdns for attribute in rdn]
+    if found != wanted or len(rdns) != len(wanted):
+        raise CheckError(artifact, f"subject is {name_text(cert.subject)}, not exactly CN={cn}, OU={factory}")
+    odd = [attribute for attribute in cert.subject if attribute._type not in _NAME_STRING_TYPES]
+    if odd:
+        raise CheckError(artifact, f"subject {odd[0].oid._name} is a {odd[0]._type.name}, not a UTF8String or PrintableString")
 
 
 def _check_extensions_of_a_profile(
