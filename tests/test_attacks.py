@@ -8,6 +8,7 @@ marked xfail(strict=True) with the reason.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -266,6 +267,23 @@ def test_reissue_takes_no_date_the_script_chose(cli, sandbox, sandbox_env, recor
     assert root.not_valid_before_utc != chosen
     assert root.not_valid_before_utc >= started
     assert root.not_valid_after_utc - root.not_valid_before_utc == timedelta(days=7300)
+
+
+
+def test_the_upload_is_canonical_pem_not_the_scripts_layout(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """The strict PEM reader skips whitespace inside and around a block, and the upload was the
+    script's bytes as printed: where it breaks lines and puts blanks is a channel of hundreds
+    of bits (here a pattern the server chose) that no certificate check sees."""
+    sign = "-extfile server.ext -CAkey \"$key\" -CA factory_ca.pem -sha256"
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, "sign_tls_csr", sign,
+                                     sign + " | sed 's/^MII/MII /; s/=$/=\\t/'")
+    assert result.exit_code == 0, result.output
+    (body,) = patches
+    for field in ("root-crt", "tls-crt", "ca-crt"):
+        blocks = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", body[field], re.S)
+        canonical = [x509.load_pem_x509_certificate(block.encode()).public_bytes(serialization.Encoding.PEM).decode()
+                     for block in blocks]  # fmt: skip
+        assert body[field] == "\n".join(canonical), field
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------

@@ -467,6 +467,7 @@ class Steps:
         self.check(step, products)
         if self.options.reissue:
             products = self.reissued(step, products, made_at)
+        products = canonical(products)
         for name in step.products:
             if self.pki.has(name):  # a product kept by a run that died before journalling it
                 self.pki.move_aside(name, ".unjournalled")
@@ -570,6 +571,15 @@ class Steps:
                 "certificate was made for it: an earlier run stopped inside create_ca. Nothing was uploaded; "
                 "delete those objects (pkcs11-tool --delete-object --label root-ca ...) and run --resume again"
             )
+
+
+def canonical(products: dict[str, bytes]) -> dict[str, bytes]:
+    """Each certificate as canonical PEM of its DER (keys as they are): what is kept and
+    uploaded carries nothing of how the script laid the text out."""
+    return {
+        name: data if name in (facts.ROOT_KEY, facts.LOCAL_CA_KEY) else profiles.cert_pem(profiles.load_cert(data, name))
+        for name, data in products.items()
+    }
 
 
 def asked_for(report: audit.AuditReport, step: ScriptStep, product: str, env: dict[str, str]) -> AskedCertificate:
@@ -691,7 +701,10 @@ def verified_patch_body(pki: PkiDir, start: Start, report: audit.AuditReport) ->
                 openssl=profiles.openssl_generation(),
                 artifact=name,
             )
-    return {field.name: "\n".join(stored[source].decode() for source in field.sources) for field in start.plan.patch}
+    # Only the DER travels, as canonical PEM: how a script broke lines or put blanks around the
+    # base64 (which the PEM reader skips) is a channel of its own.
+    canonical = {name: profiles.cert_pem(profiles.load_cert(data, name)).decode() for name, data in stored.items()}
+    return {field.name: "\n".join(canonical[source] for source in field.sources) for field in start.plan.patch}
 
 
 class Upload:
