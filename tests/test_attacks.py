@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
-from fioca.pki import reference
+from fioca.errors import CheckError
+from fioca.pki import profiles, reference
+from fioca.pki.asked import with_environment
+from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
 from tests.conftest import FACTORY, answer_with, server_certs
 from tests.test_hostile_server import BACKDATED_ROOT
@@ -284,6 +287,54 @@ def test_the_upload_is_canonical_pem_not_the_scripts_layout(cli, sandbox, sandbo
         canonical = [x509.load_pem_x509_certificate(block.encode()).public_bytes(serialization.Encoding.PEM).decode()
                      for block in blocks]  # fmt: skip
         assert body[field] == "\n".join(canonical), field
+
+
+
+def _resigned(cert: x509.Certificate, key, change) -> x509.Certificate:
+    """`cert` with its TBSCertificate's fields changed by `change` (a list of DER elements) and
+    signed again by `key`: what a script holding the root key can make with openssl alone."""
+    data = cert.public_bytes(serialization.Encoding.DER)
+    _tag, outer, _end = der.read(data, 0)
+    _tag, start, tbs_end = der.read(data, outer)
+    fields = change([data[offset:stop] for _tag, offset, _content, stop in der.children(data, start, tbs_end)])
+    tbs = der.tlv(0x30, b"".join(fields))
+    algorithm = data[tbs_end : der.read(data, tbs_end)[2]]
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return x509.load_der_x509_certificate(der.tlv(0x30, tbs + algorithm + der.tlv(0x03, b"\x00" + signature)))
+
+
+def _generalized_not_before(fields: list[bytes]) -> list[bytes]:
+    """notBefore as GeneralizedTime (20YYMMDDHHMMSSZ) instead of the UTCTime RFC 5280 wants."""
+    validity = fields[4]
+    _tag, start, end = der.read(validity, 0)
+    (_t, _o, content, stop), (_t2, offset, _c2, after) = der.children(validity, start, end)
+    moved = der.tlv(0x30, der.tlv(0x18, b"20" + validity[content:stop]) + validity[offset:after])
+    return [*fields[:4], moved, *fields[5:]]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda fields: fields, None),  # the twin: as made
+    (lambda fields: [*fields[:-1], der.tlv(0x82, b"\x00" + b"chosen by the server " * 8), fields[-1]], "unique identifiers"),
+    (lambda fields: [*fields[:-1], der.tlv(0x81, b"\x00" + b"x" * 40), fields[-1]], "unique identifiers"),
+    (_generalized_not_before, "UTCTime"),
+])  # fmt: skip
+def test_the_upload_check_reads_the_der_fields(change, message):
+    """A root re-signed with a subjectUniqueID (any number of bits nothing reads), or a date in
+    the other time encoding (a bit each): everything else about it is as made."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = _resigned(profiles.build_root(key, factory=FACTORY), key, change)
+    report = audit_scripts(reference.bundled(), hsm=False, known={}, jail="test")
+    asked = with_environment(report.script(facts.CREATE_CA).asked[0], {"FACTORY": FACTORY})
+
+    def check():
+        profiles.check_upload(root, role=profiles.Role.ROOT, factory=FACTORY, asked=asked, key=key,
+                              artifact=facts.ROOT_CERT, openssl=3)  # fmt: skip
+
+    if message is None:
+        check()
+        return
+    with pytest.raises(CheckError, match=message):
+        check()
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------

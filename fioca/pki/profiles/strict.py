@@ -29,12 +29,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fioca import facts
 from fioca.errors import CheckError
 from fioca.pki.asked import AskedCertificate
-from fioca.pki.profiles import trust
+from fioca.pki.profiles import der, trust
 from fioca.pki.profiles.details import key_id_sha1, name_text, subject_key_identifier
 from fioca.pki.profiles.extensions import (
     AskedValueError,
@@ -256,6 +257,7 @@ def check_upload(
     (or anything with `.public_key()`); `made_at`: when it was stored (default: now)."""
     role = Role(role)
     moment = now or datetime.now(timezone.utc)
+    _check_der_fields(cert, artifact)
     _trust(cert, role, factory=factory, issuer=issuer, csr=csr, expected_cn=expected_cn, now=moment, artifact=artifact)
     if key is not None:
         trust.check_key_matches(key, cert, artifact)
@@ -274,6 +276,34 @@ def check_upload(
     elif expected_cn is not None:
         _check_own_subject(cert, expected_cn, factory, artifact)
     _check_extensions_of_a_profile(cert, role, issuer=signer, csr=csr, artifact=artifact)
+
+
+# The fields of a TBSCertificate OpenSSL and Go write, by tag: [0] version, serial, signature,
+# issuer, validity, subject, subjectPublicKeyInfo, [3] extensions. Never the unique IDs ([1],
+# [2]): bit strings of any length that nothing reads.
+_TBS_TAGS = (0xA0, 0x02, 0x30, 0x30, 0x30, 0x30, 0x30, 0xA3)
+_UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+
+
+def _check_der_fields(cert: x509.Certificate, artifact: str) -> None:
+    """The certificate's DER holds only the fields a maker writes, each as RFC 5280 says it:
+    the same signature algorithm inside and out, UTCTime up to 2049 and GeneralizedTime from
+    2050 on (a choice between the two is a bit the script picks)."""
+    data = cert.public_bytes(serialization.Encoding.DER)
+    _tag, outer, _end = der.read(data, 0)
+    _tag, tbs_start, tbs_end = der.read(data, outer)
+    fields = der.children(data, tbs_start, tbs_end)
+    if tuple(tag for tag, *_rest in fields) != _TBS_TAGS:
+        raise CheckError(artifact, "holds fields no certificate maker writes (unique identifiers, or fields out of order)")
+    inner = data[fields[2][1] : fields[2][3]]
+    _tag, _start, algorithm_end = der.read(data, tbs_end)
+    if inner != data[tbs_end:algorithm_end]:
+        raise CheckError(artifact, "names another signature algorithm inside than outside")
+    _tag, validity_start, validity_end = der.read(data, fields[4][1])
+    for (tag, *_rest), when in zip(der.children(data, validity_start, validity_end),
+                                   (cert.not_valid_before_utc, cert.not_valid_after_utc)):  # fmt: skip
+        if tag != (_UTC_TIME if when.year < 2050 else _GENERALIZED_TIME):
+            raise CheckError(artifact, f"encodes {when.isoformat()} otherwise than RFC 5280 (UTCTime until 2049)")
 
 
 def _check_made_recently(cert: x509.Certificate, made_at: datetime, artifact: str) -> None:
