@@ -8,7 +8,9 @@ marked xfail(strict=True) with the reason.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
 from tests.conftest import FACTORY, answer_with, server_certs
 from tests.test_hostile_server import BACKDATED_ROOT
+from tests.test_hsm import PIN, SO_PIN, Token, new_token
 
 
 def api_scripts(sandbox) -> dict[str, str]:
@@ -335,6 +338,49 @@ def test_the_upload_check_reads_the_der_fields(change, message):
         return
     with pytest.raises(CheckError, match=message):
         check()
+
+
+
+# --- HSM mode: the jail holds the token store, read-write, and the PIN -----------------------
+
+TOKEN_DIR_OF_CONF = "tokens=$(sed -n 's/^directories.tokendir *= *//p' \"$SOFTHSM2_CONF\")\n"
+
+
+def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str) -> tuple[Token, Token, object]:
+    """create in HSM mode, fioca's own create_ca with `added` before its last line; beside the
+    factory's token, the store holds another (another factory's root, say)."""
+    ours = new_token(tmp_path / "hsm", "factory-root")
+    other = "other-factory"
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", other, "--so-pin", SO_PIN, "--pin", PIN],
+                   env={**os.environ, **ours.env}, check=True, capture_output=True)  # fmt: skip
+    text = reference.bundled()["create_ca"].replace("rm ca.cnf", added + "rm ca.cnf")
+    answer_with(monkeypatch, sandbox, {**reference.bundled(), "create_ca": text})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", "--allow-unaudited", *ours.flags(),
+                 env={**sandbox_env, **ours.env, "FIOCA_HSM_PIN": PIN})  # fmt: skip
+    return ours, Token(ours.conf, other), result
+
+
+def _token_labels(token: Token) -> list[str]:
+    shown = subprocess.run(["softhsm2-util", "--show-slots"], env={**os.environ, **token.env}, capture_output=True, text=True)
+    return re.findall(r"Label:\s+(\S+)", shown.stdout)
+
+
+@pytest.mark.xfail(strict=True, reason="design (lead): in HSM mode a script gets the PIN and its token's folder "
+                   "read-write; whatever it writes there outlives the run (see the report)")
+def test_hsm_mode_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                       TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n')
+    assert result.exit_code == 0, result.output
+    store = ours.conf.parent / "tokens"
+    assert [path for path in store.rglob("*") if path.is_file() and PIN.encode() in path.read_bytes()] == []
+
+
+def test_hsm_mode_shows_a_script_no_other_token(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The whole token store was bound read-write: a script could read every other token of the
+    user (with the PIN it has, when they share it) and delete them, another factory's root too."""
+    ours, other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                      TOKEN_DIR_OF_CONF + 'ls_all=$(echo "$tokens"/*)\nrm -rf $ls_all\n')
+    assert other.label in _token_labels(ours)
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
