@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -346,18 +347,43 @@ def test_the_upload_check_reads_the_der_fields(change, message):
 TOKEN_DIR_OF_CONF = "tokens=$(sed -n 's/^directories.tokendir *= *//p' \"$SOFTHSM2_CONF\")\n"
 
 
-def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str) -> tuple[Token, Token, object]:
-    """create in HSM mode, fioca's own create_ca with `added` before its last line; beside the
+def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str, *, script: str = "create_ca",
+                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",)) -> tuple[Token, Token, object]:  # fmt: skip
+    """create in HSM mode, fioca's own `script` with `added` before `before`; beside the
     factory's token, the store holds another (another factory's root, say)."""
     ours = new_token(tmp_path / "hsm", "factory-root")
     other = "other-factory"
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", other, "--so-pin", SO_PIN, "--pin", PIN],
                    env={**os.environ, **ours.env}, check=True, capture_output=True)  # fmt: skip
-    text = reference.bundled()["create_ca"].replace("rm ca.cnf", added + "rm ca.cnf")
-    answer_with(monkeypatch, sandbox, {**reference.bundled(), "create_ca": text})
-    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", "--allow-unaudited", *ours.flags(),
+    text = reference.bundled()[script]
+    assert before in text
+    answer_with(monkeypatch, sandbox, {**reference.bundled(), script: text.replace(before, added + before, 1)})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", *args, *ours.flags(),
                  env={**sandbox_env, **ours.env, "FIOCA_HSM_PIN": PIN})  # fmt: skip
     return ours, Token(ours.conf, other), result
+
+
+def _pin_as_hex() -> str:
+    """sh that spells $HSM_PIN in hex into $s, one `case` a character: no command sees the PIN."""
+    table = " ".join(f"{c}) h={ord(c):02x};;" for c in string.ascii_letters + string.digits + "-_.")
+    return ('p=$HSM_PIN; s=\nwhile [ -n "$p" ]; do r=${p#?}\n'
+            f'case "${{p%"$r"}}" in {table} *) h=3f;; esac\ns=$s$h; p=$r; done\n')  # fmt: skip
+
+
+def test_hsm_pin_does_not_ride_out_in_a_serial(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`openssl x509 -CAcreateserial` takes the serial from factory_ca.srl when it is there: a
+    sign_tls_csr that wrote its own (the PIN in hex, spelt by `case`) uploaded the HSM PIN in
+    the gateway certificate's serial, with no high finding."""
+    _ours, _other, result = _hsm_create(
+        cli, sandbox, sandbox_env, monkeypatch, tmp_path, _pin_as_hex() + 'echo "$s" > factory_ca.srl\n',
+        script="sign_tls_csr", before="cat > server.ext", args=())
+    for _method, body in recorder:
+        tls = body.get("tls-crt") if isinstance(body, dict) else None
+        if tls:
+            serial = x509.load_pem_x509_certificate(tls.encode()).serial_number - 1
+            assert serial.to_bytes((serial.bit_length() + 7) // 8, "big") != PIN.encode(), "the PIN was uploaded"
+    assert result.exit_code == 3, result.output
+    assert "chosen-serial" in result.stderr
 
 
 def _token_labels(token: Token) -> list[str]:
@@ -408,6 +434,11 @@ AUDIT_TWINS = [
      "printf '[a]\\nx = etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "absolute-path"),
     ("alias a='command '\nalias b='cat /proc/1/environ'\na b\n", "alias a='command'\nalias b='cat /proc/1/environ'\na b\n",
      "reads-environment"),
+    ('case "$HSM_PIN" in a*) x=1;; esac\n', '[ -n "$HSM_PIN" ] && x=1\n', "reads-secret-env"),
+    ('[ "$HSM_PIN" = abc ] && x=1\n', '[ -z "$HSM_PIN" ] && x=1\n', "reads-secret-env"),
+    ("x=${#HSM_PIN}\n", "x=${#HSM_MODULE}\n", "reads-secret-env"),
+    ("echo 0A > factory_ca.srl\nopenssl x509 -req -in c.csr -CA factory_ca.pem -CAkey factory_ca.key -CAcreateserial -out x\n",
+     "openssl x509 -req -in c.csr -CA factory_ca.pem -CAkey factory_ca.key -CAcreateserial -out x\n", "chosen-serial"),
     ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
 ]  # fmt: skip
 

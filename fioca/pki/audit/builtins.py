@@ -199,6 +199,9 @@ def test(inv: Invocation) -> Output:
     for i, f in enumerate(args[:-1]):
         if re.fullmatch(r"-[efdrwxsLhbcpSgukOGN]", f.text):
             paths.check(inv.state, args[i + 1], "check", inv.line)
+    pin = [f for f in args if "env:HSM_PIN" in f.value.taints]
+    if pin and not (len(args) == 2 and args[0].text in ("-n", "-z")):
+        inv.find("reads-secret-env", Severity.HIGH, f"tests the HSM PIN's value ({inv.name} ... {pin[0].text}): the outcome tells it")
     truth = _truth(args)
     by_mode = any(t.startswith("env:HSM_") or t == "mode" for f in args for t in f.value.taints)
     return Output(truth=None if truth is None else truth != negate, by_mode=by_mode)

@@ -161,7 +161,7 @@ def _reads(inv: Invocation, options: Options) -> None:
     ca = options.get("CA")
     if "CAcreateserial" in options.flags and ca is not None:
         stem = ca.text.rsplit(".", 1)[0] if "." in ca.text.rsplit("/", 1)[-1] else ca.text
-        paths.write(inv.state, Field(Value.of(stem + ".srl"), False, True, inv.line), inv.line, FileInfo(None, None, "data"))
+        paths.write(inv.state, Field(Value.of(stem + ".srl"), False, True, inv.line), inv.line, FileInfo(None, None, _SERIAL_ORIGIN))
 
 
 def _loaders(inv: Invocation, options: Options) -> None:
@@ -316,11 +316,20 @@ def _serial(inv: Invocation, options: Options) -> None:
             inv.find("differs-from-profile", Severity.LOW, f"-set_serial {serial.text}: a fixed serial, not a random one")
         else:
             inv.find("chosen-serial", Severity.HIGH, f"-set_serial {serial.text}: a serial computed by the script can carry data")
+    # -CAcreateserial reads CA.srl when it is there, as -CAserial reads its file: a serial file
+    # the script wrote holds a serial it chose (the audit does not follow which branch wrote it).
     serial_file = options.get("CAserial")
+    ca = options.get("CA")
+    if serial_file is None and "CAcreateserial" in options.flags and ca is not None:
+        stem = ca.text.rsplit(".", 1)[0] if "." in ca.text.rsplit("/", 1)[-1] else ca.text
+        serial_file = Field(Value.of(stem + ".srl"), False, True, inv.line)
     if serial_file is not None:
         info = inv.state.file(serial_file.text)
-        if info is not None and info.written and (info.content is None or not info.content.known):
-            inv.find("chosen-serial", Severity.HIGH, f"-CAserial {serial_file.text}: a serial the script computed")
+        if info is not None and info.written and info.origin != _SERIAL_ORIGIN:
+            inv.find("chosen-serial", Severity.HIGH, f"serial file {serial_file.text}: written by the script, so the serial is one it chose")
+
+
+_SERIAL_ORIGIN = "openssl-serial"  # a CA.srl openssl itself wrote (-CAcreateserial): a random serial, incremented
 
 
 def _signer(inv: Invocation, options: Options) -> None:

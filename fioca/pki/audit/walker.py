@@ -241,7 +241,8 @@ def _for(state: State, node: For, line: int) -> Output:
 
 def _case(state: State, node: Case, line: int) -> Output:
     expander = Expander(state, run_subst)
-    expander.value(node.word)
+    if "env:HSM_PIN" in expander.value(node.word).taints:
+        state.find("reads-secret-env", Severity.HIGH, line, "a case on the HSM PIN: which branch runs tells its characters")
     out = Output()
     for patterns, body in node.items:
         for pattern in patterns:
