@@ -468,7 +468,8 @@ class Steps:
         products = self.made_by(step)
         self.check(step, products)
         if self.options.reissue:
-            products = self.reissued(step, products)
+            products = self.reissued(step, products, made_at)
+        products = canonical(products)
         for name in step.products:
             if self.pki.has(name):  # a product kept by a run that died before journalling it
                 self.pki.move_aside(name, ".unjournalled")
@@ -541,9 +542,10 @@ class Steps:
             return None
         return asked_for(self.report, step, product, self.env)
 
-    def reissued(self, step: ScriptStep, products: dict[str, bytes]) -> dict[str, bytes]:
+    def reissued(self, step: ScriptStep, products: dict[str, bytes], made_at: datetime) -> dict[str, bytes]:
         """--reissue: each certificate re-made in process, with a fresh serial and signature by
-        the root (the root itself too); checked again like what the script made."""
+        the root (the root itself too), valid from `made_at` (fioca's clock when the step began,
+        not a start the script picked); checked again like what the script made."""
         key = self.root_key(products)
         again = dict(products)
         for name, data in products.items():
@@ -551,7 +553,7 @@ class Steps:
                 continue
             cert = profiles.load_cert(data, name)
             issuer = None if name == facts.ROOT_CERT else profiles.load_cert(self.pki.read_bytes(facts.ROOT_CERT), facts.ROOT_CERT)
-            again[name] = profiles.cert_pem(profiles.reissue(cert, signer_key=key, issuer=issuer))
+            again[name] = profiles.cert_pem(profiles.reissue(cert, signer_key=key, issuer=issuer, not_before=made_at))
         self.check(step, again)
         return again
 
@@ -571,6 +573,15 @@ class Steps:
                 "certificate was made for it: an earlier run stopped inside create_ca. Nothing was uploaded; "
                 "delete those objects (pkcs11-tool --delete-object --label root-ca ...) and run --resume again"
             )
+
+
+def canonical(products: dict[str, bytes]) -> dict[str, bytes]:
+    """Each certificate as canonical PEM of its DER (keys as they are): what is kept and
+    uploaded carries nothing of how the script laid the text out."""
+    return {
+        name: data if name in (facts.ROOT_KEY, facts.LOCAL_CA_KEY) else profiles.cert_pem(profiles.load_cert(data, name))
+        for name, data in products.items()
+    }
 
 
 def asked_for(report: audit.AuditReport, step: ScriptStep, product: str, env: dict[str, str]) -> AskedCertificate:
@@ -692,7 +703,10 @@ def verified_patch_body(pki: PkiDir, start: Start, report: audit.AuditReport) ->
                 openssl=profiles.openssl_generation(),
                 artifact=name,
             )
-    return {field.name: "\n".join(stored[source].decode() for source in field.sources) for field in start.plan.patch}
+    # Only the DER travels, as canonical PEM: how a script broke lines or put blanks around the
+    # base64 (which the PEM reader skips) is a channel of its own.
+    canonical = {name: profiles.cert_pem(profiles.load_cert(data, name)).decode() for name, data in stored.items()}
+    return {field.name: "\n".join(canonical[source] for source in field.sources) for field in start.plan.patch}
 
 
 class Upload:

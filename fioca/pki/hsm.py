@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -217,6 +218,52 @@ def token_labels(lib: Any) -> list[str]:
         if label:
             labels.append(label)
     return labels
+
+
+def token_serial(module: str, label: str, module_env: Mapping[str, str]) -> str:
+    """The serial number of the token labelled `label`, read without logging in, with the
+    module configured by `module_env` as the scripts will have it (SoftHSM2 keeps each token in
+    a folder named after it, and the jail binds only that folder)."""
+    pkcs11 = _pkcs11()
+    errors = pkcs11.exceptions
+    with _environment(module_env):
+        return _token_serial(pkcs11, errors, module, label)
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for a moment: a module reads its config there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def _token_serial(pkcs11: Any, errors: Any, module: str, label: str) -> str:
+    try:
+        lib = pkcs11.lib(module)
+    except errors.PKCS11Error as exc:
+        _clear_openssl_errors()
+        raise ConfigError(f"cannot load the HSM module {module}: {type(exc).__name__}") from None
+    try:
+        serial = lib.get_token(token_label=label).serial
+    except errors.NoSuchToken:
+        raise ConfigError(f"no HSM token '{label}' in module {module}; check --hsm-token-label") from None
+    except errors.MultipleTokensReturned:
+        raise ConfigError(f"more than one token is labelled '{label}'; relabel one") from None
+    finally:
+        try:
+            lib.finalize()
+        except errors.PKCS11Error:
+            pass
+        _clear_openssl_errors()
+    return serial.decode("ascii", "replace").strip() if isinstance(serial, bytes) else str(serial).strip()
 
 
 def _objects(sess: Any, object_class: Any) -> list[Any]:

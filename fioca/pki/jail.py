@@ -13,9 +13,10 @@ A script fioca runs, server-sent or bundled, can do only what the jail leaves it
 - a read-only root holding only `sh`, `openssl`, the POSIX tools the reference scripts use
   (TOOLS), the libraries they load (from `ldd`, once per process) and openssl's config; in
   HSM mode also `pkcs11-tool`, the PKCS#11 module, openssl's pkcs11 engine, p11-kit's proxy
-  with a module config naming only that module, and the token store the module's
-  configuration points at (SoftHSM2: the conf read-only, its `directories.tokendir`
-  read-write). No interpreters, no curl, awk, bc, dc, perl, python;
+  with a module config naming only that module, and the token the module's configuration
+  points at (SoftHSM2: the conf read-only, and of its `directories.tokendir` only the token's
+  own folder, read-write: the store's other tokens are not there). No interpreters, no curl,
+  awk, bc, dc, perl, python;
 - the work dir bound read-write at WORK_DIR (the script's cwd and HOME), its own `/tmp`
   (tmpfs), `/proc` and `/dev`; nothing of the user's home, fioca's config or the PKI dir.
 
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fioca.errors import ConfigError
+from fioca.pki import hsm
 from fioca.pki.hsm import MODULE_CONFIG_VARS
 
 BWRAP = "bwrap"
@@ -82,6 +84,7 @@ class Layout:
     files: dict[str, None] = field(default_factory=dict)  # host path == jail path, in order
     writable: dict[str, None] = field(default_factory=dict)  # folders bound read-write
     data: dict[str, bytes] = field(default_factory=dict)  # files fioca writes for the jail
+    empty: dict[str, None] = field(default_factory=dict)  # folders seen empty (a tmpfs), before `writable`
 
     def add(self, path: str) -> None:
         """Make `path` appear as on the host: each symlink met on the way, then the file itself."""
@@ -90,12 +93,16 @@ class Layout:
     def add_writable(self, path: str) -> None:
         self.writable[self._walk(path)] = None
 
+    def add_empty(self, path: str) -> None:
+        self.empty[self._walk(path)] = None
+
     def merged(self, other: Layout) -> Layout:
         return Layout(
             {**self.symlinks, **other.symlinks},
             {**self.files, **other.files},
             {**self.writable, **other.writable},
             {**self.data, **other.data},
+            {**self.empty, **other.empty},
         )
 
     def _walk(self, path: str) -> str:
@@ -333,7 +340,7 @@ def hsm_layout(env: Mapping[str, str]) -> tuple[Layout, dict[str, str]]:
     """The HSM's part of the jail, and the script environment adjusted to it."""
     module = env["HSM_MODULE"]
     configs = tuple(sorted((name, env[name]) for name in MODULE_CONFIG_VARS if name in env))
-    layout, conf = _hsm_files(module, configs)
+    layout, conf = _hsm_files(module, configs, env.get("HSM_TOKEN_LABEL", ""))
     adjusted = dict(env)
     if conf:
         adjusted[SOFTHSM2_CONF_VAR] = conf
@@ -341,9 +348,9 @@ def hsm_layout(env: Mapping[str, str]) -> tuple[Layout, dict[str, str]]:
 
 
 @functools.cache
-def _hsm_files(module: str, configs: tuple[tuple[str, str], ...]) -> tuple[Layout, str | None]:
+def _hsm_files(module: str, configs: tuple[tuple[str, str], ...], label: str) -> tuple[Layout, str | None]:
     """pkcs11-tool, the module, the engine, p11-kit's proxy (told of this module only) and the
-    token store; cached per module and configuration."""
+    token `label`'s part of the token store; cached per module, configuration and token."""
     if not os.path.isabs(module) or not os.path.isfile(module) or not module.isprintable():
         raise ConfigError(f"HSM module {module!r} must be an absolute path to a file")
     tool = shutil.which(HSM_TOOL, path=SAFE_PATH)
@@ -366,7 +373,16 @@ def _hsm_files(module: str, configs: tuple[tuple[str, str], ...]) -> tuple[Layou
     conf = _softhsm2_conf(module, values)
     if conf is not None:
         layout.add(conf)
-        layout.add_writable(_softhsm2_tokendir(conf))
+        tokendir = _softhsm2_tokendir(conf)
+        # Only the factory's token: the store's other tokens (another factory's root) are not
+        # the script's to read, change or delete. SoftHSM2 names a token's folder by a UUID
+        # that ends with its serial number.
+        serial = hsm.token_serial(module, label, dict(configs)).lower()
+        folders = [name for name in os.listdir(tokendir) if serial and name.replace("-", "").lower().endswith(serial)]
+        if len(folders) != 1:
+            raise ConfigError(f"cannot tell which folder of the token store {tokendir} holds token '{label}'")
+        layout.add_empty(tokendir)
+        layout.add_writable(os.path.join(tokendir, folders[0]))
     for name, value in configs:
         # Another module's configuration named by path (a file or a folder): read-only.
         if name != SOFTHSM2_CONF_VAR and os.path.isabs(value) and os.path.exists(value):
@@ -486,6 +502,8 @@ def _layout_options(layout: Layout, memfd: _Memfds) -> list[str]:
         options += ["--ro-bind", path, path]
     for path, data in layout.data.items():
         options += ["--ro-bind-data", str(memfd(data)), path]
+    for path in layout.empty:
+        options += ["--tmpfs", path]
     for path in layout.writable:
         options += ["--bind", path, path]
     return options

@@ -43,12 +43,44 @@ def sets_env(state: State, name: str, value: Value, line: int, *, before: str | 
 
 
 def echo(inv: Invocation) -> Output:
+    """dash's echo: `-n` is its only option, and it always reads escapes (`\\0157` is `o`,
+    `\\c` ends the output), so `echo 'openssl_c\\0157nf'` writes `openssl_conf`."""
     args = inv.args
     newline = True
-    while args and args[0].text in ("-n", "-e", "-E"):
-        newline = newline and args[0].text != "-n"
+    while args and args[0].text == "-n":
+        newline = False
         args = args[1:]
-    return Output(_join(args) + Value.of("\n" if newline else ""), None, "data")
+    out = EMPTY
+    for i, f in enumerate(args):
+        for piece in ((" ",) if i else ()) + f.value.parts:
+            if not isinstance(piece, str):
+                out = out + Value((piece,), f.value.taints, f.value.computed)
+                continue
+            text, stopped = _echo_escapes(piece)
+            out = out + Value.of(text, taints=f.value.taints)
+            if stopped:
+                return Output(out, None, "data")
+    return Output(out + Value.of("\n" if newline else ""), None, "data")
+
+
+def _echo_escapes(text: str) -> tuple[str, bool]:
+    """(the text as dash's echo prints it, whether `\\c` stopped it)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "\\" or i + 1 == len(text):
+            out.append(text[i])
+            i += 1
+            continue
+        if text[i + 1] == "c":
+            return "".join(out), True
+        octal = re.match(r"0[0-7]{0,3}|[1-7][0-7]{0,2}", text[i + 1 :])
+        if octal:
+            out.append(chr(int(octal.group(0), 8) & 0xFF))
+            i += 1 + octal.end()
+            continue
+        chunk, i = _escape(text, i)
+        out.append(chunk)
+    return "".join(out), False
 
 
 def printf(inv: Invocation) -> Output:
@@ -177,6 +209,9 @@ def test(inv: Invocation) -> Output:
     for i, f in enumerate(args[:-1]):
         if re.fullmatch(r"-[efdrwxsLhbcpSgukOGN]", f.text):
             paths.check(inv.state, args[i + 1], "check", inv.line)
+    pin = [f for f in args if "env:HSM_PIN" in f.value.taints]
+    if pin and not (len(args) == 2 and args[0].text in ("-n", "-z")):
+        inv.find("reads-secret-env", Severity.HIGH, f"tests the HSM PIN's value ({inv.name} ... {pin[0].text}): the outcome tells it")
     truth = _truth(args)
     by_mode = any(t.startswith("env:HSM_") or t == "mode" for f in args for t in f.value.taints)
     return Output(truth=None if truth is None else truth != negate, by_mode=by_mode)
@@ -291,15 +326,20 @@ def printenv(inv: Invocation) -> Output:
 
 
 def cd(inv: Invocation) -> Output:
+    """The audit reads every path from the work dir: after a `cd` anywhere else, `factory_ca.key`
+    may be another file than the one it followed (a key the script wrote as data)."""
     names = inv.operands()
     if not names:
         inv.find("outside-workdir", Severity.HIGH, "'cd' without a directory goes to the user's home")
     elif names[0].text == "-":
-        inv.find("outside-workdir", Severity.MEDIUM, "'cd -' goes back to a directory outside the script's view")
+        inv.find("outside-workdir", Severity.HIGH, "'cd -' goes back to a directory outside the script's view")
     else:
         paths.check(inv.state, names[0], "check", inv.line)
         if names[0].value.kinds() - {ARG}:
             inv.find("unresolved-path", Severity.HIGH, f"cd {names[0].text}: a directory chosen at run time")
+        elif paths.norm(names[0].text).rstrip("/") not in ("", "."):
+            inv.find("unresolved-path", Severity.HIGH,
+                     f"cd {names[0].text}: the audit follows files from the work dir only; after it, no path names the file the audit read")  # fmt: skip
     return Output()
 
 

@@ -179,9 +179,12 @@ class Expander:
         mode_taint = frozenset({f"env:{part.name}"}) if part.name in knowledge.HSM_VARS else frozenset()
         if part.name in state.world.set_by_mode:
             mode_taint |= {"mode"}  # unset here, set on the other mode's path
+        op = part.op
+        if part.name == knowledge.HSM_PIN and (part.length or op in ("%", "%%", "#", "##")):
+            state.find("reads-secret-env", Severity.HIGH, line,
+                       f"{part.source} takes the HSM PIN apart: its characters can reach a file, a serial, anything")  # fmt: skip
         if part.length:
             return [Value.of(str(len(v.text))) if v.known else Value.unknown(part.source, COMPUTED) for v in base or (EMPTY,)]
-        op = part.op
         # The word after the operator is audited whether or not it is used: what the audit
         # cannot tell empty from set would run it.
         word = self.values(part.arg) if part.arg is not None and op not in ("%", "%%", "#", "##") else [EMPTY]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from fioca.pki.audit import knowledge, paths
+from fioca.pki.audit import getopt, knowledge, paths
 from fioca.pki.audit.report import Severity
 from fioca.pki.audit.state import (
     ARG,
@@ -66,20 +66,30 @@ def touch(inv: Invocation) -> Output:
 
 
 def copy(inv: Invocation) -> Output:
-    """cp, mv, install: each source's content and key go with it to the destination."""
-    if inv.name == "cp" and any(re.fullmatch(r"-[a-zA-Z]*[ls][a-zA-Z]*|--link|--symbolic-link", t) for t in inv.texts[1:]):
+    """cp, mv, install: each source's content and key go with it to the destination. Options
+    are read as GNU getopt reads them (`cp -t. src` copies into `.`); what cannot be read so,
+    and copies whose written names cannot be told (folders, globs), are HIGH."""
+    parsed = getopt.parse(inv.args, _COPY_OPTIONS[inv.name])
+    if parsed.unknown:
+        inv.find("unresolved-value", Severity.HIGH,
+                 f"{inv.name} {parsed.unknown[0]}: an option the audit does not read as {inv.name} does, so it cannot tell what is written")  # fmt: skip
+    if inv.name == "cp" and parsed.has("-l", "-s", "--link", "--symbolic-link"):
         return link(inv)
-    operands = inv.operands(knowledge.VALUE_OPTIONS.get(inv.name, set()))
-    target_dir = inv.option("-t", "--target-directory")
-    if target_dir is not None:
-        sources, dest = operands, target_dir
+    if inv.name == "cp" and parsed.has("-r", "-R", "-a", "--recursive", "--archive"):
+        inv.find("unresolved-path", Severity.HIGH, f"{inv.name} copies folders: the files it writes cannot be named")
+    operands = parsed.operands
+    target_dirs = parsed.values("-t", "--target-directory")
+    if target_dirs:
+        sources, dest = operands, target_dirs[-1]
     elif len(operands) >= 2:
         sources, dest = operands[:-1], operands[-1]
     else:
         return Output()
-    into_dir = target_dir is not None or len(sources) > 1 or (dest.value.literal() or "").endswith("/") \
+    into_dir = bool(target_dirs) or len(sources) > 1 or (dest.value.literal() or "").endswith("/") \
         or paths.norm(dest.text) in inv.state.world.created_dirs  # fmt: skip
     for source in sources:
+        if source.glob:
+            inv.find("unresolved-path", Severity.HIGH, f"{inv.name} {source.text}: the files a glob names are written, and cannot be named")
         info = paths.read(inv.state, source, inv.line, inv.name, signing=True) or FileInfo(None)
         target = dest
         if into_dir:
@@ -88,6 +98,9 @@ def copy(inv: Invocation) -> Output:
         if inv.name == "mv":
             delete(inv, source, recursive=False)
     return Output()
+
+
+_COPY_OPTIONS = {"cp": getopt.CP, "mv": getopt.MV, "install": getopt.INSTALL}
 
 
 def link(inv: Invocation) -> Output:

@@ -145,6 +145,9 @@ OPENSSL_NETWORK = {"s_client", "s_server", "s_time", "ocsp", "cmp", "tsget", "ht
 OPENSSL_DECODERS = {"base64", "enc"}
 OPENSSL_DATE_OPTIONS = {"startdate", "not_before"}  # a start date other than now: backdating
 OPENSSL_END_OPTIONS = {"enddate", "not_after"}
+# -pkeyopt settings that choose a key's kind or size, and nothing of its value.
+OPENSSL_KEYGEN_SETTINGS = {"ec_paramgen_curve", "group", "ec_param_enc", "encoding", "point-format", "rsa_keygen_bits",
+                           "bits", "rsa_keygen_pubexp", "e", "rsa_keygen_primes", "primes"}  # fmt: skip
 # subjectKeyIdentifier / authorityKeyIdentifier values openssl computes itself.
 PLAIN_KEY_IDENTIFIERS = {"hash", "keyid", "keyid:always", "none", "issuer", "issuer:always"}
 KEY_IDENTIFIERS = {"subjectKeyIdentifier", "authorityKeyIdentifier"}

@@ -57,7 +57,18 @@ def parse_options(inv: Invocation) -> Options | None:
                 inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} takes {f.text}, options built at run time")
             options.positional.append(f)
         elif f.text.startswith("-") and f.text != "-":
-            name = f.text[1:]
+            # openssl reads `--name` as `-name`, and `-name=value` as `-name value`.
+            if not f.value.known:
+                inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} {f.text}: an option built at run time")
+            first = f.value.parts[0] if isinstance(f.value.parts[0], str) else ""
+            name, eq, attached = first[2:].partition("=") if first.startswith("--") else first[1:].partition("=")
+            if eq:
+                value = Value((attached, *f.value.parts[1:]) if attached else f.value.parts[1:], f.value.taints, f.value.computed)
+                options.values.setdefault(name, []).append(Field(value, False, f.quoted, f.line))
+                if name not in takes_value:
+                    inv.find("unresolved-value", Severity.HIGH, f"openssl {options.sub} {f.text}: a value given to an option the audit does not know to take one")
+                i += 1
+                continue
             if name in takes_value and i + 1 < len(args):
                 options.values.setdefault(name, []).append(args[i + 1])
                 i += 2
@@ -150,7 +161,7 @@ def _reads(inv: Invocation, options: Options) -> None:
     ca = options.get("CA")
     if "CAcreateserial" in options.flags and ca is not None:
         stem = ca.text.rsplit(".", 1)[0] if "." in ca.text.rsplit("/", 1)[-1] else ca.text
-        paths.write(inv.state, Field(Value.of(stem + ".srl"), False, True, inv.line), inv.line, FileInfo(None, None, "data"))
+        paths.write(inv.state, Field(Value.of(stem + ".srl"), False, True, inv.line), inv.line, FileInfo(None, None, _SERIAL_ORIGIN))
 
 
 def _loaders(inv: Invocation, options: Options) -> None:
@@ -228,6 +239,9 @@ def _key_kind(inv: Invocation, options: Options) -> None:
             command.key_bits = int(detail) if detail.isdigit() else 2048
     for f in options.values.get("pkeyopt", []):
         key, _, setting = f.text.partition(":")
+        if key not in knowledge.OPENSSL_KEYGEN_SETTINGS and (sub == "genpkey" or options.get("newkey")):
+            # OpenSSL 3.2 on derives an EC key from `dhkem-ikm` (hexdhkem-ikm:...): a key from data.
+            inv.find("key-from-data", Severity.HIGH, f"-pkeyopt {f.text}: a key-generation setting the audit does not know; it can derive the key from data")
         if key in ("ec_paramgen_curve", "group"):
             command.curve = setting
         elif key == "rsa_keygen_bits" and setting.isdigit():
@@ -302,11 +316,20 @@ def _serial(inv: Invocation, options: Options) -> None:
             inv.find("differs-from-profile", Severity.LOW, f"-set_serial {serial.text}: a fixed serial, not a random one")
         else:
             inv.find("chosen-serial", Severity.HIGH, f"-set_serial {serial.text}: a serial computed by the script can carry data")
+    # -CAcreateserial reads CA.srl when it is there, as -CAserial reads its file: a serial file
+    # the script wrote holds a serial it chose (the audit does not follow which branch wrote it).
     serial_file = options.get("CAserial")
+    ca = options.get("CA")
+    if serial_file is None and "CAcreateserial" in options.flags and ca is not None:
+        stem = ca.text.rsplit(".", 1)[0] if "." in ca.text.rsplit("/", 1)[-1] else ca.text
+        serial_file = Field(Value.of(stem + ".srl"), False, True, inv.line)
     if serial_file is not None:
         info = inv.state.file(serial_file.text)
-        if info is not None and info.written and (info.content is None or not info.content.known):
-            inv.find("chosen-serial", Severity.HIGH, f"-CAserial {serial_file.text}: a serial the script computed")
+        if info is not None and info.written and info.origin != _SERIAL_ORIGIN:
+            inv.find("chosen-serial", Severity.HIGH, f"serial file {serial_file.text}: written by the script, so the serial is one it chose")
+
+
+_SERIAL_ORIGIN = "openssl-serial"  # a CA.srl openssl itself wrote (-CAcreateserial): a random serial, incremented
 
 
 def _signer(inv: Invocation, options: Options) -> None:
@@ -336,10 +359,13 @@ class Config:
 
 
 def parse_config(text: str, first_line: int) -> Config:
+    """Sections of (key, value, line), read as OpenSSL's NCONF reads them: a line ending in a
+    backslash continues on the next (`openssl_\\` + `conf = init` is `openssl_conf`), `#`
+    starts a comment unless escaped or quoted, and a value's escapes and quotes are undone."""
     sections: dict[str, list[tuple[str, str, int]]] = {"": []}
     name = ""
-    for offset, raw in enumerate(text.split("\n")):
-        line = raw.split("#", 1)[0].strip()
+    for offset, raw in _config_lines(text):
+        line = _without_comment(raw).strip()
         if not line:
             continue
         m = re.fullmatch(r"\[\s*([^\]]*?)\s*\]", line)
@@ -348,11 +374,58 @@ def parse_config(text: str, first_line: int) -> Config:
             sections.setdefault(name, [])
             continue
         key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        sections.setdefault(name, []).append((key.strip(), value, first_line + offset if first_line else 0))
+        sections.setdefault(name, []).append((key.strip(), _config_value(value.strip()), first_line + offset if first_line else 0))
     return Config(sections)
+
+
+def _config_lines(text: str) -> list[tuple[int, str]]:
+    """(offset of its first line, text) of each logical line: continuations joined."""
+    lines: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for offset, raw in enumerate(text.split("\n")):
+        start, joined = pending if pending is not None else (offset, "")
+        joined += raw
+        trailing = len(joined) - len(joined.rstrip("\\"))
+        if trailing % 2:
+            pending = (start, joined[:-1])
+            continue
+        pending = None
+        lines.append((start, joined))
+    if pending is not None:
+        lines.append(pending)
+    return lines
+
+
+def _without_comment(line: str) -> str:
+    quote, i = None, 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if quote is None and c == "#":
+            return line[:i]
+        if c in "\"'":
+            quote = None if quote == c else quote or c
+        i += 1
+    return line
+
+
+def _config_value(value: str) -> str:
+    """A value as NCONF copies it: quotes dropped, `\\n` `\\r` `\\b` `\\t` and `\\x` (any x) undone."""
+    out, quote, i = [], None, 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append({"n": "\n", "r": "\r", "b": "\b", "t": "\t"}.get(value[i + 1], value[i + 1]))
+            i += 2
+            continue
+        if c in "\"'" and quote in (None, c):
+            quote = None if quote == c else c
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _config(inv: Invocation, f: Field | None) -> Config | None:

@@ -267,10 +267,13 @@ class World:
 
 
 def norm(path: str) -> str:
-    """`./a` and `a` are one file of the work dir."""
-    while path.startswith("./"):
-        path = path[2:].lstrip("/")
-    return path
+    """`./a`, `a`, `d/./a` and `d//a` are one file of the work dir, as for the kernel: two
+    spellings of a name must never be two files to the audit. (`..` stays: it is refused.)"""
+    if not path:
+        return path
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    lead = "/" if path.startswith("/") else ""
+    return lead + "/".join(parts) if parts else lead or "."
 
 
 @dataclass

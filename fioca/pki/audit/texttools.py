@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 
-from fioca.pki.audit import knowledge, paths
+from fioca.pki.audit import getopt, knowledge, paths
 from fioca.pki.audit.report import Severity
 from fioca.pki.audit.state import (
     COMPUTED,
@@ -62,19 +62,29 @@ def filter_tool(inv: Invocation) -> Output:
 
 
 def sed(inv: Invocation) -> Output:
-    explicit = [inv.args[i + 1] for i, f in enumerate(inv.args[:-1]) if f.text in ("-e", "--expression")]
-    program_file = inv.option("-f", "--file")
-    if program_file is not None:
+    """Its scripts (`-e`, `-f`, else the first operand) read for `e` and `w`; its options as GNU
+    getopt reads them (`--expression=...`, `-ne SCRIPT`), and HIGH where they cannot be."""
+    parsed = getopt.parse(inv.args, getopt.SED)
+    if parsed.unknown:
+        inv.find("unresolved-value", Severity.HIGH,
+                 f"sed {parsed.unknown[0]}: an option the audit does not read as sed does, so it cannot tell what sed runs or writes")  # fmt: skip
+    scripts = parsed.values("-e", "--expression")
+    for program_file in parsed.values("-f", "--file"):
         program = _program_file(inv, program_file)
         if program is not None:
-            explicit.append(Field(Value.of(program), False, True, inv.line))
-    operands = inv.operands(knowledge.VALUE_OPTIONS["sed"])
-    for script in explicit if explicit or program_file is not None else operands[:1]:
+            scripts.append(Field(Value.of(program), False, True, inv.line))
+    given = bool(scripts) or parsed.has("-f", "--file")
+    operands = parsed.operands if given else parsed.operands[1:]
+    for script in scripts if given else parsed.operands[:1]:
         _sed_script(inv, script)
-    if any(t.startswith("-i") or t == "--in-place" for t in inv.texts[1:]):
-        for f in operands if explicit or program_file is not None else operands[1:]:
+    if parsed.has("-i", "--in-place"):
+        for f in operands:
             paths.write(inv.state, f, inv.line, FileInfo(None, None, "data"))
-    return filter_tool(inv)
+    key = inv.stdin.key if inv.stdin else None
+    for f in operands:
+        info = paths.read(inv.state, f, inv.line, inv.name)
+        key = key or (info.key if info else None)
+    return Output(Value.unknown(f"$({inv.name})", COMPUTED), key, "data", reported=True)
 
 
 def _sed_script(inv: Invocation, script: Field) -> None:

@@ -134,7 +134,7 @@ def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output |
             if target.text == "2" and fd == "1":
                 to_stderr = True
             elif not (target.text.isdigit() or target.text == "-"):
-                paths.check(state, field, "write", redirect.line)
+                paths.write(state, field, redirect.line, FileInfo(None, None, "data"))
             continue
         if redirect.op in ("<", "<>"):
             info = paths.read(state, field, redirect.line, "the redirection", signing=True)
@@ -143,7 +143,9 @@ def _redirects(state: State, stmt: Stmt, stdin: Output | None) -> tuple[Output |
             if fd == "1":
                 targets.append((field, redirect.op == ">>"))
             else:
-                paths.check(state, field, "write", redirect.line)
+                # Another fd (`2>f`, `exec 3>f`) writes whatever goes to it: unknown data, not
+                # what the file held before (a generated key stays generated only untouched).
+                paths.write(state, field, redirect.line, FileInfo(None, None, "data"))
     return stdin, targets, to_stderr
 
 
@@ -262,7 +264,8 @@ def _for(state: State, node: For, line: int) -> Output:
 
 def _case(state: State, node: Case, line: int) -> Output:
     expander = Expander(state, run_subst)
-    expander.value(node.word)
+    if "env:HSM_PIN" in expander.value(node.word).taints:
+        state.find("reads-secret-env", Severity.HIGH, line, "a case on the HSM PIN: which branch runs tells its characters")
     out = Output()
     for patterns, body in node.items:
         for pattern in patterns:
@@ -354,7 +357,12 @@ def _unquoted(word: Word) -> bool:
 
 def _through_alias(state: State, node: Call, alias: str, line: int) -> Output:
     name = node.args[0].literal()
-    rest = " ".join(w.source for w in node.args[1:])
+    words = list(node.args[1:])
+    # POSIX (and dash): an alias whose value ends in a blank has the next word checked for an
+    # alias too, so `alias a='command '; a b` runs b's value.
+    while alias[-1:] in (" ", "\t") and words and _unquoted(words[0]) and words[0].literal() in state.aliases:
+        alias += state.aliases[words.pop(0).literal()]
+    rest = " ".join(w.source for w in words)
     nested = state.nested(line, f"through the alias {name}: ")
     nested.aliases.pop(name, None)  # an alias is not expanded inside itself
     return run_code(nested, f"{alias} {rest}", line, "", reuse=True)

@@ -278,11 +278,15 @@ def key_usage(
 # --- Re-issue ---------------------------------------------------------------------------------
 
 
-def reissue(cert: x509.Certificate, *, signer_key: Any, issuer: x509.Certificate | None = None) -> x509.Certificate:
+def reissue(
+    cert: x509.Certificate, *, signer_key: Any, issuer: x509.Certificate | None = None, not_before: datetime | None = None
+) -> x509.Certificate:
     """`cert` again with a fresh random serial and a fresh signature by `signer_key`: the same
     subject (byte for byte), key, validity and extensions, in order. `issuer` is the (re-issued)
     CA that signs it, None for a self-signed root. An authorityKeyIdentifier that names the
-    issuer's serial is brought up to date, since re-issuing the root changes that serial."""
+    issuer's serial is brought up to date, since re-issuing the root changes that serial.
+    `not_before` moves the validity to start then, as long as before: a start the script
+    picked (to the second, within the upload check's minutes) would carry its choice on."""
     signer = cert if issuer is None else issuer
     if not same_key(signer_key, signer):
         raise CheckError(name_text(cert.subject), f"the re-issuing key is not the key of {name_text(signer.subject)}")
@@ -297,8 +301,8 @@ def reissue(cert: x509.Certificate, *, signer_key: Any, issuer: x509.Certificate
         .issuer_name(signer.subject)
         .public_key(cert.public_key())
         .serial_number(serial)
-        .not_valid_before(cert.not_valid_before_utc)
-        .not_valid_after(cert.not_valid_after_utc)
+        .not_valid_before(not_before or cert.not_valid_before_utc)
+        .not_valid_after((not_before or cert.not_valid_before_utc) + (cert.not_valid_after_utc - cert.not_valid_before_utc))
     )
     for found in cert.extensions:
         value = found.value

@@ -29,12 +29,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fioca import facts
 from fioca.errors import CheckError
 from fioca.pki.asked import AskedCertificate
-from fioca.pki.profiles import trust
+from fioca.pki.profiles import der, trust
 from fioca.pki.profiles.details import key_id_sha1, name_text, subject_key_identifier
 from fioca.pki.profiles.extensions import (
     AskedValueError,
@@ -263,6 +264,7 @@ def check_upload(
     (or anything with `.public_key()`); `made_at`: when it was stored (default: now)."""
     role = Role(role)
     moment = now or datetime.now(UTC)
+    _check_der_fields(cert, artifact)
     _trust(cert, role, factory=factory, issuer=issuer, csr=csr, expected_cn=expected_cn, now=moment, artifact=artifact)
     if key is not None:
         trust.check_key_matches(key, cert, artifact)
@@ -275,7 +277,40 @@ def check_upload(
         raise CheckError(artifact, "issuer name is not the signer's subject byte for byte")
     _check_made_recently(cert, made_at or moment, artifact)
     _check_longest_validity(cert, role, artifact)
+    _check_shortest_validity(cert, role, artifact)
+    if role is Role.ROOT:
+        _check_own_subject(cert, facts.ROOT_CN, factory, artifact)
+    elif expected_cn is not None:
+        _check_own_subject(cert, expected_cn, factory, artifact)
     _check_extensions_of_a_profile(cert, role, issuer=signer, csr=csr, artifact=artifact)
+
+
+# The fields of a TBSCertificate OpenSSL and Go write, by tag: [0] version, serial, signature,
+# issuer, validity, subject, subjectPublicKeyInfo, [3] extensions. Never the unique IDs ([1],
+# [2]): bit strings of any length that nothing reads.
+_TBS_TAGS = (0xA0, 0x02, 0x30, 0x30, 0x30, 0x30, 0x30, 0xA3)
+_UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+
+
+def _check_der_fields(cert: x509.Certificate, artifact: str) -> None:
+    """The certificate's DER holds only the fields a maker writes, each as RFC 5280 says it:
+    the same signature algorithm inside and out, UTCTime up to 2049 and GeneralizedTime from
+    2050 on (a choice between the two is a bit the script picks)."""
+    data = cert.public_bytes(serialization.Encoding.DER)
+    _tag, outer, _end = der.read(data, 0)
+    _tag, tbs_start, tbs_end = der.read(data, outer)
+    fields = der.children(data, tbs_start, tbs_end)
+    if tuple(tag for tag, *_rest in fields) != _TBS_TAGS:
+        raise CheckError(artifact, "holds fields no certificate maker writes (unique identifiers, or fields out of order)")
+    inner = data[fields[2][1] : fields[2][3]]
+    _tag, _start, algorithm_end = der.read(data, tbs_end)
+    if inner != data[tbs_end:algorithm_end]:
+        raise CheckError(artifact, "names another signature algorithm inside than outside")
+    _tag, validity_start, validity_end = der.read(data, fields[4][1])
+    for (tag, *_rest), when in zip(der.children(data, validity_start, validity_end),
+                                   (cert.not_valid_before_utc, cert.not_valid_after_utc)):  # fmt: skip
+        if tag != (_UTC_TIME if when.year < 2050 else _GENERALIZED_TIME):
+            raise CheckError(artifact, f"encodes {when.isoformat()} otherwise than RFC 5280 (UTCTime until 2049)")
 
 
 def _check_made_recently(cert: x509.Certificate, made_at: datetime, artifact: str) -> None:
@@ -298,6 +333,38 @@ def _check_longest_validity(cert: x509.Certificate, role: Role, artifact: str) -
             artifact,
             f"notAfter {cert.not_valid_after_utc.isoformat()} is later than any named profile allows for a {role.value} certificate",
         )
+
+
+def _check_shortest_validity(cert: x509.Certificate, role: Role, artifact: str) -> None:
+    """A root of trust is set once: one that expires early (`-days 1` asked in the text) is a
+    factory lost, so nothing shorter than the shortest named profile goes up."""
+    start = cert.not_valid_before_utc
+    earliest = min(
+        profile.shape(role).validity.end(start) - profile.shape(role).validity.slack_before for profile in PROFILES
+    )
+    if cert.not_valid_after_utc < earliest:
+        raise CheckError(
+            artifact,
+            f"notAfter {cert.not_valid_after_utc.isoformat()} is earlier than any named profile has a {role.value} certificate end",
+        )
+
+
+# The string types OpenSSL (UTF8String, its default mask) and Go (PrintableString) write names in.
+_NAME_STRING_TYPES = frozenset({x509.name._ASN1Type.UTF8String, x509.name._ASN1Type.PrintableString})
+
+
+def _check_own_subject(cert: x509.Certificate, cn: str, factory: str, artifact: str) -> None:
+    """The subject fioca names itself (the root's, a local CA's): `CN=<cn>, OU=<factory>` and
+    nothing else: one attribute per RDN, in that order, in a string type a maker uses. An extra
+    attribute, a multi-valued RDN or a BMPString would carry what the server chose."""
+    wanted = [(NameOID.COMMON_NAME, cn), (NameOID.ORGANIZATIONAL_UNIT_NAME, factory)]
+    rdns = list(cert.subject.rdns)
+    found = [(attribute.oid, attribute.value) for rdn in rdns for attribute in rdn]
+    if found != wanted or len(rdns) != len(wanted):
+        raise CheckError(artifact, f"subject is {name_text(cert.subject)}, not exactly CN={cn}, OU={factory}")
+    odd = [attribute for attribute in cert.subject if attribute._type not in _NAME_STRING_TYPES]
+    if odd:
+        raise CheckError(artifact, f"subject {odd[0].oid._name} is a {odd[0]._type.name}, not a UTF8String or PrintableString")
 
 
 def _check_extensions_of_a_profile(

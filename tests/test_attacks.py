@@ -1,0 +1,449 @@
+"""Attacks on create from a hostile server and a co-located process (the attack review).
+
+Each test is an attack that worked against fioca when it was written: the test says what
+must hold (nothing chosen by the server or secret leaves, nothing runs that the audit did not
+see), and fails until the hole is closed. Attacks that are design decisions for the lead are
+marked xfail(strict=True) with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fioca import facts
+from fioca.errors import CheckError
+from fioca.pki import profiles, reference
+from fioca.pki.asked import with_environment
+from fioca.pki.profiles import der
+from fioca.pki.audit import Severity, audit_scripts
+from tests.conftest import FACTORY, answer_with, server_certs
+from tests.test_hostile_server import BACKDATED_ROOT
+from tests.test_hsm import PIN, SO_PIN, Token, new_token
+
+
+def api_scripts(sandbox) -> dict[str, str]:
+    cn = f"fio-{sandbox.backend.user_self()['polis-id']}"
+    return reference.api_scripts("api-2026", factory=FACTORY, local_ca_cn=cn)
+
+
+def with_line(scripts: dict[str, str], name: str, before: str, added: str) -> dict[str, str]:
+    """`scripts[name]` with `added` put just before the first `before`."""
+    assert before in scripts[name], f"{before!r} not in {name}"
+    return {name: scripts[name].replace(before, added + before, 1)}
+
+
+def chosen_key_pem() -> tuple[ec.EllipticCurvePrivateKey, list[str]]:
+    """A P-256 key 'the server' made, and its PEM lines."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption()).decode()
+    return key, pem.strip().splitlines()
+
+
+def printf_lines(lines: list[str]) -> str:
+    """Shell that prints `lines`, with no line of the script holding a PEM header whole."""
+    split = [f"'{line[:16]}' '{line[16:]}'" for line in lines]
+    return "; ".join(f"printf '%s%s\\n' {part}" for part in split)
+
+
+def refused_before_running(result, recorder, pki: Path, sandbox, chosen: ec.EllipticCurvePrivateKey) -> None:
+    if (pki / facts.ROOT_KEY).exists():
+        stored = serialization.load_pem_private_key((pki / facts.ROOT_KEY).read_bytes(), None)
+        assert stored.private_numbers() != chosen.private_numbers(), "the server's own key became the root of trust"
+    assert result.exit_code == 3, result.output
+    assert "high-severity finding" in result.stderr
+    assert [method for method, _ in recorder] == ["POST"]
+    assert not (pki / facts.ROOT_KEY).exists()
+    assert server_certs(sandbox)[0] == 206
+
+
+# --- Audit: a root key the server chose, written where the audit does not look ----------------
+
+
+def test_a_key_written_through_stderr_redirection_is_seen(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`{ printf KEY; } 2>factory_ca.key >&2` after the key generation: the audit recorded only
+    fd 1 redirections as writes, so the file kept its 'generated' origin and the server's own
+    key became the factory's root of trust, with no high finding."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    overwrite = f"\t{{ {printf_lines(lines)}; }} 2>factory_ca.key >&2\n"
+    answer_with(monkeypatch, sandbox, with_line(scripts, "create_ca", "\tkey=factory_ca.key\n", overwrite))
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+def test_a_key_signed_with_after_cd_is_seen(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`(cd d && openssl req -key factory_ca.key ...)`: the audit did not follow `cd`, so it
+    took d/factory_ca.key (the server's key, written as data) for the generated one in the work
+    dir, and the server's key became the root of trust."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    sign = 'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256\n'
+    text = scripts["create_ca"].replace(sign, (
+        f"mkdir d\n{{ {printf_lines(lines)}; }} > d/factory_ca.key\ncp ca.cnf d/ca.cnf\n"
+        f"(cd d && {sign.strip()})\nmv -f d/factory_ca.key .\ncp d/factory_ca.pem .\n"
+    ))
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+@pytest.mark.parametrize("spelling", ["d/./k", "d//k"])
+def test_two_spellings_of_one_file_are_one_file(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, spelling):
+    """A key generated as d/k, overwritten with the server's key through `d/./k` (or `d//k`),
+    then renamed factory_ca.key: the audit took the two spellings for two files."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    keygen = "\topenssl ecparam -genkey -name prime256v1 | openssl ec -out factory_ca.key\n"
+    text = scripts["create_ca"].replace(keygen, (
+        f"\tmkdir d\n\topenssl ecparam -genkey -name prime256v1 | openssl ec -out d/k\n"
+        f"\t{{ {printf_lines(lines)}; }} > {spelling}\n\tmv d/k factory_ca.key\n"
+    ))
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+KEYGEN = "\topenssl ecparam -genkey -name prime256v1 | openssl ec -out factory_ca.key\n"
+
+
+@pytest.mark.parametrize("overwrite", [
+    "cp -t. d/factory_ca.key",  # GNU getopt: -t's value attached
+    "cp --target=. d/factory_ca.key",  # an abbreviated long option
+    "mv -ft. d/factory_ca.key",  # in a cluster
+    "cp d/* .",  # a glob: the names it writes are not known
+    "cp -r d/. .",  # a folder's contents
+    "sed -n '--expression=w factory_ca.key' d/k",  # sed's script in a long option
+    "sed -new' 'factory_ca.key d/k",  # -n -e 'w factory_ca.key'
+])  # fmt: skip
+def test_options_are_read_as_gnu_getopt_reads_them(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, overwrite):
+    """The generated root key overwritten with the server's by cp, mv or sed options the
+    audit read otherwise than the tools do (an attached value taken for a flag, the data file
+    taken for sed's script): no high finding, and the server's key became the root."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    data = "d/k" if overwrite.startswith("sed") else "d/factory_ca.key"
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > {data}\n\t{overwrite}\n")
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+@pytest.mark.parametrize("overwrite", ["openssl pkey -in d/k -out=factory_ca.key", "openssl pkey -in d/k --out factory_ca.key"])
+def test_openssl_options_are_read_as_openssl_reads_them(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, overwrite):
+    """openssl takes `--out F` and `-out=F` as `-out F`; the audit took them for flags and
+    missed the write of the server's key over the generated one."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > d/k\n\t{overwrite}\n")
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+
+# openssl loads a provider module named by the config `req -config` reads; this config names
+# one (a shared object the script could have written with printf) in words the audit read
+# otherwise than openssl: NCONF joins a line ending in a backslash with the next. (Tried by
+# hand with a module whose constructor puts the server's key in factory_ca.key before openssl
+# reads it: create exited 0 and the server's key became the root.)
+HIDDEN_MODULE_CONFIG = """cat > pre.cnf <<'EOF'
+openssl_\\
+conf = init
+[init]
+provider\\
+s = p
+[p]
+x = x_sect
+default = d_sect
+[d_sect]
+activate = 1
+[x_sect]
+modul\\
+e = \\
+/work/e.so
+activate = 1
+EOF
+cat ca.cnf >> pre.cnf
+mv pre.cnf ca.cnf
+"""
+
+
+def test_an_openssl_config_is_read_as_openssl_reads_it(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    scripts = api_scripts(sandbox)
+    text = scripts["create_ca"].replace('\nif [ -n "$HSM_MODULE" ]', "\n" + HIDDEN_MODULE_CONFIG + 'if [ -n "$HSM_MODULE" ]', 1)
+    assert text != scripts["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    assert result.exit_code == 3, result.output
+    assert "eval-data" in result.stderr and "openssl_conf" in result.stderr
+    assert [method for method, _ in recorder] == ["POST"]
+
+
+
+def test_an_alias_ending_in_a_blank_expands_the_next_word(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`alias a='command '; alias b='...'; a b`: sh checks the word after such an alias for an
+    alias too, so b's command ran; the audit saw only `command b`, an unknown program (medium)."""
+    key, lines = chosen_key_pem()
+    scripts = api_scripts(sandbox)
+    hidden = "\talias a='command '\n\talias b='openssl pkey -in d/k -out factory_ca.key'\n\ta b\n"
+    text = scripts["create_ca"].replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\t{{ {printf_lines(lines)}; }} > d/k\n{hidden}")
+    answer_with(monkeypatch, sandbox, {"create_ca": text})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", env=sandbox_env)
+    refused_before_running(result, recorder, pki, sandbox, key)
+
+
+
+# --- The upload check: a root of trust with a property the server chose ------------------------
+
+
+def uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, script: str, old: str, new: str,
+                   args: tuple[str, ...] = ()):  # fmt: skip
+    """create with `script`'s text changed (by default no --allow-unaudited: nothing here is high)."""
+    text = api_scripts(sandbox)[script]
+    assert old in text
+    answer_with(monkeypatch, sandbox, {script: text.replace(old, new, 1)})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", *args, env=sandbox_env)
+    return result, [body for method, body in recorder if method == "PATCH"]
+
+
+@pytest.mark.parametrize(("script", "old", "new", "message"), [
+    # The root can be set only once: one that expires tomorrow is a factory lost.
+    ("create_ca", "-days 7300", "-days 1", "notAfter"),
+    ("create_device_ca", "openssl req -new -config ca.cnf", "openssl req -new -config ca.cnf", None),
+    ("create_ca", "OU = acme\n", "OU = acme\nO = Escrow of the server\n", "subject is"),
+    ("create_ca", "OU = acme\n", "OU = acme\nemailAddress = escrow@example.com\n", "subject is"),
+    ("create_ca", "CN = Factory-CA\n", "CN = Factory-CA (escrowed)\n", "subject is"),
+    ("create_ca", "prompt = no\n", "prompt = no\nstring_mask = MASK:0x800\n", "BMPString"),
+    ("create_ca", "prompt = no\n", "prompt = no\nstring_mask = MASK:0x4\n", "T61String"),
+    ("create_device_ca", "OU = acme\n", "OU = acme\nO = Escrow of the server\n", "subject is"),
+])  # fmt: skip
+def test_the_root_and_the_local_ca_are_what_fioca_names(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path,
+                                                        script, old, new, message):  # fmt: skip
+    """The text asks for them, the audit finds nothing high, and every check until the upload
+    compared the certificates with that text: a root valid one day, or whose subject carries
+    what the server chose (another attribute, another CN, a string type no maker writes)."""
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, script, old, new)
+    if message is None:  # the twin: the text as the server sends it uploads
+        assert result.exit_code == 0, result.output
+        return
+    assert patches == [], "uploaded"
+    assert result.exit_code == 4, result.output
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert message in error
+    assert server_certs(sandbox)[0] == 206
+
+
+
+def test_reissue_takes_no_date_the_script_chose(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """--reissue renews serials and signatures, but kept the script's notBefore: a start the
+    script picks anywhere in the upload check's 15 minutes carries some 10 bits past it (here
+    the server's chosen second, 33), into the root of trust."""
+    chosen = (datetime.now(timezone.utc) - timedelta(minutes=10)).replace(second=33, microsecond=0)
+    end = chosen + timedelta(days=7300)
+    own_ca = BACKDATED_ROOT.replace("20070301000000Z", chosen.strftime("%Y%m%d%H%M%SZ")).replace(
+        "20270224000000Z", end.strftime("%Y%m%d%H%M%SZ"))
+    sign = 'openssl req $extra -new -x509 -days 7300 -config ca.cnf -key "$key" -out factory_ca.pem -sha256'
+    started = datetime.now(timezone.utc).replace(microsecond=0)
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, "create_ca", sign,
+                                     own_ca, args=("--allow-unaudited", "--reissue"))
+    assert result.exit_code == 0, result.output
+    (body,) = patches
+    root = x509.load_pem_x509_certificate(body["root-crt"].encode())
+    assert root.not_valid_before_utc != chosen
+    assert root.not_valid_before_utc >= started
+    assert root.not_valid_after_utc - root.not_valid_before_utc == timedelta(days=7300)
+
+
+
+def test_the_upload_is_canonical_pem_not_the_scripts_layout(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """The strict PEM reader skips whitespace inside and around a block, and the upload was the
+    script's bytes as printed: where it breaks lines and puts blanks is a channel of hundreds
+    of bits (here a pattern the server chose) that no certificate check sees."""
+    sign = "-extfile server.ext -CAkey \"$key\" -CA factory_ca.pem -sha256"
+    result, patches = uploaded_after(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path, "sign_tls_csr", sign,
+                                     sign + " | sed 's/^MII/MII /; s/=$/=\\t/'")
+    assert result.exit_code == 0, result.output
+    (body,) = patches
+    for field in ("root-crt", "tls-crt", "ca-crt"):
+        blocks = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", body[field], re.S)
+        canonical = [x509.load_pem_x509_certificate(block.encode()).public_bytes(serialization.Encoding.PEM).decode()
+                     for block in blocks]  # fmt: skip
+        assert body[field] == "\n".join(canonical), field
+
+
+
+def _resigned(cert: x509.Certificate, key, change) -> x509.Certificate:
+    """`cert` with its TBSCertificate's fields changed by `change` (a list of DER elements) and
+    signed again by `key`: what a script holding the root key can make with openssl alone."""
+    data = cert.public_bytes(serialization.Encoding.DER)
+    _tag, outer, _end = der.read(data, 0)
+    _tag, start, tbs_end = der.read(data, outer)
+    fields = change([data[offset:stop] for _tag, offset, _content, stop in der.children(data, start, tbs_end)])
+    tbs = der.tlv(0x30, b"".join(fields))
+    algorithm = data[tbs_end : der.read(data, tbs_end)[2]]
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return x509.load_der_x509_certificate(der.tlv(0x30, tbs + algorithm + der.tlv(0x03, b"\x00" + signature)))
+
+
+def _generalized_not_before(fields: list[bytes]) -> list[bytes]:
+    """notBefore as GeneralizedTime (20YYMMDDHHMMSSZ) instead of the UTCTime RFC 5280 wants."""
+    validity = fields[4]
+    _tag, start, end = der.read(validity, 0)
+    (_t, _o, content, stop), (_t2, offset, _c2, after) = der.children(validity, start, end)
+    moved = der.tlv(0x30, der.tlv(0x18, b"20" + validity[content:stop]) + validity[offset:after])
+    return [*fields[:4], moved, *fields[5:]]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda fields: fields, None),  # the twin: as made
+    (lambda fields: [*fields[:-1], der.tlv(0x82, b"\x00" + b"chosen by the server " * 8), fields[-1]], "unique identifiers"),
+    (lambda fields: [*fields[:-1], der.tlv(0x81, b"\x00" + b"x" * 40), fields[-1]], "unique identifiers"),
+    (_generalized_not_before, "UTCTime"),
+])  # fmt: skip
+def test_the_upload_check_reads_the_der_fields(change, message):
+    """A root re-signed with a subjectUniqueID (any number of bits nothing reads), or a date in
+    the other time encoding (a bit each): everything else about it is as made."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = _resigned(profiles.build_root(key, factory=FACTORY), key, change)
+    report = audit_scripts(reference.bundled(), hsm=False, known={}, jail="test")
+    asked = with_environment(report.script(facts.CREATE_CA).asked[0], {"FACTORY": FACTORY})
+
+    def check():
+        profiles.check_upload(root, role=profiles.Role.ROOT, factory=FACTORY, asked=asked, key=key,
+                              artifact=facts.ROOT_CERT, openssl=3)  # fmt: skip
+
+    if message is None:
+        check()
+        return
+    with pytest.raises(CheckError, match=message):
+        check()
+
+
+
+# --- HSM mode: the jail holds the token store, read-write, and the PIN -----------------------
+
+TOKEN_DIR_OF_CONF = "tokens=$(sed -n 's/^directories.tokendir *= *//p' \"$SOFTHSM2_CONF\")\n"
+
+
+def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str, *, script: str = "create_ca",
+                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",)) -> tuple[Token, Token, object]:  # fmt: skip
+    """create in HSM mode, fioca's own `script` with `added` before `before`; beside the
+    factory's token, the store holds another (another factory's root, say)."""
+    ours = new_token(tmp_path / "hsm", "factory-root")
+    other = "other-factory"
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", other, "--so-pin", SO_PIN, "--pin", PIN],
+                   env={**os.environ, **ours.env}, check=True, capture_output=True)  # fmt: skip
+    text = reference.bundled()[script]
+    assert before in text
+    answer_with(monkeypatch, sandbox, {**reference.bundled(), script: text.replace(before, added + before, 1)})
+    result = cli("keys", "ca", "create", tmp_path / "pki", "--yes", *args, *ours.flags(),
+                 env={**sandbox_env, **ours.env, "FIOCA_HSM_PIN": PIN})  # fmt: skip
+    return ours, Token(ours.conf, other), result
+
+
+def _pin_as_hex() -> str:
+    """sh that spells $HSM_PIN in hex into $s, one `case` a character: no command sees the PIN."""
+    table = " ".join(f"{c}) h={ord(c):02x};;" for c in string.ascii_letters + string.digits + "-_.")
+    return ('p=$HSM_PIN; s=\nwhile [ -n "$p" ]; do r=${p#?}\n'
+            f'case "${{p%"$r"}}" in {table} *) h=3f;; esac\ns=$s$h; p=$r; done\n')  # fmt: skip
+
+
+def test_hsm_pin_does_not_ride_out_in_a_serial(cli, sandbox, sandbox_env, recorder, monkeypatch, tmp_path):
+    """`openssl x509 -CAcreateserial` takes the serial from factory_ca.srl when it is there: a
+    sign_tls_csr that wrote its own (the PIN in hex, spelt by `case`) uploaded the HSM PIN in
+    the gateway certificate's serial, with no high finding."""
+    _ours, _other, result = _hsm_create(
+        cli, sandbox, sandbox_env, monkeypatch, tmp_path, _pin_as_hex() + 'echo "$s" > factory_ca.srl\n',
+        script="sign_tls_csr", before="cat > server.ext", args=())
+    for _method, body in recorder:
+        tls = body.get("tls-crt") if isinstance(body, dict) else None
+        if tls:
+            serial = x509.load_pem_x509_certificate(tls.encode()).serial_number - 1
+            assert serial.to_bytes((serial.bit_length() + 7) // 8, "big") != PIN.encode(), "the PIN was uploaded"
+    assert result.exit_code == 3, result.output
+    assert "chosen-serial" in result.stderr
+
+
+def _token_labels(token: Token) -> list[str]:
+    shown = subprocess.run(["softhsm2-util", "--show-slots"], env={**os.environ, **token.env}, capture_output=True, text=True)
+    return re.findall(r"Label:\s+(\S+)", shown.stdout)
+
+
+@pytest.mark.xfail(strict=True, reason="design (lead): in HSM mode a script gets the PIN and its token's folder "
+                   "read-write; whatever it writes there outlives the run (see the report)")
+def test_hsm_mode_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                       TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n')
+    assert result.exit_code == 0, result.output
+    store = ours.conf.parent / "tokens"
+    assert [path for path in store.rglob("*") if path.is_file() and PIN.encode() in path.read_bytes()] == []
+
+
+def test_hsm_mode_shows_a_script_no_other_token(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The whole token store was bound read-write: a script could read every other token of the
+    user (with the PIN it has, when they share it) and delete them, another factory's root too."""
+    ours, other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                      TOKEN_DIR_OF_CONF + 'ls_all=$(echo "$tokens"/*)\nrm -rf $ls_all\n')
+    assert other.label in _token_labels(ours)
+
+
+# --- The same holes at the audit's level, each with its harmless twin ---------------------------
+
+KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")
+
+
+def high_findings(body: str, name: str = "create_ca") -> set[str]:
+    report = audit_scripts({name: "#!/bin/sh -e\n" + body}, hsm=False, known=KNOWN, jail="test")
+    return {finding.id for finding in report.scripts[0].findings if finding.severity == Severity.HIGH}
+
+
+SIGN = "openssl req -new -x509 -days 7300 -config c.cnf -key factory_ca.key -out factory_ca.pem\n"
+AUDIT_TWINS = [
+    # (hostile, harmless, the HIGH finding of the first)
+    ("openssl genpkey -algorithm EC -pkeyopt group:P-256 -pkeyopt hexdhkem-ikm:00ff -out factory_ca.key\n" + SIGN,
+     "openssl genpkey -algorithm EC -pkeyopt group:P-256 -out factory_ca.key\n" + SIGN, "key-from-data"),
+    ("openssl ecparam -genkey -name prime256v1 -out factory_ca.key\nexec 3>factory_ca.key\n" + SIGN,
+     "openssl ecparam -genkey -name prime256v1 -out factory_ca.key\nexec 3>/dev/null\n" + SIGN, "key-from-data"),
+    ("mkdir d\ncd d\n", "mkdir d\ncd .\n", "unresolved-path"),
+    ("cp --parents d/x .\n", "cp -f d/x .\n", "unresolved-value"),
+    ("echo 'openssl_c\\0157nf = init' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n",
+     "echo 'openssl_c0157nf = init' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "eval-data"),
+    ("printf '[a]\\nx = \\\\/etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n",
+     "printf '[a]\\nx = etc/passwd\\n' > c.cnf\nopenssl req -new -config c.cnf -key k -out x.csr\n", "absolute-path"),
+    ("alias a='command '\nalias b='cat /proc/1/environ'\na b\n", "alias a='command'\nalias b='cat /proc/1/environ'\na b\n",
+     "reads-environment"),
+    ('case "$HSM_PIN" in a*) x=1;; esac\n', '[ -n "$HSM_PIN" ] && x=1\n', "reads-secret-env"),
+    ('[ "$HSM_PIN" = abc ] && x=1\n', '[ -z "$HSM_PIN" ] && x=1\n', "reads-secret-env"),
+    ("x=${#HSM_PIN}\n", "x=${#HSM_MODULE}\n", "reads-secret-env"),
+    ("echo 0A > factory_ca.srl\nopenssl x509 -req -in c.csr -CA factory_ca.pem -CAkey factory_ca.key -CAcreateserial -out x\n",
+     "openssl x509 -req -in c.csr -CA factory_ca.pem -CAkey factory_ca.key -CAcreateserial -out x\n", "chosen-serial"),
+    ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("hostile", "harmless", "finding"), AUDIT_TWINS)
+def test_audit_twins(hostile: str, harmless: str, finding: str) -> None:
+    assert finding in high_findings(hostile)
+    assert finding not in high_findings(harmless)
