@@ -47,6 +47,7 @@ DATA_OPTION_HELP = "Sandbox data dir (made 0700; holds the state, keys, token, s
 
 
 @app.command(
+    short_help="Serve the sandbox until Ctrl-C or SIGTERM",
     help=(
         "Serve the sandbox in the foreground until Ctrl-C or SIGTERM.\n\n"
         "Writes DIR/sandbox.json, DIR/fioctl.yaml (API token) and DIR/fioctl-oauth.yaml (OAuth client "
@@ -101,6 +102,7 @@ def serve(
 
 
 @app.command(
+    short_help="List the devices the sandbox knows",
     help="List the devices the sandbox knows.\n\n\b\nExample:\n  fioca sandbox devices --data ./sandbox --format json"
 )
 def devices(
@@ -123,6 +125,7 @@ def devices(
 
 @app.command(
     "delete-device",
+    short_help="Delete a device; it goes on the deny-list",
     help=(
         "Delete a device: it goes on the deny-list and the gateway refuses it from then on.\n\n"
         "\b\n"
@@ -148,6 +151,7 @@ def delete_device(
 
 @app.command(
     "approve-device",
+    short_help="Approve (or deny) a device in the OAuth device flow",
     help=(
         "Approve a device waiting in the OAuth device flow (lmp-device-register without a token "
         "prints a user code and polls): what a user does in the browser.\n\n"
