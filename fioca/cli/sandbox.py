@@ -61,10 +61,10 @@ def serve(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
     factory: str = typer.Option(DEFAULT_FACTORY, "--factory", help="Factory name (fixed once the data dir exists)."),
-    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
-    api_port: int = typer.Option(0, "--api-port", min=0, max=65535, help="API port; 0 picks a free one."),
+    host: str = typer.Option(DEFAULT_HOST, "--host", metavar="ADDRESS", help="Address to listen on."),
+    api_port: int = typer.Option(0, "--api-port", metavar="PORT", min=0, max=65535, help="API port; 0 picks a free one."),
     gateway_port: int = typer.Option(
-        0, "--gateway-port", min=0, max=65535,
+        0, "--gateway-port", metavar="PORT", min=0, max=65535,
         help="Gateway port; 0 picks a free one. The sota.toml of registered devices names it (8443 as the real one).",
     ),
     scripts: str = typer.Option(
@@ -73,7 +73,7 @@ def serve(
         "(today's API: CSRs only).",
     ),
     token_header: str = typer.Option(
-        None, "--token-header", help="Also accept the API token in this header (what fioctl's TOKEN_HEADER names).",
+        None, "--token-header", metavar="NAME", help="Also accept the API token in this header (what fioctl's TOKEN_HEADER names).",
     ),
 ) -> None:
     if scripts != NO_SCRIPTS and scripts not in SCRIPT_CHOICES:
