@@ -315,3 +315,17 @@ def test_a_symlink_inside_is_removed_not_followed(work, tmp_path):
     assert stat.S_IMODE(outside.stat().st_mode) == 0o500
     assert stat.S_IMODE((outside / "a").stat().st_mode) == 0o500
     assert (outside / "a" / "factory_ca.key").read_bytes() == b"KEY"
+
+
+def test_partial_folders_and_device_work_dirs_go_whatever_their_modes(tmp_path):
+    """OUT's `.partial-*` entries (a killed run's too): a faithful batch's work dir held local-ca.key."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    key_in(out / ".partial-1.work", 0)
+    key_in(out / ".partial-1", 0o500)
+    key_in(outside, 0o500)
+    (out / ".partial-2").symlink_to(outside)
+    (out / "done").mkdir()
+    done = as_a_user("import sys\nfrom pathlib import Path\nfrom fioca.device import batch\nbatch.remove_partials(Path(sys.argv[1]))", out)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(out) == ["done"]
+    assert (outside / "a" / "factory_ca.key").read_bytes() == b"KEY"
