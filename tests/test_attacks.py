@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import string
 import subprocess
 from datetime import datetime, timedelta, timezone
@@ -340,6 +341,36 @@ def test_the_upload_check_reads_the_der_fields(change, message):
     with pytest.raises(CheckError, match=message):
         check()
 
+
+
+# --- The work dir: nothing of it outlives the run -------------------------------------------------
+
+
+def test_a_key_copy_in_a_mode_0_folder_goes_with_the_work_dir(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """`mkdir d; cp factory_ca.key d/; chmod 0 d`: rmtree could not list d, so the copy of the
+    root key outlived the run and the run failed. Root passes any mode, so as root this shows
+    only that the trick reaches the disk; the proof is the removal tests in test_runner.py."""
+    from fioca.pki import files
+
+    seen: dict[str, int] = {}
+    real = files.remove_tree
+
+    def spy(parent_fd, name):
+        seen[name] = stat.S_IMODE(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
+        real(parent_fd, name)
+
+    monkeypatch.setattr(files, "remove_tree", spy)
+    text = api_scripts(sandbox)["create_ca"]
+    assert KEYGEN in text
+    answer_with(monkeypatch, sandbox, {"create_ca": text.replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\tcp factory_ca.key d/\n\tchmod 0 d\n")})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
+    assert result.exit_code == 0, result.output
+    assert seen.get("d") == 0  # the script's folder, as it left it
+    assert not (pki / facts.WORK_DIR).exists()
+    key = (pki / facts.ROOT_KEY).read_bytes()
+    copies = [path for path in pki.rglob("*") if path.is_file() and path.read_bytes() == key]
+    assert copies == [pki / facts.ROOT_KEY]
 
 
 # --- HSM mode: the jail holds the token store, read-write, and the PIN -----------------------

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import fioca
 from fioca.errors import ScriptError
 from fioca.pki import jail as jails
 from fioca.pki.scripts import ScriptLimits, ScriptRunner, take
@@ -245,3 +248,84 @@ def test_a_work_dir_swapped_for_a_symlink_later_is_refused_at_take(tmp_path, wor
     (tmp_path / "work").symlink_to(tmp_path / "moved")
     with pytest.raises(ScriptError, match="is a symbolic link"):
         runner.take("tls-crt")
+
+
+# --- The work dir's removal --------------------------------------------------------------------
+# A script runs as fioca's uid and may leave any mode on the folders it makes: removal must still
+# take everything (a copy of the root key may be inside). Root (CI) passes any mode, so the
+# removal runs in a process that obeys mode bits: root with every capability dropped (another
+# user as they are).
+
+AS_A_USER = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"] if os.geteuid() == 0 else []
+
+
+def as_a_user(code: str, *args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(fioca.__file__).parents[1])}  # the fioca under test
+    return subprocess.run([*AS_A_USER, sys.executable, "-c", code, *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def removed_as_a_user(work: Path) -> None:
+    code = "import sys\nfrom fioca.pki.files import PkiDir\nwith PkiDir.open(sys.argv[1]) as pki:\n    pki.remove_folder(sys.argv[2])"
+    done = as_a_user(code, work.parent, work.name)
+    assert done.returncode == 0, done.stderr
+    assert not work.exists()
+
+
+def test_the_removal_runs_where_modes_bind(work):
+    (work / "d").mkdir()
+    (work / "d").chmod(0)
+    done = as_a_user("import os, sys\nos.listdir(sys.argv[1])", work / "d")
+    assert "PermissionError" in done.stderr  # or the tests below would prove nothing
+    (work / "d").chmod(0o700)
+
+
+def key_in(folder: Path, *modes: int) -> None:
+    """folder/a/b/.../factory_ca.key, one level per mode, each level then given its mode."""
+    levels = [folder.joinpath(*"abcdef"[: depth + 1]) for depth in range(len(modes))]
+    levels[-1].mkdir(parents=True)
+    (levels[-1] / "factory_ca.key").write_bytes(b"KEY")
+    for level, mode in reversed(list(zip(levels, modes))):
+        level.chmod(mode)
+
+
+@pytest.mark.parametrize("modes", [(0,), (0o500,), (0o100,), (0o700, 0, 0o500, 0)], ids=["0", "0500", "0100", "nested"])
+def test_a_work_dir_goes_whatever_modes_a_script_left(work, modes):
+    key_in(work, *modes)
+    (work / "plain").write_bytes(b"")
+    removed_as_a_user(work)
+
+
+@pytest.mark.parametrize("mode", [0, 0o500, 0o777], ids=oct)
+def test_a_work_dir_the_script_chmodded_itself_goes(work, mode):
+    """`chmod 0 .` (or 0777, which a folder fioca uses would be refused for) inside the work dir."""
+    key_in(work, 0)
+    work.chmod(mode)
+    removed_as_a_user(work)
+
+
+def test_a_symlink_inside_is_removed_not_followed(work, tmp_path):
+    outside = tmp_path / "outside"
+    key_in(outside, 0o500)
+    outside.chmod(0o500)
+    (work / "link").symlink_to(outside)
+    key_in(work, 0)
+    (work / "a" / "link").symlink_to(outside / "a")  # inside a mode-0 folder
+    removed_as_a_user(work)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o500
+    assert stat.S_IMODE((outside / "a").stat().st_mode) == 0o500
+    assert (outside / "a" / "factory_ca.key").read_bytes() == b"KEY"
+
+
+def test_partial_folders_and_device_work_dirs_go_whatever_their_modes(tmp_path):
+    """OUT's `.partial-*` entries (a killed run's too): a faithful batch's work dir held local-ca.key."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    key_in(out / ".partial-1.work", 0)
+    key_in(out / ".partial-1", 0o500)
+    key_in(outside, 0o500)
+    (out / ".partial-2").symlink_to(outside)
+    (out / "done").mkdir()
+    done = as_a_user("import sys\nfrom pathlib import Path\nfrom fioca.device import batch\nbatch.remove_partials(Path(sys.argv[1]))", out)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(out) == ["done"]
+    assert (outside / "a" / "factory_ca.key").read_bytes() == b"KEY"

@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 from fioca import facts
 from fioca.errors import FiocaError, RefusedError
+from fioca.pki.files import remove_tree
 
 PARTIAL_PREFIX = ".partial-"
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -74,8 +74,12 @@ def write_partial(out_fd: int, folder: str, files: dict[str, bytes]) -> None:
 
 
 def remove_partials(out_dir: Path) -> None:
-    for entry in out_dir.glob(f"{PARTIAL_PREFIX}*"):
-        shutil.rmtree(entry, ignore_errors=True)
+    """Partial folders and work dirs in OUT (a killed run's too) go, whatever modes a script left
+    inside: a work dir held local-ca.key."""
+    with opened_folder(out_dir) as out_fd:
+        for name in os.listdir(out_fd):
+            if name.startswith(PARTIAL_PREFIX):
+                remove_tree(out_fd, name)
 
 
 def _syncfs_call() -> Callable[[int], None]:

@@ -29,7 +29,6 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import uuid as uuid_module
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from fioca.device import batch, sota
 from fioca.device.template import DeviceTemplate, check_device
 from fioca.errors import CheckError, ExitCode, FiocaError, PkiDirError, RefusedError, ScriptError, UsageError
 from fioca.pki import profiles
-from fioca.pki.files import PkiDir
+from fioca.pki.files import PkiDir, remove_tree
 
 # The files of a device folder, named as section 8 names them (+ what /var/sota needs).
 PKEY = "pkey.pem"
@@ -446,7 +445,8 @@ class Procedure:
                 raise ScriptError(f"the documented openssl commands failed: {error.message}") from None
             made = {name: runner.take(name) for name in (PKEY, CERT_CONF, CERT_EXT, CSR, CLIENT_CERT, CA_SERIAL)}
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            with batch.opened_folder(self.options.out_dir) as out_fd:
+                remove_tree(out_fd, work.name)  # it held local-ca.key
         _check_faithful(made, self.pki, self.options, spec, san_line)
         files = {name: made[name] for name in (PKEY, CERT_CONF, CERT_EXT, CSR, CLIENT_CERT)}
         files.update({ROOT_CERT: self.pki.root_pem, SOTA_TOML: self.sota_toml})

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -283,7 +282,8 @@ class PkiDir:
         return self.path / name
 
     def remove_folder(self, name: str) -> None:
-        """Remove a sub-folder fioca made (a work dir left by a run that died), with all it holds.
+        """Remove a sub-folder fioca made (a work dir left by a run that died), with all it holds,
+        whatever modes a script left on it and the folders inside.
 
         Anything else at that name (a symlink, a file, another user's folder) is refused, not
         followed or removed."""
@@ -293,8 +293,12 @@ class PkiDir:
             return
         if not stat.S_ISDIR(st.st_mode):
             raise RefusedError(f"{self.path / name} is not a folder fioca made; look at it and remove it yourself")
-        _require_ours(st, self.path / name, "folder")
-        shutil.rmtree(_plain(name), dir_fd=self._fd)  # fd-based: never follows a symlink inside
+        if st.st_uid != os.getuid():  # its mode is no refusal: a script may have chmod'ed it
+            raise RefusedError(f"{self.path / name} is owned by another user (uid {st.st_uid}); fioca removes only its own folders")
+        try:
+            remove_tree(self._fd, name)
+        except OSError as exc:
+            raise PkiDirError(f"cannot remove {self.path / name}: {exc.strerror}; it may hold a copy of a key: remove it yourself") from None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -315,6 +319,39 @@ def _plain(name: str) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise PkiDirError(f"{name!r} is not a plain file name")
     return name
+
+
+def remove_tree(parent_fd: int, name: str) -> None:
+    """Remove `name` from the folder `parent_fd` with all it holds, whatever modes a script left
+    on the folders inside (`chmod 0 d` kept d/factory_ca.key from rmtree). A symlink is removed,
+    never followed: nothing outside is touched."""
+    folder = _opened_up(parent_fd, name)
+    if folder is None:
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    try:
+        for child in os.listdir(folder):
+            remove_tree(folder, child)
+    finally:
+        os.close(folder)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _opened_up(parent_fd: int, name: str) -> int | None:
+    """A readable fd on the real folder `name`, given owner rwx first so it can be listed and
+    emptied; None when `name` is anything else (a file, a symlink)."""
+    # O_PATH needs no permission on the folder itself; O_NOFOLLOW opens a symlink as itself.
+    handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        mode = os.fstat(handle).st_mode
+        if not stat.S_ISDIR(mode):
+            return None
+        if mode & stat.S_IRWXU != stat.S_IRWXU:
+            # fchmod refuses an O_PATH fd; its /proc link is this very folder, not a path looked up again.
+            os.chmod(f"/proc/self/fd/{handle}", stat.S_IMODE(mode) | stat.S_IRWXU)
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=handle)
+    finally:
+        os.close(handle)
 
 
 def _require_ours(st: os.stat_result, where: Path, what: str) -> None:
