@@ -448,3 +448,40 @@ def test_the_documented_offline_procedure_runs_in_the_jail(tmp_path):
     local = profiles.load_cert(pki["local-ca.pem"], "local-ca.pem")
     profiles.check_device_cert(cert, ca=local, factory=FACTORY, uuid=device, artifact="client.pem")
     profiles.check_key_matches(profiles.load_private_key(runner.take("pkey.pem"), "pkey.pem"), cert, "pkey.pem")
+
+
+# --- The probe's cost ------------------------------------------------------------------------------
+
+
+def test_the_loader_lists_what_ldd_lists(tmp_path):
+    """The loader run per file, all at once, binds what one `ldd` over the files bound: the
+    tools, and files it does not list itself (a shell script, a text file) go to ldd."""
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\n:\n")
+    paths = (*jails.base_layout().files, str(script), "/etc/hostname")
+    done = subprocess.run(["ldd", *paths], capture_output=True, text=True, env={"PATH": jails.SAFE_PATH})
+    listed = [m.group(1) for line in done.stdout.splitlines() if (m := re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line))]
+    assert jails._libraries(paths) == list(dict.fromkeys(listed))
+    assert jails._elf_interpreter("/bin/sh") and jails._elf_interpreter(str(script)) is None
+
+
+def test_a_probe_started_early_is_the_one_require_reports(monkeypatch):
+    """`probe_soon()` runs the probe in a thread; `require()` waits for it, and a failing probe
+    still fails there, in one line, as it does without it."""
+    jails._probe.cache_clear()
+    monkeypatch.setattr(jails, "_background_started", False)
+    monkeypatch.setattr(jails, "SAFE_PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(jails, "BWRAP", "bwrap-not-installed")
+    try:
+        jails.probe_soon()
+        with pytest.raises(ConfigError, match="apt-get install bubblewrap"):
+            jails.require()
+    finally:
+        jails._probe.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setattr(jails, "_background_started", False)
+    try:
+        jails.probe_soon()
+        assert jails.require() == JAIL
+    finally:
+        jails._probe.cache_clear()

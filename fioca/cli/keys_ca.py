@@ -150,6 +150,11 @@ def create(
       fioca keys ca create ./pki --online-ca=false --yes
       fioca keys ca create ./pki --resume      # finish a run that stopped halfway
     """
+    if not (dry_run or no_jail):
+        from fioca.pki import jail as jails
+
+        jails.probe_soon()  # bwrap and the loader run while the flow below loads
+
     from fioca.pki import create as flow
 
     app_ctx = app_context(ctx)

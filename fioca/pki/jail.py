@@ -36,14 +36,14 @@ import re
 import select
 import shutil
 import signal
+import struct
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fioca.errors import ConfigError
-from fioca.pki import hsm
-from fioca.pki.hsm import MODULE_CONFIG_VARS
 
 BWRAP = "bwrap"
 INSTALL_HINT = "apt-get install bubblewrap"
@@ -265,6 +265,7 @@ def require(*, no_jail: bool = False) -> Jail:
     _require_tools()
     if no_jail:
         return NO_JAIL
+    _join_background()
     found = _probe()
     if isinstance(found, str):
         raise ConfigError(found)
@@ -284,6 +285,39 @@ def _require_tools() -> None:
     for name in REQUIRED_TOOLS:
         if shutil.which(name, path=SAFE_PATH) is None:
             raise ConfigError(f"`{name}` is not installed (looked in {SAFE_PATH}); install it and run again")
+
+
+_background: threading.Thread | None = None
+_background_started = False
+_background_lock = threading.Lock()
+
+
+def probe_soon() -> None:
+    """Start the probe `require()` makes in a thread (once per process), so that its programs
+    run while fioca loads the rest of itself; `require()` waits for it, and reports as before.
+    The probe only runs host tools and a no-op jail: it reads and sends nothing of the user's."""
+    global _background, _background_started
+    with _background_lock:
+        if _background_started:
+            return
+        _background_started = True
+        _background = threading.Thread(target=_probe_quietly, name="fioca-jail-probe", daemon=True)
+        _background.start()
+
+
+def _probe_quietly() -> None:
+    # A probe that raised is not cached: `require()` probes again and raises it, where and as
+    # it always did.
+    with contextlib.suppress(BaseException):
+        _probe()
+
+
+def _join_background() -> None:
+    global _background
+    with _background_lock:
+        thread, _background = _background, None
+    if thread is not None:
+        thread.join()
 
 
 @functools.cache
@@ -338,6 +372,8 @@ def base_layout() -> Layout:
 
 def hsm_layout(env: Mapping[str, str]) -> tuple[Layout, dict[str, str]]:
     """The HSM's part of the jail, and the script environment adjusted to it."""
+    from fioca.pki.hsm import MODULE_CONFIG_VARS  # cryptography: HSM mode only
+
     module = env["HSM_MODULE"]
     configs = tuple(sorted((name, env[name]) for name in MODULE_CONFIG_VARS if name in env))
     layout, conf = _hsm_files(module, configs, env.get("HSM_TOKEN_LABEL", ""))
@@ -377,6 +413,8 @@ def _hsm_files(module: str, configs: tuple[tuple[str, str], ...], label: str) ->
         # Only the factory's token: the store's other tokens (another factory's root) are not
         # the script's to read, change or delete. SoftHSM2 names a token's folder by a UUID
         # that ends with its serial number.
+        from fioca.pki import hsm
+
         serial = hsm.token_serial(module, label, dict(configs)).lower()
         folders = [name for name in os.listdir(tokendir) if serial and name.replace("-", "").lower().endswith(serial)]
         if len(folders) != 1:
@@ -427,16 +465,72 @@ def _openssl_dirs() -> tuple[str, str]:
 
 def _libraries(paths: tuple[str, ...]) -> list[str]:
     """Every shared library (and the dynamic loader) the programs and modules `paths` load."""
-    # A clean environment: LD_LIBRARY_PATH or LD_PRELOAD here must not shape what is bound.
-    done = subprocess.run(["ldd", *paths], capture_output=True, text=True, timeout=30, env={"PATH": SAFE_PATH})
     found: dict[str, None] = {}
-    for line in done.stdout.splitlines():
+    for line in _listing(paths).splitlines():
         if "=> not found" in line:
             raise ConfigError(f"cannot build the script jail: a library is missing ({line.strip()})")
         match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
         if match:
             found[match.group(1)] = None
     return list(found)
+
+
+def _listing(paths: tuple[str, ...]) -> str:
+    """What `ldd paths...` lists, in the same order: the host's dynamic loader (the one /bin/sh
+    names) lists each file itself, all at once (`ldd` runs it the same way, one file after
+    the other, behind a shell and a `--verify` run per loader: ~5x slower). A file the loader
+    does not list (not ELF, static, another ABI, a missing library) goes to `ldd` itself."""
+    # A clean environment: LD_LIBRARY_PATH or LD_PRELOAD here must not shape what is bound.
+    env = {"PATH": SAFE_PATH}
+    loader = _elf_interpreter("/bin/sh")
+    if loader is None:
+        return subprocess.run(["ldd", *paths], capture_output=True, text=True, timeout=30, env=env).stdout
+    listings: list[subprocess.Popen[str]] = []
+    try:
+        for path in paths:
+            listings.append(subprocess.Popen(
+                [loader, "--list", path], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            ))  # fmt: skip
+        outs = []
+        for path, listing in zip(paths, listings):
+            out, _ = listing.communicate(timeout=30)
+            if listing.returncode != 0:
+                out = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=30, env=env).stdout
+            outs.append(out)
+    finally:
+        for listing in listings:
+            if listing.poll() is None:
+                listing.kill()
+                listing.wait()
+    return "".join(outs)
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """The program interpreter (PT_INTERP) an ELF file names, if it names an absolute one."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+                return None
+            wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+            offset, size, count = (
+                struct.unpack_from(order + "Q", head, 32)[0], *struct.unpack_from(order + "HH", head, 54)
+            ) if wide else (struct.unpack_from(order + "I", head, 28)[0], *struct.unpack_from(order + "HH", head, 42))
+            for index in range(min(count, 64)):
+                file.seek(offset + index * size)
+                entry = file.read(size)
+                if len(entry) < (40 if wide else 20) or struct.unpack_from(order + "I", entry, 0)[0] != 3:  # PT_INTERP
+                    continue
+                where, length = (
+                    struct.unpack_from(order + "QxxxxxxxxxxxxxxxxQ", entry, 8) if wide
+                    else struct.unpack_from(order + "IxxxxxxxxI", entry, 4)
+                )
+                file.seek(where)
+                name = file.read(min(length, 4096)).split(b"\0")[0].decode("utf-8", "replace")
+                return name if name.startswith("/") and os.path.isfile(name) else None
+    except OSError:
+        return None
+    return None
 
 
 # --- bwrap's options --------------------------------------------------------------------------
