@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -166,20 +166,28 @@ def create_offline(
         gateway_port=port,
         workers=workers,
     )
-    advance, finish = progress_reporter(app_ctx, count, "devices")
-    started = time.perf_counter()
-    try:
-        create = offline.create_faithful if faithful else offline.create_in_process
-        devices = create(pki, options, specs, advance)
-    finally:
-        finish()
-    seconds = time.perf_counter() - started
+    devices, seconds = _issue(app_ctx, pki, options, specs, faithful=faithful)
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(_offline_json(pki.factory, options, devices, faithful, seconds), indent=2))
     else:
         for device in devices:
             app_ctx.terminal.out(f"{device.uuid}  {quote_path(device.path)}")
     app_ctx.terminal.err(_offline_summary(options, devices, seconds))
+
+
+def _issue(
+    app_ctx: AppContext, pki: offline.OfflinePki, options: offline.OfflineOptions,
+    specs: Sequence[offline.DeviceSpec], *, faithful: bool,
+) -> tuple[list[offline.OfflineDevice], float]:
+    """Issue `specs` (as documented with `faithful`) with progress shown; the devices and the seconds taken."""
+    advance, finish = progress_reporter(app_ctx, len(specs), "devices")
+    started = time.perf_counter()
+    try:
+        create = offline.create_faithful if faithful else offline.create_in_process
+        devices = create(pki, options, specs, advance)
+    finally:
+        finish()
+    return devices, time.perf_counter() - started
 
 
 def _gateway_port(url: str | None) -> int:
