@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fioca import facts
 from fioca.cli.context import AppContext, app_context
-from fioca.cli.options import Format
+from fioca.cli.options import Format, TextOrJson
 from fioca.device import offline, sota
 from fioca.errors import ExitCode, FiocaError, UsageError
 from fioca.text import quote_path
@@ -83,32 +83,63 @@ def progress_reporter(app_ctx: AppContext, total: int, label: str) -> tuple[Call
     return advance, lambda: None
 
 
+# create-offline's options, declared apart so that the command reads as what it does.
+OfflinePkiDir = Annotated[Path, typer.Argument(help="The PKI dir: factory_ca.pem, local-ca.key/.pem, tls-crt.")]
+OfflineUuid = Annotated[str | None, typer.Option(
+    "--uuid", help="The device UUID (one device).", show_default="a random one",
+)]
+OfflineName = Annotated[str | None, typer.Option(
+    "--name", help="Folder name for one device.", show_default="its UUID",
+)]
+Count = Annotated[int, typer.Option("--count", "-n", min=1, help="How many devices to issue.")]
+Out = Annotated[Path | None, typer.Option(
+    "--out", metavar="DIR", help="Where device folders go.", show_default="PKI_DIR/devices",
+)]
+Faithful = Annotated[bool, typer.Option(
+    "--faithful", help="Run the documented openssl commands with sh, one device at a time.",
+)]
+OfflineProduction = Annotated[bool, typer.Option(
+    "--production", help="Mark devices as production (businessCategory).",
+)]
+Days = Annotated[int | None, typer.Option(
+    "--days", min=1, help="Validity in days.", show_default=f"{offline.DEFAULT_DAYS}; --faithful: OpenSSL's 30, fixed",
+)]
+OfflineHwid = Annotated[str | None, typer.Option(
+    "--hwid", help="primary_ecu_hardware_id in sota.toml.", show_default="unset",
+)]
+OfflineGatewayUrl = Annotated[str | None, typer.Option(
+    "--gateway-url", metavar="URL", help="Take the gateway port for sota.toml from this URL.",
+    show_default="8443, or the sandbox's",
+)]
+OfflineSotaDir = Annotated[str, typer.Option(
+    "--sota-dir", metavar="DIR", help="Where the folder will live on the device.",
+)]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="Worker processes.", show_default="every core",
+)]
+OfflineFormat = Annotated[Format, typer.Option("--format", help="text (uuid and folder per line) or json.")]
+
+
 @app.command("create-offline")
 def create_offline(
     ctx: typer.Context,
-    pki_dir: Path = typer.Argument(..., help="The PKI dir: factory_ca.pem, local-ca.key/.pem, tls-crt."),
-    uuid: str | None = typer.Option(None, "--uuid", help="The device UUID (one device).", show_default="a random one"),
-    name: str | None = typer.Option(None, "--name", help="Folder name for one device.", show_default="its UUID"),
-    count: int = typer.Option(1, "--count", "-n", min=1, help="How many devices to issue."),
-    out: Path | None = typer.Option(None, "--out", help="Where device folders go.", show_default="PKI_DIR/devices"),
-    faithful: bool = typer.Option(
-        False, "--faithful", help="Run the documented openssl commands with sh, one device at a time."
-    ),
-    production: bool = typer.Option(False, "--production", help="Mark devices as production (businessCategory)."),
-    days: int | None = typer.Option(
-        None, "--days", min=1, help="Validity in days.", show_default=f"{offline.DEFAULT_DAYS}; --faithful: OpenSSL's 30, fixed"
-    ),
-    hwid: str | None = typer.Option(None, "--hwid", help="primary_ecu_hardware_id in sota.toml.", show_default="unset"),
-    gateway_url: str | None = typer.Option(
-        None, "--gateway-url", help="Take the gateway port for sota.toml from this URL.", show_default="8443, or the sandbox's"
-    ),
-    sota_dir: str = typer.Option(sota.DEFAULT_SOTA_DIR, "--sota-dir", help="Where the folder will live on the device."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes.", show_default="every core"),
-    output: Format = typer.Option(Format.text, "--format", help="text (uuid and folder per line) or json."),
+    pki_dir: OfflinePkiDir,
+    uuid: OfflineUuid = None,
+    name: OfflineName = None,
+    count: Count = 1,
+    out: Out = None,
+    faithful: Faithful = False,
+    production: OfflineProduction = False,
+    days: Days = None,
+    hwid: OfflineHwid = None,
+    gateway_url: OfflineGatewayUrl = None,
+    sota_dir: OfflineSotaDir = sota.DEFAULT_SOTA_DIR,
+    workers: Workers = None,
+    output: OfflineFormat = Format.text,
 ) -> None:
     """Issue offline device certificates with the local device CA (the documented procedure).
 
-    Each device gets OUT/<uuid>/ with pkey.pem, device-cert.conf, device-cert.ext,
+    Each device gets <uuid>/ in the --out DIR with pkey.pem, device-cert.conf, device-cert.ext,
     device-cert.csr, client.pem, root.crt and sota.toml (all 0400): what /var/sota needs.
     Every certificate is checked before its folder appears; an interrupted batch leaves only
     complete folders. --faithful leaves local-ca.srl in PKI_DIR, as the documented
@@ -125,11 +156,7 @@ def create_offline(
         raise UsageError(f"--faithful gives OpenSSL's {offline.FAITHFUL_DAYS} days, as documented; --days is for the default path")
     pki = offline.load_pki(pki_dir.expanduser())
     specs = offline.plan_devices(count, uuid=uuid, name=name)
-    url = gateway_url or sandbox_gateway_url(app_ctx, pki.factory)
-    try:
-        port = sota.gateway_port_from_url(url) if url else sota.GATEWAY_PORT
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    port = _gateway_port(gateway_url or sandbox_gateway_url(app_ctx, pki.factory))
     options = offline.OfflineOptions(
         out_dir=(out or pki.pki_dir / offline.DEFAULT_OUT).expanduser(),
         days=offline.FAITHFUL_DAYS if faithful else (days or offline.DEFAULT_DAYS),
@@ -139,34 +166,57 @@ def create_offline(
         gateway_port=port,
         workers=workers,
     )
-    advance, finish = progress_reporter(app_ctx, count, "devices")
+    devices, seconds = _issue(app_ctx, pki, options, specs, faithful=faithful)
+    if output is Format.json:
+        app_ctx.terminal.out(json.dumps(_offline_json(pki.factory, options, devices, faithful, seconds), indent=2))
+    else:
+        for device in devices:
+            app_ctx.terminal.out(f"{device.uuid}  {quote_path(device.path)}")
+    app_ctx.terminal.err(_offline_summary(options, devices, seconds))
+
+
+def _issue(
+    app_ctx: AppContext, pki: offline.OfflinePki, options: offline.OfflineOptions,
+    specs: Sequence[offline.DeviceSpec], *, faithful: bool,
+) -> tuple[list[offline.OfflineDevice], float]:
+    """Issue `specs` (as documented with `faithful`) with progress shown; the devices and the seconds taken."""
+    advance, finish = progress_reporter(app_ctx, len(specs), "devices")
     started = time.perf_counter()
     try:
         create = offline.create_faithful if faithful else offline.create_in_process
         devices = create(pki, options, specs, advance)
     finally:
         finish()
-    seconds = time.perf_counter() - started
-    if output is Format.json:
-        app_ctx.terminal.out(
-            json.dumps(
-                {
-                    "factory": pki.factory,
-                    "out": str(options.out_dir),
-                    "faithful": faithful,
-                    "days": options.days,
-                    "production": production,
-                    "seconds": round(seconds, 3),
-                    "devices": [{"uuid": d.uuid, "path": str(d.path)} for d in devices],
-                },
-                indent=2,
-            )
-        )
-    else:
-        for device in devices:
-            app_ctx.terminal.out(f"{device.uuid}  {quote_path(device.path)}")
+    return devices, time.perf_counter() - started
+
+
+def _gateway_port(url: str | None) -> int:
+    """The gateway port for sota.toml: `url`'s, else the real gateway's."""
+    try:
+        return sota.gateway_port_from_url(url) if url else sota.GATEWAY_PORT
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _offline_json(
+    factory: str, options: offline.OfflineOptions, devices: list[offline.OfflineDevice], faithful: bool, seconds: float
+) -> dict[str, Any]:
+    """`device create-offline --format json`'s answer."""
+    return {
+        "factory": factory,
+        "out": str(options.out_dir),
+        "faithful": faithful,
+        "days": options.days,
+        "production": options.production,
+        "seconds": round(seconds, 3),
+        "devices": [{"uuid": d.uuid, "path": str(d.path)} for d in devices],
+    }
+
+
+def _offline_summary(options: offline.OfflineOptions, devices: list[offline.OfflineDevice], seconds: float) -> str:
+    """create-offline's last line on stderr: how many, where, how fast, how long valid."""
     rate = f" ({len(devices) / seconds:,.0f} devices/s)" if len(devices) > 1 and seconds > 0 else ""
-    app_ctx.terminal.err(
+    return (
         f"created {len(devices)} device folder(s) in {quote_path(options.out_dir)}{rate}; "
         f"certificates valid {options.days} days, signed by local-ca.pem"
     )
@@ -209,54 +259,89 @@ Examples:
 """
 
 
+# register's options: lmp-device-register's names, short forms and defaults.
+ApiToken = Annotated[str | None, typer.Option(
+    "--api-token", "-T", metavar="TOKEN",
+    help="API token (other users can see it in ps: prefer FIOCTL_TOKEN or the config).",
+    show_default="fioca's token; without one, the OAuth device flow",
+)]
+ApiTokenHeader = Annotated[str | None, typer.Option(
+    "--api-token-header", "-H", metavar="HEADER", help="The header the token goes in.",
+    show_default="TOKEN_HEADER, else OSF-TOKEN",
+)]
+RegisterName = Annotated[str | None, typer.Option(
+    "--name", "-n", help="The device's name.", show_default="its UUID",
+)]
+Tags = Annotated[str | None, typer.Option(
+    "--tags", "-t", help="aktualizr-lite takes only Targets with these tags.", show_default="LMP_FACTORY_TAG",
+)]
+Apps = Annotated[str | None, typer.Option(
+    "--apps", "-a",
+    help='Compose apps to run, comma separated ("" = all); turns the compose-apps overrides on.',
+)]
+RestorableApps = Annotated[str | None, typer.Option(
+    "--restorable-apps", "-A", metavar="APPS",
+    help='Restorable apps, comma separated ("" = off); turns the compose-apps overrides on.',
+    show_default='" " (on, the apps list)',
+)]
+RegisterHwid = Annotated[str | None, typer.Option(
+    "--hwid", "-i", help="The hardware id.", show_default="LMP_MACHINE in /etc/os-release, else the CPU arch",
+)]
+RegisterSotaDir = Annotated[Path, typer.Option(
+    "--sota-dir", "-d", metavar="DIR", help="Where the keys and config go.",
+)]
+Factory = Annotated[str | None, typer.Option(
+    "--factory", "-f", help="The factory.", show_default="DEVICE_FACTORY, LMP_FACTORY, fioca's factory",
+)]
+RegisterUuid = Annotated[str | None, typer.Option(
+    "--uuid", "-u", help="The device UUID.", show_default="a random one",
+)]
+Group = Annotated[str | None, typer.Option(
+    "--device-group", "--group", "-g", help="The device group to join.",
+)]
+RegisterProduction = Annotated[bool, typer.Option(
+    "--production", "-p", help="A production device (businessCategory).", show_default="PRODUCTION set",
+)]
+UseOstreeServer = Annotated[bool, typer.Option(
+    "--use-ostree-server/--no-use-ostree-server", help="Pull OSTree from its proxy host, not the gateway.",
+)]
+Force = Annotated[bool, typer.Option("--force", help="Register again a sota dir that holds a registration.")]
+StartDaemon = Annotated[bool, typer.Option(
+    "--start-daemon/--no-start-daemon", help="lmp-device-register's; fioca takes only off.",
+)]
+RegisterPkiDir = Annotated[Path | None, typer.Option(
+    "--pki-dir", metavar="DIR", help="The factory's PKI dir: its factory_ca.pem must be the root the server answers.",
+)]
+AkliteLock = Annotated[Path, typer.Option(
+    "--aklite-lock", metavar="FILE", help="aktualizr-lite's lock (refused while held).",
+)]
+RegisterDryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Check everything here and print the body; send nothing.",
+)]
+
+
 @app.command(help=REGISTER_HELP)
 def register(
     ctx: typer.Context,
-    api_token: str | None = typer.Option(
-        None, "--api-token", "-T", help="API token (other users can see it in ps: prefer FIOCTL_TOKEN or the config).",
-        show_default="fioca's token; without one, the OAuth device flow",
-    ),
-    api_token_header: str | None = typer.Option(
-        None, "--api-token-header", "-H", help="The header the token goes in.", show_default="TOKEN_HEADER, else OSF-TOKEN"
-    ),
-    name: str | None = typer.Option(None, "--name", "-n", help="The device's name.", show_default="its UUID"),
-    tags: str | None = typer.Option(
-        None, "--tags", "-t", help="aktualizr-lite takes only Targets with these tags.", show_default="LMP_FACTORY_TAG"
-    ),
-    apps: str | None = typer.Option(
-        None, "--apps", "-a", help='Compose apps to run, comma separated ("" = all); turns the compose-apps overrides on.'
-    ),
-    restorable_apps: str | None = typer.Option(
-        None, "--restorable-apps", "-A", help='Restorable apps, comma separated ("" = off); turns the compose-apps overrides on.',
-        show_default='" " (on, the apps list)',
-    ),
-    hwid: str | None = typer.Option(
-        None, "--hwid", "-i", help="The hardware id.", show_default="LMP_MACHINE in /etc/os-release, else the CPU arch"
-    ),
-    sota_dir: Path = typer.Option(Path(facts.DEFAULT_SOTA_DIR), "--sota-dir", "-d", help="Where the keys and config go."),
-    factory: str | None = typer.Option(
-        None, "--factory", "-f", help="The factory.", show_default="DEVICE_FACTORY, LMP_FACTORY, fioca's factory"
-    ),
-    uuid: str | None = typer.Option(None, "--uuid", "-u", help="The device UUID.", show_default="a random one"),
-    group: str | None = typer.Option(None, "--device-group", "--group", "-g", help="The device group to join."),
-    production: bool = typer.Option(
-        False, "--production", "-p", help="A production device (businessCategory).", show_default="PRODUCTION set"
-    ),
-    use_ostree_server: bool = typer.Option(
-        True, "--use-ostree-server/--no-use-ostree-server", help="Pull OSTree from its proxy host, not the gateway."
-    ),
-    force: bool = typer.Option(False, "--force", help="Register again a sota dir that holds a registration."),
-    start_daemon: bool = typer.Option(
-        False, "--start-daemon/--no-start-daemon", help="lmp-device-register's; fioca takes only off."
-    ),
-    pki_dir: Path | None = typer.Option(
-        None, "--pki-dir", help="The factory's PKI dir: its factory_ca.pem must be the root the server answers."
-    ),
-    aklite_lock: Path = typer.Option(
-        Path(facts.AKLITE_LOCK), "--aklite-lock", help="aktualizr-lite's lock (refused while held)."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check everything here and print the body; send nothing."),
-    output: Format = typer.Option(Format.text, "--format", help="text or json."),
+    api_token: ApiToken = None,
+    api_token_header: ApiTokenHeader = None,
+    name: RegisterName = None,
+    tags: Tags = None,
+    apps: Apps = None,
+    restorable_apps: RestorableApps = None,
+    hwid: RegisterHwid = None,
+    sota_dir: RegisterSotaDir = Path(facts.DEFAULT_SOTA_DIR),
+    factory: Factory = None,
+    uuid: RegisterUuid = None,
+    group: Group = None,
+    production: RegisterProduction = False,
+    use_ostree_server: UseOstreeServer = True,
+    force: Force = False,
+    start_daemon: StartDaemon = False,
+    pki_dir: RegisterPkiDir = None,
+    aklite_lock: AkliteLock = Path(facts.AKLITE_LOCK),
+    dry_run: RegisterDryRun = False,
+    output: TextOrJson = Format.text,
 ) -> None:
     app_ctx = app_context(ctx)
     if start_daemon:
@@ -285,10 +370,15 @@ def register(
     result = device_register.register(api, options, show=lambda lines: [app_ctx.terminal.err(line) for line in lines])
     for note in result.notes:
         app_ctx.terminal.err(f"note: {note}")
+    _print_registered(app_ctx, result, options.factory, output)
+
+
+def _print_registered(app_ctx: AppContext, result: device_register.Registered, factory: str, output: Format) -> None:
+    """`device register`'s answer: the JSON, or what was registered, written and removed."""
     if output is Format.json:
-        app_ctx.terminal.out(json.dumps(_registered_json(result, options.factory), indent=2))
+        app_ctx.terminal.out(json.dumps(_registered_json(result, factory), indent=2))
         return
-    app_ctx.terminal.out(f"registered device {result.name} ({result.uuid}) in factory {options.factory}")
+    app_ctx.terminal.out(f"registered device {result.name} ({result.uuid}) in factory {factory}")
     app_ctx.terminal.out(f"wrote {', '.join(result.written)} in {quote_path(result.sota_dir)}")
     if result.removed:
         app_ctx.terminal.out(f"removed the old {', '.join(result.removed)}")
@@ -309,21 +399,31 @@ def _registered_json(result: device_register.Registered, factory: str) -> dict[s
     }
 
 
+# check's options.
+DeviceDir = Annotated[Path, typer.Argument(help="A device folder or sota dir (client.pem, pkey.pem).")]
+CheckPkiDir = Annotated[Path | None, typer.Option(
+    "--pki-dir", metavar="DIR", help="Trust factory_ca.pem and take the gateway host from tls-crt.",
+    show_default="root.crt, sota.toml",
+)]
+Resolve = Annotated[str | None, typer.Option(
+    "--resolve", metavar="HOST:PORT:ADDR",
+    help="Connect to ADDR for the gateway host, as curl: HOST:PORT:ADDR (or HOST:ADDR).",
+)]
+CheckGatewayUrl = Annotated[str | None, typer.Option(
+    "--gateway-url", metavar="URL", help="Connect to this https://ADDRESS:PORT (TLS name stays the gateway host).",
+)]
+ProbePath = Annotated[str, typer.Option("--path", help="What to GET from the gateway.")]
+
+
 @app.command()
 def check(
     ctx: typer.Context,
-    device_dir: Path = typer.Argument(..., help="A device folder or sota dir (client.pem, pkey.pem)."),
-    pki_dir: Path | None = typer.Option(
-        None, "--pki-dir", help="Trust factory_ca.pem and take the gateway host from tls-crt.", show_default="root.crt, sota.toml"
-    ),
-    resolve: str | None = typer.Option(
-        None, "--resolve", help="Connect to ADDR for the gateway host, as curl: HOST:PORT:ADDR (or HOST:ADDR)."
-    ),
-    gateway_url: str | None = typer.Option(
-        None, "--gateway-url", help="Connect to this https://ADDRESS:PORT (TLS name stays the gateway host)."
-    ),
-    path: str = typer.Option(facts.DEVICE_PROBE_PATH, "--path", help="What to GET from the gateway."),
-    output: Format = typer.Option(Format.text, "--format", help="text or json."),
+    device_dir: DeviceDir,
+    pki_dir: CheckPkiDir = None,
+    resolve: Resolve = None,
+    gateway_url: CheckGatewayUrl = None,
+    path: ProbePath = facts.DEVICE_PROBE_PATH,
+    output: TextOrJson = Format.text,
 ) -> None:
     """Ask the device gateway about this device over mTLS, as the document's curl step does.
 

@@ -31,5 +31,6 @@ def yes_option(action: str) -> OptionInfo:
 
 
 ResultFormat = Annotated[Format, typer.Option("--format", help="Result as text or JSON.")]
+TextOrJson = Annotated[Format, typer.Option("--format", help="text or json.")]
 YesSend = Annotated[bool, yes_option("Send")]
 YesWriteAndSend = Annotated[bool, yes_option("Write and send")]
