@@ -293,8 +293,7 @@ class PkiDir:
             return
         if not stat.S_ISDIR(st.st_mode):
             raise RefusedError(f"{self.path / name} is not a folder fioca made; look at it and remove it yourself")
-        if st.st_uid != os.getuid():  # its mode is no refusal: a script may have chmod'ed it
-            raise RefusedError(f"{self.path / name} is owned by another user (uid {st.st_uid}); fioca removes only its own folders")
+        _require_owned(st, self.path / name, "folder")  # its mode is no refusal: a script may have chmod'ed it
         try:
             remove_tree(self._fd, name)
         except OSError as exc:
@@ -354,9 +353,13 @@ def _opened_up(parent_fd: int, name: str) -> int | None:
         os.close(handle)
 
 
-def _require_ours(st: os.stat_result, where: Path, what: str) -> None:
+def _require_owned(st: os.stat_result, where: Path, what: str) -> None:
     if st.st_uid != os.getuid():
         raise RefusedError(f"{where} is owned by another user (uid {st.st_uid}); fioca uses only its own {what}s")
+
+
+def _require_ours(st: os.stat_result, where: Path, what: str) -> None:
+    _require_owned(st, where, what)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RefusedError(
             f"{where} is writable by group or others ({stat.S_IMODE(st.st_mode):04o}); "
