@@ -353,13 +353,13 @@ def test_a_key_copy_in_a_mode_0_folder_goes_with_the_work_dir(cli, sandbox, sand
     from fioca.pki import files
 
     seen: dict[str, int] = {}
-    real = files.remove_tree
+    real = files._opened_up
 
     def spy(parent_fd, name):
         seen[name] = stat.S_IMODE(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode)
-        real(parent_fd, name)
+        return real(parent_fd, name)
 
-    monkeypatch.setattr(files, "remove_tree", spy)
+    monkeypatch.setattr(files, "_opened_up", spy)
     text = api_scripts(sandbox)["create_ca"]
     assert KEYGEN in text
     answer_with(monkeypatch, sandbox, {"create_ca": text.replace(KEYGEN, f"{KEYGEN}\tmkdir d\n\tcp factory_ca.key d/\n\tchmod 0 d\n")})
@@ -367,6 +367,23 @@ def test_a_key_copy_in_a_mode_0_folder_goes_with_the_work_dir(cli, sandbox, sand
     result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
     assert result.exit_code == 0, result.output
     assert seen.get("d") == 0  # the script's folder, as it left it
+    assert not (pki / facts.WORK_DIR).exists()
+    key = (pki / facts.ROOT_KEY).read_bytes()
+    copies = [path for path in pki.rglob("*") if path.is_file() and path.read_bytes() == key]
+    assert copies == [pki / facts.ROOT_KEY]
+
+
+def test_a_key_copy_at_the_bottom_of_a_deep_tree_goes_with_the_work_dir(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                                                        request):
+    """1,500 nested folders (past Python's recursion limit) with the key at the bottom: the
+    recursive removal failed there and the copy outlived the run."""
+    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(tmp_path / "pki")], check=False))  # pytest's rmtree would recurse
+    deep = 'top=$(pwd); i=0; while [ $i -lt 1500 ]; do mkdir d; cd d; i=$((i+1)); done; cp "$top/factory_ca.key" .; cd "$top"\n'
+    text = api_scripts(sandbox)["create_ca"]
+    answer_with(monkeypatch, sandbox, {"create_ca": text.replace(KEYGEN, f"{KEYGEN}\t{deep}")})
+    pki = tmp_path / "pki"
+    result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
+    assert result.exit_code == 0, result.output
     assert not (pki / facts.WORK_DIR).exists()
     key = (pki / facts.ROOT_KEY).read_bytes()
     copies = [path for path in pki.rglob("*") if path.is_file() and path.read_bytes() == key]

@@ -304,6 +304,41 @@ def test_a_work_dir_the_script_chmodded_itself_goes(work, mode):
     removed_as_a_user(work)
 
 
+def nested(top: Path, depth: int, mode: int) -> None:
+    """top/d/d/.../d (depth levels, a path longer than PATH_MAX) holding factory_ca.key, each
+    level then given `mode`; one folder open at a time, through fds."""
+    here = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=here)
+        here, above = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here), here
+        os.close(above)
+    os.close(os.open("factory_ca.key", os.O_WRONLY | os.O_CREAT, 0o400, dir_fd=here))
+    for _ in range(depth):  # back up, each level given its mode from the one above
+        here, below = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here), here
+        os.close(below)
+        os.chmod("d", mode, dir_fd=here)
+    os.close(here)
+
+
+def test_a_tree_deeper_than_the_recursion_and_fd_limits_goes(work, request):
+    """A script nested folders 3,000 deep with a key copy at the bottom: a recursive removal hit
+    Python's recursion limit, and one holding a folder open per level would hit the fd limit
+    (64 here) long before."""
+    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(work)], check=False))  # pytest's rmtree would recurse
+    nested(work, 3000, 0o500)
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+            "from fioca.pki.files import PkiDir\nwith PkiDir.open(sys.argv[1]) as pki:\n    pki.remove_folder(sys.argv[2])")
+    done = as_a_user(code, work.parent, work.name)
+    assert done.returncode == 0, done.stderr
+    assert not work.exists()
+
+
+def test_a_wide_tree_goes(work):
+    for index in range(2000):
+        key_in(work / f"w{index}", 0o500)
+    removed_as_a_user(work)
+
+
 def test_a_symlink_inside_is_removed_not_followed(work, tmp_path):
     outside = tmp_path / "outside"
     key_in(outside, 0o500)

@@ -323,17 +323,61 @@ def _plain(name: str) -> str:
 def remove_tree(parent_fd: int, name: str) -> None:
     """Remove `name` from the folder `parent_fd` with all it holds, whatever modes a script left
     on the folders inside (`chmod 0 d` kept d/factory_ca.key from rmtree). A symlink is removed,
-    never followed: nothing outside is touched."""
+    never followed: nothing outside is touched.
+
+    The walk holds one folder open at a time and keeps no call stack: a script can nest folders
+    deeper than Python's recursion limit and the fd limit allow, with a key copy at the bottom."""
     folder = _opened_up(parent_fd, name)
     if folder is None:
         os.unlink(name, dir_fd=parent_fd)
         return
+    # One entry per level above `folder`: its name there, that parent's identity, and the
+    # parent's sub-folders still to go (listed once, so a wide folder is not listed again).
+    above: list[tuple[str, tuple[int, int], list[str]]] = []
+    pending = _emptied_but_folders(folder)
     try:
-        for child in os.listdir(folder):
-            remove_tree(folder, child)
+        while True:
+            if pending:
+                child = pending.pop()
+                inner = _opened_up(folder, child)
+                if inner is None:  # no longer a folder: it cannot be by now, but never follow it
+                    os.unlink(child, dir_fd=folder)
+                    continue
+                above.append((child, _identity(folder), pending))
+                os.close(folder)
+                folder, pending = inner, _emptied_but_folders(inner)
+                continue
+            if not above:
+                break
+            child, expected, pending = above.pop()
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)
+            os.close(folder)
+            folder = parent
+            if _identity(folder) != expected:
+                raise OSError(errno.EXDEV, "a folder moved while it was removed")
+            os.rmdir(child, dir_fd=folder)
     finally:
         os.close(folder)
     os.rmdir(name, dir_fd=parent_fd)
+
+
+def _emptied_but_folders(folder: int) -> list[str]:
+    """Unlink every entry of `folder` that is not a real folder (symlinks included, never
+    followed); the names of the folders that are left."""
+    with os.scandir(folder) as listing:
+        entries = list(listing)
+    folders = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.name)
+        else:
+            os.unlink(entry.name, dir_fd=folder)
+    return folders
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _opened_up(parent_fd: int, name: str) -> int | None:
