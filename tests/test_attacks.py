@@ -30,7 +30,7 @@ from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
 from tests.conftest import FACTORY, answer_with, server_certs
 from tests.test_hostile_server import BACKDATED_ROOT
-from tests.test_hsm import PIN, SO_PIN, Token, new_token
+from tests.test_hsm import MODULE, PIN, SO_PIN, Token, new_token
 
 
 def api_scripts(sandbox) -> dict[str, str]:
@@ -439,14 +439,38 @@ def _token_labels(token: Token) -> list[str]:
     return re.findall(r"Label:\s+(\S+)", shown.stdout)
 
 
-@pytest.mark.xfail(strict=True, reason="design (lead): in HSM mode a script gets the PIN and its token's folder "
-                   "read-write; whatever it writes there outlives the run (see the report)")
-def test_hsm_mode_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
-    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
-                                       TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n')
-    assert result.exit_code == 0, result.output
-    store = ours.conf.parent / "tokens"
-    assert [path for path in store.rglob("*") if path.is_file() and PIN.encode() in path.read_bytes()] == []
+def _pin_in(store: Path) -> list[Path]:
+    return [path for path in store.rglob("*") if path.is_file() and PIN.encode() in path.read_bytes()]
+
+
+def _object_kinds(token: Token) -> list[str]:
+    shown = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", token.label, "--login", "--pin", PIN,
+                            "--list-objects"], env={**os.environ, **token.env}, capture_output=True, text=True)  # fmt: skip
+    return re.findall(r"^(\w+ \w+ Object|Data object \d+)", shown.stdout, re.MULTILINE)
+
+
+@pytest.mark.parametrize("left", [
+    'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n',
+    'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/token.lock"; done\n',
+    'for t in "$tokens"/*; do mkdir "$t/d"; echo "$HSM_PIN" > "$t/d/x"; chmod 0 "$t/d"; done\n',
+], ids=["a file", "in a lock file", "in a mode-0 folder"])  # fmt: skip
+def test_hsm_mode_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left):
+    """In HSM mode a script holds the PIN and its token's folder read-write: the PIN written
+    there outlived the run, beside the key it unlocks."""
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + left)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token what fioca never makes there" in result.stderr
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]  # one line, the last
+
+
+def test_hsm_mode_leaves_no_pin_in_a_token_object(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The same PIN kept on the token itself, as a public data object anyone can read."""
+    store = 'printf %s "$HSM_PIN" > pin.txt\npkcs11-tool --module "$HSM_MODULE" --token-label "$HSM_TOKEN_LABEL" --login --pin env:HSM_PIN --write-object pin.txt --type data --label notes >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    assert "data 'notes'" in result.stderr
+    assert not any(kind.startswith("Data object") for kind in _object_kinds(ours)), _object_kinds(ours)
 
 
 def test_hsm_mode_shows_a_script_no_other_token(cli, sandbox, sandbox_env, monkeypatch, tmp_path):

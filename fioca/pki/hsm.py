@@ -24,6 +24,9 @@ import ctypes.util
 import functools
 import hashlib
 import os
+import re
+import stat
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from fioca.errors import CheckError, ConfigError, RefusedError
+from fioca.errors import CheckError, ConfigError, RefusedError, ScriptError
 from fioca.pki.profiles.details import same_key
 
 ROOT_KEY_LABEL = "root-ca"
@@ -97,6 +100,13 @@ class HsmSettings:
         """The environment the scripts' HSM branch needs: the HSM_* variables and the module's config."""
         return {"HSM_MODULE": self.module, "HSM_TOKEN_LABEL": self.token_label, "HSM_PIN": self.pin, **dict(self.module_env)}
 
+    @classmethod
+    def of_script_env(cls, env: Mapping[str, str]) -> HsmSettings:
+        """The settings `script_env()` was made from (what the script runner is handed)."""
+        own = ("HSM_MODULE", "HSM_TOKEN_LABEL", "HSM_PIN")
+        return cls(env["HSM_MODULE"], env.get("HSM_TOKEN_LABEL", ""), env.get("HSM_PIN", ""),
+                   tuple((name, value) for name, value in env.items() if name not in own))
+
     def describe(self) -> dict[str, Any]:
         """For the dry-run: the script environment by name, the PIN's value hidden."""
         return {
@@ -144,7 +154,14 @@ def _pkcs11() -> Any:
 
 @contextmanager
 def session(settings: HsmSettings, *, rw: bool = False) -> Iterator[Any]:
-    """A logged-in session on the token; every PKCS#11 failure becomes one clear line."""
+    """A logged-in session on the token, the module configured as the scripts have it
+    (`module_env`); every PKCS#11 failure becomes one clear line."""
+    with _environment(dict(settings.module_env)), _logged_in(settings, rw=rw) as sess:
+        yield sess
+
+
+@contextmanager
+def _logged_in(settings: HsmSettings, *, rw: bool) -> Iterator[Any]:
     settings.check()
     pkcs11 = _pkcs11()
     errors = pkcs11.exceptions
@@ -390,3 +407,101 @@ def check_cert_matches_token(settings: HsmSettings, cert: Any, artifact: str) ->
     """The certificate's public key must be the token's `root-ca` public key."""
     if not same_key(cert, root_public_key(settings)):
         raise CheckError(artifact, f"its public key is not the {ROOT_KEY_LABEL} key on HSM token '{settings.token_label}'")
+
+
+# --- What a script left on the token -------------------------------------------------------------
+
+# The files SoftHSM2 keeps in a token's folder: its lock files stay empty.
+_SOFTHSM2_FILE = re.compile(r"generation|token\.object|token\.lock|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.(?:object|lock)")
+_SOFTHSM2_OBJECT = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.object")
+
+
+class TokenWatch:
+    """What an HSM-mode script left on its token. It holds the PIN and the token's folder
+    read-write, so what it stores there outlives the run (the PIN in a file beside the key).
+    After each script the token holds no object it did not hold before but a `root-ca` key,
+    and, with SoftHSM2, the token's folder holds only the files SoftHSM2 makes, one object
+    file per object. Anything else is removed where it can be told apart, and the run refused.
+
+    What no check here can see: bytes hidden inside SoftHSM2's own files, or in attributes of
+    the root-ca objects fioca does not read (the README's security notes)."""
+
+    def __init__(self, settings: HsmSettings, folder: str | None):
+        self.settings = settings
+        self.folder = folder  # the token's own folder in a SoftHSM2 store, else None
+        self.before = token_objects(settings)
+
+    def check(self, script: str) -> None:
+        """Raise ScriptError (after removing what was left) when `script` left anything else."""
+        left = _stray_files(self.folder) if self.folder else []
+        added = token_objects(self.settings) - self.before
+        foreign = {kind for kind in added if kind[1] != ROOT_KEY_LABEL or kind[0] not in ("private key", "public key")}
+        if foreign:
+            left += [f"{name} '{label}'" for name, label, _id in foreign]
+            # Only a kind the token did not hold before: of two alike, which one is new cannot be told.
+            _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
+        if self.folder and not left and _object_files(self.folder) != sum(token_objects(self.settings).values()):
+            raise ScriptError(
+                f"script {script} left object files in the HSM token's folder {self.folder} that the token does not "
+                "show; nothing it made was used: look at the folder before you use the token again"
+            )
+        if left:
+            raise ScriptError(
+                f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
+                "it was removed and nothing the script made was used"
+            )
+
+
+def token_objects(settings: HsmSettings) -> Counter[tuple[str, str, bytes]]:
+    """Every object the token shows once logged in, as (kind, label, id)."""
+    with session(settings) as sess:
+        return Counter(_kind_of(found) for found in sess.get_objects())
+
+
+def _destroy(settings: HsmSettings, kinds: set[tuple[str, str, bytes]]) -> None:
+    if not kinds:
+        return
+    with session(settings, rw=True) as sess:
+        for found in list(sess.get_objects()):
+            if _kind_of(found) in kinds:
+                found.destroy()
+
+
+def _kind_of(found: Any) -> tuple[str, str, bytes]:
+    """(kind, label, id): "data", "private key", ... as PKCS#11 names the class."""
+    attribute = _pkcs11().Attribute
+    kind = _attribute(found, attribute.CLASS, None)
+    name = kind.name.lower().replace("_", " ") if kind is not None else "object"
+    return name, _attribute(found, attribute.LABEL, ""), bytes(_attribute(found, attribute.ID, b""))
+
+
+def _attribute(found: Any, name: Any, default: Any) -> Any:
+    errors = _pkcs11().exceptions
+    try:
+        return found[name]
+    except (errors.AttributeTypeInvalid, errors.AttributeSensitive):
+        return default
+
+
+def _stray_files(folder: str) -> list[str]:
+    """Remove and name what SoftHSM2 does not keep in a token's folder: another name, not a
+    regular file, a second link, a lock file with content."""
+    from fioca.pki.files import remove_tree
+
+    strays = []
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            ours = _SOFTHSM2_FILE.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+            if ours and not (name.endswith(".lock") and st.st_size):
+                continue
+            strays.append(name)
+            remove_tree(fd, name)
+    finally:
+        os.close(fd)
+    return strays
+
+
+def _object_files(folder: str) -> int:
+    return sum(1 for name in os.listdir(folder) if _SOFTHSM2_OBJECT.fullmatch(name))

@@ -383,6 +383,13 @@ def hsm_layout(env: Mapping[str, str]) -> tuple[Layout, dict[str, str]]:
     return layout, adjusted
 
 
+def token_folder(env: Mapping[str, str]) -> str | None:
+    """The one folder of the HSM's that the jail binds read-write (the token's own folder in
+    a SoftHSM2 store), or None when the module keeps its tokens elsewhere."""
+    layout, _env = hsm_layout(env)
+    return next(iter(layout.writable), None)
+
+
 @functools.cache
 def _hsm_files(module: str, configs: tuple[tuple[str, str], ...], label: str) -> tuple[Layout, str | None]:
     """pkcs11-tool, the module, the engine, p11-kit's proxy (told of this module only) and the

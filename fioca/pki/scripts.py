@@ -168,11 +168,22 @@ class ScriptRunner:
             self.on_note(f"script {name} and the ones after it run with no jail: {self.jail.describe()}")
         stdout = _Capture(self.limits.max_stdout, "stdout")
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
+        token = self._token_watch()
         with self._started(name, tuple(args), stdout, stderr) as (process, how):
             timed_out = self._wait(process, how, stdout, stderr)
         stderr.close()
+        if token is not None:
+            token.check(name)  # what it left on the token goes first, whatever else it did
         self._judge(name, process, stdout, stderr, timed_out)
         return stdout.data
+
+    def _token_watch(self):
+        """In HSM mode, the token as it is before a script (fioca.pki.hsm.TokenWatch)."""
+        if not self.env_extra.get("HSM_MODULE"):
+            return None
+        from fioca.pki import hsm  # python-pkcs11 and cryptography: HSM mode only
+
+        return hsm.TokenWatch(hsm.HsmSettings.of_script_env(self.env_extra), jails.token_folder(self.env_extra))
 
     @contextlib.contextmanager
     def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
