@@ -29,7 +29,7 @@ HELP_OPTIONS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 KEYS_HELP = (
-    "Manage keys in use by your Factory fleet (fioctl keys). -f/--factory and -t/--token may "
+    "The keys and certificates a factory's fleet relies on (fioctl keys). -f/--factory and -t/--token may "
     "come anywhere after `keys`, as in fioctl.\n\n"
     "\b\n"
     "Examples:\n"
@@ -38,9 +38,10 @@ KEYS_HELP = (
 )
 
 CA_HELP = (
-    "Manage Public Key Infrastructure for your device gateway (fioctl keys ca).\n\n"
-    "Every Factory can have its own dedicated device gateway. This allows you to own the PKI "
-    "of your Factory, which manages mutual TLS between your devices and the device gateway.\n\n"
+    "The PKI of the factory's device gateway (fioctl keys ca).\n\n"
+    "A factory can have a device gateway of its own, with a PKI you own: your root of trust "
+    "signs the gateway's TLS certificate and the device CAs, and devices and gateway then "
+    "authenticate each other with mutual TLS.\n\n"
     "\b\n"
     "Examples:\n"
     "  fioca keys ca create ./pki --dry-run     # the scripts and the plan, first\n"
@@ -52,9 +53,9 @@ CA_HELP = (
 
 
 EST_HELP = (
-    "Manage the Foundries EST server TLS keypair for your Factory (fioctl keys est, hidden there).\n\n"
-    "This command allows users to authorize Foundries.io to run an EST 7030 server for device "
-    "certificate renewal.\n\n"
+    "The TLS certificate of the factory's EST server, run by Foundries.io (fioctl keys est, hidden there).\n\n"
+    "With it authorized, devices renew their certificates over EST (RFC 7030) at "
+    "Foundries.io.\n\n"
     "\b\n"
     "Examples:\n"
     "  fioca keys est authorize ./pki --dry-run\n"
@@ -154,7 +155,7 @@ def _short_help(info: Any, limit: int) -> str:
 # Every group is loaded when its name is used, so `fioca --help` lists them without importing
 # their modules (the device code and the sandbox server import the heavy parts at once).
 LAZY_GROUPS: dict[str, tuple[str, Callable[[], Any]]] = {
-    "keys": ("Manage keys in use by your Factory fleet (fioctl keys).", _keys_group),
+    "keys": ("The keys and certificates a factory's fleet relies on (fioctl keys).", _keys_group),
     "device": ("Device certificates: offline, online registration, the gateway check.", _device_group),
     "sandbox": ("A local FoundriesFactory: the certs API and the device gateway.", _sandbox_group),
 }

@@ -55,20 +55,20 @@ def _owner_names(api: Any, err: Callable[[str], None]) -> Callable[[dict[str, An
     return owner
 
 
-@app.command("list-denied", cls=LeanCommand, short_help="List device UUIDs that have been denied access to the device-gateway")
+@app.command("list-denied", cls=LeanCommand, short_help="List the device UUIDs the gateway refuses for good")
 def list_denied(
     ctx: typer.Context,
-    page: int = typer.Option(1, "--page", "-p", help="Page of devices to display when pagination is needed"),
+    page: int = typer.Option(1, "--page", "-p", help="Which page of the list to show."),
     limit: int = typer.Option(
         DEFAULT_LIMIT, "--limit", "-n",
-        help="Number of devices to paginate by. Allowed values: " + ",".join(map(str, PAGINATION_LIMITS)),
+        help="Devices per page, one of " + ", ".join(map(str, PAGINATION_LIMITS)) + ".",
     ),
 ) -> None:
-    """List device UUIDs that have been denied access to the device-gateway.
+    """List the device UUIDs the gateway refuses for good (fioctl devices list-denied).
 
-    Devices created using a factory-registration-reference server get created on-demand.
-    Because of this, devices are placed into a deny-list when they are deleted, so that they
-    can't continue to access the system by getting re-created.
+    A gateway that registers devices on their first request (a factory-registration-reference
+    server, or the online device CA) would take a deleted device back at its next connection.
+    So deleting a device puts its UUID on this deny list, and the gateway refuses it from then on.
 
     \b
     Examples:
@@ -94,15 +94,15 @@ def list_denied(
         app_ctx.terminal.out(f"\nNext page can be viewed with: {ctx.command_path} -p{page + 1}{more}")
 
 
-@app.command("delete-denied", cls=LeanCommand, short_help="Remove a device UUID from the deny list")
+@app.command("delete-denied", cls=LeanCommand, short_help="Take device UUIDs off the deny list")
 def delete_denied(
     ctx: typer.Context,
     uuids: Annotated[list[str], typer.Argument(metavar="UUID", help="Device UUIDs to take off the deny list.")],
 ) -> None:
-    """Remove a device UUID from the deny list.
+    """Take device UUIDs off the deny list, so that a device may register with them again.
 
-    Remove a device UUID from the deny list so that the UUID can be re-used. This is handy for
-    Factories using HSMs and a factory-registration-reference server.
+    For instance a device whose key is on an HSM, registered through a
+    factory-registration-reference server, keeps its UUID when it is set up again.
 
     \b
     Example:

@@ -84,12 +84,14 @@ def rotate_cert(
     ],
     fleet: bool = typer.Option(False, "--fleet", help="Each DEVICE_DIR is a folder of device folders: rotate them all."),
     server_name: str | None = typer.Option(
-        None, "--server-name",
-        help="EST server name when not using the Foundries.io managed server. e.g. est.example.com",
+        None, "--server-name", metavar="NAME",
+        help="Your own EST server's name (e.g. est.example.com), instead of the one Foundries.io runs.",
         show_default="the DNS name of the factory's est-tls-crt",
     ),
-    est_port: int = typer.Option(facts.EST_PORT, "--est-port", "-p", help="The EST server port"),
-    est_resource: str = typer.Option(facts.EST_RESOURCE, "--est-resource", "-e", help="The path the to EST resource on your server"),
+    est_port: int = typer.Option(facts.EST_PORT, "--est-port", "-p", metavar="PORT", help="The EST server's port."),
+    est_resource: str = typer.Option(
+        facts.EST_RESOURCE, "--est-resource", "-e", metavar="PATH", help="Where the EST resource is on that server."
+    ),
     gateway_url: str | None = typer.Option(
         None, "--gateway-url", metavar="URL", help="Connect to this https://ADDRESS:PORT for every host (TLS names stay the hosts')."
     ),
@@ -99,7 +101,7 @@ def rotate_cert(
     workers: int = typer.Option(8, "--workers", min=1, help="Devices rotated at once (with several)."),
     output: ResultFormat = Format.text,
 ) -> None:
-    """Rotate a device's x509 keypair used to connect to the device gateway, over EST.
+    """Give a device a new key and gateway certificate, over EST.
 
     What a device does when fioctl's `devices config rotate-certs` asks it (RFC 7030
     simplereenroll): a new key, a CSR with the same identity, the certificate the EST server

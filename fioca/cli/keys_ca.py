@@ -77,10 +77,10 @@ PkiDirArgument = Annotated[
     Path, typer.Argument(metavar="PKI_DIR", help="Folder for the PKI files (made 0700 if missing).")
 ]
 OnlineCa = Annotated[bool, typer.Option(
-    "--online-ca/--no-online-ca", help="Create an online CA owned by Foundries.io that works with lmp-device-register.",
+    "--online-ca/--no-online-ca", help="Also a device CA whose key Foundries.io holds: lmp-device-register's devices get certificates from it.",
 )]
 LocalCa = Annotated[bool, typer.Option(
-    "--local-ca/--no-local-ca", help="Create a local CA that you can use for signing your own device certificates.",
+    "--local-ca/--no-local-ca", help="Also a device CA whose key stays in PKI_DIR, to sign device certificates yourself.",
 )]
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="POST for the scripts, save and print them and the plan; run nothing, send no PATCH.",
@@ -214,10 +214,10 @@ def _print_dry_run(app_ctx: AppContext, result: CreateResult, path: Path, hsm, o
         app_ctx.terminal.out(render.dry_run_text(result.answer.scripts, plan, audit_line))
 
 
-@app.command(cls=LeanCommand, short_help="Show certificates known to the Factory")
+@app.command(cls=LeanCommand, short_help="Show the factory's certificates, as the API has them")
 def show(
     ctx: typer.Context,
-    pretty: bool = typer.Option(False, "--pretty", help="Display human readable output of each certificate (fioctl's layout)."),
+    pretty: bool = typer.Option(False, "--pretty", help="Each certificate decoded, in fioctl's layout."),
     just_root: bool = typer.Option(False, "--just-root", help="Only the Factory root CA certificate (PEM)."),
     just_tls: bool = typer.Option(False, "--just-tls", help="Only the device-gateway TLS certificate (PEM)."),
     just_device_cas: bool = typer.Option(
@@ -226,7 +226,7 @@ def show(
     ),
     output: Format = typer.Option(Format.text, "--format", help="text (fioctl's layout) or json (the API's object)."),
 ) -> None:
-    """Show certificates known to the Factory (fioctl keys ca show).
+    """Show the factory's certificates, as the API has them (fioctl keys ca show).
 
     \b
     Examples:

@@ -107,7 +107,7 @@ def update(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the file and show what would change; send nothing."),
     output: ResultFormat = Format.text,
 ) -> None:
-    """Update the list of CAs that can create client certificates for devices (ca-crt).
+    """Replace the list of device CAs whose certificates the gateway accepts (ca-crt).
 
     Unlike fioctl, the file is checked first: PEM certificates (text around them is skipped,
     as fioctl skips it), each a device CA of the profile (CA:TRUE pathlen:0, OU = factory)
@@ -164,10 +164,10 @@ def add_device_ca(
     ctx: typer.Context,
     pki_dir: Path = typer.Argument(..., metavar="PKI_DIR", help="The PKI dir `keys ca create` made."),
     online_ca: bool = typer.Option(
-        False, "--online-ca", help="Create an online CA owned by Foundries.io that works with lmp-device-register."
+        False, "--online-ca", help="A device CA whose key Foundries.io holds: lmp-device-register's devices get certificates from it."
     ),
     local_ca: bool = typer.Option(
-        False, "--local-ca", help="Create a local CA that you can use for signing your own device certificates."
+        False, "--local-ca", help="A device CA whose key stays in PKI_DIR, to sign device certificates yourself."
     ),
     local_ca_filename: str = typer.Option(
         facts.LOCAL_CA_CERT, "--local-ca-filename", metavar="NAME",
@@ -180,7 +180,7 @@ def add_device_ca(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Add device CA to the list of CAs allowed to issue device client certificates.
+    """Add a device CA, online or local, to the CAs whose device certificates the gateway accepts.
 
     A local CA is a new key (named after the file: local-ca2.pem -> local-ca2.key) signed by
     the root; an online CA comes from a new CSR of the server (POST with ca-csr), and the old
@@ -307,7 +307,7 @@ def _crl_command_for(action: str, name: str, short_help: str, doc: str) -> None:
 
 _crl_command_for(
     "disable", "disable-device-ca", "Disable a device CA: no new devices from it",
-    """Disable device CA, so that new devices with client certificates it issued can no longer be registered.
+    """Disable a device CA: a device with a certificate it issued can no longer register for the first time.
 
     CRL reason 6: devices already registered keep connecting. Reversible with
     `fioca keys ca enable-device-ca`.
@@ -369,7 +369,7 @@ def rotate_tls(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Rotate the TLS certificate used by Device Gateway and OSTree Server.
+    """Give the device gateway and the OSTree server a new TLS certificate, signed by the root.
 
     POSTs for a new gateway key and CSR, signs it with the root, keeps the old tls-crt as
     tls-crt.bak (.bak.1, ... when a .bak exists), and PATCHes tls-crt. Devices keep
@@ -409,7 +409,7 @@ def sign(
     ctx: typer.Context,
     csr_file: Path = typer.Argument(..., metavar="CSR", help="PEM certificate signing request."),
     pki_dir: Path = typer.Option(
-        ..., "--pki-dir", metavar="DIR", help="Path to the PKI directory containing factory_ca.key and factory_ca.pem."
+        ..., "--pki-dir", metavar="DIR", help="The PKI dir with the root: factory_ca.pem, and factory_ca.key unless the key is on an HSM."
     ),
     profile: SignProfile | None = typer.Option(
         None, "--profile",
@@ -421,7 +421,7 @@ def sign(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Sign a certificate signing request with the Factory root CA (no API call).
+    """Sign a CSR with the factory's root CA, here, with no call to the API.
 
     The certificate type is taken from the CSR, as fioctl takes it: a CSR that requests
     basicConstraints CA:TRUE gets a device CA (CA:TRUE, pathlen:0, keyCertSign); any other

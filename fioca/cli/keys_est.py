@@ -33,12 +33,12 @@ app = typer.Typer()  # its commands make `keys est` in fioca.cli.app
 NOT_CONFIGURED = "EST TLS certificate has not been configured for this Factory."
 
 
-@app.command(cls=LeanCommand, short_help="Show the EST TLS certificate authorized for this Factory")
+@app.command(cls=LeanCommand, short_help="Show the factory's EST server certificate")
 def show(
     ctx: typer.Context,
-    pretty: bool = typer.Option(False, "--pretty", help="Display human readable output of each certificate"),
+    pretty: bool = typer.Option(False, "--pretty", help="Each certificate decoded, in fioctl's layout."),
 ) -> None:
-    """Show the EST TLS certificate authorized for this Factory (fioctl keys est show).
+    """Show the TLS certificate the factory's EST server was authorized with (fioctl keys est show).
 
     \b
     Examples:
@@ -92,7 +92,7 @@ def authorize(
     hsm_pin: hsm_options.HsmPin = None,
     hsm_token_label: hsm_options.HsmTokenLabel = None,
 ) -> None:
-    """Authorize Foundries.io to run an EST server at <repoid>.est.foundries.io.
+    """Let Foundries.io run the factory's EST server (<repoid>.est.foundries.io), root-signed.
 
     As fioctl: the server makes a new private key and TLS certificate signing request (POST
     with est-tls-csr), the Factory's root key signs it as a TLS server certificate for the EST
