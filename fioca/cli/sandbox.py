@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from fioca.cli.context import app_context
-from fioca.cli.options import Format
+from fioca.cli.options import Format, TextOrJson
 from fioca.sandbox.backend import DEFAULT_SCRIPTS, SCRIPT_CHOICES
 from fioca.sandbox.certs import is_canonical_uuid
 from fioca.sandbox.oauth import decide_device, normal_user_code
@@ -108,7 +108,7 @@ def serve(
 def devices(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", metavar="DIR", help=DATA_OPTION_HELP),
-    output: Format = typer.Option(Format.text, "--format", help="text or json."),
+    output: TextOrJson = Format.text,
     include_deny_listed: bool = typer.Option(False, "--all", help="Also list deleted (deny-listed) devices."),
 ) -> None:
     terminal = app_context(ctx).terminal
