@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from fioca.cli import hsm_options
-from fioca.cli.context import app_context
+from fioca.cli.context import Terminal, app_context
 
 # The shared pieces of the root-signing commands (PKI dir, root signer, plan and question).
 from fioca.cli.keys_ca_lifecycle import (
@@ -124,18 +124,22 @@ def authorize(
     summary = result.summary
     if result.stored:
         summary = {**summary, "files": {path.name: str(path) for path in result.stored}}
+    _report_authorized(app_ctx.terminal, summary, dry_run=dry_run, output=output)
+
+
+def _report_authorized(terminal: Terminal, summary: dict[str, Any], *, dry_run: bool, output: Format) -> None:
     if output is Format.json:
-        app_ctx.terminal.out(json.dumps(summary, indent=2))
+        terminal.out(json.dumps(summary, indent=2))
         return
     if dry_run:
-        app_ctx.terminal.out("\n".join(_authorize_lines(summary)))
-        app_ctx.terminal.out(
+        terminal.out("\n".join(_authorize_lines(summary)))
+        terminal.out(
             f"Dry run: would POST {json.dumps(summary['post_body'])}, sign the est-tls-csr with the root and "
             "PATCH est-tls-crt; nothing was sent."
         )
         return
     new = summary["new"]
-    app_ctx.terminal.out(new["pem"])  # as fioctl's Println: the PEM, then a blank line
-    app_ctx.terminal.err(
+    terminal.out(new["pem"])  # as fioctl's Println: the PEM, then a blank line
+    terminal.err(
         f"Factory {summary['factory']}'s EST server {', '.join(new['hosts'])} now serves est-tls-crt serial {new['serial']}"
     )
