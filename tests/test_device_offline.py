@@ -426,3 +426,16 @@ def test_publishing_moves_complete_folders_into_place(tmp_path: Path):
     with batch.opened_folder(tmp_path) as out_fd:
         batch.Publisher(tmp_path, out_fd).publish(["dev1", "dev2"])
     assert sorted(os.listdir(tmp_path)) == ["dev1", "dev2"]
+
+
+@pytest.mark.parametrize("count", [offline.POOL_THRESHOLD, 1000, 100_000])
+def test_pool_chunks_cover_the_batch_once_and_shrink_to_the_end(count: int):
+    plan = batch.PoolPlan(range(count), 2, offline.MAX_CHUNK, Path("/unused"))
+    chunks, start = [], 0
+    while (chunk := plan.next_chunk(start)) is not None:
+        chunks.append(chunk)
+        start = chunk[1]
+    assert [spec for chunk in chunks for spec in plan.part(chunk)] == list(range(count))
+    sizes = [end - begin for begin, end in chunks]
+    assert max(sizes) <= offline.MAX_CHUNK and sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] <= batch.MIN_CHUNK and all(size >= batch.MIN_CHUNK for size in sizes[:-1])

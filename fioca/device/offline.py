@@ -24,7 +24,6 @@ two runs apart, and partial folders a killed run left behind are removed by the 
 
 from __future__ import annotations
 
-import concurrent.futures as futures_module
 import contextlib
 import os
 import re
@@ -332,14 +331,12 @@ def create_in_process(
         workers = options.workers or os.cpu_count() or 1
         if len(specs) < POOL_THRESHOLD or workers == 1:
             return _run_inline(issuer, publisher, options.out_dir, specs, progress)
-        # Enough chunks to balance the cores and move the progress bar, few enough to sync rarely.
-        chunk = max(1, min(MAX_CHUNK, len(specs) // (workers * 4)))
-        plan = batch.PoolPlan(specs, chunk, options.out_dir)
+        plan = batch.PoolPlan(specs, workers, MAX_CHUNK, options.out_dir)
         try:
-            published = batch.run_pool(issuer, IssuerRecipe(pki.pki_dir, options), plan, publisher, workers, progress)
+            published = batch.run_pool(issuer, IssuerRecipe(pki.pki_dir, options), plan, publisher, progress)
         except batch.PoolInterrupted:
             raise _interrupted(options.out_dir, len(specs)) from None
-        return [OfflineDevice(spec.uuid, spec.folder, options.out_dir) for index in published for spec in plan.part(index)]
+        return [OfflineDevice(spec.uuid, spec.folder, options.out_dir) for chunk in published for spec in plan.part(chunk)]
 
 
 def _run_inline(
@@ -388,7 +385,9 @@ def create_faithful(
     publish each device as it is done."""
     if options.days != FAITHFUL_DAYS:
         raise UsageError(f"the documented procedure gives OpenSSL's {FAITHFUL_DAYS} days; --days is for the default path")
-    # Here, not at the top: a batch in process starts without the jail and sh (asyncio).
+    # Here, not at the top: a batch in process starts without the jail, sh (asyncio) and threads.
+    import concurrent.futures as futures_module
+
     from fioca.pki import jail as jails
     from fioca.pki.scripts import ScriptLimits, ScriptRunner
 
