@@ -22,9 +22,10 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from test_device_support import FACTORY, Factory
 
 from fioca import facts
-from fioca.device import offline, sota
+from fioca.device import batch, offline, sota
 from fioca.device import template as template_module
 from fioca.device.template import DeviceTemplate
+from fioca.errors import RefusedError
 from fioca.pki.profiles import der
 from fioca.pki import profiles
 
@@ -395,3 +396,46 @@ def test_interrupted_faithful_batch_leaves_complete_folders_and_no_work_dir(fact
     assert 2 <= len(folders) < 400
     for folder in folders:
         assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES), folder
+
+
+def test_random_devices_are_canonical_version_4_uuids():
+    devices = offline.RandomDevices(2000)
+    spelled = [devices[index].uuid for index in range(len(devices))]
+    assert len(set(spelled)) == len(spelled)
+    for uuid in spelled:
+        parsed = uuid_module.UUID(uuid)
+        assert str(parsed) == uuid and parsed.version == 4 and parsed.variant == uuid_module.RFC_4122
+    assert devices[-1] == devices[len(devices) - 1] and devices[1:3] == [devices[1], devices[2]]
+
+
+def test_publishing_never_replaces_a_folder_even_an_empty_one(tmp_path: Path):
+    """rename(2) would replace an empty folder of the same name: publishing refuses, leaves both."""
+    (tmp_path / f"{offline.PARTIAL_PREFIX}dev1").mkdir()
+    (tmp_path / f"{offline.PARTIAL_PREFIX}dev1" / "client.pem").write_bytes(b"new")
+    (tmp_path / "dev1").mkdir()
+    with batch.opened_folder(tmp_path) as out_fd:
+        with pytest.raises(RefusedError, match="dev1 already exists"):
+            batch.Publisher(tmp_path, out_fd).publish(["dev1"])
+    assert os.listdir(tmp_path / "dev1") == []
+    assert (tmp_path / f"{offline.PARTIAL_PREFIX}dev1" / "client.pem").read_bytes() == b"new"
+
+
+def test_publishing_moves_complete_folders_into_place(tmp_path: Path):
+    for name in ("dev1", "dev2"):
+        (tmp_path / f"{offline.PARTIAL_PREFIX}{name}").mkdir()
+    with batch.opened_folder(tmp_path) as out_fd:
+        batch.Publisher(tmp_path, out_fd).publish(["dev1", "dev2"])
+    assert sorted(os.listdir(tmp_path)) == ["dev1", "dev2"]
+
+
+@pytest.mark.parametrize("count", [offline.POOL_THRESHOLD, 1000, 100_000])
+def test_pool_chunks_cover_the_batch_once_and_shrink_to_the_end(count: int):
+    plan = batch.PoolPlan(range(count), 2, offline.MAX_CHUNK, Path("/unused"))
+    chunks, start = [], 0
+    while (chunk := plan.next_chunk(start)) is not None:
+        chunks.append(chunk)
+        start = chunk[1]
+    assert [spec for chunk in chunks for spec in plan.part(chunk)] == list(range(count))
+    sizes = [end - begin for begin, end in chunks]
+    assert max(sizes) <= offline.MAX_CHUNK and sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] <= batch.MIN_CHUNK and all(size >= batch.MIN_CHUNK for size in sizes[:-1])

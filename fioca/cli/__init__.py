@@ -8,6 +8,7 @@ imported inside `main()`, under that handler.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from fioca import interrupts
@@ -22,6 +23,7 @@ def report_error(terminal, exc: FiocaError) -> int:
 
 
 def main(argv: list[str] | None = None, terminal=None) -> int:
+    """Run the command line `argv` (None: this process's own, which then ends)."""
     previous = interrupts.install()
     try:
         return _run(argv, terminal)
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None, terminal=None) -> int:
         return interrupts.EXIT_CODE
     finally:
         interrupts.restore(previous)
+        if argv is None:
+            # The process ends next: the collection Python runs at exit would walk every
+            # object the imports made (15-20 ms) to free memory the exit frees anyway.
+            gc.freeze()
 
 
 def _run(argv: list[str] | None, terminal) -> int:

@@ -169,9 +169,8 @@ def create_offline(
     devices, seconds = _issue(app_ctx, pki, options, specs, faithful=faithful)
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(_offline_json(pki.factory, options, devices, faithful, seconds), indent=2))
-    else:
-        for device in devices:
-            app_ctx.terminal.out(f"{device.uuid}  {quote_path(device.path)}")
+    elif devices:  # one write, not one a device: a batch has 100,000 lines
+        app_ctx.terminal.out("\n".join(f"{device.uuid}  {quote_path(device.path)}" for device in devices))
     app_ctx.terminal.err(_offline_summary(options, devices, seconds))
 
 

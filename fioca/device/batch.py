@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import multiprocessing
 import os
 import signal
@@ -37,6 +38,7 @@ from fioca.pki.files import remove_tree
 PARTIAL_PREFIX = ".partial-"
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+RENAME_NOREPLACE = 1  # linux/fs.h
 
 
 class Builder(Protocol):
@@ -82,12 +84,17 @@ def remove_partials(out_dir: Path) -> None:
                 remove_tree(out_fd, name)
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 def _syncfs_call() -> Callable[[int], None]:
     """syncfs(2) (Linux): one flush of the filesystem OUT is on; elsewhere, sync(2)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.syncfs
-    except (OSError, AttributeError):
+    call = getattr(_libc(), "syncfs", None)
+    if call is None:
         return lambda _fd: os.sync()
 
     def syncfs(fd: int) -> None:
@@ -98,6 +105,37 @@ def _syncfs_call() -> Callable[[int], None]:
     return syncfs
 
 
+def _look_then_rename(fd: int, old: str, new: str) -> None:
+    """rename(2) unless `new` exists (the run holds OUT's lock: nothing else makes names there
+    meanwhile); rename alone would replace an empty folder."""
+    try:
+        os.stat(new, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(old, new, src_dir_fd=fd, dst_dir_fd=fd)
+    else:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new)
+
+
+def _rename_new_call() -> Callable[[int, str, str], None]:
+    """A rename within OUT that never replaces: renameat2(RENAME_NOREPLACE) (Linux 3.15, glibc
+    2.28), one atomic step where a look and a rename are two (a batch renames 100,000 folders);
+    where the kernel or the filesystem lacks it, `_look_then_rename`. Raises FileExistsError."""
+    call = getattr(_libc(), "renameat2", None)
+    if call is None:
+        return _look_then_rename
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+    def rename_new(fd: int, old: str, new: str) -> None:
+        if call(fd, os.fsencode(old), fd, os.fsencode(new), RENAME_NOREPLACE) == 0:
+            return
+        error = ctypes.get_errno()
+        if error not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: a filesystem without the flag
+            raise OSError(error, os.strerror(error), new)  # EEXIST comes out as FileExistsError
+        _look_then_rename(fd, old, new)
+
+    return rename_new
+
+
 class Publisher:
     """Moves complete partial folders into place in OUT, durably (see the module docstring)."""
 
@@ -105,6 +143,7 @@ class Publisher:
         self.out_dir = out_dir
         self.out_fd = out_fd
         self._syncfs = _syncfs_call()
+        self._rename_new = _rename_new_call()
 
     def publish(self, folders: Sequence[str]) -> None:
         if not folders:
@@ -112,30 +151,40 @@ class Publisher:
         self._syncfs(self.out_fd)  # every file of every folder below is on the disk
         for folder in folders:
             try:
-                os.stat(folder, dir_fd=self.out_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-            else:  # the run holds OUT's lock: nothing else makes names there meanwhile
-                raise RefusedError(f"{self.out_dir / folder} already exists; fioca never overwrites a device folder")
-            os.rename(PARTIAL_PREFIX + folder, folder, src_dir_fd=self.out_fd, dst_dir_fd=self.out_fd)
+                self._rename_new(self.out_fd, PARTIAL_PREFIX + folder, folder)
+            except FileExistsError:
+                raise RefusedError(f"{self.out_dir / folder} already exists; fioca never overwrites a device folder") from None
         os.fsync(self.out_fd)  # the renames too
+
+
+Chunk = tuple[int, int]  # a worker's part of the batch: specs[start:end]
+# The smallest chunk: the last ones, this small, end together within a few milliseconds.
+MIN_CHUNK = 8
 
 
 @dataclass(frozen=True)
 class PoolPlan:
     """What the workers share: the devices (anything sliceable into specs with a `folder`),
-    the chunk size and where to write."""
+    how many workers take chunks of them, the largest chunk and where to write.
+
+    Chunks shrink as the batch goes (guided scheduling): a worker takes a share of what is
+    left, so the first chunks are large (few syncs) and the last small, and no core waits at
+    the end for the other's last chunk."""
 
     specs: Sequence[Any]
-    chunk: int
+    workers: int
+    max_chunk: int
     out_dir: Path
 
-    @property
-    def chunks(self) -> int:
-        return -(-len(self.specs) // self.chunk)
+    def next_chunk(self, start: int) -> Chunk | None:
+        """The chunk a worker takes when the devices before `start` are taken; None at the end."""
+        left = len(self.specs) - start
+        if left <= 0:
+            return None
+        return start, start + min(left, max(MIN_CHUNK, min(self.max_chunk, left // (2 * self.workers))))
 
-    def part(self, index: int) -> Sequence[Any]:
-        return self.specs[index * self.chunk : (index + 1) * self.chunk]
+    def part(self, chunk: Chunk) -> Sequence[Any]:
+        return self.specs[chunk[0] : chunk[1]]
 
 
 class BuilderRecipe(Protocol):
@@ -151,14 +200,14 @@ def _worker(make_builder: BuilderRecipe, plan: PoolPlan, counter: Any, stop: Any
         builder = make_builder()
         with opened_folder(plan.out_dir) as out_fd:
             while not stop.is_set():
-                with counter.get_lock():
-                    index = counter.value
-                    counter.value += 1
-                if index >= plan.chunks:
-                    break
-                for spec in plan.part(index):
+                with counter.get_lock():  # the counter holds where the next chunk starts
+                    chunk = plan.next_chunk(counter.value)
+                    if chunk is None:
+                        break
+                    counter.value = chunk[1]
+                for spec in plan.part(chunk):
                     write_partial(out_fd, spec.folder, builder.build(spec))
-                conn.send(("written", index))
+                conn.send(("written", chunk))
         conn.send(("end", None))
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent, which reports it
         conn.send(("error", _portable(exc)))
@@ -186,7 +235,7 @@ def _rebuilt(portable: tuple[type, tuple, dict]) -> BaseException:
 class PoolInterrupted(Exception):
     """Ctrl-C during a pool run; `published` folders are complete and in place."""
 
-    def __init__(self, published: list[int]):
+    def __init__(self, published: list[Chunk]):
         super().__init__("interrupted")
         self.published = published
 
@@ -196,10 +245,9 @@ def run_pool(
     recipe: BuilderRecipe,
     plan: PoolPlan,
     publisher: Publisher,
-    workers: int,
     progress: Callable[[int], None],
-) -> list[int]:
-    """Run `plan` on `workers` processes; the indexes of the chunks published, in order.
+) -> list[Chunk]:
+    """Run `plan` on its workers' processes; the chunks published, in order.
     Forked workers use `builder` as it is; fork-server workers make theirs with `recipe`.
     Raises the first worker's error, or PoolInterrupted, after stopping every worker."""
     forked = threading.active_count() == 1
@@ -208,7 +256,7 @@ def run_pool(
         context.set_forkserver_preload(["fioca.device.offline"])
     counter, stop = context.Value("q", 0), context.Event()
     processes, conns = [], []
-    for _ in range(min(workers, plan.chunks)):
+    for _ in range(min(plan.workers, -(-len(plan.specs) // MIN_CHUNK))):
         receive, send = context.Pipe(duplex=False)
         make = (lambda: builder) if forked else recipe  # a fork copies the builder; nothing is pickled
         process = context.Process(target=_worker, args=(make, plan, counter, stop, send), daemon=True)
@@ -220,10 +268,10 @@ def run_pool(
 
 
 def _collect(processes: list, conns: list, stop: Any, plan: PoolPlan, publisher: Publisher,
-             progress: Callable[[int], None]) -> list[int]:  # fmt: skip
+             progress: Callable[[int], None]) -> list[Chunk]:  # fmt: skip
     """The parent's loop: publish what the workers wrote, until every worker has ended. All
     that was written while the last publish synced is published together (one sync)."""
-    published: list[int] = []
+    published: list[Chunk] = []
     failure: BaseException | None = None
     interrupted = False
     live = list(conns)
@@ -246,9 +294,9 @@ def _collect(processes: list, conns: list, stop: Any, plan: PoolPlan, publisher:
                         stop.set()
                 ready = wait(live, timeout=0)  # what else is waiting, without waiting for it
             if written and failure is None:
-                publisher.publish([spec.folder for index in written for spec in plan.part(index)])
+                publisher.publish([spec.folder for chunk in written for spec in plan.part(chunk)])
                 published.extend(written)
-                progress(sum(len(plan.part(index)) for index in written))
+                progress(sum(end - start for start, end in written))
         except KeyboardInterrupt:
             interrupted = True
             stop.set()  # the chunks at hand finish; no new ones start

@@ -10,7 +10,6 @@ aktualizr-lite falls back to its own default.
 from __future__ import annotations
 
 import re
-import tomllib
 from urllib.parse import urlsplit
 
 from fioca import sota_toml
@@ -89,6 +88,8 @@ def with_import_paths(text: str, paths: dict[str, str]) -> str:
 
 def gateway_server(text: str) -> str | None:
     """`[tls] server` of a sota.toml (where the device talks to its gateway), None if absent."""
+    import tomllib  # here: a batch that writes sota.toml never reads one
+
     try:
         server = tomllib.loads(text).get("tls", {}).get("server")
     except tomllib.TOMLDecodeError:
