@@ -481,6 +481,57 @@ def test_hsm_mode_shows_a_script_no_other_token(cli, sandbox, sandbox_env, monke
     assert other.label in _token_labels(ours)
 
 
+P11 = 'pkcs11-tool --module "$HSM_MODULE" --token-label "$HSM_TOKEN_LABEL" --login --pin env:HSM_PIN'
+
+
+@pytest.mark.parametrize("left", [
+    'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/01234567-89ab-cdef-0123-456789abcdef.object"; done\n',
+    'for t in "$tokens"/*; do echo "$HSM_PIN" >> "$t/generation"; done\n',
+], ids=["in a file named like an object", "after the generation count"])  # fmt: skip
+def test_hsm_mode_leaves_no_pin_in_a_softhsm2_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left):
+    """A file named as SoftHSM2 names its own: a `<uuid>.object` the token does not show was
+    counted and the run refused, but the file (the PIN in it) was kept beside the key; the
+    PIN after the 8 bytes of `generation` passed unseen and the run went on."""
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + left)
+    assert result.exit_code != 0, result.output
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert "HSM token" in result.stderr.strip().splitlines()[-1]  # one line, the last
+
+
+def test_hsm_mode_leaves_no_pin_in_the_root_keys_id(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The root-ca public key's CKA_ID set to the PIN (`--set-id`): a root-ca key was all the
+    watch asked of a new object, whatever its id, so the run went on and the PIN stayed on
+    the token, in the public key anyone reads without logging in."""
+    set_id = _pin_as_hex() + P11 + ' --type pubkey --id 01 --set-id "$s" >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, set_id)
+    assert result.exit_code != 0, result.output
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
+
+def test_hsm_mode_a_label_that_is_not_utf8_is_removed_in_one_line(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """A data object holding the PIN, labelled with a byte that is not UTF-8: python-pkcs11
+    decodes labels as UTF-8, so the watch died with a UnicodeDecodeError traceback and the
+    object (the PIN in it) stayed on the token."""
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label "$(printf \'n\\377\')" >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert not any(kind.startswith("Data object") for kind in _object_kinds(ours)), _object_kinds(ours)
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
+
+@pytest.mark.parametrize("kind", ["cert", "data"])
+def test_hsm_mode_an_object_labelled_root_ca_of_another_class_is_removed(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                                                         kind):
+    """A certificate or data object labelled root-ca (the PIN inside): not a key, so removed."""
+    obj = "factory_ca.pem" if kind == "cert" else "pin.txt"
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object {obj} --type {kind} --label root-ca >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 
 KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")

@@ -28,6 +28,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Iterator, Mapping
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from fioca.errors import CheckError, ConfigError, RefusedError, ScriptError
 from fioca.pki.profiles.details import same_key
 
 ROOT_KEY_LABEL = "root-ca"
+ROOT_KEY_ID = b"\x01"
 # DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 
@@ -411,7 +413,7 @@ def check_cert_matches_token(settings: HsmSettings, cert: Any, artifact: str) ->
 
 # --- What a script left on the token -------------------------------------------------------------
 
-# The files SoftHSM2 keeps in a token's folder: its lock files stay empty.
+# The files SoftHSM2 keeps in a token's folder: its lock files stay empty, `generation` is 8 bytes (a count).
 _SOFTHSM2_FILE = re.compile(r"generation|token\.object|token\.lock|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.(?:object|lock)")
 _SOFTHSM2_OBJECT = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.object")
 
@@ -430,21 +432,30 @@ class TokenWatch:
         self.settings = settings
         self.folder = folder  # the token's own folder in a SoftHSM2 store, else None
         self.before = token_objects(settings)
+        self.files = set(_object_files(folder)) if folder else set()  # its object files, by name
 
     def check(self, script: str) -> None:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
         left = _stray_files(self.folder) if self.folder else []
         added = token_objects(self.settings) - self.before
-        foreign = {kind for kind in added if kind[1] != ROOT_KEY_LABEL or kind[0] not in ("private key", "public key")}
+        # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose: the PIN fits).
+        foreign = {kind for kind in added
+                   if kind[1:] != (ROOT_KEY_LABEL, ROOT_KEY_ID) or kind[0] not in ("private key", "public key")}
         if foreign:
             left += [f"{name} '{label}'" for name, label, _id in foreign]
             # Only a kind the token did not hold before: of two alike, which one is new cannot be told.
             _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
-        if self.folder and not left and _object_files(self.folder) != sum(token_objects(self.settings).values()):
-            raise ScriptError(
-                f"script {script} left object files in the HSM token's folder {self.folder} that the token does not "
-                "show; nothing it made was used: look at the folder before you use the token again"
-            )
+        if self.folder and len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
+            # A file named as SoftHSM2 names an object, that the token does not show (the PIN in
+            # it): which new file it is cannot be told, so every object file the script made goes.
+            made = sorted(set(_object_files(self.folder)) - self.files)
+            _remove_object_files(self.folder, made)
+            left += made
+            if len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
+                raise ScriptError(
+                    f"script {script} left object files in the HSM token's folder {self.folder} that the token does "
+                    "not show; nothing it made was used: look at the folder before you use the token again"
+                )
         if left:
             raise ScriptError(
                 f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
@@ -475,17 +486,23 @@ def _kind_of(found: Any) -> tuple[str, str, bytes]:
     return name, _attribute(found, attribute.LABEL, ""), bytes(_attribute(found, attribute.ID, b""))
 
 
+# What a label that is not UTF-8 reads as (python-pkcs11 decodes labels): never root-ca.
+_UNDECODABLE = "<not UTF-8>"
+
+
 def _attribute(found: Any, name: Any, default: Any) -> Any:
     errors = _pkcs11().exceptions
     try:
         return found[name]
     except (errors.AttributeTypeInvalid, errors.AttributeSensitive):
         return default
+    except UnicodeDecodeError:
+        return _UNDECODABLE
 
 
 def _stray_files(folder: str) -> list[str]:
     """Remove and name what SoftHSM2 does not keep in a token's folder: another name, not a
-    regular file, a second link, a lock file with content."""
+    regular file, a second link, a lock file with content, a `generation` that is not 8 bytes."""
     from fioca.pki.files import remove_tree
 
     strays = []
@@ -494,7 +511,7 @@ def _stray_files(folder: str) -> list[str]:
         for name in os.listdir(fd):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             ours = _SOFTHSM2_FILE.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-            if ours and not (name.endswith(".lock") and st.st_size):
+            if ours and not (name.endswith(".lock") and st.st_size) and not (name == "generation" and st.st_size != 8):
                 continue
             strays.append(name)
             remove_tree(fd, name)
@@ -503,5 +520,17 @@ def _stray_files(folder: str) -> list[str]:
     return strays
 
 
-def _object_files(folder: str) -> int:
-    return sum(1 for name in os.listdir(folder) if _SOFTHSM2_OBJECT.fullmatch(name))
+def _object_files(folder: str) -> list[str]:
+    return [name for name in os.listdir(folder) if _SOFTHSM2_OBJECT.fullmatch(name)]
+
+
+def _remove_object_files(folder: str, names: list[str]) -> None:
+    """Remove the object files `names` of the token's folder, with their lock files."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in names:
+            for each in (name, name.removesuffix(".object") + ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(each, dir_fd=fd)
+    finally:
+        os.close(fd)
