@@ -531,6 +531,22 @@ def test_hsm_mode_an_object_labelled_root_ca_of_another_class_is_removed(cli, sa
     assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
     assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
 
+def test_hsm_mode_a_changed_pin_leaves_no_pin_readable_on_the_token(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The script keeps a PIN of its choosing in a public data object and sets it as the
+    token's PIN: the watch could no longer log in and said 'wrong PIN; nothing was changed',
+    and the object (the PIN that now unlocks the key, readable with no PIN) stayed."""
+    new = "new-Pin-2xQ"
+    store = (f'printf %s "{new}" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+             f'{P11} --change-pin --new-pin {new} >/dev/null\n')
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "changed the PIN of HSM token" in last and "data 'notes'" in last, last
+    public = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", ours.label, "--list-objects"],
+                            env={**os.environ, **ours.env}, capture_output=True, text=True)  # fmt: skip
+    assert "notes" not in public.stdout, public.stdout
+    assert new.encode() not in b"".join(path.read_bytes() for path in (ours.conf.parent / "tokens").rglob("*") if path.is_file())
+
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 
@@ -570,3 +586,4 @@ AUDIT_TWINS = [
 def test_audit_twins(hostile: str, harmless: str, finding: str) -> None:
     assert finding in high_findings(hostile)
     assert finding not in high_findings(harmless)
+

@@ -154,16 +154,20 @@ def _pkcs11() -> Any:
     return pkcs11
 
 
+class PinRefused(ConfigError):
+    """The token refused the PIN (wrong, or locked after too many wrong ones)."""
+
+
 @contextmanager
-def session(settings: HsmSettings, *, rw: bool = False) -> Iterator[Any]:
-    """A logged-in session on the token, the module configured as the scripts have it
-    (`module_env`); every PKCS#11 failure becomes one clear line."""
-    with _environment(dict(settings.module_env)), _logged_in(settings, rw=rw) as sess:
+def session(settings: HsmSettings, *, rw: bool = False, login: bool = True) -> Iterator[Any]:
+    """A logged-in session on the token (a public one with `login=False`), the module
+    configured as the scripts have it (`module_env`); every PKCS#11 failure becomes one clear line."""
+    with _environment(dict(settings.module_env)), _logged_in(settings, rw=rw, login=login) as sess:
         yield sess
 
 
 @contextmanager
-def _logged_in(settings: HsmSettings, *, rw: bool) -> Iterator[Any]:
+def _logged_in(settings: HsmSettings, *, rw: bool, login: bool = True) -> Iterator[Any]:
     settings.check()
     pkcs11 = _pkcs11()
     errors = pkcs11.exceptions
@@ -184,11 +188,11 @@ def _logged_in(settings: HsmSettings, *, rw: bool) -> Iterator[Any]:
         except errors.MultipleTokensReturned:
             raise ConfigError(f"more than one token is labelled '{settings.token_label}'; relabel one") from None
         try:
-            opened = token.open(rw=rw, user_pin=settings.pin)
+            opened = token.open(rw=rw, user_pin=settings.pin) if login else token.open(rw=rw)
         except (errors.PinIncorrect, errors.PinInvalid, errors.PinLenRange):
-            raise ConfigError(f"{where} refused the PIN (wrong PIN); nothing was changed") from None
+            raise PinRefused(f"{where} refused the PIN (wrong PIN); nothing was changed") from None
         except errors.PinLocked:
-            raise ConfigError(f"{where} is locked after too many wrong PINs; unlock it with its SO PIN") from None
+            raise PinRefused(f"{where} is locked after too many wrong PINs; unlock it with its SO PIN") from None
         except errors.PinExpired:
             raise ConfigError(f"the PIN of {where} has expired; set a new one with your HSM's tools") from None
         except errors.UserPinNotInitialized:
@@ -437,7 +441,10 @@ class TokenWatch:
     def check(self, script: str) -> None:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
         left = _stray_files(self.folder) if self.folder else []
-        added = token_objects(self.settings) - self.before
+        try:
+            added = token_objects(self.settings) - self.before
+        except PinRefused:
+            raise self._pin_changed(script, left) from None
         # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose: the PIN fits).
         foreign = {kind for kind in added
                    if kind[1:] != (ROOT_KEY_LABEL, ROOT_KEY_ID) or kind[0] not in ("private key", "public key")}
@@ -462,17 +469,31 @@ class TokenWatch:
                 "it was removed and nothing the script made was used"
             )
 
+    def _pin_changed(self, script: str, left: list[str]) -> ScriptError:
+        """The script changed the PIN (or locked the token): fioca no longer logs in. What it
+        left in the objects anyone reads without the PIN (the new PIN, say) is removed."""
+        added = token_objects(self.settings, login=False) - self.before
+        foreign = {kind for kind in added if not self.before[kind]}
+        _destroy(self.settings, foreign, login=False)
+        removed = sorted([*left, *(f"{name} '{label}'" for name, label, _id in foreign)])
+        what = f" (removed what it left: {', '.join(removed)})" if removed else ""
+        return ScriptError(
+            f"script {script} changed the PIN of HSM token '{self.settings.token_label}' or locked it: fioca's "
+            f"PIN no longer logs in{what}; nothing the script made was used: set a new user PIN with the SO PIN "
+            "before you use the token again"
+        )
 
-def token_objects(settings: HsmSettings) -> Counter[tuple[str, str, bytes]]:
-    """Every object the token shows once logged in, as (kind, label, id)."""
-    with session(settings) as sess:
+
+def token_objects(settings: HsmSettings, *, login: bool = True) -> Counter[tuple[str, str, bytes]]:
+    """Every object the token shows once logged in (only its public ones without `login`), as (kind, label, id)."""
+    with session(settings, login=login) as sess:
         return Counter(_kind_of(found) for found in sess.get_objects())
 
 
-def _destroy(settings: HsmSettings, kinds: set[tuple[str, str, bytes]]) -> None:
+def _destroy(settings: HsmSettings, kinds: set[tuple[str, str, bytes]], *, login: bool = True) -> None:
     if not kinds:
         return
-    with session(settings, rw=True) as sess:
+    with session(settings, rw=True, login=login) as sess:
         for found in list(sess.get_objects()):
             if _kind_of(found) in kinds:
                 found.destroy()
