@@ -396,10 +396,14 @@ TOKEN_DIR_OF_CONF = "tokens=$(sed -n 's/^directories.tokendir *= *//p' \"$SOFTHS
 
 
 def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str, *, script: str = "create_ca",
-                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",)) -> tuple[Token, Token, object]:  # fmt: skip
+                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",),
+                prepare=None) -> tuple[Token, Token, object]:  # fmt: skip
     """create in HSM mode, fioca's own `script` with `added` before `before`; beside the
-    factory's token, the store holds another (another factory's root, say)."""
+    factory's token, the store holds another (another factory's root, say). `prepare(token)`
+    puts on the factory's token what the user keeps there."""
     ours = new_token(tmp_path / "hsm", "factory-root")
+    if prepare is not None:
+        prepare(ours)
     other = "other-factory"
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", other, "--so-pin", SO_PIN, "--pin", PIN],
                    env={**os.environ, **ours.env}, check=True, capture_output=True)  # fmt: skip
@@ -546,6 +550,56 @@ def test_hsm_mode_a_changed_pin_leaves_no_pin_readable_on_the_token(cli, sandbox
                             env={**os.environ, **ours.env}, capture_output=True, text=True)  # fmt: skip
     assert "notes" not in public.stdout, public.stdout
     assert new.encode() not in b"".join(path.read_bytes() for path in (ours.conf.parent / "tokens").rglob("*") if path.is_file())
+
+PIN_POINT = (_pin_as_hex() + 'while [ ${#s} -lt 64 ]; do s=0$s; done\n'
+             'printf "asn1=SEQUENCE:ec\\n[ec]\\nv=INTEGER:1\\nk=FORMAT:HEX,OCTETSTRING:%s\\np=EXPLICIT:0,OID:prime256v1\\n" "$s" > k.cnf\n'
+             'openssl asn1parse -genconf k.cnf -noout -out k.der\n'
+             'openssl ec -inform DER -in k.der -pubout -outform DER -out pub.der 2>/dev/null\n')  # fmt: skip
+PUT_PIN_POINT = P11 + " --write-object pub.der --type pubkey --label root-ca --id 01 >/dev/null\n"
+
+
+def _pin_point_in(token: Token) -> bool:
+    """Whether the public point PIN_POINT makes (sh that makes pub.der, the P-256 public key whose
+    private scalar is the PIN: anyone reads it on the token, and finds a short PIN from it by
+    trying them all) is in the token's files."""
+    point = ec.derive_private_key(int.from_bytes(PIN.encode(), "big"), ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return any(point in path.read_bytes() for path in (token.conf.parent / "tokens").rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("how", ["added", "in place of the root's"])
+def test_hsm_mode_a_second_root_ca_key_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path, how):
+    """A later script adds a second root-ca public key, id 01, whose private scalar is the PIN:
+    a kind the token held before (the root's own public key), so the watch let it through, and
+    the run ended well with the PIN's public point on the token for anyone to read. Put in
+    place of the root's own one (deleted first), nothing even looked new."""
+    delete = P11 + " --delete-object --type pubkey --label root-ca >/dev/null\n" if how != "added" else ""
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, PIN_POINT + delete + PUT_PIN_POINT,
+                                       script="sign_tls_csr", before="cat > server.ext")  # fmt: skip
+    assert not _pin_point_in(ours)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    if how == "added":
+        assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+
+def test_hsm_mode_a_second_object_like_one_the_token_held_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The token holds the user's own data object 'notes'; a script adds a second 'notes', the
+    PIN in it: which of two alike is new could not be told, so it stayed (the run refused)."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own notes\n")
+
+    def prepare(token: Token) -> None:
+        subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", token.label, "--login", "--pin", PIN,
+                        "--write-object", mine, "--type", "data", "--label", "notes"],
+                       env={**os.environ, **token.env}, check=True, capture_output=True)  # fmt: skip
+
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store, prepare=prepare)
+    assert result.exit_code != 0, result.output
+    assert "data 'notes'" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert _object_kinds(ours).count("Data object 1") + _object_kinds(ours).count("Data object 2") <= 1
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------

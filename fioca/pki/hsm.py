@@ -46,6 +46,8 @@ from fioca.pki.profiles.details import same_key
 
 ROOT_KEY_LABEL = "root-ca"
 ROOT_KEY_ID = b"\x01"
+# (kind, label, id) of the key pair's halves, as the token watch sees them.
+ROOT_KEY_KINDS = (("private key", ROOT_KEY_LABEL, ROOT_KEY_ID), ("public key", ROOT_KEY_LABEL, ROOT_KEY_ID))
 # DER of the OID prime256v1 (1.2.840.10045.3.1.7), as CKA_EC_PARAMS holds it.
 P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 
@@ -425,9 +427,10 @@ _SOFTHSM2_OBJECT = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.obj
 class TokenWatch:
     """What an HSM-mode script left on its token. It holds the PIN and the token's folder
     read-write, so what it stores there outlives the run (the PIN in a file beside the key).
-    After each script the token holds no object it did not hold before but a `root-ca` key,
-    and, with SoftHSM2, the token's folder holds only the files SoftHSM2 makes, one object
-    file per object. Anything else is removed where it can be told apart, and the run refused.
+    After each script the token holds no object it did not hold before but the halves of one
+    `root-ca` key pair (id 01), and, with SoftHSM2, the token's folder holds only the files
+    SoftHSM2 makes, one object file per object and one new file per new object. Anything else
+    is removed where it can be told apart, and the run refused; a changed PIN too.
 
     What no check here can see: bytes hidden inside SoftHSM2's own files, or in attributes of
     the root-ca objects fioca does not read (the README's security notes)."""
@@ -442,32 +445,48 @@ class TokenWatch:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
         left = _stray_files(self.folder) if self.folder else []
         try:
-            added = token_objects(self.settings) - self.before
+            now = token_objects(self.settings)
         except PinRefused:
             raise self._pin_changed(script, left) from None
-        # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose: the PIN fits).
-        foreign = {kind for kind in added
-                   if kind[1:] != (ROOT_KEY_LABEL, ROOT_KEY_ID) or kind[0] not in ("private key", "public key")}
-        if foreign:
-            left += [f"{name} '{label}'" for name, label, _id in foreign]
-            # Only a kind the token did not hold before: of two alike, which one is new cannot be told.
-            _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
-        if self.folder and len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
-            # A file named as SoftHSM2 names an object, that the token does not show (the PIN in
-            # it): which new file it is cannot be told, so every object file the script made goes.
-            made = sorted(set(_object_files(self.folder)) - self.files)
-            _remove_object_files(self.folder, made)
-            left += made
-            if len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
-                raise ScriptError(
-                    f"script {script} left object files in the HSM token's folder {self.folder} that the token does "
-                    "not show; nothing it made was used: look at the folder before you use the token again"
-                )
+        # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose:
+        # the PIN fits), one of each (a second one is no root: its public point may be the PIN's).
+        foreign = {kind for kind in now - self.before if kind not in ROOT_KEY_KINDS or now[kind] > 1}
+        left += [f"{name} '{label}'" for name, label, _id in foreign]
+        # PKCS#11 tells a kind the token did not hold before; of two alike, not which one is new.
+        _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
+        alike = any(self.before[kind] for kind in foreign)
+        if self.folder:
+            left += self._object_files_made(script, remove=alike)
+        elif alike:
+            raise ScriptError(
+                f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
+                "what could be told apart from the token's own objects was removed, nothing the script made was "
+                "used: look at the token before you use it again"
+            )
         if left:
             raise ScriptError(
                 f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
                 "it was removed and nothing the script made was used"
             )
+
+    def _object_files_made(self, script: str, *, remove: bool) -> list[str]:
+        """The SoftHSM2 folder holds one object file per object, one new file per new object.
+        Else (a file named as SoftHSM2 names an object, the PIN in it, that the token does not
+        show; an object put in place of one the script deleted, the root's public key), or with
+        `remove`, which file is which cannot be told: every object file the script made goes,
+        and their names are returned."""
+        files = _object_files(self.folder)
+        now = token_objects(self.settings)
+        made = sorted(set(files) - self.files)
+        if not remove and len(made) == sum((now - self.before).values()) and len(files) == sum(now.values()):
+            return []
+        _remove_object_files(self.folder, made)
+        if len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
+            raise ScriptError(
+                f"script {script} left object files in the HSM token's folder {self.folder} that the token does "
+                "not show; nothing it made was used: look at the folder before you use the token again"
+            )
+        return made
 
     def _pin_changed(self, script: str, left: list[str]) -> ScriptError:
         """The script changed the PIN (or locked the token): fioca no longer logs in. What it
