@@ -601,6 +601,20 @@ def test_hsm_mode_a_second_object_like_one_the_token_held_does_not_stay(cli, san
     assert _pin_in(ours.conf.parent / "tokens") == []
     assert _object_kinds(ours).count("Data object 1") + _object_kinds(ours).count("Data object 2") <= 1
 
+def test_hsm_mode_a_jail_that_would_not_end_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch,
+                                                                             tmp_path):
+    """A jail whose processes outlast the kernel's ten seconds to kill them (stuck in a sync of
+    a flood of writes, say) stopped the run before the token watch: the PIN the script wrote
+    beside the key stayed. The watch runs however the script ended."""
+    from fioca.pki import jail
+
+    monkeypatch.setattr(jail.Invocation, "wait_ended", lambda self, timeout=0: False)
+    left = TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    assert "could not end" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 

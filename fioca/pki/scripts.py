@@ -38,7 +38,7 @@ from pathlib import Path
 import sh
 
 from fioca import facts
-from fioca.errors import ScriptError
+from fioca.errors import FiocaError, ScriptError
 from fioca.pki import jail as jails
 
 INPUT_MODE = 0o600
@@ -169,8 +169,14 @@ class ScriptRunner:
         stdout = _Capture(self.limits.max_stdout, "stdout")
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
         token = self._token_watch()
-        with self._started(name, tuple(args), stdout, stderr) as (process, how):
-            timed_out = self._wait(process, how, stdout, stderr)
+        try:
+            with self._started(name, tuple(args), stdout, stderr) as (process, how):
+                timed_out = self._wait(process, how, stdout, stderr)
+        except BaseException:
+            if token is not None:  # a jail that would not end, Ctrl-C: what it left goes all the same
+                with contextlib.suppress(FiocaError):
+                    token.check(name)
+            raise
         stderr.close()
         if token is not None:
             token.check(name)  # what it left on the token goes first, whatever else it did
