@@ -615,6 +615,26 @@ def test_hsm_mode_a_jail_that_would_not_end_leaves_no_pin_in_the_token_store(cli
     assert "could not end" in result.stderr.strip().splitlines()[-1]
     assert _pin_in(ours.conf.parent / "tokens") == []
 
+def test_hsm_mode_a_token_folder_chmodded_0_is_watched_all_the_same(tmp_path):
+    """`chmod 0` on the token's own folder (the script's, read-write in the jail) with the PIN
+    in a file there: the watch could not list it and died with an internal error
+    (PermissionError), the file kept. Run where modes bind (root passes any)."""
+    from tests.test_runner import as_a_user
+
+    token = new_token(tmp_path / "hsm", "factory-root")
+    folder = next((tmp_path / "hsm" / "tokens").iterdir())
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    code = ("import os, sys\nfrom fioca.errors import ScriptError\nfrom fioca.pki import hsm\n"
+            f"settings = hsm.HsmSettings({MODULE!r}, {token.label!r}, {PIN!r}, {tuple(token.env.items())!r})\n"
+            "watch = hsm.TokenWatch(settings, sys.argv[1])\n"
+            "open(os.path.join(sys.argv[1], 'notes'), 'w').write(settings.pin)\nos.chmod(sys.argv[1], 0)\n"
+            "try:\n    watch.check('create_ca')\nexcept ScriptError as error:\n    print(error.message)\n")  # fmt: skip
+    done = as_a_user(code, folder)
+    assert done.returncode == 0, done.stderr
+    assert "left on the HSM token what fioca never makes there (notes)" in done.stdout, done.stdout
+    assert stat.S_IMODE(folder.stat().st_mode) == mode
+    assert _pin_in(tmp_path / "hsm" / "tokens") == []
+
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 

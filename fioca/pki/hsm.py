@@ -440,9 +440,12 @@ class TokenWatch:
         self.folder = folder  # the token's own folder in a SoftHSM2 store, else None
         self.before = token_objects(settings)
         self.files = set(_object_files(folder)) if folder else set()  # its object files, by name
+        self.mode = stat.S_IMODE(os.stat(folder).st_mode) if folder else 0  # the script may chmod it
 
     def check(self, script: str) -> None:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
+        if self.folder:
+            _set_mode(self.folder, self.mode)
         left = _stray_files(self.folder) if self.folder else []
         try:
             now = token_objects(self.settings)
@@ -558,6 +561,17 @@ def _stray_files(folder: str) -> list[str]:
     finally:
         os.close(fd)
     return strays
+
+
+def _set_mode(folder: str, mode: int) -> None:
+    """The token's folder given back the mode it had (`chmod 0` kept the watch out)."""
+    # O_PATH needs no permission on the folder; its /proc link is this very folder, not a path looked up again.
+    handle = os.open(folder, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if stat.S_IMODE(os.fstat(handle).st_mode) != mode:
+            os.chmod(f"/proc/self/fd/{handle}", mode)
+    finally:
+        os.close(handle)
 
 
 def _object_files(folder: str) -> list[str]:
