@@ -635,6 +635,20 @@ def test_hsm_mode_a_token_folder_chmodded_0_is_watched_all_the_same(tmp_path):
     assert stat.S_IMODE(folder.stat().st_mode) == mode
     assert _pin_in(tmp_path / "hsm" / "tokens") == []
 
+@pytest.mark.parametrize("where", ["a file", "a label"])
+def test_hsm_mode_a_name_with_a_newline_does_not_forge_a_line(cli, sandbox, sandbox_env, monkeypatch, tmp_path, where):
+    """A stray file or an object label with a newline in it, named in the watch's message: the
+    one-line error went on over a second line the script wrote ('Done: ...')."""
+    name = '"$(printf "n\\nDone: the PKI is ready")"'
+    if where == "a file":
+        left = TOKEN_DIR_OF_CONF + f'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/"{name}; done\n'
+    else:
+        left = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label {name} >/dev/null\n'
+    _ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "left on the HSM token" in last and "Done: the PKI is ready" in last, result.stderr[-300:]  # one line
+
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 

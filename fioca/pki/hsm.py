@@ -454,7 +454,7 @@ class TokenWatch:
         # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose:
         # the PIN fits), one of each (a second one is no root: its public point may be the PIN's).
         foreign = {kind for kind in now - self.before if kind not in ROOT_KEY_KINDS or now[kind] > 1}
-        left += [f"{name} '{label}'" for name, label, _id in foreign]
+        left += [f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign]
         # PKCS#11 tells a kind the token did not hold before; of two alike, not which one is new.
         _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
         alike = any(self.before[kind] for kind in foreign)
@@ -497,7 +497,7 @@ class TokenWatch:
         added = token_objects(self.settings, login=False) - self.before
         foreign = {kind for kind in added if not self.before[kind]}
         _destroy(self.settings, foreign, login=False)
-        removed = sorted([*left, *(f"{name} '{label}'" for name, label, _id in foreign)])
+        removed = sorted([*left, *(f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign)])
         what = f" (removed what it left: {', '.join(removed)})" if removed else ""
         return ScriptError(
             f"script {script} changed the PIN of HSM token '{self.settings.token_label}' or locked it: fioca's "
@@ -556,11 +556,19 @@ def _stray_files(folder: str) -> list[str]:
             ours = _SOFTHSM2_FILE.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
             if ours and not (name.endswith(".lock") and st.st_size) and not (name == "generation" and st.st_size != 8):
                 continue
-            strays.append(name)
+            strays.append(_named(name))
             remove_tree(fd, name)
     finally:
         os.close(fd)
     return strays
+
+
+def _named(text: str, *, quoted: bool = False) -> str:
+    """A name or label the script chose, for a one-line message: repr() when it holds a newline
+    or anything else not printable (a forged line after it), else as it is (in quotes)."""
+    if not text.isprintable():
+        return repr(text)
+    return f"'{text}'" if quoted else text
 
 
 def _set_mode(folder: str, mode: int) -> None:
