@@ -491,14 +491,18 @@ P11 = 'pkcs11-tool --module "$HSM_MODULE" --token-label "$HSM_TOKEN_LABEL" --log
 @pytest.mark.parametrize("left", [
     'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/01234567-89ab-cdef-0123-456789abcdef.object"; done\n',
     'for t in "$tokens"/*; do echo "$HSM_PIN" >> "$t/generation"; done\n',
-], ids=["in a file named like an object", "after the generation count"])  # fmt: skip
+    'for t in "$tokens"/*; do printf %.8s "$HSM_PIN" > "$t/generation"; done\n',
+], ids=["in a file named like an object", "after the generation count", "as the generation count"])  # fmt: skip
 def test_hsm_mode_leaves_no_pin_in_a_softhsm2_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left):
     """A file named as SoftHSM2 names its own: a `<uuid>.object` the token does not show was
     counted and the run refused, but the file (the PIN in it) was kept beside the key; the
-    PIN after the 8 bytes of `generation` passed unseen and the run went on."""
+    PIN after the 8 bytes of `generation`, or as those 8 bytes (all of an 8-character PIN),
+    passed unseen and the run went on."""
     ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + left)
     assert result.exit_code != 0, result.output
     assert _pin_in(ours.conf.parent / "tokens") == []
+    files = [path.read_bytes() for path in (ours.conf.parent / "tokens").rglob("*") if path.is_file()]
+    assert not any(PIN[:8].encode() in data for data in files)
     assert "HSM token" in result.stderr.strip().splitlines()[-1]  # one line, the last
 
 

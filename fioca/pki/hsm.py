@@ -441,12 +441,18 @@ class TokenWatch:
         self.before = token_objects(settings)
         self.files = set(_object_files(folder)) if folder else set()  # its object files, by name
         self.mode = stat.S_IMODE(os.stat(folder).st_mode) if folder else 0  # the script may chmod it
+        self.generation = (_generation(folder) or 0) if folder else 0
 
     def check(self, script: str) -> None:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
         if self.folder:
             _set_mode(self.folder, self.mode)
         left = _stray_files(self.folder) if self.folder else []
+        if self.folder and _generation(self.folder) not in (None, *range(self.generation, self.generation + _GENERATION_STEP)):
+            # SoftHSM2 counts a token's changes there, a few a script: 8 bytes of its own (the
+            # PIN's, say) otherwise. Removed, SoftHSM2 makes it again.
+            _remove_object_files(self.folder, ["generation"])
+            left.append("generation")
         try:
             now = token_objects(self.settings)
         except PinRefused:
@@ -563,6 +569,22 @@ def _stray_files(folder: str) -> list[str]:
     return strays
 
 
+# How far a script may move SoftHSM2's change count (it makes a key pair: a few).
+_GENERATION_STEP = 1 << 16
+
+
+def _generation(folder: str) -> int | None:
+    """SoftHSM2's change count in a token's folder (None when it has none yet)."""
+    try:
+        fd = os.open(os.path.join(folder, "generation"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return int.from_bytes(os.read(fd, 8), "big")
+    finally:
+        os.close(fd)
+
+
 def _named(text: str, *, quoted: bool = False) -> str:
     """A name or label the script chose, for a one-line message: repr() when it holds a newline
     or anything else not printable (a forged line after it), else as it is (in quotes)."""
@@ -587,11 +609,11 @@ def _object_files(folder: str) -> list[str]:
 
 
 def _remove_object_files(folder: str, names: list[str]) -> None:
-    """Remove the object files `names` of the token's folder, with their lock files."""
+    """Remove the files `names` of the token's folder, an object file with its lock file."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for name in names:
-            for each in (name, name.removesuffix(".object") + ".lock"):
+            for each in dict.fromkeys((name, name.removesuffix(".object") + ".lock") if name.endswith(".object") else (name,)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(each, dir_fd=fd)
     finally:
