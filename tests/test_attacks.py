@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
-from fioca.errors import CheckError
+from fioca.errors import CheckError, ScriptError
 from fioca.pki import profiles, reference
 from fioca.pki.asked import with_environment
 from fioca.pki.profiles import der
@@ -652,6 +652,37 @@ def test_hsm_mode_a_name_with_a_newline_does_not_forge_a_line(cli, sandbox, sand
     assert result.exit_code != 0, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert "left on the HSM token" in last and "Done: the PKI is ready" in last, result.stderr[-300:]  # one line
+
+def test_hsm_mode_a_softhsm2_db_token_keeps_its_database(tmp_path, monkeypatch):
+    """SoftHSM2 built with its database back end (objectstore.backend = db) keeps a token's
+    every object in the folder's sqlite3.db: the watch took it for a stray and removed it,
+    the root key with it, after every script of a faithful run. (This SoftHSM2 has no db back
+    end: the module's own answers are stood in for.)"""
+    from collections import Counter
+
+    from fioca.pki import hsm, jail
+    from fioca.pki.scripts import ScriptRunner
+
+    tokens = tmp_path / "tokens"
+    folder = tokens / "0b7be69b-5f8d-cd72-55c0-88394c015c46"
+    folder.mkdir(parents=True)
+    (folder / "sqlite3.db").write_bytes(b"SQLite format 3\0")
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = db\n")
+    monkeypatch.setattr(hsm, "token_serial", lambda module, label, env: "88394c015c46")
+    monkeypatch.setattr(hsm, "token_objects", lambda settings, login=True: Counter())
+    jail._hsm_files.cache_clear()
+    env = {**hsm.HsmSettings(MODULE, "factory-root", PIN, (("SOFTHSM2_CONF", str(conf)),)).script_env()}
+    (tmp_path / "work").mkdir(mode=0o700)
+    runner = ScriptRunner(tmp_path / "work", jail=jail.NO_JAIL, env_extra=env)
+    try:
+        watch = runner._token_watch()
+        (folder / "notes").write_text(PIN)
+        with pytest.raises(ScriptError, match=r"\(notes\)"):
+            watch.check("create_ca")
+    finally:
+        jail._hsm_files.cache_clear()
+    assert sorted(path.name for path in folder.iterdir()) == ["sqlite3.db"]
 
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------

@@ -421,6 +421,8 @@ def check_cert_matches_token(settings: HsmSettings, cert: Any, artifact: str) ->
 
 # The files SoftHSM2 keeps in a token's folder: its lock files stay empty, `generation` is 8 bytes (a count).
 _SOFTHSM2_FILE = re.compile(r"generation|token\.object|token\.lock|[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.(?:object|lock)")
+# With SoftHSM2's db back end, its database (and what sqlite keeps beside it while it writes).
+_SOFTHSM2_DB_FILE = re.compile(r"sqlite3\.db(?:-journal|-wal|-shm)?")
 _SOFTHSM2_OBJECT = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\.object")
 
 
@@ -435,20 +437,23 @@ class TokenWatch:
     What no check here can see: bytes hidden inside SoftHSM2's own files, or in attributes of
     the root-ca objects fioca does not read (the README's security notes)."""
 
-    def __init__(self, settings: HsmSettings, folder: str | None):
+    def __init__(self, settings: HsmSettings, folder: str | None, *, backend: str = "file"):
         self.settings = settings
         self.folder = folder  # the token's own folder in a SoftHSM2 store, else None
+        # SoftHSM2's file back end keeps a file per object; its db back end, one sqlite3.db.
+        self.object_folder = folder if backend == "file" else None
+        self.own = _SOFTHSM2_FILE if backend == "file" else _SOFTHSM2_DB_FILE
         self.before = token_objects(settings)
-        self.files = set(_object_files(folder)) if folder else set()  # its object files, by name
+        self.files = set(_object_files(folder)) if self.object_folder else set()  # its object files, by name
         self.mode = stat.S_IMODE(os.stat(folder).st_mode) if folder else 0  # the script may chmod it
-        self.generation = (_generation(folder) or 0) if folder else 0
+        self.generation = (_generation(folder) or 0) if self.object_folder else 0
 
     def check(self, script: str) -> None:
         """Raise ScriptError (after removing what was left) when `script` left anything else."""
         if self.folder:
             _set_mode(self.folder, self.mode)
-        left = _stray_files(self.folder) if self.folder else []
-        if self.folder and _generation(self.folder) not in (None, *range(self.generation, self.generation + _GENERATION_STEP)):
+        left = _stray_files(self.folder, self.own) if self.folder else []
+        if self.object_folder and _generation(self.folder) not in (None, *range(self.generation, self.generation + _GENERATION_STEP)):
             # SoftHSM2 counts a token's changes there, a few a script: 8 bytes of its own (the
             # PIN's, say) otherwise. Removed, SoftHSM2 makes it again.
             _remove_object_files(self.folder, ["generation"])
@@ -464,7 +469,7 @@ class TokenWatch:
         # PKCS#11 tells a kind the token did not hold before; of two alike, not which one is new.
         _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
         alike = any(self.before[kind] for kind in foreign)
-        if self.folder:
+        if self.object_folder:
             left += self._object_files_made(script, remove=alike)
         elif alike:
             raise ScriptError(
@@ -484,13 +489,13 @@ class TokenWatch:
         show; an object put in place of one the script deleted, the root's public key), or with
         `remove`, which file is which cannot be told: every object file the script made goes,
         and their names are returned."""
-        files = _object_files(self.folder)
+        files = _object_files(self.object_folder)
         now = token_objects(self.settings)
         made = sorted(set(files) - self.files)
         if not remove and len(made) == sum((now - self.before).values()) and len(files) == sum(now.values()):
             return []
-        _remove_object_files(self.folder, made)
-        if len(_object_files(self.folder)) != sum(token_objects(self.settings).values()):
+        _remove_object_files(self.object_folder, made)
+        if len(_object_files(self.object_folder)) != sum(token_objects(self.settings).values()):
             raise ScriptError(
                 f"script {script} left object files in the HSM token's folder {self.folder} that the token does "
                 "not show; nothing it made was used: look at the folder before you use the token again"
@@ -549,7 +554,7 @@ def _attribute(found: Any, name: Any, default: Any) -> Any:
         return _UNDECODABLE
 
 
-def _stray_files(folder: str) -> list[str]:
+def _stray_files(folder: str, own: re.Pattern[str] = _SOFTHSM2_FILE) -> list[str]:
     """Remove and name what SoftHSM2 does not keep in a token's folder: another name, not a
     regular file, a second link, a lock file with content, a `generation` that is not 8 bytes."""
     from fioca.pki.files import remove_tree
@@ -559,7 +564,7 @@ def _stray_files(folder: str) -> list[str]:
     try:
         for name in os.listdir(fd):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            ours = _SOFTHSM2_FILE.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+            ours = own.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
             if ours and not (name.endswith(".lock") and st.st_size) and not (name == "generation" and st.st_size != 8):
                 continue
             strays.append(_named(name))

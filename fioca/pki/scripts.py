@@ -189,7 +189,8 @@ class ScriptRunner:
             return None
         from fioca.pki import hsm  # python-pkcs11 and cryptography: HSM mode only
 
-        return hsm.TokenWatch(hsm.HsmSettings.of_script_env(self.env_extra), jails.token_folder(self.env_extra))
+        settings = hsm.HsmSettings.of_script_env(self.env_extra)
+        return hsm.TokenWatch(settings, jails.token_folder(self.env_extra), backend=jails.token_backend(self.env_extra))
 
     @contextlib.contextmanager
     def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
