@@ -684,6 +684,16 @@ def test_hsm_mode_a_softhsm2_db_token_keeps_its_database(tmp_path, monkeypatch):
         jail._hsm_files.cache_clear()
     assert sorted(path.name for path in folder.iterdir()) == ["sqlite3.db"]
 
+def test_hsm_mode_a_token_the_script_broke_is_named_as_its_doing(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The script appends to token.object (the PIN, say: the README's limit, bytes inside
+    SoftHSM2's own files): SoftHSM2 no longer loads the token, and the watch's error told the
+    user to check --hsm-token-label, not that the script broke the token."""
+    left = TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do printf %s "$HSM_PIN" >> "$t/token.object"; done\n'
+    _ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "script create_ca left the HSM token unusable" in last, last
+
 
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 

@@ -462,6 +462,11 @@ class TokenWatch:
             now = token_objects(self.settings)
         except PinRefused:
             raise self._pin_changed(script, left) from None
+        except ConfigError as error:  # it was there before the script: "check --hsm-token-label" is not the cause
+            raise ScriptError(
+                f"script {script} left the HSM token unusable ({error.message}); nothing it made was used: look at the "
+                "token before you use it again"
+            ) from None
         # The key pair the scripts make: labelled root-ca, id 01 (an id is the script's to choose:
         # the PIN fits), one of each (a second one is no root: its public point may be the PIN's).
         foreign = {kind for kind in now - self.before if kind not in ROOT_KEY_KINDS or now[kind] > 1}
