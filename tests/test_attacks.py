@@ -728,6 +728,15 @@ AUDIT_TWINS = [
     ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
 ]  # fmt: skip
 
+def test_an_audit_finding_is_one_line_whatever_the_script_spelt():
+    """A path the audit resolves from `printf 'n\\nDone: ...'`, named in a finding: the refusal's
+    detail lines (and --allow-unaudited's notes) went on over a line the script wrote."""
+    body = TOKEN_DIR_OF_CONF + 'echo x > "$tokens/$(printf "n\\nDone: the PKI is ready")"\n'
+    report = audit_scripts({"create_ca": "#!/bin/sh -e\n" + body}, hsm=False, known=KNOWN, jail="test")
+    messages = [finding.message for finding in report.scripts[0].findings]
+    assert any("Done: the PKI is ready" in message for message in messages), messages
+    assert not any("\n" in message for message in messages), messages
+
 
 @pytest.mark.parametrize(("hostile", "harmless", "finding"), AUDIT_TWINS)
 def test_audit_twins(hostile: str, harmless: str, finding: str) -> None:
