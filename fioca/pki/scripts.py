@@ -38,7 +38,7 @@ from pathlib import Path
 import sh
 
 from fioca import facts
-from fioca.errors import FiocaError, ScriptError
+from fioca.errors import ScriptError
 from fioca.pki import jail as jails
 
 INPUT_MODE = 0o600
@@ -174,7 +174,7 @@ class ScriptRunner:
                 timed_out = self._wait(process, how, stdout, stderr)
         except BaseException:
             if token is not None:  # a jail that would not end, Ctrl-C: what it left goes all the same
-                with contextlib.suppress(FiocaError):
+                with contextlib.suppress(Exception):  # the first error is the one to report
                     token.check(name)
             raise
         stderr.close()
