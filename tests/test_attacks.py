@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
 from fioca.errors import CheckError, ScriptError
-from fioca.pki import profiles, reference
+from fioca.pki import hsm, profiles, reference
 from fioca.pki.asked import with_environment
 from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
@@ -585,6 +585,25 @@ def test_hsm_mode_a_second_root_ca_key_does_not_stay(cli, sandbox, sandbox_env, 
     assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
     if how == "added":
         assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+def test_hsm_mode_an_undestroyable_object_does_not_stay(tmp_path):
+    """A data object holding the PIN, CKA_DESTROYABLE false (C_CreateObject from a program the
+    script wrote; this pkcs11-tool's --undestroyable sets nothing): the watch's C_DestroyObject
+    was refused, its error said 'nothing was changed', and the object stayed on the token,
+    readable without the PIN. (The test makes the object in the script's stead.)"""
+    import pkcs11
+
+    token = new_token(tmp_path / "hsm", "factory-root")
+    folder = next((tmp_path / "hsm" / "tokens").iterdir())
+    settings = token.settings()
+    watch = hsm.TokenWatch(settings, str(folder))
+    with hsm.session(settings, rw=True) as sess:
+        sess.create_object({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.DATA, pkcs11.Attribute.TOKEN: True,
+                            pkcs11.Attribute.LABEL: "notes", pkcs11.Attribute.VALUE: PIN.encode(),
+                            pkcs11.Attribute.DESTROYABLE: False})  # fmt: skip
+    with pytest.raises(ScriptError, match="data 'notes'"):
+        watch.check("create_ca")
+    assert _pin_in(tmp_path / "hsm" / "tokens") == []
 
 
 def test_hsm_mode_a_second_object_like_one_the_token_held_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path):

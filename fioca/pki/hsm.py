@@ -472,11 +472,14 @@ class TokenWatch:
         foreign = {kind for kind in now - self.before if kind not in ROOT_KEY_KINDS or now[kind] > 1}
         left += [f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign]
         # PKCS#11 tells a kind the token did not hold before; of two alike, not which one is new.
-        _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
-        alike = any(self.before[kind] for kind in foreign)
+        try:
+            _destroy(self.settings, {kind for kind in foreign if not self.before[kind]})
+            kept = any(self.before[kind] for kind in foreign)
+        except ConfigError:  # refused (CKA_DESTROYABLE false): in a SoftHSM2 folder, its file goes
+            kept = True
         if self.object_folder:
-            left += self._object_files_made(script, remove=alike)
-        elif alike:
+            left += self._object_files_made(script, remove=kept)
+        elif kept:
             raise ScriptError(
                 f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
                 "what could be told apart from the token's own objects was removed, nothing the script made was "
