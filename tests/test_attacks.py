@@ -605,6 +605,30 @@ def test_hsm_mode_an_undestroyable_object_does_not_stay(tmp_path):
         watch.check("create_ca")
     assert _pin_in(tmp_path / "hsm" / "tokens") == []
 
+def test_hsm_mode_a_flood_of_object_files_goes_without_the_module(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """A data object holding the PIN, its file copied 1,500 times under new names: each copy
+    is an object SoftHSM2 shows, and each C_DestroyObject rescans the folder, so the watch
+    took minutes (5,000 copies, made in seconds: two; 100,000: hours, 430 MB a listing), the
+    PIN on disk while it ran and after a Ctrl-C. More new object files than a script makes go
+    as files, before the module is asked."""
+    flood = (f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+             + TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do f=$(grep -l "$HSM_PIN" "$t"/*.object); i=0\n'
+             'while [ $i -lt 1500 ]; do cat "$f" > "$t/$(printf %08x-0000-4000-8000-%012x $i $i).object"; i=$((i+1)); done; done\n')  # fmt: skip
+    listed = []
+    real = hsm.token_objects
+
+    def spy(settings, **options):
+        found = real(settings, **options)
+        listed.append(sum(found.values()))
+        return found
+
+    monkeypatch.setattr(hsm, "token_objects", spy)
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, flood)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert max(listed) < 100, listed  # the module never loaded the flood
+
 
 def test_hsm_mode_a_second_object_like_one_the_token_held_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
     """The token holds the user's own data object 'notes'; a script adds a second 'notes', the

@@ -458,6 +458,12 @@ class TokenWatch:
             # PIN's, say) otherwise. Removed, SoftHSM2 makes it again.
             _remove_object_files(self.folder, ["generation"])
             left.append("generation")
+        flood = sorted(set(_object_files(self.folder)) - self.files) if self.object_folder else []
+        if len(flood) > _MAX_NEW_OBJECTS:
+            # Each copy of an object file is an object SoftHSM2 loads, and each destroy rescans
+            # the folder: thousands took the watch minutes (100,000: hours). They go as files.
+            _remove_object_files(self.folder, flood)
+            left.append(f"{len(flood)} object files")
         try:
             now = token_objects(self.settings)
         except PinRefused:
@@ -481,13 +487,13 @@ class TokenWatch:
             left += self._object_files_made(script, remove=kept)
         elif kept:
             raise ScriptError(
-                f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
+                f"script {script} left on the HSM token what fioca never makes there ({_some(left)}); "
                 "what could be told apart from the token's own objects was removed, nothing the script made was "
                 "used: look at the token before you use it again"
             )
         if left:
             raise ScriptError(
-                f"script {script} left on the HSM token what fioca never makes there ({', '.join(sorted(left))}); "
+                f"script {script} left on the HSM token what fioca never makes there ({_some(left)}); "
                 "it was removed and nothing the script made was used"
             )
 
@@ -516,8 +522,8 @@ class TokenWatch:
         added = token_objects(self.settings, login=False) - self.before
         foreign = {kind for kind in added if not self.before[kind]}
         _destroy(self.settings, foreign, login=False)
-        removed = sorted([*left, *(f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign)])
-        what = f" (removed what it left: {', '.join(removed)})" if removed else ""
+        removed = [*left, *(f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign)]
+        what = f" (removed what it left: {_some(removed)})" if removed else ""
         return ScriptError(
             f"script {script} changed the PIN of HSM token '{self.settings.token_label}' or locked it: fioca's "
             f"PIN no longer logs in{what}; nothing the script made was used: set a new user PIN with the SO PIN "
@@ -584,6 +590,8 @@ def _stray_files(folder: str, own: re.Pattern[str] = _SOFTHSM2_FILE) -> list[str
 
 # How far a script may move SoftHSM2's change count (it makes a key pair: a few).
 _GENERATION_STEP = 1 << 16
+# New object files a script may leave before the watch asks the module (a key pair: two).
+_MAX_NEW_OBJECTS = 16
 
 
 def _generation(folder: str) -> int | None:
@@ -596,6 +604,13 @@ def _generation(folder: str) -> int | None:
         return int.from_bytes(os.read(fd, 8), "big")
     finally:
         os.close(fd)
+
+
+def _some(names: list[str], shown: int = 8) -> str:
+    """`names` for a one-line message: the first few, sorted, and how many more."""
+    names = sorted(names)
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _named(text: str, *, quoted: bool = False) -> str:
