@@ -505,6 +505,19 @@ def test_hsm_mode_leaves_no_pin_in_a_softhsm2_name(cli, sandbox, sandbox_env, mo
     assert not any(PIN[:8].encode() in data for data in files)
     assert "HSM token" in result.stderr.strip().splitlines()[-1]  # one line, the last
 
+def test_hsm_mode_leaves_no_pin_in_a_lock_files_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """An empty `<uuid>.lock`, its UUID the PIN in hex: a lock file SoftHSM2 would make, so it
+    was kept, the PIN in its name beside the key. SoftHSM2 makes a lock file with its object
+    file and removes the two together: one with no object file is a stray."""
+    name = (_pin_as_hex() + 'n=$(echo "${s}0000000000000000" | '
+            "sed 's/^\\(.\\{8\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{12\\}\\).*/\\1-\\2-\\3-\\4-\\5/')\n")
+    left = TOKEN_DIR_OF_CONF + name + 'for t in "$tokens"/*; do : > "$t/$n.lock"; done\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    pin = PIN.encode().hex()
+    assert not [path for path in (ours.conf.parent / "tokens").rglob("*") if pin[:8] in path.name]
+
 
 def test_hsm_mode_leaves_no_pin_in_the_root_keys_id(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
     """The root-ca public key's CKA_ID set to the PIN (`--set-id`): a root-ca key was all the

@@ -570,16 +570,21 @@ def _attribute(found: Any, name: Any, default: Any) -> Any:
 
 def _stray_files(folder: str, own: re.Pattern[str] = _SOFTHSM2_FILE) -> list[str]:
     """Remove and name what SoftHSM2 does not keep in a token's folder: another name, not a
-    regular file, a second link, a lock file with content, a `generation` that is not 8 bytes."""
+    regular file, a second link, a lock file with content or with no file it locks (SoftHSM2
+    makes and removes the two together: the lock's name, a UUID, could spell the PIN), a
+    `generation` that is not 8 bytes."""
     from fioca.pki.files import remove_tree
 
     strays = []
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        for name in os.listdir(fd):
+        names = os.listdir(fd)
+        locked = {name.removesuffix(".object") + ".lock" for name in names if name.endswith(".object")}
+        for name in names:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             ours = own.fullmatch(name) and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
-            if ours and not (name.endswith(".lock") and st.st_size) and not (name == "generation" and st.st_size != 8):
+            lock = name.endswith(".lock") and own is _SOFTHSM2_FILE
+            if ours and not (lock and (st.st_size or name not in locked)) and not (name == "generation" and st.st_size != 8):
                 continue
             strays.append(_named(name))
             remove_tree(fd, name)
