@@ -518,6 +518,21 @@ def test_hsm_mode_leaves_no_pin_in_a_lock_files_name(cli, sandbox, sandbox_env, 
     pin = PIN.encode().hex()
     assert not [path for path in (ours.conf.parent / "tokens").rglob("*") if pin[:8] in path.name]
 
+def test_hsm_mode_leaves_no_pin_in_an_object_files_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The root-ca public key's object file (and its lock) renamed to a UUID that is the PIN
+    in hex (`mv`): SoftHSM2 finds its objects by listing the folder, so the token still
+    showed its key pair, one new file for each, and the run ended well with the PIN in a file
+    name beside the key. New object files now get names fioca draws."""
+    name = (_pin_as_hex() + 'n=$(echo "${s}0000000000000000" | '
+            "sed 's/^\\(.\\{8\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{12\\}\\).*/\\1-\\2-\\3-\\4-\\5/')\n")
+    move = ('for t in "$tokens"/*; do f=$(grep -l root-ca "$t"/*.object | head -n 1)\n'
+            'mv "$f" "$t/$n.object"; mv "${f%.object}.lock" "$t/$n.lock"; done\n')
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + name + move)
+    pin = PIN.encode().hex()
+    assert not [path for path in (ours.conf.parent / "tokens").rglob("*") if pin[:8] in path.name]
+    assert result.exit_code == 0, result.output  # the key pair is the script's to make: only its names change
+    assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
 
 def test_hsm_mode_leaves_no_pin_in_the_root_keys_id(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
     """The root-ca public key's CKA_ID set to the PIN (`--set-id`): a root-ca key was all the

@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import stat
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 import contextlib
@@ -507,6 +508,7 @@ class TokenWatch:
         now = token_objects(self.settings)
         made = sorted(set(files) - self.files)
         if not remove and len(made) == sum((now - self.before).values()) and len(files) == sum(now.values()):
+            _renamed(self.object_folder, made)  # their names (UUIDs) were the script's to choose: the PIN's, say
             return []
         _remove_object_files(self.object_folder, made)
         if len(_object_files(self.object_folder)) != sum(token_objects(self.settings).values()):
@@ -639,6 +641,20 @@ def _set_mode(folder: str, mode: int) -> None:
 
 def _object_files(folder: str) -> list[str]:
     return [name for name in os.listdir(folder) if _SOFTHSM2_OBJECT.fullmatch(name)]
+
+
+def _renamed(folder: str, names: list[str]) -> None:
+    """The object files `names` (and their lock files) under UUIDs fioca draws: SoftHSM2 finds
+    a token's objects by listing its folder, whatever their names."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in names:
+            stem, new = name.removesuffix(".object"), str(uuid.uuid4())
+            for suffix in (".object", ".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(stem + suffix, new + suffix, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_object_files(folder: str, names: list[str]) -> None:
