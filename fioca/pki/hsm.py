@@ -454,7 +454,8 @@ class TokenWatch:
         if self.folder:
             _set_mode(self.folder, self.mode)
         left = _stray_files(self.folder, self.own) if self.folder else []
-        if self.object_folder and _generation(self.folder) not in (None, *range(self.generation, self.generation + _GENERATION_STEP)):
+        count = _generation(self.folder) if self.object_folder else None
+        if count is not None and not self.generation <= count < self.generation + _GENERATION_STEP:
             # SoftHSM2 counts a token's changes there, a few a script: 8 bytes of its own (the
             # PIN's, say) otherwise. Removed, SoftHSM2 makes it again.
             _remove_object_files(self.folder, ["generation"])
@@ -521,9 +522,11 @@ class TokenWatch:
     def _pin_changed(self, script: str, left: list[str]) -> ScriptError:
         """The script changed the PIN (or locked the token): fioca no longer logs in. What it
         left in the objects anyone reads without the PIN (the new PIN, say) is removed."""
-        added = token_objects(self.settings, login=False) - self.before
-        foreign = {kind for kind in added if not self.before[kind]}
-        _destroy(self.settings, foreign, login=False)
+        foreign: set[tuple[str, str, bytes]] = set()
+        with contextlib.suppress(ConfigError):  # the message below is the one to give, whatever else fails
+            found = {kind for kind in token_objects(self.settings, login=False) - self.before if not self.before[kind]}
+            _destroy(self.settings, found, login=False)
+            foreign = found
         removed = [*left, *(f"{name} {_named(label, quoted=True)}" for name, label, _id in foreign)]
         what = f" (removed what it left: {_some(removed)})" if removed else ""
         return ScriptError(
