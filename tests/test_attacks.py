@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
-from fioca.errors import CheckError
-from fioca.pki import profiles, reference
+from fioca.errors import CheckError, ScriptError
+from fioca.pki import hsm, profiles, reference
 from fioca.pki.asked import with_environment
 from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
@@ -396,10 +396,14 @@ TOKEN_DIR_OF_CONF = "tokens=$(sed -n 's/^directories.tokendir *= *//p' \"$SOFTHS
 
 
 def _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, added: str, *, script: str = "create_ca",
-                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",)) -> tuple[Token, Token, object]:  # fmt: skip
+                before: str = "rm ca.cnf", args: tuple[str, ...] = ("--allow-unaudited",),
+                prepare=None) -> tuple[Token, Token, object]:  # fmt: skip
     """create in HSM mode, fioca's own `script` with `added` before `before`; beside the
-    factory's token, the store holds another (another factory's root, say)."""
+    factory's token, the store holds another (another factory's root, say). `prepare(token)`
+    puts on the factory's token what the user keeps there."""
     ours = new_token(tmp_path / "hsm", "factory-root")
+    if prepare is not None:
+        prepare(ours)
     other = "other-factory"
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", other, "--so-pin", SO_PIN, "--pin", PIN],
                    env={**os.environ, **ours.env}, check=True, capture_output=True)  # fmt: skip
@@ -481,6 +485,287 @@ def test_hsm_mode_shows_a_script_no_other_token(cli, sandbox, sandbox_env, monke
     assert other.label in _token_labels(ours)
 
 
+P11 = 'pkcs11-tool --module "$HSM_MODULE" --token-label "$HSM_TOKEN_LABEL" --login --pin env:HSM_PIN'
+
+
+@pytest.mark.parametrize("left", [
+    'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/01234567-89ab-cdef-0123-456789abcdef.object"; done\n',
+    'for t in "$tokens"/*; do echo "$HSM_PIN" >> "$t/generation"; done\n',
+    'for t in "$tokens"/*; do printf %.8s "$HSM_PIN" > "$t/generation"; done\n',
+], ids=["in a file named like an object", "after the generation count", "as the generation count"])  # fmt: skip
+def test_hsm_mode_leaves_no_pin_in_a_softhsm2_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left):
+    """A file named as SoftHSM2 names its own: a `<uuid>.object` the token does not show was
+    counted and the run refused, but the file (the PIN in it) was kept beside the key; the
+    PIN after the 8 bytes of `generation`, or as those 8 bytes (all of an 8-character PIN),
+    passed unseen and the run went on."""
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + left)
+    assert result.exit_code != 0, result.output
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    files = [path.read_bytes() for path in (ours.conf.parent / "tokens").rglob("*") if path.is_file()]
+    assert not any(PIN[:8].encode() in data for data in files)
+    assert "HSM token" in result.stderr.strip().splitlines()[-1]  # one line, the last
+
+def test_hsm_mode_leaves_no_pin_in_a_lock_files_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """An empty `<uuid>.lock`, its UUID the PIN in hex: a lock file SoftHSM2 would make, so it
+    was kept, the PIN in its name beside the key. SoftHSM2 makes a lock file with its object
+    file and removes the two together: one with no object file is a stray."""
+    name = (_pin_as_hex() + 'n=$(echo "${s}0000000000000000" | '
+            "sed 's/^\\(.\\{8\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{12\\}\\).*/\\1-\\2-\\3-\\4-\\5/')\n")
+    left = TOKEN_DIR_OF_CONF + name + 'for t in "$tokens"/*; do : > "$t/$n.lock"; done\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    pin = PIN.encode().hex()
+    assert not [path for path in (ours.conf.parent / "tokens").rglob("*") if pin[:8] in path.name]
+
+def test_hsm_mode_leaves_no_pin_in_an_object_files_name(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The root-ca public key's object file (and its lock) renamed to a UUID that is the PIN
+    in hex (`mv`): SoftHSM2 finds its objects by listing the folder, so the token still
+    showed its key pair, one new file for each, and the run ended well with the PIN in a file
+    name beside the key. New object files now get names fioca draws."""
+    name = (_pin_as_hex() + 'n=$(echo "${s}0000000000000000" | '
+            "sed 's/^\\(.\\{8\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{4\\}\\)\\(.\\{12\\}\\).*/\\1-\\2-\\3-\\4-\\5/')\n")
+    move = ('for t in "$tokens"/*; do f=$(grep -l root-ca "$t"/*.object | head -n 1)\n'
+            'mv "$f" "$t/$n.object"; mv "${f%.object}.lock" "$t/$n.lock"; done\n')
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, TOKEN_DIR_OF_CONF + name + move)
+    pin = PIN.encode().hex()
+    assert not [path for path in (ours.conf.parent / "tokens").rglob("*") if pin[:8] in path.name]
+    assert result.exit_code == 0, result.output  # the key pair is the script's to make: only its names change
+    assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+
+def test_hsm_mode_leaves_no_pin_in_the_root_keys_id(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The root-ca public key's CKA_ID set to the PIN (`--set-id`): a root-ca key was all the
+    watch asked of a new object, whatever its id, so the run went on and the PIN stayed on
+    the token, in the public key anyone reads without logging in."""
+    set_id = _pin_as_hex() + P11 + ' --type pubkey --id 01 --set-id "$s" >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, set_id)
+    assert result.exit_code != 0, result.output
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
+
+def test_hsm_mode_a_label_that_is_not_utf8_is_removed_in_one_line(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """A data object holding the PIN, labelled with a byte that is not UTF-8: python-pkcs11
+    decodes labels as UTF-8, so the watch died with a UnicodeDecodeError traceback and the
+    object (the PIN in it) stayed on the token."""
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label "$(printf \'n\\377\')" >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert not any(kind.startswith("Data object") for kind in _object_kinds(ours)), _object_kinds(ours)
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
+
+@pytest.mark.parametrize("kind", ["cert", "data"])
+def test_hsm_mode_an_object_labelled_root_ca_of_another_class_is_removed(cli, sandbox, sandbox_env, monkeypatch, tmp_path,
+                                                                         kind):
+    """A certificate or data object labelled root-ca (the PIN inside): not a key, so removed."""
+    obj = "factory_ca.pem" if kind == "cert" else "pin.txt"
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object {obj} --type {kind} --label root-ca >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+def test_hsm_mode_a_changed_pin_leaves_no_pin_readable_on_the_token(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The script keeps a PIN of its choosing in a public data object and sets it as the
+    token's PIN: the watch could no longer log in and said 'wrong PIN; nothing was changed',
+    and the object (the PIN that now unlocks the key, readable with no PIN) stayed."""
+    new = "new-Pin-2xQ"
+    store = (f'printf %s "{new}" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+             f'{P11} --change-pin --new-pin {new} >/dev/null\n')
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "changed the PIN of HSM token" in last and "data 'notes'" in last, last
+    public = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", ours.label, "--list-objects"],
+                            env={**os.environ, **ours.env}, capture_output=True, text=True)  # fmt: skip
+    assert "notes" not in public.stdout, public.stdout
+    assert new.encode() not in b"".join(path.read_bytes() for path in (ours.conf.parent / "tokens").rglob("*") if path.is_file())
+
+PIN_POINT = (_pin_as_hex() + 'while [ ${#s} -lt 64 ]; do s=0$s; done\n'
+             'printf "asn1=SEQUENCE:ec\\n[ec]\\nv=INTEGER:1\\nk=FORMAT:HEX,OCTETSTRING:%s\\np=EXPLICIT:0,OID:prime256v1\\n" "$s" > k.cnf\n'
+             'openssl asn1parse -genconf k.cnf -noout -out k.der\n'
+             'openssl ec -inform DER -in k.der -pubout -outform DER -out pub.der 2>/dev/null\n')  # fmt: skip
+PUT_PIN_POINT = P11 + " --write-object pub.der --type pubkey --label root-ca --id 01 >/dev/null\n"
+
+
+def _pin_point_in(token: Token) -> bool:
+    """Whether the public point PIN_POINT makes (sh that makes pub.der, the P-256 public key whose
+    private scalar is the PIN: anyone reads it on the token, and finds a short PIN from it by
+    trying them all) is in the token's files."""
+    point = ec.derive_private_key(int.from_bytes(PIN.encode(), "big"), ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return any(point in path.read_bytes() for path in (token.conf.parent / "tokens").rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("how", ["added", "in place of the root's"])
+def test_hsm_mode_a_second_root_ca_key_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path, how):
+    """A later script adds a second root-ca public key, id 01, whose private scalar is the PIN:
+    a kind the token held before (the root's own public key), so the watch let it through, and
+    the run ended well with the PIN's public point on the token for anyone to read. Put in
+    place of the root's own one (deleted first), nothing even looked new."""
+    delete = P11 + " --delete-object --type pubkey --label root-ca >/dev/null\n" if how != "added" else ""
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, PIN_POINT + delete + PUT_PIN_POINT,
+                                       script="sign_tls_csr", before="cat > server.ext")  # fmt: skip
+    assert not _pin_point_in(ours)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    if how == "added":
+        assert sorted(_object_kinds(ours)) == ["Private Key Object", "Public Key Object"], _object_kinds(ours)
+
+def test_hsm_mode_an_undestroyable_object_does_not_stay(tmp_path):
+    """A data object holding the PIN, CKA_DESTROYABLE false (C_CreateObject from a program the
+    script wrote; this pkcs11-tool's --undestroyable sets nothing): the watch's C_DestroyObject
+    was refused, its error said 'nothing was changed', and the object stayed on the token,
+    readable without the PIN. (The test makes the object in the script's stead.)"""
+    import pkcs11
+
+    token = new_token(tmp_path / "hsm", "factory-root")
+    folder = next((tmp_path / "hsm" / "tokens").iterdir())
+    settings = token.settings()
+    watch = hsm.TokenWatch(settings, str(folder))
+    with hsm.session(settings, rw=True) as sess:
+        sess.create_object({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.DATA, pkcs11.Attribute.TOKEN: True,
+                            pkcs11.Attribute.LABEL: "notes", pkcs11.Attribute.VALUE: PIN.encode(),
+                            pkcs11.Attribute.DESTROYABLE: False})  # fmt: skip
+    with pytest.raises(ScriptError, match="data 'notes'"):
+        watch.check("create_ca")
+    assert _pin_in(tmp_path / "hsm" / "tokens") == []
+
+def test_hsm_mode_a_flood_of_object_files_goes_without_the_module(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """A data object holding the PIN, its file copied 1,500 times under new names: each copy
+    is an object SoftHSM2 shows, and each C_DestroyObject rescans the folder, so the watch
+    took minutes (5,000 copies, made in seconds: two; 100,000: hours, 430 MB a listing), the
+    PIN on disk while it ran and after a Ctrl-C. More new object files than a script makes go
+    as files, before the module is asked."""
+    flood = (f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+             + TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do f=$(grep -l "$HSM_PIN" "$t"/*.object); i=0\n'
+             'while [ $i -lt 1500 ]; do cat "$f" > "$t/$(printf %08x-0000-4000-8000-%012x $i $i).object"; i=$((i+1)); done; done\n')  # fmt: skip
+    listed = []
+    real = hsm.token_objects
+
+    def spy(settings, **options):
+        found = real(settings, **options)
+        listed.append(sum(found.values()))
+        return found
+
+    monkeypatch.setattr(hsm, "token_objects", spy)
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, flood)
+    assert result.exit_code != 0, result.output
+    assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert max(listed) < 100, listed  # the module never loaded the flood
+
+
+def test_hsm_mode_a_second_object_like_one_the_token_held_does_not_stay(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The token holds the user's own data object 'notes'; a script adds a second 'notes', the
+    PIN in it: which of two alike is new could not be told, so it stayed (the run refused)."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's own notes\n")
+
+    def prepare(token: Token) -> None:
+        subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", token.label, "--login", "--pin", PIN,
+                        "--write-object", mine, "--type", "data", "--label", "notes"],
+                       env={**os.environ, **token.env}, check=True, capture_output=True)  # fmt: skip
+
+    store = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label notes >/dev/null\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, store, prepare=prepare)
+    assert result.exit_code != 0, result.output
+    assert "data 'notes'" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+    assert _object_kinds(ours).count("Data object 1") + _object_kinds(ours).count("Data object 2") <= 1
+
+def test_hsm_mode_a_jail_that_would_not_end_leaves_no_pin_in_the_token_store(cli, sandbox, sandbox_env, monkeypatch,
+                                                                             tmp_path):
+    """A jail whose processes outlast the kernel's ten seconds to kill them (stuck in a sync of
+    a flood of writes, say) stopped the run before the token watch: the PIN the script wrote
+    beside the key stayed. The watch runs however the script ended."""
+    from fioca.pki import jail
+
+    monkeypatch.setattr(jail.Invocation, "wait_ended", lambda self, timeout=0: False)
+    left = TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/notes"; done\n'
+    ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    assert "could not end" in result.stderr.strip().splitlines()[-1]
+    assert _pin_in(ours.conf.parent / "tokens") == []
+
+def test_hsm_mode_a_token_folder_chmodded_0_is_watched_all_the_same(tmp_path):
+    """`chmod 0` on the token's own folder (the script's, read-write in the jail) with the PIN
+    in a file there: the watch could not list it and died with an internal error
+    (PermissionError), the file kept. Run where modes bind (root passes any)."""
+    from tests.test_runner import as_a_user
+
+    token = new_token(tmp_path / "hsm", "factory-root")
+    folder = next((tmp_path / "hsm" / "tokens").iterdir())
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    code = ("import os, sys\nfrom fioca.errors import ScriptError\nfrom fioca.pki import hsm\n"
+            f"settings = hsm.HsmSettings({MODULE!r}, {token.label!r}, {PIN!r}, {tuple(token.env.items())!r})\n"
+            "watch = hsm.TokenWatch(settings, sys.argv[1])\n"
+            "open(os.path.join(sys.argv[1], 'notes'), 'w').write(settings.pin)\nos.chmod(sys.argv[1], 0)\n"
+            "try:\n    watch.check('create_ca')\nexcept ScriptError as error:\n    print(error.message)\n")  # fmt: skip
+    done = as_a_user(code, folder)
+    assert done.returncode == 0, done.stderr
+    assert "left on the HSM token what fioca never makes there (notes)" in done.stdout, done.stdout
+    assert stat.S_IMODE(folder.stat().st_mode) == mode
+    assert _pin_in(tmp_path / "hsm" / "tokens") == []
+
+@pytest.mark.parametrize("where", ["a file", "a label"])
+def test_hsm_mode_a_name_with_a_newline_does_not_forge_a_line(cli, sandbox, sandbox_env, monkeypatch, tmp_path, where):
+    """A stray file or an object label with a newline in it, named in the watch's message: the
+    one-line error went on over a second line the script wrote ('Done: ...')."""
+    name = '"$(printf "n\\nDone: the PKI is ready")"'
+    if where == "a file":
+        left = TOKEN_DIR_OF_CONF + f'for t in "$tokens"/*; do echo "$HSM_PIN" > "$t/"{name}; done\n'
+    else:
+        left = f'printf %s "$HSM_PIN" > pin.txt\n{P11} --write-object pin.txt --type data --label {name} >/dev/null\n'
+    _ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "left on the HSM token" in last and "Done: the PKI is ready" in last, result.stderr[-300:]  # one line
+
+def test_hsm_mode_a_softhsm2_db_token_keeps_its_database(tmp_path, monkeypatch):
+    """SoftHSM2 built with its database back end (objectstore.backend = db) keeps a token's
+    every object in the folder's sqlite3.db: the watch took it for a stray and removed it,
+    the root key with it, after every script of a faithful run. (This SoftHSM2 has no db back
+    end: the module's own answers are stood in for.)"""
+    from collections import Counter
+
+    from fioca.pki import hsm, jail
+    from fioca.pki.scripts import ScriptRunner
+
+    tokens = tmp_path / "tokens"
+    folder = tokens / "0b7be69b-5f8d-cd72-55c0-88394c015c46"
+    folder.mkdir(parents=True)
+    (folder / "sqlite3.db").write_bytes(b"SQLite format 3\0")
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = db\n")
+    monkeypatch.setattr(hsm, "token_serial", lambda module, label, env: "88394c015c46")
+    monkeypatch.setattr(hsm, "token_objects", lambda settings, login=True: Counter())
+    jail._hsm_files.cache_clear()
+    env = {**hsm.HsmSettings(MODULE, "factory-root", PIN, (("SOFTHSM2_CONF", str(conf)),)).script_env()}
+    (tmp_path / "work").mkdir(mode=0o700)
+    runner = ScriptRunner(tmp_path / "work", jail=jail.NO_JAIL, env_extra=env)
+    try:
+        watch = runner._token_watch()
+        (folder / "notes").write_text(PIN)
+        with pytest.raises(ScriptError, match=r"\(notes\)"):
+            watch.check("create_ca")
+    finally:
+        jail._hsm_files.cache_clear()
+    assert sorted(path.name for path in folder.iterdir()) == ["sqlite3.db"]
+
+def test_hsm_mode_a_token_the_script_broke_is_named_as_its_doing(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """The script appends to token.object (the PIN, say: the README's limit, bytes inside
+    SoftHSM2's own files): SoftHSM2 no longer loads the token, and the watch's error told the
+    user to check --hsm-token-label, not that the script broke the token."""
+    left = TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do printf %s "$HSM_PIN" >> "$t/token.object"; done\n'
+    _ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, left)
+    assert result.exit_code != 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "script create_ca left the HSM token unusable" in last, last
+
+
 # --- The same holes at the audit's level, each with its harmless twin ---------------------------
 
 KNOWN = reference.known_sets(factory=FACTORY, local_ca_cn="fio-abc")
@@ -514,8 +799,18 @@ AUDIT_TWINS = [
     ("X=$(cat f)\nopenssl pkey -in k.pem -out$X\n", "openssl pkey -in k.pem -out x.pem\n", "unresolved-value"),
 ]  # fmt: skip
 
+def test_an_audit_finding_is_one_line_whatever_the_script_spelt():
+    """A path the audit resolves from `printf 'n\\nDone: ...'`, named in a finding: the refusal's
+    detail lines (and --allow-unaudited's notes) went on over a line the script wrote."""
+    body = TOKEN_DIR_OF_CONF + 'echo x > "$tokens/$(printf "n\\nDone: the PKI is ready")"\n'
+    report = audit_scripts({"create_ca": "#!/bin/sh -e\n" + body}, hsm=False, known=KNOWN, jail="test")
+    messages = [finding.message for finding in report.scripts[0].findings]
+    assert any("Done: the PKI is ready" in message for message in messages), messages
+    assert not any("\n" in message for message in messages), messages
+
 
 @pytest.mark.parametrize(("hostile", "harmless", "finding"), AUDIT_TWINS)
 def test_audit_twins(hostile: str, harmless: str, finding: str) -> None:
     assert finding in high_findings(hostile)
     assert finding not in high_findings(harmless)
+

@@ -332,6 +332,35 @@ def test_a_tree_deeper_than_the_recursion_and_fd_limits_goes(work, request):
     assert done.returncode == 0, done.stderr
     assert not work.exists()
 
+@pytest.mark.parametrize("nth", [1, 2], ids=["the top", "below"])
+def test_a_removal_that_fails_inside_says_why_and_closes_what_it_opened(work, monkeypatch, nth):
+    """A folder that cannot be emptied (EPERM, EMFILE). Below the top, the walk had closed the
+    folder above and not yet taken the one below as its own, so its `finally` closed the
+    closed fd again (EBADF in place of the cause; in offline's threads, another thread's fd
+    that took the number) and left the one below open; the top was emptied before the `try`,
+    its fd left open."""
+    from fioca.pki import files
+
+    key_in(work, 0o700)
+    real = files._emptied_but_folders
+    calls = []
+
+    def failing(fd: int) -> list[str]:
+        calls.append(fd)
+        if len(calls) == nth:
+            raise PermissionError(1, "Operation not permitted")
+        return real(fd)
+
+    monkeypatch.setattr(files, "_emptied_but_folders", failing)
+    parent = os.open(work.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opened = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(PermissionError):
+            files.remove_tree(parent, work.name)
+        assert sorted(os.listdir("/proc/self/fd")) == opened
+    finally:
+        os.close(parent)
+
 
 def test_a_wide_tree_goes(work):
     for index in range(2000):

@@ -334,8 +334,8 @@ def remove_tree(parent_fd: int, name: str) -> None:
     # One entry per level above `folder`: its name there, that parent's identity, and the
     # parent's sub-folders still to go (listed once, so a wide folder is not listed again).
     above: list[tuple[str, tuple[int, int], list[str]]] = []
-    pending = _emptied_but_folders(folder)
     try:
+        pending = _emptied_but_folders(folder)
         while True:
             if pending:
                 child = pending.pop()
@@ -345,7 +345,8 @@ def remove_tree(parent_fd: int, name: str) -> None:
                     continue
                 above.append((child, _identity(folder), pending))
                 os.close(folder)
-                folder, pending = inner, _emptied_but_folders(inner)
+                folder = inner  # before it is emptied: an error there closes it, not the closed one again
+                pending = _emptied_but_folders(folder)
                 continue
             if not above:
                 break

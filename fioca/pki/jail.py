@@ -390,6 +390,15 @@ def token_folder(env: Mapping[str, str]) -> str | None:
     return next(iter(layout.writable), None)
 
 
+def token_backend(env: Mapping[str, str]) -> str:
+    """How SoftHSM2 keeps the token in `token_folder(env)`: "file" (a file per object, its
+    default) or "db" (one sqlite3.db), as its configuration says."""
+    conf = _softhsm2_conf(env["HSM_MODULE"], env)
+    text = Path(conf).read_text(encoding="utf-8", errors="replace") if conf else ""
+    found = re.search(r"^\s*objectstore\.backend\s*=\s*(\S+)\s*$", text, re.MULTILINE)
+    return found.group(1) if found else "file"
+
+
 @functools.cache
 def _hsm_files(module: str, configs: tuple[tuple[str, str], ...], label: str) -> tuple[Layout, str | None]:
     """pkcs11-tool, the module, the engine, p11-kit's proxy (told of this module only) and the

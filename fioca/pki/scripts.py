@@ -169,8 +169,14 @@ class ScriptRunner:
         stdout = _Capture(self.limits.max_stdout, "stdout")
         stderr = _Capture(self.limits.max_stderr, "stderr", on_line=self.on_stderr, tail=self.limits.stderr_tail)
         token = self._token_watch()
-        with self._started(name, tuple(args), stdout, stderr) as (process, how):
-            timed_out = self._wait(process, how, stdout, stderr)
+        try:
+            with self._started(name, tuple(args), stdout, stderr) as (process, how):
+                timed_out = self._wait(process, how, stdout, stderr)
+        except BaseException:
+            if token is not None:  # a jail that would not end, Ctrl-C: what it left goes all the same
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    token.check(name)
+            raise
         stderr.close()
         if token is not None:
             token.check(name)  # what it left on the token goes first, whatever else it did
@@ -183,7 +189,8 @@ class ScriptRunner:
             return None
         from fioca.pki import hsm  # python-pkcs11 and cryptography: HSM mode only
 
-        return hsm.TokenWatch(hsm.HsmSettings.of_script_env(self.env_extra), jails.token_folder(self.env_extra))
+        settings = hsm.HsmSettings.of_script_env(self.env_extra)
+        return hsm.TokenWatch(settings, jails.token_folder(self.env_extra), backend=jails.token_backend(self.env_extra))
 
     @contextlib.contextmanager
     def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):

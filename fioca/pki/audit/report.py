@@ -106,6 +106,11 @@ class Finding:
     # an audit without HSM, or the other way round): it keeps its severity, the message says so.
     in_mode: bool = True
 
+    def __post_init__(self) -> None:
+        # One line, whatever the script spelt in a value it names (`printf 'a\nDone: ...'`): a
+        # finding is shown as one line of a refusal or a note, never as two.
+        object.__setattr__(self, "message", self.message.replace("\n", "\\n"))
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "severity": self.severity.label}
 
