@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fioca import facts
 from fioca.errors import CheckError, ScriptError
-from fioca.pki import hsm, profiles, reference
+from fioca.pki import hsm, profiles, reference, token_watch
 from fioca.pki.asked import with_environment
 from fioca.pki.profiles import der
 from fioca.pki.audit import Severity, audit_scripts
@@ -624,7 +624,7 @@ def test_hsm_mode_an_undestroyable_object_does_not_stay(tmp_path):
     token = new_token(tmp_path / "hsm", "factory-root")
     folder = next((tmp_path / "hsm" / "tokens").iterdir())
     settings = token.settings()
-    watch = hsm.TokenWatch(settings, str(folder))
+    watch = token_watch.TokenWatch(settings, str(folder))
     with hsm.session(settings, rw=True) as sess:
         sess.create_object({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.DATA, pkcs11.Attribute.TOKEN: True,
                             pkcs11.Attribute.LABEL: "notes", pkcs11.Attribute.VALUE: PIN.encode(),
@@ -643,14 +643,14 @@ def test_hsm_mode_a_flood_of_object_files_goes_without_the_module(cli, sandbox, 
              + TOKEN_DIR_OF_CONF + 'for t in "$tokens"/*; do f=$(grep -l "$HSM_PIN" "$t"/*.object); i=0\n'
              'while [ $i -lt 1500 ]; do cat "$f" > "$t/$(printf %08x-0000-4000-8000-%012x $i $i).object"; i=$((i+1)); done; done\n')  # fmt: skip
     listed = []
-    real = hsm.token_objects
+    real = token_watch.token_objects
 
     def spy(settings, **options):
         found = real(settings, **options)
         listed.append(sum(found.values()))
         return found
 
-    monkeypatch.setattr(hsm, "token_objects", spy)
+    monkeypatch.setattr(token_watch, "token_objects", spy)
     ours, _other, result = _hsm_create(cli, sandbox, sandbox_env, monkeypatch, tmp_path, flood)
     assert result.exit_code != 0, result.output
     assert "left on the HSM token" in result.stderr.strip().splitlines()[-1]
@@ -699,9 +699,9 @@ def test_hsm_mode_a_token_folder_chmodded_0_is_watched_all_the_same(tmp_path):
     token = new_token(tmp_path / "hsm", "factory-root")
     folder = next((tmp_path / "hsm" / "tokens").iterdir())
     mode = stat.S_IMODE(folder.stat().st_mode)
-    code = ("import os, sys\nfrom fioca.errors import ScriptError\nfrom fioca.pki import hsm\n"
+    code = ("import os, sys\nfrom fioca.errors import ScriptError\nfrom fioca.pki import hsm, token_watch\n"
             f"settings = hsm.HsmSettings({MODULE!r}, {token.label!r}, {PIN!r}, {tuple(token.env.items())!r})\n"
-            "watch = hsm.TokenWatch(settings, sys.argv[1])\n"
+            "watch = token_watch.TokenWatch(settings, sys.argv[1])\n"
             "open(os.path.join(sys.argv[1], 'notes'), 'w').write(settings.pin)\nos.chmod(sys.argv[1], 0)\n"
             "try:\n    watch.check('create_ca')\nexcept ScriptError as error:\n    print(error.message)\n")  # fmt: skip
     done = as_a_user(code, folder)
@@ -741,7 +741,7 @@ def test_hsm_mode_a_softhsm2_db_token_keeps_its_database(tmp_path, monkeypatch):
     conf = tmp_path / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = db\n")
     monkeypatch.setattr(hsm, "token_serial", lambda module, label, env: "88394c015c46")
-    monkeypatch.setattr(hsm, "token_objects", lambda settings, login=True: Counter())
+    monkeypatch.setattr(token_watch, "token_objects", lambda settings, login=True: Counter())
     jail._hsm_files.cache_clear()
     env = {**hsm.HsmSettings(MODULE, "factory-root", PIN, (("SOFTHSM2_CONF", str(conf)),)).script_env()}
     (tmp_path / "work").mkdir(mode=0o700)

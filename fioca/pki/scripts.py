@@ -184,13 +184,13 @@ class ScriptRunner:
         return stdout.data
 
     def _token_watch(self):
-        """In HSM mode, the token as it is before a script (fioca.pki.hsm.TokenWatch)."""
+        """In HSM mode, the token as it is before a script (fioca.pki.token_watch.TokenWatch)."""
         if not self.env_extra.get("HSM_MODULE"):
             return None
-        from fioca.pki import hsm  # python-pkcs11 and cryptography: HSM mode only
+        from fioca.pki import hsm, token_watch  # python-pkcs11 and cryptography: HSM mode only
 
         settings = hsm.HsmSettings.of_script_env(self.env_extra)
-        return hsm.TokenWatch(settings, jails.token_folder(self.env_extra), backend=jails.token_backend(self.env_extra))
+        return token_watch.TokenWatch(settings, jails.token_folder(self.env_extra), backend=jails.token_backend(self.env_extra))
 
     @contextlib.contextmanager
     def _started(self, name: str, args: tuple[str, ...], stdout: _Capture, stderr: _Capture):
