@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -287,11 +288,13 @@ class GatewayLoop:
     handshake in a thread of its own contends for the interpreter lock and for OpenSSL 3.0's
     internal locks (futex calls and context switches by the dozen per connection).
 
-    Every turn of the loop ends with the group commit: the registrations and last_seen updates
-    its requests gathered (`writes`) are committed in one transaction, one fsync, and only then
-    do the answers given while they were pending go out, and are the first requests that wait
-    for their registration answered: what a device is told is on the disk. The kernel wakes every
-    process's loop on a new connection on the shared socket; one accept() wins it."""
+    The group commit: the registrations and last_seen updates the requests gather (`writes`)
+    are committed in one transaction, one fsync, on a thread of their own, so that the loop
+    goes on serving while the disk (or another process's write lock) keeps it; the writes
+    gathered meanwhile are the next group. An answer that tells a device what is not committed
+    yet goes out after that commit, and a first request waiting for its registration is
+    admitted again then: what a device is told is on the disk. The kernel wakes every process's
+    loop on a new connection on the shared socket; one accept() wins it."""
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
         self.gateway = gateway
@@ -309,8 +312,11 @@ class GatewayLoop:
         self.server_address = listening.getsockname()
         self.socket.setblocking(False)
         self.trust: TrustState | None = None  # what the gateway trusts this turn (None: it cannot tell)
-        self.writes = DeviceWrites()  # this turn's, committed at its end
+        self.writes = DeviceWrites()  # the next group to commit
         self._after_commit: list[DeviceConnection] = []  # connections whose answer waits for that commit
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-commit")
+        # The group being committed: its writes, the connections waiting for it, its outcome.
+        self._committing: tuple[DeviceWrites, list[DeviceConnection], Future[set[str]]] | None = None
         self._connections: set[DeviceConnection] = set()
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -320,7 +326,8 @@ class GatewayLoop:
 
     def start(self) -> None:
         self._selector.register(self.socket, selectors.EVENT_READ, self._accept)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, self._woken)
         self._thread = threading.Thread(target=self._run, name="sandbox-gateway", daemon=True)
         self._thread.start()
 
@@ -328,10 +335,10 @@ class GatewayLoop:
         """The loop ends and every connection closes; this process's socket closes (the other
         gateway processes' copies of it stay open until they stop)."""
         self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
+        self._wake()
         if self._thread is not None:
             self._thread.join()
+        self._committer.shutdown(wait=True)  # a group being committed is, all the same
         for connection in list(self._connections):
             connection.close()
         self._selector.close()
@@ -345,10 +352,9 @@ class GatewayLoop:
             ready = self._selector.select(max(0.0, next_sweep - time.monotonic()))
             self._refresh_trust()
             for key, _events in ready:
-                if key.data is not None:
-                    key.data()  # each handler ends its own connection on an error, the loop goes on
-            if self.writes:
-                self._commit()
+                key.data()  # each handler ends its own connection on an error, the loop goes on
+            if self.writes and self._committing is None:
+                self._start_commit()
             if time.monotonic() >= next_sweep:
                 self._sweep()
                 next_sweep = time.monotonic() + SWEEP_SECONDS
@@ -408,24 +414,47 @@ class GatewayLoop:
         connection.watched = events
 
     def after_commit(self, connection: DeviceConnection) -> None:
-        """Go on with `connection` (`committed` or `commit_failed`) after this turn's commit."""
+        """Go on with `connection` (`committed` or `commit_failed`) after the commit of the
+        writes gathered so far; until then its socket is not watched."""
+        self._unwatch(connection)
         self._after_commit.append(connection)
 
-    def forget(self, connection: DeviceConnection) -> None:
+    def _unwatch(self, connection: DeviceConnection) -> None:
         if connection.watched:
             self._selector.unregister(connection.connection)
             connection.watched = 0
+
+    def forget(self, connection: DeviceConnection) -> None:
+        self._unwatch(connection)
         self._connections.discard(connection)
         if len(self._connections) < MAX_CONNECTIONS:
             self._resume_accepting()
 
-    def _commit(self) -> None:
-        """The group commit: this turn's writes in one transaction, then the connections that
-        waited for it go on (a first request is admitted again: it finds its device now)."""
+    def _start_commit(self) -> None:
+        """Hand the writes gathered so far to the committer; it wakes the loop when done."""
         writes, self.writes = self.writes, DeviceWrites()
         waiting, self._after_commit = self._after_commit, []
+        done = self._committer.submit(self.gateway.store.commit_device_writes, writes)
+        self._committing = writes, waiting, done
+        done.add_done_callback(lambda _done: self._wake())
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a byte is there already, or the loop has stopped
+            self._wake_writer.send(b"x")
+
+    def _woken(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_reader.recv(4096)
+        if self._committing is not None and self._committing[2].done():
+            writes, waiting, done = self._committing
+            self._committing = None
+            self._committed(writes, waiting, done)
+
+    def _committed(self, writes: DeviceWrites, waiting: list[DeviceConnection], done: Future[set[str]]) -> None:
+        """The connections that waited for a group go on (a first request is admitted again:
+        it finds its device now), or get a 500 when it could not be committed."""
         try:
-            added = self.gateway.store.commit_device_writes(writes)
+            added = done.result()
         except Exception:  # sqlite3.Error: busy past its timeout, disk full, ...
             log.exception("cannot record %d devices and %d last_seen times", len(writes.new), len(writes.seen))
             for connection in waiting:
@@ -581,6 +610,7 @@ class DeviceConnection:
         self._device_closed = False  # it sent its last request (EOF)
         self._closing = False  # close once the answer is out
         self._waiting: HttpRequest | None = None  # a first request waiting for its registration's commit
+        self._answer_waits = False  # the answer given tells what the next commit holds
         self._presented: tuple[TrustState, PresentedCert] | None = None
         self._closed = False
 
@@ -665,10 +695,11 @@ class DeviceConnection:
         self._wait_or_close()
 
     def _answer_or_wait(self, request: HttpRequest) -> bool:
-        """Answer `request` and send the answer; False when it waits for this turn's commit
-        (a registration, or the loop holds writes not committed yet): `committed` goes on."""
+        """Answer `request` and send the answer; False when it waits for the next group commit
+        (a registration, or an answer telling a last_seen not committed yet): `committed` goes on."""
         self._closing = not self._answer(request)
-        if self._waiting is not None or self.loop.writes:
+        if self._waiting is not None or self._answer_waits:
+            self._answer_waits = False
             self.loop.after_commit(self)
             return False
         self._flush()
@@ -762,6 +793,7 @@ class DeviceConnection:
         if device is None:
             self._waiting = request  # answered after the commit that registers it
             return True
+        self._answer_waits = device.uuid in self.loop.writes  # its new last_seen
         if self.serves_est:
             return self._answer_est(request, device)
         if is_est_path(request.path):

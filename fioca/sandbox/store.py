@@ -216,14 +216,17 @@ def new_device(*, uuid: str, name: str, pubkey: str, is_prod: bool, ca_serial: s
 @dataclass
 class DeviceWrites:
     """Device writes gathered to be committed together (Store.commit_device_writes). The
-    gateway gathers those of one turn of its loop: a burst of first requests shares one
-    transaction and one fsync, and each is answered once that commit returned."""
+    gateway gathers them while the previous group is being committed: a burst of first
+    requests shares one transaction and one fsync, and each is answered once it returned."""
 
     new: dict[str, DeviceRecord] = field(default_factory=dict)  # uuid -> the device to record
     seen: dict[str, str] = field(default_factory=dict)  # uuid -> its new last_seen
 
     def __bool__(self) -> bool:
         return bool(self.new or self.seen)
+
+    def __contains__(self, uuid: str) -> bool:
+        return uuid in self.new or uuid in self.seen
 
 
 @dataclass(frozen=True)
