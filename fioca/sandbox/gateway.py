@@ -298,7 +298,6 @@ class GatewayLoop:
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
         self.gateway = gateway
-        self._owner = listening is None  # bound here; else another process's socket, served too
         if listening is None:
             listening = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
             try:
