@@ -461,8 +461,9 @@ class GatewayLoop:
             return
         for uuid in sorted(added):
             log.info("registered device %s (device CA serial %s)", uuid, writes.new[uuid].ca_serial)
+        registered = {uuid: writes.new[uuid] for uuid in added}
         for connection in waiting:
-            connection.committed()
+            connection.committed(registered)
 
     def _sweep(self) -> None:
         """Close connections past their deadline: a handshake or a request that does not come."""
@@ -693,10 +694,10 @@ class DeviceConnection:
                 return
         self._wait_or_close()
 
-    def _answer_or_wait(self, request: HttpRequest) -> bool:
+    def _answer_or_wait(self, request: HttpRequest, registered: DeviceRecord | None = None) -> bool:
         """Answer `request` and send the answer; False when it waits for the next group commit
         (a registration, or an answer telling a last_seen not committed yet): `committed` goes on."""
-        self._closing = not self._answer(request)
+        self._closing = not self._answer(request, registered)
         if self._waiting is not None or self._answer_waits:
             self._answer_waits = False
             self.loop.after_commit(self)
@@ -714,20 +715,28 @@ class DeviceConnection:
         else:
             self.loop.watch(self, selectors.EVENT_READ)
 
-    def committed(self) -> None:
+    def committed(self, registered: dict[str, DeviceRecord]) -> None:
         """The commit this connection waited for is done: the waiting first request is
-        answered, the answer goes out, and the connection goes on."""
+        answered, the answer goes out, and the connection goes on. `registered`: the devices
+        that commit recorded, by uuid."""
         try:
             request, self._waiting = self._waiting, None
-            # Admitted again, it may wait once more: its uuid was freed meanwhile (it registers
-            # next turn), or it has a last_seen to commit first.
-            if request is not None and not self._answer_or_wait(request):
+            if request is not None and not self._answer_or_wait(request, self._registered_now(registered)):
                 return
             self._flush()
             self._answer_received()
         except OSError as error:
             log.debug("connection from %s ended: %s", self.address[0], error)
             self.close()
+
+    def _registered_now(self, registered: dict[str, DeviceRecord]) -> DeviceRecord | None:
+        """The record this connection's request registered, when the trust it was admitted
+        under still holds: the rules ran on it, the commit recorded it. None: admitted again
+        (another connection or process registered the uuid first, or the certs changed), and
+        it may wait once more: its uuid freed meanwhile, or a last_seen to commit first."""
+        if self._presented is None or self._presented[0] is not self.loop.trust:
+            return None
+        return registered.get(self._presented[1].uuid or "")
 
     def commit_failed(self) -> None:
         """The commit failed: nothing it held is promised; a 500 instead, and the connection ends."""
@@ -770,14 +779,15 @@ class DeviceConnection:
                 self.connection.unwrap()  # non-blocking: sends ours, then says it would wait for theirs
         self.connection.close()
 
-    def _answer(self, request: HttpRequest) -> bool:
+    def _answer(self, request: HttpRequest, registered: DeviceRecord | None = None) -> bool:
         """Answer one request; False when the connection must close after it. A device not
-        registered yet waits for the group commit (see GatewayLoop): True, nothing answered yet."""
+        registered yet waits for the group commit (see GatewayLoop): True, nothing answered yet.
+        `registered`: the record this request registered, admitted already (`_registered_now`)."""
         head = request.method == "HEAD"
         presented = None
         try:
             presented = self._presented_cert()
-            device = self.gateway.rules.admit(presented, self.loop.writes)
+            device = registered or self.gateway.rules.admit(presented, self.loop.writes)
         except DeviceRefused as refusal:
             log.info("%s %s 403: %s", request.method, request.path, refusal)
             # A certificate no trusted CA vouches for any more ends the connection it opened.
