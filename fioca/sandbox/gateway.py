@@ -351,7 +351,10 @@ class GatewayLoop:
             ready = self._selector.select(max(0.0, next_sweep - time.monotonic()))
             self._refresh_trust()
             for key, _events in ready:
-                key.data()  # each handler ends its own connection on an error, the loop goes on
+                try:
+                    key.data()  # a connection's handler ends that connection on an error
+                except Exception:  # a bug must not end the loop, and with it every connection
+                    log.exception("internal error in the gateway loop")
             if self.writes and self._committing is None:
                 self._start_commit()
             if time.monotonic() >= next_sweep:
