@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fioca.sandbox.certs import is_ca, is_canonical_uuid, is_production, issued_by
-from fioca.sandbox.store import DeviceRecord, Store, utc_now
+from fioca.sandbox.store import DeviceRecord, DeviceWrites, Store, new_device, utc_now
 
 log = logging.getLogger("fioca.sandbox.gateway")
 
@@ -129,21 +128,23 @@ class DeviceRules:
         self.local_ca_cn = local_ca_cn
         self.owner = owner
 
-    def admit(self, presented: PresentedCert) -> DeviceRecord:
-        """A device's request at the gateway: its record (registered now when new, last_seen
-        kept current), or DeviceRefused. Runs on every request, so a deletion, a disable or a
-        revocation applies to connections already open."""
+    def admit(self, presented: PresentedCert, writes: DeviceWrites) -> DeviceRecord | None:
+        """A device's request at the gateway: its record (last_seen kept current through
+        `writes`), or DeviceRefused, or None for a new device the rules let register: it is in
+        `writes` now, and the request is admitted again once they are committed. Runs on every
+        request, so a deletion, a disable or a revocation applies to connections already open."""
         self.check_certificate(presented)
         assert presented.uuid is not None and presented.ca is not None  # checked above
         record = self.store.device(presented.uuid)
         if record is None:
-            record = self._register(presented, name=presented.uuid, group=None, seen=True)
+            self._check_may_register(presented.ca)
+            writes.new[presented.uuid] = self._new_device(presented, name=presented.uuid, group=None, seen=True)
+            return None
         record = self._check_known_device(record, presented)
         # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.
         stale = (datetime.now(UTC) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
         if record.last_seen is None or record.last_seen <= stale:
-            seen = utc_now()
-            self.store.touch_device(record.uuid, seen)
+            seen = writes.seen[record.uuid] = utc_now()
             record = dataclasses.replace(record, last_seen=seen)
         return record
 
@@ -153,7 +154,7 @@ class DeviceRules:
         assert presented.uuid is not None
         if self.store.device(presented.uuid) is not None:
             raise DeviceExists(presented.uuid)
-        return self._register(presented, name=name or presented.uuid, group=group, seen=False, existing_ok=False)
+        return self._register(presented, name=name or presented.uuid, group=group)
 
     def check_certificate(self, presented: PresentedCert) -> None:
         """The rules on the certificate alone (see the module docstring)."""
@@ -179,30 +180,30 @@ class DeviceRules:
                 f"the certificate's CN must be the device UUID, lower-case and hyphenated, not {presented.uuid or '(none)'}"
             )
 
-    def _register(self, presented: PresentedCert, *, name: str, group: str | None, seen: bool,
-                  existing_ok: bool = True) -> DeviceRecord:
-        """Record a new device, exactly once even when two requests for it race: the loser
-        gets the winner's record (`existing_ok`, two connections of one device) or
-        DeviceExists."""
-        uuid, ca = presented.uuid, presented.ca
-        assert uuid is not None and ca is not None
+    def _check_may_register(self, ca: TrustedCa) -> None:
         if ca.disabled:
             raise DeviceRefused(f"device CA serial {ca.serial} is disabled: it may not register new devices")
-        try:
-            record = self.store.add_device(
-                uuid=uuid, name=name, pubkey=presented.pubkey_pem, is_prod=presented.is_prod, ca_serial=ca.serial,
-                # A local CA is named after its user (fio-<polis-id>); that user owns its devices.
-                owner=self.owner if ca.common_name == self.local_ca_cn else None,
-                group=group, seen=seen,
-            )
-        except sqlite3.IntegrityError:
-            record = self.store.device(uuid)
-            if record is None:
-                raise
-            if not existing_ok:
-                raise DeviceExists(uuid) from None
-            return record  # another connection of the same device registered it first
-        log.info("registered device %s (device CA serial %s)", uuid, ca.serial)
+
+    def _new_device(self, presented: PresentedCert, *, name: str, group: str | None, seen: bool) -> DeviceRecord:
+        assert presented.uuid is not None and presented.ca is not None
+        ca = presented.ca
+        return new_device(
+            uuid=presented.uuid, name=name, pubkey=presented.pubkey_pem, is_prod=presented.is_prod,
+            ca_serial=ca.serial,
+            # A local CA is named after its user (fio-<polis-id>); that user owns its devices.
+            owner=self.owner if ca.common_name == self.local_ca_cn else None,
+            group=group, seen=seen,
+        )
+
+    def _register(self, presented: PresentedCert, *, name: str, group: str | None) -> DeviceRecord:
+        """Record a pre-registered device, exactly once even when two requests for it race:
+        the loser gets DeviceExists."""
+        assert presented.uuid is not None and presented.ca is not None
+        self._check_may_register(presented.ca)
+        record = self._new_device(presented, name=name, group=group, seen=False)
+        if not self.store.commit_device_writes(DeviceWrites(new={record.uuid: record})):
+            raise DeviceExists(record.uuid)
+        log.info("registered device %s (device CA serial %s)", record.uuid, record.ca_serial)
         return record
 
     def _check_known_device(self, record: DeviceRecord, presented: PresentedCert) -> DeviceRecord:

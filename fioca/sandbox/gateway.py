@@ -30,14 +30,16 @@ in its TLS handshake is served `est-tls-crt` and `/.well-known/est/` only, after
 before `keys est authorize`, a name under est.foundries.io is refused in the handshake
 (unrecognized_name).
 
-Performance structure: connections get TCP_NODELAY (an answer and the close_notify after it
-must not wait for a delayed ACK); every thread reads the store on a connection of its own
-(store.py); and with `GatewayContext.processes` > 1 (`fioca sandbox serve`: one per core)
+Performance structure: each process serves all its connections from one thread, an event
+loop (`GatewayLoop`), as an nginx worker does; connections get TCP_NODELAY (an answer and the
+close_notify after it must not wait for a delayed ACK); a registration waits for the group
+commit at the end of the loop's turn (one fsync for every device registered in that turn, see
+store.py); and with `GatewayContext.processes` > 1 (`fioca sandbox serve`: one per core)
 `GatewayProcesses` starts that many more processes minus one on the same listening socket
 (gateway_process.py), each a DeviceGateway of its own with its own interpreter lock, store
 connections and rules. Everything they share goes through the store, so `certs_generation`
-is kept there. Every process's threads wait in accept() on the one socket: the kernel wakes
-one of them, in whichever process, per connection.
+is kept there, and a device two processes see at the same moment is recorded once (its uuid
+is the key; the loser's request finds the winner's record).
 """
 
 from __future__ import annotations
@@ -45,18 +47,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
 import select
+import selectors
 import socket
-import socketserver
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -78,7 +82,7 @@ from fioca.sandbox.device_rules import (
 )
 from fioca.sandbox.est import TEXT, EstService, is_est_path
 from fioca.sandbox.shared_pki import SharedPki
-from fioca.sandbox.store import DeviceRecord
+from fioca.sandbox.store import DeviceRecord, DeviceWrites
 from fioca.sandbox.tuf import TufRepo
 
 log = logging.getLogger("fioca.sandbox.gateway")
@@ -88,11 +92,14 @@ REQUEST_TIMEOUT_SECONDS = 30
 MAX_BODY_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024
 MAX_HEADERS = 100
-MAX_WORKERS = 256  # connections served at once; more wait for a free worker
+MAX_REQUEST_BYTES = (MAX_HEADERS + 2) * MAX_LINE_BYTES + MAX_BODY_BYTES  # received and not answered yet
+RECEIVE_BYTES = 64 * 1024
+MAX_CONNECTIONS = 4096  # open in one process at once; past it accept() waits for a close
+ACCEPT_BATCH = 16  # connections taken per wake-up, so the other processes get their share
 LISTEN_BACKLOG = 1024  # a fleet connecting at once must not overflow the accept queue
 PRESENTED_CACHE_SIZE = 10_000
 ACCEPT_RETRY_SECONDS = 0.05
-CLOSE_NOTIFY_SECONDS = 1  # how long to wait for the device's close_notify in return
+SWEEP_SECONDS = 1  # how often the loop closes connections past their deadline
 PROCESS_START_SECONDS = 60  # for a gateway process to import fioca and load the PKI
 PROCESS_STOP_SECONDS = 10
 PROCESS_MODULE = "fioca.sandbox.gateway_process"
@@ -101,6 +108,7 @@ READY_LINE = b"ready\n"
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
 JSON = "application/json"
+REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def create_gateway(context: GatewayContext) -> DeviceGateway:
@@ -241,7 +249,7 @@ class DeviceGateway:
         self.est = EstService(context.backend)
         self._state_lock = threading.Lock()
         self._state: TrustState | None = None
-        self._server = GatewayTcpServer((context.host, context.port), self, listening=listening)
+        self._server = GatewayLoop((context.host, context.port), self, listening=listening)
         self._processes = GatewayProcesses(context, self._server.socket) if listening is None and context.processes > 1 else None
 
     @property
@@ -273,103 +281,201 @@ class DeviceGateway:
             return self._state
 
 
-class GatewayTcpServer(socketserver.TCPServer):
-    """Threads that each accept a connection and serve it (TLS handshake and requests), so a
-    slow device delays nobody else and no connection is handed from one thread to another:
-    the kernel wakes one thread blocked in accept() per connection, in this process or in
-    another gateway process on the same socket. A thread that takes a connection while no
-    other waits in accept() starts one more first (up to MAX_WORKERS); threads are kept for
-    the next connection: starting one costs more than the rest of a request."""
+class GatewayLoop:
+    """One thread serving every connection of this process from a selector, as nginx's worker
+    does: TLS handshakes, requests and answers are each a step taken when the socket is ready,
+    never a wait. Threads per connection cost more than the rest of a connection here: each
+    handshake in a thread of its own contends for the interpreter lock and for OpenSSL 3.0's
+    internal locks (futex calls and context switches by the dozen per connection).
 
-    allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
+    The group commit: the registrations and last_seen updates the requests gather (`writes`)
+    are committed in one transaction, one fsync, on a thread of their own, so that the loop
+    goes on serving while the disk (or another process's write lock) keeps it; the writes
+    gathered meanwhile are the next group. An answer that tells a device what is not committed
+    yet goes out after that commit, and a first request waiting for its registration is
+    admitted again then: what a device is told is on the disk. The kernel wakes every process's
+    loop on a new connection on the shared socket; one accept() wins it."""
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.gateway = gateway
-        self._owner = listening is None  # bound here; else another process's socket, served too
-        self._pool_lock = threading.Lock()
-        self._threads = 0
-        self._waiting = 0  # threads blocked in accept()
+        if listening is None:
+            listening = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listening.bind(address)
+                listening.listen(LISTEN_BACKLOG)
+            except OSError:
+                listening.close()
+                raise
+        self.socket = listening
+        self.server_address = listening.getsockname()
+        self.socket.setblocking(False)
+        self.trust: TrustState | None = None  # what the gateway trusts this turn (None: it cannot tell)
+        self.writes = DeviceWrites()  # the next group to commit
+        self._after_commit: list[DeviceConnection] = []  # connections whose answer waits for that commit
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-commit")
+        # The group being committed: its writes, the connections waiting for it, its outcome.
+        self._committing: tuple[DeviceWrites, list[DeviceConnection], Future[set[str]]] | None = None
+        self._connections: set[DeviceConnection] = set()
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._accepting_again = 0.0  # monotonic time accept() may be tried again after EMFILE
         self._stopping = False
-        # finish_request does the work; a socket already listening is served as it is.
-        super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=listening is None)
-        if listening is not None:
-            self.socket.close()
-            self.socket = listening
-            self.server_address = listening.getsockname()
-        self.socket.setblocking(True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        with self._pool_lock:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        """One more thread waiting in accept() (the pool lock held)."""
-        self._threads += 1
-        self._waiting += 1
-        threading.Thread(target=self._accept_and_serve, name="sandbox-gateway-worker", daemon=True).start()
-
-    def _accept_and_serve(self) -> None:
-        while True:
-            try:
-                request, client_address = self.socket.accept()
-            except OSError as error:
-                if self._stopping:
-                    return
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    time.sleep(ACCEPT_RETRY_SECONDS)  # out of descriptors or memory: let some go first
-                continue  # else the connection went away before it was accepted
-            with self._pool_lock:
-                self._waiting -= 1
-                if self._stopping:
-                    request.close()
-                    return
-                if self._waiting == 0 and self._threads < MAX_WORKERS:
-                    self._spawn()  # someone must be in accept() for the next connection
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
-            with self._pool_lock:
-                self._waiting += 1
+        self._selector.register(self.socket, selectors.EVENT_READ, self._accept)
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, self._woken)
+        self._thread = threading.Thread(target=self._run, name="sandbox-gateway", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        """No thread accepts again, and this process's socket closes; a thread serving a
-        connection finishes it. Where the socket was bound, shutting down its reading side
-        wakes the threads in accept() (it ends the socket for every process on it, so the
-        sandbox stops its gateway processes first); a gateway process's threads in accept()
-        end with the process."""
-        with self._pool_lock:
-            self._stopping = True
-        if self._owner:
-            with contextlib.suppress(OSError):
-                self.socket.shutdown(socket.SHUT_RD)
-        self.server_close()
+        """The loop ends and every connection closes; this process's socket closes (the other
+        gateway processes' copies of it stay open until they stop)."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join()
+        self._committer.shutdown(wait=True)  # a group being committed is, all the same
+        for connection in list(self._connections):
+            connection.close()
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+        self.socket.close()
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        state = self.gateway.trust_state()
-        # The answer and the close_notify after it go out at once, not after a delayed ACK.
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_SECONDS
+        while not self._stopping:
+            ready = self._selector.select(max(0.0, next_sweep - time.monotonic()))
+            self._refresh_trust()
+            for key, _events in ready:
+                try:
+                    key.data()  # a connection's handler ends that connection on an error
+                except Exception:  # a bug must not end the loop, and with it every connection
+                    log.exception("internal error in the gateway loop")
+            if self.writes and self._committing is None:
+                self._start_commit()
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + SWEEP_SECONDS
+
+    def _refresh_trust(self) -> None:
+        """What the gateway serves and trusts, read once a turn, after select() returned: a
+        request that came after a change of the certs (a revocation) is read against it."""
         try:
-            connection = state.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as error:
-            # Untrusted or revoked CA, no client certificate, plain HTTP: the handshake says no.
-            log.debug("handshake with %s failed: %s", client_address[0], error)
+            self.trust = self.gateway.trust_state()
+        except Exception:
+            log.exception("cannot load the certs the backend holds: no device is served until they load")
+            self.trust = None
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if len(self._connections) >= MAX_CONNECTIONS:
+                self._pause_accepting()  # the next close resumes it
+                return
+            try:
+                raw, address = self.socket.accept()
+            except BlockingIOError:
+                return  # another process's loop took it, or none is left
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting()  # out of descriptors or memory: let some go first
+                    self._accepting_again = time.monotonic() + ACCEPT_RETRY_SECONDS
+                return  # else the connection went away before it was accepted
+            try:
+                connection = DeviceConnection.accepted(self, raw, address)
+            except OSError as error:
+                log.debug("connection from %s ended at once: %s", address[0], error)
+                raw.close()
+                continue
+            self._connections.add(connection)
+            connection.on_ready()  # the ClientHello is often there already
+
+    def _pause_accepting(self) -> None:
+        with contextlib.suppress(KeyError):
+            self._selector.unregister(self.socket)
+
+    def _resume_accepting(self) -> None:
+        if self._stopping or time.monotonic() < self._accepting_again:
             return
         try:
-            connection.settimeout(REQUEST_TIMEOUT_SECONDS)
-            DeviceConnection(connection, self.gateway, state).serve()
-        except OSError as error:  # the device went away mid-request (ssl.SSLError included)
-            log.debug("connection from %s ended: %s", client_address[0], error)
-        finally:
-            connection.close()
+            self._selector.get_key(self.socket)
+        except KeyError:
+            self._selector.register(self.socket, selectors.EVENT_READ, self._accept)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+    def watch(self, connection: DeviceConnection, events: int) -> None:
+        """Call `connection.on_ready` when its socket is ready for `events`."""
+        if connection.watched == events:
+            return
+        if connection.watched:
+            self._selector.modify(connection.connection, events, connection.on_ready)
+        else:
+            self._selector.register(connection.connection, events, connection.on_ready)
+        connection.watched = events
+
+    def after_commit(self, connection: DeviceConnection) -> None:
+        """Go on with `connection` (`committed` or `commit_failed`) after the commit of the
+        writes gathered so far; until then its socket is not watched."""
+        self._unwatch(connection)
+        self._after_commit.append(connection)
+
+    def _unwatch(self, connection: DeviceConnection) -> None:
+        if connection.watched:
+            self._selector.unregister(connection.connection)
+            connection.watched = 0
+
+    def forget(self, connection: DeviceConnection) -> None:
+        self._unwatch(connection)
+        self._connections.discard(connection)
+        if len(self._connections) < MAX_CONNECTIONS:
+            self._resume_accepting()
+
+    def _start_commit(self) -> None:
+        """Hand the writes gathered so far to the committer; it wakes the loop when done."""
+        writes, self.writes = self.writes, DeviceWrites()
+        waiting, self._after_commit = self._after_commit, []
+        done = self._committer.submit(self.gateway.store.commit_device_writes, writes)
+        self._committing = writes, waiting, done
+        done.add_done_callback(lambda _done: self._wake())
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a byte is there already, or the loop has stopped
+            self._wake_writer.send(b"x")
+
+    def _woken(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_reader.recv(4096)
+        if self._committing is not None and self._committing[2].done():
+            writes, waiting, done = self._committing
+            self._committing = None
+            self._committed(writes, waiting, done)
+
+    def _committed(self, writes: DeviceWrites, waiting: list[DeviceConnection], done: Future[set[str]]) -> None:
+        """The connections that waited for a group go on (a first request is admitted again:
+        it finds its device now), or get a 500 when it could not be committed."""
+        try:
+            added = done.result()
+        except Exception:  # sqlite3.Error: busy past its timeout, disk full, ...
+            log.exception("cannot record %d devices and %d last_seen times", len(writes.new), len(writes.seen))
+            for connection in waiting:
+                connection.commit_failed()
+            return
+        for uuid in sorted(added):
+            log.info("registered device %s (device CA serial %s)", uuid, writes.new[uuid].ca_serial)
+        registered = {uuid: writes.new[uuid] for uuid in added}
+        for connection in waiting:
+            connection.committed(registered)
+
+    def _sweep(self) -> None:
+        """Close connections past their deadline: a handshake or a request that does not come."""
+        now = time.monotonic()
+        for connection in [connection for connection in self._connections if connection.deadline < now]:
+            log.debug("connection from %s timed out", connection.address[0])
+            connection.close()
+        if len(self._connections) < MAX_CONNECTIONS:
+            self._resume_accepting()
 
 
 class GatewayProcesses:
@@ -437,97 +543,254 @@ class BadRequest(Exception):
         self.status = status
 
 
-class DeviceConnection:
-    """HTTP/1.x over one device's TLS connection, until either side closes.
-
-    A small parser of its own: http.server's goes through the email package for headers,
-    which costs more than the rest of a request here (see the gateway benchmark).
-    """
-
-    def __init__(self, connection: ssl.SSLSocket, gateway: DeviceGateway, state: TrustState):
-        self.connection = connection
-        self.gateway = gateway
-        self.handshake_state = state  # the CAs that verified this connection's certificate
-        # The device asked for the EST host by name, and the handshake served est-tls-crt.
-        self.serves_est = state.est is not None and connection.context is state.est.ssl_context
-        self._presented: tuple[TrustState, PresentedCert] | None = None
-
-    def serve(self) -> None:
-        with self.connection.makefile("rb") as reader:
-            while True:
-                try:
-                    request = self._read_request(reader)
-                except BadRequest as error:
-                    self._send(error.status, {"message": str(error)}, head=False, keep_alive=False)
-                    return
-                if request is None:
-                    return  # the device closed the connection
-                if not self._answer(request):
-                    self._close_notify()
-                    return
-
-    def _close_notify(self) -> None:
-        """End TLS properly when the gateway closes first, as web servers do: without a
-        close_notify, `openssl s_client` and other strict clients report a truncated answer."""
-        try:
-            self.connection.settimeout(CLOSE_NOTIFY_SECONDS)
-            self.connection.unwrap()
-        except (OSError, ValueError):
-            pass  # the device went away first: nothing left to end
-
-    def _read_request(self, reader: Any) -> HttpRequest | None:
-        line = reader.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return None
-        if len(line) > MAX_LINE_BYTES:
+def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
+    """The first HTTP/1.x request in `data` and how many bytes it took; None while it is not
+    all there. A small parser of its own: http.server's goes through the email package for
+    headers, which costs more than the rest of a request here (see the gateway benchmark)."""
+    end = data.find(b"\n", 0, MAX_LINE_BYTES)
+    if end < 0:
+        if len(data) >= MAX_LINE_BYTES:
             raise BadRequest(414, "request line too long")
-        try:
-            method, target, version = line.decode("latin-1").split()
-        except ValueError:
-            raise BadRequest(400, "malformed request line") from None
-        if version not in ("HTTP/1.0", "HTTP/1.1"):
-            raise BadRequest(505, f"unsupported protocol {version}")
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS + 1):
-            line = reader.readline(MAX_LINE_BYTES + 1)
-            if line in (b"\r\n", b"\n"):
-                break
-            if not line:
-                return None
-            if len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        method, target, version = data[:end].decode("latin-1").split()
+    except ValueError:
+        raise BadRequest(400, "malformed request line") from None
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise BadRequest(505, f"unsupported protocol {version}")
+    headers: dict[str, str] = {}
+    start = end + 1
+    for _ in range(MAX_HEADERS + 1):
+        end = data.find(b"\n", start, start + MAX_LINE_BYTES)
+        if end < 0:
+            if len(data) - start >= MAX_LINE_BYTES:
                 raise BadRequest(431, "header line too long")
-            name, colon, value = line.decode("latin-1").partition(":")
-            if not colon:
-                raise BadRequest(400, "malformed header line")
-            headers[name.strip().lower()] = value.strip()
-        else:
-            raise BadRequest(431, "too many headers")
-        body = self._read_body(reader, headers)
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        return HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive, body=body)
+            return None
+        line, start = data[start:end].decode("latin-1"), end + 1
+        if line in ("", "\r"):
+            break
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise BadRequest(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    else:
+        raise BadRequest(431, "too many headers")
+    # The body (an EST CSR; other routes ignore it) is taken whole, so the next request parses.
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise BadRequest(411, "a request body needs a Content-Length")
+    try:
+        length = int(headers.get("content-length") or 0)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= MAX_BODY_BYTES:
+        raise BadRequest(413, "request body too large")
+    if len(data) < start + length:
+        return None
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    request = HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive,
+                          body=bytes(data[start : start + length]))
+    return request, start + length
 
-    @staticmethod
-    def _read_body(reader: Any, headers: dict[str, str]) -> bytes:
-        """The request body (an EST CSR; other routes ignore it), read whole so the next
-        request on the connection parses."""
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise BadRequest(411, "a request body needs a Content-Length")
+
+class DeviceConnection:
+    """One device's TLS connection in the loop: the handshake, then HTTP/1.x requests
+    answered in order, until either side closes. `on_ready` takes the next step the socket
+    allows and asks the loop to call it again when the socket is ready for the one after."""
+
+    def __init__(self, loop: GatewayLoop, connection: ssl.SSLSocket, address: Any, state: TrustState):
+        self.loop = loop
+        self.gateway = loop.gateway
+        self.connection = connection
+        self.address = address
+        self.handshake_state = state  # the CAs that verify this connection's certificate
+        self.serves_est = False  # the device asked for the EST host by name (set by the handshake)
+        self.deadline = time.monotonic() + HANDSHAKE_TIMEOUT_SECONDS
+        self.watched = 0  # the selector events the loop watches its socket for (0: not registered)
+        self._handshaken = False
+        self._received = bytearray()
+        self._outgoing = b""  # an answer the socket has not taken whole yet
+        self._device_closed = False  # it sent its last request (EOF)
+        self._closing = False  # close once the answer is out
+        self._waiting: HttpRequest | None = None  # a first request waiting for its registration's commit
+        self._answer_waits = False  # the answer given tells what the next commit holds
+        self._presented: tuple[TrustState, PresentedCert] | None = None
+        self._closed = False
+
+    @classmethod
+    def accepted(cls, loop: GatewayLoop, raw: socket.socket, address: Any) -> DeviceConnection:
+        state = loop.trust
+        if state is None:
+            raise OSError("the gateway cannot load its certs")
+        # The answer and the close_notify after it go out at once, not after a delayed ACK.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setblocking(False)
+        connection = state.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        return cls(loop, connection, address, state)
+
+    def on_ready(self) -> None:
         try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            raise BadRequest(413, "request body too large")
-        return reader.read(length) if length else b""
+            if not self._handshaken and not self._handshake():
+                return
+            if self._outgoing and not self._flush():
+                return
+            if self._waiting is None:
+                self._receive()
+                self._answer_received()
+        except OSError as error:  # the device went away mid-request (ssl.SSLError included)
+            log.debug("connection from %s ended: %s", self.address[0], error)
+            self.close()
+        except Exception:
+            log.exception("internal error on the connection from %s", self.address[0])
+            self.close()
 
-    def _answer(self, request: HttpRequest) -> bool:
-        """Answer one request; False when the connection must close after it."""
+    def _handshake(self) -> bool:
+        try:
+            self.connection.do_handshake()
+        except ssl.SSLWantReadError:
+            self.loop.watch(self, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self.loop.watch(self, selectors.EVENT_WRITE)
+            return False
+        except (ssl.SSLError, OSError) as error:
+            # Untrusted or revoked CA, no client certificate, plain HTTP: the handshake says no.
+            log.debug("handshake with %s failed: %s", self.address[0], error)
+            self.close()
+            return False
+        self._handshaken = True
+        est = self.handshake_state.est
+        self.serves_est = est is not None and self.connection.context is est.ssl_context
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+        return True
+
+    def _receive(self) -> None:
+        """What the device sent so far (TLS may hold more than the socket says is ready)."""
+        while len(self._received) <= MAX_REQUEST_BYTES:
+            try:
+                chunk = self.connection.recv(RECEIVE_BYTES)
+            except ssl.SSLWantReadError:
+                return
+            if not chunk:
+                self._device_closed = True
+                return
+            self._received += chunk
+            self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+
+    def _answer_received(self) -> None:
+        """Answer the requests received whole, in order, each sent before the next is read;
+        then wait for more, for the socket to take the rest, or close. While the loop holds
+        writes not committed yet, the answer waits for the commit (GatewayLoop._commit)."""
+        while not self._outgoing and not self._closing:
+            try:
+                parsed = parse_request(self._received)
+            except BadRequest as error:
+                self._send(error.status, {"message": str(error)}, head=False, keep_alive=False)
+                self._closing = True
+                break
+            if parsed is None:
+                self._closing = self._device_closed
+                break
+            request, used = parsed
+            del self._received[:used]
+            if not self._answer_or_wait(request):
+                return
+        self._wait_or_close()
+
+    def _answer_or_wait(self, request: HttpRequest, registered: DeviceRecord | None = None) -> bool:
+        """Answer `request` and send the answer; False when it waits for the next group commit
+        (a registration, or an answer telling a last_seen not committed yet): `committed` goes on."""
+        self._closing = not self._answer(request, registered)
+        if self._waiting is not None or self._answer_waits:
+            self._answer_waits = False
+            self.loop.after_commit(self)
+            return False
+        self._flush()
+        return True
+
+    def _wait_or_close(self) -> None:
+        if self._closed:
+            return
+        if self._outgoing:
+            self.loop.watch(self, selectors.EVENT_WRITE)
+        elif self._closing:
+            self.close(notify=True)
+        else:
+            self.loop.watch(self, selectors.EVENT_READ)
+
+    def committed(self, registered: dict[str, DeviceRecord]) -> None:
+        """The commit this connection waited for is done: the waiting first request is
+        answered, the answer goes out, and the connection goes on. `registered`: the devices
+        that commit recorded, by uuid."""
+        try:
+            request, self._waiting = self._waiting, None
+            if request is not None and not self._answer_or_wait(request, self._registered_now(registered)):
+                return
+            self._flush()
+            self._answer_received()
+        except OSError as error:
+            log.debug("connection from %s ended: %s", self.address[0], error)
+            self.close()
+
+    def _registered_now(self, registered: dict[str, DeviceRecord]) -> DeviceRecord | None:
+        """The record this connection's request registered, when the trust it was admitted
+        under still holds: the rules ran on it, the commit recorded it. None: admitted again
+        (another connection or process registered the uuid first, or the certs changed), and
+        it may wait once more: its uuid freed meanwhile, or a last_seen to commit first."""
+        if self._presented is None or self._presented[0] is not self.loop.trust:
+            return None
+        return registered.get(self._presented[1].uuid or "")
+
+    def commit_failed(self) -> None:
+        """The commit failed: nothing it held is promised; a 500 instead, and the connection ends."""
+        self._waiting = None
+        self._outgoing = b""  # an answer waiting for the commit, not sent yet
+        self._send(500, {"message": "internal gateway error"}, head=False, keep_alive=False)
+        self._closing = True
+        try:
+            self._flush()
+            self._wait_or_close()
+        except OSError:
+            self.close()
+
+    def _flush(self) -> bool:
+        """Send what the socket takes now; True when all of it is out. A TLS write the socket
+        cannot take whole is retried with the same bytes (OpenSSL requires it)."""
+        while self._outgoing:
+            try:
+                sent = self.connection.send(self._outgoing)
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                self.loop.watch(self, selectors.EVENT_WRITE)
+                return False
+            except ssl.SSLWantReadError:
+                self.loop.watch(self, selectors.EVENT_READ)
+                return False
+            self._outgoing = self._outgoing[sent:]
+            self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+        return True
+
+    def close(self, *, notify: bool = False) -> None:
+        """Close the connection. `notify`: end TLS properly first, as web servers do when they
+        close first (without a close_notify, `openssl s_client` and other strict clients report
+        a truncated answer); the device's own close_notify is not waited for."""
+        if self._closed:
+            return
+        self._closed = True
+        self.loop.forget(self)
+        if notify:
+            with contextlib.suppress(OSError, ValueError):
+                self.connection.unwrap()  # non-blocking: sends ours, then says it would wait for theirs
+        self.connection.close()
+
+    def _answer(self, request: HttpRequest, registered: DeviceRecord | None = None) -> bool:
+        """Answer one request; False when the connection must close after it. A device not
+        registered yet waits for the group commit (see GatewayLoop): True, nothing answered yet.
+        `registered`: the record this request registered, admitted already (`_registered_now`)."""
         head = request.method == "HEAD"
         presented = None
         try:
             presented = self._presented_cert()
-            device = self.gateway.rules.admit(presented)
+            device = registered or self.gateway.rules.admit(presented, self.loop.writes)
         except DeviceRefused as refusal:
             log.info("%s %s 403: %s", request.method, request.path, refusal)
             # A certificate no trusted CA vouches for any more ends the connection it opened.
@@ -539,6 +802,10 @@ class DeviceConnection:
             log.exception("internal error on %s %s", request.method, request.path)
             self._send(500, {"message": "internal gateway error"}, head=head, keep_alive=False)
             return False
+        if device is None:
+            self._waiting = request  # answered after the commit that registers it
+            return True
+        self._answer_waits = device.uuid in self.loop.writes  # its new last_seen
         if self.serves_est:
             return self._answer_est(request, device)
         if is_est_path(request.path):
@@ -589,7 +856,9 @@ class DeviceConnection:
     def _presented_cert(self) -> PresentedCert:
         """The device's certificate read against what the gateway trusts *now*: a request
         after a revocation or a PKI switch finds no trusted CA for it."""
-        state = self.gateway.trust_state()
+        state = self.loop.trust
+        if state is None:
+            raise RuntimeError("the gateway cannot load its certs")  # answered 500
         if self._presented is None or self._presented[0] is not state:
             der = self.connection.getpeercert(binary_form=True)
             if der is None:  # cannot happen with CERT_REQUIRED; refuse rather than assume
@@ -603,17 +872,17 @@ class DeviceConnection:
     ) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8") + b"\n"
         lines = [
-            f"HTTP/1.1 {status} {_reason(status)}",
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}",
             "Server: fioca-sandbox-gateway",
-            f"Date: {formatdate(usegmt=True)}",
+            f"Date: {_http_date(int(time.time()))}",
             f"Content-Type: {content_type}",
             f"Content-Length: {len(payload)}",
             *(f"{name}: {value}" for name, value in extra_headers),
         ]
         if not keep_alive:
             lines.append("Connection: close")
-        # Head and body in one write: one TLS record, one syscall.
-        self.connection.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if head else payload))
+        # Head and body in one write: one TLS record, one syscall (`_flush`).
+        self._outgoing += "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if head else payload)
 
 
 def device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
@@ -632,8 +901,7 @@ def device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
     }
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+@functools.lru_cache(maxsize=1)
+def _http_date(second: int) -> str:
+    """The Date header for a Unix time: made once a second, not once an answer."""
+    return formatdate(second, usegmt=True)

@@ -12,9 +12,10 @@ thread behind a re-entrant lock. A read outside a transaction goes through a con
 the reading thread's own: WAL readers wait neither for each other nor for the writer, so the
 gateway's threads (a device lookup on every request) do not queue behind one lock. WAL mode
 also lets a second process (the CLI's `devices` command) read while the server runs.
-`synchronous=NORMAL`: in WAL mode a commit then survives a crash of the sandbox but not of the
-machine, and costs no fsync; an emulator's state does not need more, and a registration
-burst must not wait on the disk.
+`synchronous=FULL`: a commit is on the disk (the WAL fsync'ed) before it returns, so what the
+sandbox answered (a device registered, a certificate accepted) survives a crash of the
+machine too. The gateway does not pay one fsync per device: it gathers the writes of a turn of
+its loop (`DeviceWrites`) and commits them in one transaction (group commit).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -203,6 +204,31 @@ class DeviceRecord:
     pending_ca_serial: str | None = None
 
 
+def new_device(*, uuid: str, name: str, pubkey: str, is_prod: bool, ca_serial: str | None, owner: str | None,
+               group: str | None, seen: bool) -> DeviceRecord:
+    """The record of a device registered now; `seen`: it is connecting now (else pre-registered)."""
+    now = utc_now()
+    return DeviceRecord(uuid=uuid, name=name, pubkey=pubkey, is_prod=is_prod, created_at=now,
+                        last_seen=now if seen else None, deny_listed=False, ca_serial=ca_serial, owner=owner,
+                        group=group)
+
+
+@dataclass
+class DeviceWrites:
+    """Device writes gathered to be committed together (Store.commit_device_writes). The
+    gateway gathers them while the previous group is being committed: a burst of first
+    requests shares one transaction and one fsync, and each is answered once it returned."""
+
+    new: dict[str, DeviceRecord] = field(default_factory=dict)  # uuid -> the device to record
+    seen: dict[str, str] = field(default_factory=dict)  # uuid -> its new last_seen
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.seen)
+
+    def __contains__(self, uuid: str) -> bool:
+        return uuid in self.new or uuid in self.seen
+
+
 @dataclass(frozen=True)
 class OAuthToken:
     """An issued access token (known by its hash), what it may do and until when."""
@@ -267,7 +293,7 @@ class Store:
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+            self._conn.execute("PRAGMA synchronous=FULL")  # see the module docstring
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
             self._add_missing_columns()
@@ -465,16 +491,33 @@ class Store:
     ) -> DeviceRecord:
         """Record a new device (sqlite3.IntegrityError when the uuid exists, deleted or not).
         `seen=False` for a pre-registered device that has not connected yet."""
-        now = utc_now()
-        record = DeviceRecord(uuid=uuid, name=name, pubkey=pubkey, is_prod=is_prod, created_at=now,
-                              last_seen=now if seen else None, deny_listed=False, ca_serial=ca_serial,
-                              owner=owner, group=group)
-        self._execute(
-            "INSERT INTO devices (uuid, name, pubkey, is_prod, created_at, last_seen, ca_serial, owner, device_group)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (uuid, name, pubkey, int(is_prod), now, record.last_seen, ca_serial, owner, group),
-        )
+        record = new_device(uuid=uuid, name=name, pubkey=pubkey, is_prod=is_prod, ca_serial=ca_serial, owner=owner,
+                            group=group, seen=seen)
+        if not self.commit_device_writes(DeviceWrites(new={uuid: record})):
+            raise sqlite3.IntegrityError(f"device {uuid} exists")
         return record
+
+    def commit_device_writes(self, writes: DeviceWrites) -> set[str]:
+        """Record `writes` in one transaction, one fsync for all of them; the uuids of the new
+        devices recorded (one whose uuid exists already, deleted or not, is left out: another
+        connection or process registered it first)."""
+        added = set()
+        with self.transaction():
+            for record in writes.new.values():
+                cursor = self._execute(
+                    "INSERT INTO devices (uuid, name, pubkey, is_prod, created_at, last_seen, ca_serial, owner,"
+                    " device_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO NOTHING",
+                    (record.uuid, record.name, record.pubkey, int(record.is_prod), record.created_at,
+                     record.last_seen, record.ca_serial, record.owner, record.group),
+                )
+                if cursor.rowcount > 0:
+                    added.add(record.uuid)
+            if writes.seen:
+                with self._lock:
+                    self._conn.executemany(
+                        "UPDATE devices SET last_seen = ? WHERE uuid = ?", [(when, uuid) for uuid, when in writes.seen.items()]
+                    )
+        return added
 
     def devices_named(self, name: str) -> list[DeviceRecord]:
         rows = self._query("SELECT * FROM devices WHERE name = ? AND deny_listed = 0 ORDER BY uuid", (name,))
@@ -483,9 +526,6 @@ class Store:
     def denied_devices(self) -> list[DeviceRecord]:
         rows = self._query("SELECT * FROM devices WHERE deny_listed = 1 ORDER BY created_at, uuid").fetchall()
         return [_device_from_row(row) for row in rows]
-
-    def touch_device(self, uuid: str, when: str) -> None:
-        self._execute("UPDATE devices SET last_seen = ? WHERE uuid = ?", (when, uuid))
 
     def set_pending_key(self, uuid: str, pubkey: str, ca_serial: str) -> bool:
         """EST issued `uuid` a certificate for `pubkey`: the gateway accepts it beside the

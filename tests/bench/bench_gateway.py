@@ -12,7 +12,8 @@ it does not know.
    connection (user + system of its processes), which the client's share does not blur.
 2. First-request registrations: BENCH_REGISTRATIONS new devices, one new connection and
    `GET /device` each, BENCH_CONCURRENCY at once, from a client in this process (a thread per
-   connection in flight); the same certificates to nginx. Requests/s and p50/p99 latency.
+   connection in flight); the same certificates to nginx. Requests/s, p50/p99 latency and each
+   server's CPU per request.
 3. The fleet test bed: BENCH_FLEET distinct devices registered at BENCH_CONCURRENCY, once,
    then counted in the sandbox's store: every one registered exactly once, no failure.
 """
@@ -218,10 +219,13 @@ def registrations_suite(factory: Factory, gateway: Served, nginx: Nginx, base: P
     root, host = factory.pki / "factory_ca.pem", factory.gateway_host
     clients = [Client(make_devices(factory, base / f"new-{index}", REGISTRATIONS), root, host) for index in range(rounds)]
     latencies: dict[str, list[float]] = {"gateway": [], "nginx": []}
+    cpu: dict[str, list[float]] = {"gateway": [], "nginx": []}
 
-    def measure(name: str, port: int):
+    def measure(name: str, port: int, pids: list[int]):
         def run(index: int) -> float:
+            before = cpu_seconds(pids)
             rate, times, failures = clients[index].run(port)
+            cpu[name].append((cpu_seconds(pids) - before) / REGISTRATIONS * 1e6)
             if failures:
                 raise SystemExit(f"{failures} of {REGISTRATIONS} requests to the {name} failed")
             latencies[name].append(percentile(times, 0.99) * 1000)
@@ -230,7 +234,8 @@ def registrations_suite(factory: Factory, gateway: Served, nginx: Nginx, base: P
 
         return run
 
-    samples = common.alternate(rounds, {"gateway": measure("gateway", gateway.port), "nginx": measure("nginx", nginx.port)})
+    samples = common.alternate(rounds, {"gateway": measure("gateway", gateway.port, gateway.pids),
+                                        "nginx": measure("nginx", nginx.port, nginx_pids(nginx))})  # fmt: skip
     print(f"first-request registrations, {REGISTRATIONS} new devices a round at concurrency {CONCURRENCY}, the same "
           f"requests to nginx, {rounds} rounds alternated; {load.done()}")  # fmt: skip
     print(common.value_line("sandbox gateway (registers each)", samples["gateway"], "req/s", "{:,.0f}"))
@@ -241,6 +246,8 @@ def registrations_suite(factory: Factory, gateway: Served, nginx: Nginx, base: P
         print(common.value_line(f"{name} p50 / p99", latencies[f"{name} p50"], "ms", "{:,.0f}")
               + f" / {common.spread(latencies[name], '{:,.0f}')} ms")  # fmt: skip
     print(f"  {'gateway p99':<46} {common.verdict(common.median(latencies['gateway']), GOAL_P99_MS, at_most=True)} ms")
+    print(common.value_line("server CPU per request: gateway", cpu["gateway"], "us", "{:,.0f}"))
+    print(common.value_line("server CPU per request: nginx", cpu["nginx"], "us", "{:,.0f}"))
 
 
 def fleet_suite(factory: Factory, gateway: Served, base: Path) -> None:
