@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
-from fioca.api import _ssl_context
+from fioca import http_trust
+from fioca.api import HttpClient, _ssl_context
 from fioca.config import ClientCredentials, load_settings
 from fioca.errors import ConfigError
 from tests.conftest import FACTORY, KNOWN_SECRETS
@@ -170,10 +172,24 @@ def test_token_header_renames_the_header(cli, stub, tmp_path):
 
 def test_cacert_is_added_to_the_system_cas_not_put_in_their_place(stub, tmp_path):
     config = write_config(tmp_path / "fioctl.yaml", stub)
-    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    # What requests trusts on every verified connection: the system's CAs and certifi's bundle.
+    reference = ssl.create_default_context()
+    reference.load_verify_locations(cafile=requests.utils.DEFAULT_CA_BUNDLE_PATH)
+    trusted = reference.cert_store_stats()["x509_ca"]
     with_bundle = _ssl_context(load_settings(config=config, environ={})).cert_store_stats()["x509_ca"]
-    assert with_bundle == system + 1
-    assert system > 0, "the machine has a system CA store (ca-certificates)"
+    assert with_bundle == trusted + 1
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] > 0, "the machine has a system CA store"
+
+
+def test_certifis_bundle_is_loaded_once_into_the_context_not_again_per_connection(stub, tmp_path):
+    # The context holds the bundle requests would have urllib3 load at each new connection.
+    assert http_trust.certifi_bundle() == requests.utils.DEFAULT_CA_BUNDLE_PATH
+    api = HttpClient(load_settings(config=write_config(tmp_path / "fioctl.yaml", stub), environ={}))
+    pool = api._session.get_adapter(stub.url).get_connection_with_tls_context(
+        requests.Request("GET", stub.url).prepare(), verify=True
+    )
+    api._session.get_adapter(stub.url).cert_verify(pool, stub.url, True, None)
+    assert pool.cert_reqs == "CERT_REQUIRED" and pool.ca_certs is None
 
 
 def test_without_cacert_the_stubs_private_ca_is_not_trusted(cli, stub, tmp_path):

@@ -150,10 +150,15 @@ def create(
       fioca keys ca create ./pki --online-ca=false --yes
       fioca keys ca create ./pki --resume      # finish a run that stopped halfway
     """
+    # On the other core while the flow below loads: the TLS trust store, bwrap and the loader.
+    if not from_json:
+        from fioca import http_trust
+
+        http_trust.load_soon()
     if not (dry_run or no_jail):
         from fioca.pki import jail as jails
 
-        jails.probe_soon()  # bwrap and the loader run while the flow below loads
+        jails.probe_soon()
 
     from fioca.pki import create as flow
 
