@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fioca import facts
-from fioca.cli import hsm_options
+from fioca.cli import hsm_options, loading
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.lean import LeanCommand
 from fioca.cli.options import Format, yes_option
@@ -160,7 +160,8 @@ def create(
 
         jails.probe_soon()
 
-    from fioca.pki import create as flow
+    with loading():
+        from fioca.pki import create as flow
 
     app_ctx = app_context(ctx)
     _refuse_combinations(dry_run=dry_run, from_json=from_json, resume=resume, fresh_csrs=fresh_csrs)

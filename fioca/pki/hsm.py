@@ -19,8 +19,6 @@ SOFTHSM2_CONF) on the next use. No message raised here carries the PIN.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import hashlib
 import os
@@ -225,6 +223,8 @@ def _clear_openssl_errors() -> None:
 
 @functools.cache
 def _libcrypto() -> Any:
+    import ctypes.util  # HSM mode only: a create on a key file never loads ctypes
+
     name = ctypes.util.find_library("crypto")
     try:
         return ctypes.CDLL(name) if name else None
