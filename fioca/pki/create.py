@@ -32,6 +32,7 @@ from fioca.api import FactoryApi, is_configured
 from fioca.errors import ApiError, CheckError, FiocaError, Interrupted, RefusedError
 from fioca.pki import audit, hsm, profiles, reference
 from fioca.pki import jail as jails
+from fioca.pki.audit import parser as audit_parser
 from fioca.pki.asked import AskedCertificate, with_environment
 from fioca.pki.files import PkiDir
 from fioca.pki.hsm import HsmSettings
@@ -409,11 +410,13 @@ def audit_gate(start: Start, options: CreateOptions, jail: str, reporter: Report
         actual = hashlib.sha256(answer.scripts[name].encode()).hexdigest()
         if actual != expected.lower():
             raise RefusedError(f"script {name} has sha256 {actual}, not the pinned {expected}; nothing was run")
+    parsing = audit_parser.Parsing(answer.scripts)  # shfmt parses while the rest of the audit loads
     report = audit.audit_scripts(
         answer.scripts,
         hsm=start.plan.hsm,
         known=reference.known_sets(factory=answer.factory, local_ca_cn=answer.local_ca_cn),
         jail=jail,
+        parsing=parsing,
     )
     failing = report.failing(audit.Severity.HIGH)
     if failing and not options.dry_run:

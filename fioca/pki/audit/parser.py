@@ -8,7 +8,7 @@ The adapter fails closed. A parse error, a node type or field it does not know, 
 too deeply, or no `shfmt` at all gives a `ParseFailure` (the audit reports it as a HIGH
 `unparsable` finding with the line and shfmt's own message), never a partial tree.
 
-The four scripts are parsed by four `shfmt` processes at once (`parse_many`): shfmt spends
+The four scripts are parsed by four `shfmt` processes at once (`Parsing`): shfmt spends
 its time starting and printing JSON, not parsing, so one call over the four joined texts
 measured no faster, and separate calls keep one script from changing how another is read.
 """
@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -225,16 +226,25 @@ def parse(text: str) -> Script | ParseFailure:
     return parse_many({"": text})[""]
 
 
-def parse_many(texts: dict[str, str]) -> dict[str, Script | ParseFailure]:
-    """Every script by name, one shfmt process each, all running at once: shfmt spends its
-    time starting and printing JSON, not parsing, so this is what makes four scripts fast."""
-    binary = shfmt_path()
-    if binary is None:
-        return {name: _missing() for name in texts}
-    datas = {name: text.encode("utf-8", "surrogatepass") for name, text in texts.items()}
-    started = {name: _start(binary, data) for name, data in datas.items()}
-    return {name: _finish(process, datas[name]) if isinstance(process, subprocess.Popen) else process
-            for name, process in started.items()}  # fmt: skip
+def parse_many(texts: Mapping[str, object]) -> dict[str, Script | ParseFailure]:
+    """Every script by name (the texts among `texts`), one shfmt process each, all running at once."""
+    return Parsing(texts).trees()
+
+
+class Parsing:
+    """One shfmt process per script (each text among `scripts`), all started at once: shfmt
+    spends its time starting and printing JSON, not parsing, so this is what makes four scripts
+    fast. Started early, they parse while the caller goes on (create: while the walker loads);
+    `trees()` waits for them."""
+
+    def __init__(self, scripts: Mapping[str, object]):
+        binary = shfmt_path()
+        self._datas = {name: text.encode("utf-8", "surrogatepass") for name, text in scripts.items() if isinstance(text, str)}
+        self._started = {name: _start(binary, data) if binary else _missing() for name, data in self._datas.items()}
+
+    def trees(self) -> dict[str, Script | ParseFailure]:
+        return {name: _finish(process, self._datas[name]) if isinstance(process, subprocess.Popen) else process
+                for name, process in self._started.items()}  # fmt: skip
 
 
 def _start(binary: str, data: bytes) -> subprocess.Popen | ParseFailure:

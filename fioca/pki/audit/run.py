@@ -12,14 +12,17 @@ from fioca.pki.audit.report import AuditReport, Finding, ScriptAudit, Severity
 from fioca.pki.audit.state import World
 
 
-def audit_scripts(scripts: Mapping[str, object], *, hsm: bool, known: dict[str, dict[str, str]], jail: str) -> AuditReport:
+def audit_scripts(
+    scripts: Mapping[str, object], *, hsm: bool, known: dict[str, dict[str, str]], jail: str,
+    parsing: parser.Parsing | None = None,
+) -> AuditReport:
     """Audit every script (by name, in the order given) as a run in this mode would use it.
 
     `known` holds the script sets fioca knows (`reference.known_sets`), each by name; `jail`
-    says which jail a real run would use, for the report.
+    says which jail a real run would use, for the report; `parsing`, the parse of these very
+    `scripts` when the caller started it already.
     """
-    texts = {name: text for name, text in scripts.items() if isinstance(text, str)}
-    trees = parser.parse_many(texts)
+    trees = (parsing or parser.Parsing(scripts)).trees()
     report = AuditReport(hsm=hsm, jail=jail)
     worlds: dict[str, World] = {}
     for name, text in scripts.items():
