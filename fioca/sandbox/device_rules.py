@@ -138,7 +138,8 @@ class DeviceRules:
         record = self.store.device(presented.uuid)
         if record is None:
             self._check_may_register(presented.ca)
-            writes.new[presented.uuid] = self._new_device(presented, name=presented.uuid, group=None, seen=True)
+            # The first claim of the group is the one committed; a second key is refused after it.
+            writes.new.setdefault(presented.uuid, self._new_device(presented, name=presented.uuid, group=None, seen=True))
             return None
         record = self._check_known_device(record, presented)
         # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.

@@ -739,7 +739,11 @@ class DeviceConnection:
         it may wait once more: its uuid freed meanwhile, or a last_seen to commit first."""
         if self._presented is None or self._presented[0] is not self.loop.trust:
             return None
-        return registered.get(self._presented[1].uuid or "")
+        presented = self._presented[1]
+        record = registered.get(presented.uuid or "")
+        # Another connection of the group may have claimed the uuid with another key: the
+        # record committed is its, and this one is admitted again (and refused).
+        return record if record is not None and record.pubkey == presented.pubkey_pem else None
 
     def commit_failed(self) -> None:
         """The commit failed: nothing it held is promised; a 500 instead, and the connection ends."""

@@ -1,0 +1,75 @@
+"""Attacks on the gateway's event loop and its group commit: what one device (or a pair of
+them) can do to the gateway, and the guarantees that must hold all the same."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_gateway_support import Factory, make_device, new_uuid, running_factory
+
+from fioca.sandbox.store import DB_FILE_NAME
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
+    with running_factory(tmp_path_factory.mktemp("gateway-attacks")) as made:
+        yield made
+
+
+def _tls(factory: Factory, device) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(factory.root_file))
+    context.load_cert_chain(str(device.cert), str(device.key))
+    raw = socket.create_connection(("127.0.0.1", factory.gateway.port), timeout=15)
+    return context.wrap_socket(raw, server_hostname=factory.gateway.host)
+
+
+def _status(tls: ssl.SSLSocket) -> bytes:
+    received = b""
+    while b"\r\n" not in received:
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    match = re.match(rb"HTTP/1\.1 (\d{3}) ", received)
+    return match.group(1) if match else received
+
+
+def _db_locked(factory: Factory) -> sqlite3.Connection:
+    """Another process's write lock on the sandbox database (as `fioca devices` might hold)."""
+    locker = sqlite3.connect(factory.sandbox.store.path, isolation_level=None, timeout=1)
+    locker.execute("BEGIN IMMEDIATE")
+    return locker
+
+
+def test_one_uuid_with_two_keys_in_one_group_answers_only_the_registered_key(factory: Factory, tmp_path: Path) -> None:
+    """Two devices claim one uuid with different keys, their first requests in the same
+    group commit: only the key recorded may be answered as the device; the other is refused."""
+    uuid = new_uuid()
+    first = make_device(tmp_path / "first", factory.local_ca(), device_uuid=uuid)
+    second = make_device(tmp_path / "second", factory.local_ca(), device_uuid=uuid)
+    blocker = make_device(tmp_path / "blocker", factory.local_ca())
+    host = factory.gateway.host
+    request = f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    tls_blocker, tls_first, tls_second = _tls(factory, blocker), _tls(factory, first), _tls(factory, second)
+    locker = _db_locked(factory)
+    try:
+        tls_blocker.sendall(request)  # its commit waits for the lock: the next two share a group
+        time.sleep(0.5)
+        tls_first.sendall(request)
+        tls_second.sendall(request)
+        time.sleep(0.5)
+    finally:
+        locker.rollback()
+        locker.close()
+    statuses = sorted([_status(tls_first), _status(tls_second)])
+    for tls in (tls_blocker, tls_first, tls_second):
+        tls.close()
+    assert statuses == [b"200", b"403"]
