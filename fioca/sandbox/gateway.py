@@ -674,8 +674,11 @@ class DeviceConnection:
             if not chunk:
                 self._device_closed = True
                 return
+            if not self._received:
+                # A request has REQUEST_TIMEOUT_SECONDS from its first byte (or from the answer
+                # before it) to arrive whole: one byte now and then does not keep it open.
+                self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
             self._received += chunk
-            self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
 
     def _answer_received(self) -> None:
         """Answer the requests received whole, in order, each sent before the next is read;

@@ -73,3 +73,32 @@ def test_one_uuid_with_two_keys_in_one_group_answers_only_the_registered_key(fac
     for tls in (tls_blocker, tls_first, tls_second):
         tls.close()
     assert statuses == [b"200", b"403"]
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_off(factory: Factory, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slowloris: one byte of a request every little while must not keep a connection (and
+    one of the 4,096 places) forever; the request has REQUEST_TIMEOUT_SECONDS to arrive whole."""
+    from fioca.sandbox import gateway
+
+    monkeypatch.setattr(gateway, "REQUEST_TIMEOUT_SECONDS", 2)
+    tls = _tls(factory, make_device(tmp_path / "slow", factory.local_ca()))
+    try:
+        tls.settimeout(0.4)
+        closed = False
+        started = time.monotonic()
+        for byte in b"GET /device HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+            if time.monotonic() - started > 8:
+                break
+            try:
+                tls.sendall(bytes([byte]))
+                closed = tls.recv(1024) == b""
+            except TimeoutError:
+                continue
+            except (ssl.SSLError, OSError):
+                closed = True
+            if closed:
+                break
+        assert closed, "the gateway still waits for a request trickled for 8 s (its timeout is 2 s)"
+    finally:
+        tls.close()
