@@ -588,7 +588,11 @@ def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
         return None
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    request = HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive,
+    try:
+        path = urlsplit(target).path
+    except ValueError:  # "http://[::1": an IPv6 authority left open
+        raise BadRequest(400, "malformed request target") from None
+    request = HttpRequest(method=method, path=path, headers=headers, keep_alive=keep_alive,
                           body=bytes(data[start : start + length]))
     return request, start + length
 
@@ -733,6 +737,9 @@ class DeviceConnection:
             self._answer_received()
         except OSError as error:
             log.debug("connection from %s ended: %s", self.address[0], error)
+            self.close()
+        except Exception:  # as in on_ready: this connection ends, the others of its group go on
+            log.exception("internal error on the connection from %s", self.address[0])
             self.close()
 
     def _registered_now(self, registered: dict[str, DeviceRecord]) -> DeviceRecord | None:

@@ -102,3 +102,38 @@ def test_a_request_trickled_a_byte_at_a_time_is_cut_off(factory: Factory, tmp_pa
         assert closed, "the gateway still waits for a request trickled for 8 s (its timeout is 2 s)"
     finally:
         tls.close()
+
+
+def test_a_bad_pipelined_request_after_a_registration_does_not_stall_the_group(factory: Factory,
+                                                                                 tmp_path: Path) -> None:
+    """A device registering pipelines a request the parser chokes on (a target urlsplit
+    refuses): it gets a 400, and the other devices of its group commit are answered all the same."""
+    blocker = make_device(tmp_path / "blocker", factory.local_ca())
+    rogue = make_device(tmp_path / "rogue", factory.local_ca())
+    other = make_device(tmp_path / "other", factory.local_ca())
+    host = factory.gateway.host
+    request = f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    bad = f"GET /device HTTP/1.1\r\nHost: {host}\r\n\r\nGET http://[::1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    tls_blocker, tls_rogue, tls_other = _tls(factory, blocker), _tls(factory, rogue), _tls(factory, other)
+    locker = _db_locked(factory)
+    try:
+        tls_blocker.sendall(request)  # its commit waits for the lock: the next two share a group
+        time.sleep(0.3)
+        tls_rogue.sendall(bad)
+        time.sleep(0.3)
+        tls_other.sendall(request)
+        time.sleep(0.3)
+    finally:
+        locker.rollback()
+        locker.close()
+    try:
+        tls_other.settimeout(5)
+        assert _status(tls_other) == b"200"
+        tls_rogue.settimeout(5)
+        answers = b""
+        while chunk := tls_rogue.recv(65536):
+            answers += chunk
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200", b"400"]
+    finally:
+        for tls in (tls_blocker, tls_rogue, tls_other):
+            tls.close()
