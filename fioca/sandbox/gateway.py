@@ -586,8 +586,9 @@ def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
         raise BadRequest(413, "request body too large")
     if len(data) < start + length:
         return None
-    connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    # A list of tokens (RFC 9110 7.6.1): "close" among others closes all the same.
+    tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
+    keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens and "close" not in tokens
     try:
         path = urlsplit(target).path
     except ValueError:  # "http://[::1": an IPv6 authority left open

@@ -7,9 +7,9 @@ import re
 import socket
 import sqlite3
 import ssl
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,11 +42,28 @@ def _status(tls: ssl.SSLSocket) -> bytes:
     return match.group(1) if match else received
 
 
-def _db_locked(factory: Factory) -> sqlite3.Connection:
+@contextmanager
+def _db_locked(factory: Factory) -> Iterator[None]:
     """Another process's write lock on the sandbox database (as `fioca devices` might hold)."""
     locker = sqlite3.connect(factory.sandbox.store.path, isolation_level=None, timeout=1)
     locker.execute("BEGIN IMMEDIATE")
-    return locker
+    try:
+        yield
+    finally:
+        locker.rollback()
+        locker.close()
+
+
+def _in_one_group(factory: Factory, blocker: ssl.SSLSocket, *requests: tuple[ssl.SSLSocket, bytes]) -> None:
+    """Send `requests` while the blocker's first request waits for its commit (the database
+    locked): they land in the same next group, in this order."""
+    host = factory.gateway.host
+    with _db_locked(factory):
+        blocker.sendall(f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        for tls, request in requests:
+            time.sleep(0.3)
+            tls.sendall(request)
+        time.sleep(0.3)
 
 
 def test_one_uuid_with_two_keys_in_one_group_answers_only_the_registered_key(factory: Factory, tmp_path: Path) -> None:
@@ -59,16 +76,7 @@ def test_one_uuid_with_two_keys_in_one_group_answers_only_the_registered_key(fac
     host = factory.gateway.host
     request = f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     tls_blocker, tls_first, tls_second = _tls(factory, blocker), _tls(factory, first), _tls(factory, second)
-    locker = _db_locked(factory)
-    try:
-        tls_blocker.sendall(request)  # its commit waits for the lock: the next two share a group
-        time.sleep(0.5)
-        tls_first.sendall(request)
-        tls_second.sendall(request)
-        time.sleep(0.5)
-    finally:
-        locker.rollback()
-        locker.close()
+    _in_one_group(factory, tls_blocker, (tls_first, request), (tls_second, request))
     statuses = sorted([_status(tls_first), _status(tls_second)])
     for tls in (tls_blocker, tls_first, tls_second):
         tls.close()
@@ -115,17 +123,7 @@ def test_a_bad_pipelined_request_after_a_registration_does_not_stall_the_group(f
     request = f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     bad = f"GET /device HTTP/1.1\r\nHost: {host}\r\n\r\nGET http://[::1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     tls_blocker, tls_rogue, tls_other = _tls(factory, blocker), _tls(factory, rogue), _tls(factory, other)
-    locker = _db_locked(factory)
-    try:
-        tls_blocker.sendall(request)  # its commit waits for the lock: the next two share a group
-        time.sleep(0.3)
-        tls_rogue.sendall(bad)
-        time.sleep(0.3)
-        tls_other.sendall(request)
-        time.sleep(0.3)
-    finally:
-        locker.rollback()
-        locker.close()
+    _in_one_group(factory, tls_blocker, (tls_rogue, bad), (tls_other, request))
     try:
         tls_other.settimeout(5)
         assert _status(tls_other) == b"200"
@@ -137,3 +135,19 @@ def test_a_bad_pipelined_request_after_a_registration_does_not_stall_the_group(f
     finally:
         for tls in (tls_blocker, tls_rogue, tls_other):
             tls.close()
+
+
+@pytest.mark.parametrize("header", ["close, TE", "keep-alive, close", "Close"])
+def test_nothing_is_answered_after_connection_close_among_other_tokens(factory: Factory, tmp_path: Path,
+                                                                      header: str) -> None:
+    """`Connection` is a list of tokens (RFC 9110 7.6.1): `close` among others still closes."""
+    host = factory.gateway.host
+    with _tls(factory, make_device(tmp_path / "device", factory.local_ca())) as tls:
+        tls.sendall(f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: {header}\r\n\r\n"
+                    f"GET /device HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        tls.settimeout(5)
+        answers = b""
+        while chunk := tls.recv(65536):
+            answers += chunk
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200"]
+    assert b"Connection: close" in answers
