@@ -464,6 +464,8 @@ class GatewayLoop:
             return
         for uuid in sorted(added):
             log.info("registered device %s (device CA serial %s)", uuid, writes.new[uuid].ca_serial)
+        for uuid in sorted(writes.rotated):
+            log.info("device %s used the key EST certified: its rotation is committed", uuid)
         registered = {uuid: writes.new[uuid] for uuid in added}
         for connection in waiting:
             connection.committed(registered)

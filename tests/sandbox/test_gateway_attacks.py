@@ -151,3 +151,37 @@ def test_nothing_is_answered_after_connection_close_among_other_tokens(factory: 
             answers += chunk
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200"]
     assert b"Connection: close" in answers
+
+
+def test_a_key_rotation_does_not_stop_the_loop_while_the_database_is_locked(factory: Factory,
+                                                                            tmp_path: Path) -> None:
+    """A device's first request with the key EST certified completes its rotation, a write:
+    while another process holds the database's write lock, that write must wait on the
+    commit thread, not on the loop, which goes on serving the other devices."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    rotating = make_device(tmp_path / "old", factory.local_ca())
+    known = make_device(tmp_path / "known", factory.local_ca())
+    assert factory.get(rotating).status == 200 and factory.get(known).status == 200
+    rotated = make_device(tmp_path / "new", factory.local_ca(), device_uuid=rotating.uuid,
+                          key=ec.generate_private_key(ec.SECP256R1()))
+    store = factory.sandbox.store
+    assert store.set_pending_key(rotating.uuid, rotated.public_key_pem(), store.device(rotating.uuid).ca_serial)
+    host = factory.gateway.host
+    request = f"GET /device HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    tls_rotated, tls_known = _tls(factory, rotated), _tls(factory, known)
+    try:
+        with _db_locked(factory):
+            tls_rotated.sendall(request)
+            time.sleep(0.3)
+            started = time.monotonic()
+            tls_known.sendall(request)
+            tls_known.settimeout(4)
+            assert _status(tls_known) == b"200"
+            assert time.monotonic() - started < 2
+        tls_rotated.settimeout(15)
+        assert _status(tls_rotated) == b"200"
+        assert store.device(rotating.uuid).pubkey == rotated.public_key_pem()
+    finally:
+        tls_rotated.close()
+        tls_known.close()
