@@ -3,6 +3,7 @@ them) can do to the gateway, and the guarantees that must hold all the same."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import sqlite3
@@ -185,3 +186,46 @@ def test_a_key_rotation_does_not_stop_the_loop_while_the_database_is_locked(fact
     finally:
         tls_rotated.close()
         tls_known.close()
+
+
+def test_a_device_that_never_reads_its_answers_delays_nobody(factory: Factory, tmp_path: Path) -> None:
+    """Requests pipelined by the thousand, none of their answers read: the gateway stops
+    reading that connection (its buffers bounded) and serves the others at once."""
+    host = factory.gateway.host
+    greedy = _tls(factory, make_device(tmp_path / "greedy", factory.local_ca()))
+    try:
+        greedy.settimeout(0.05)
+        flood = f"GET /repo/1.root.json HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() * 200
+        with contextlib.suppress(TimeoutError, ssl.SSLWantWriteError):
+            for _ in range(200):
+                greedy.sendall(flood)
+        started = time.monotonic()
+        assert factory.get(make_device(tmp_path / "other", factory.local_ca())).status == 200
+        assert time.monotonic() - started < 2
+        tls = _tls(factory, make_device(tmp_path / "huge", factory.local_ca()))
+        tls.sendall(f"GET /device HTTP/1.1\r\nHost: {host}\r\nX-Huge: {'a' * 20000}\r\n\r\n".encode())
+        assert _status(tls) == b"431"
+        tls.close()
+    finally:
+        greedy.close()
+
+
+def test_a_commit_that_fails_answers_500_and_registers_nothing(factory: Factory, tmp_path: Path) -> None:
+    """The database locked by another process past the busy timeout (10 s): the device is
+    told 500, not "registered", nothing is recorded, and the loop serves on meanwhile."""
+    known = make_device(tmp_path / "known", factory.local_ca())
+    assert factory.get(known).status == 200
+    device = make_device(tmp_path / "device", factory.local_ca())
+    host = factory.gateway.host
+    tls = _tls(factory, device)
+    try:
+        with _db_locked(factory):
+            tls.sendall(f"GET /device HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            time.sleep(1)
+            assert factory.get(known).status == 200  # served while the commit waits
+            tls.settimeout(15)
+            assert _status(tls) == b"500"
+        assert factory.stored(device) is None
+        assert factory.get(device).status == 200  # a retry registers it
+    finally:
+        tls.close()
