@@ -574,17 +574,18 @@ def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
         name, colon, value = line.partition(":")
         if not colon:
             raise BadRequest(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and (not (value.isascii() and value.isdigit()) or headers.get(name, value) != value):
+            # 1*DIGIT, once: "1_0", "+5" or two that disagree would frame the requests after it two ways.
+            raise BadRequest(400, "malformed Content-Length")
+        headers[name] = value
     else:
         raise BadRequest(431, "too many headers")
     # The body (an EST CSR; other routes ignore it) is taken whole, so the next request parses.
     if "chunked" in headers.get("transfer-encoding", "").lower():
         raise BadRequest(411, "a request body needs a Content-Length")
-    try:
-        length = int(headers.get("content-length") or 0)
-    except ValueError:
-        length = -1
-    if not 0 <= length <= MAX_BODY_BYTES:
+    length = int(headers.get("content-length") or 0)
+    if length > MAX_BODY_BYTES:
         raise BadRequest(413, "request body too large")
     if len(data) < start + length:
         return None

@@ -229,3 +229,15 @@ def test_a_commit_that_fails_answers_500_and_registers_nothing(factory: Factory,
         assert factory.get(device).status == 200  # a retry registers it
     finally:
         tls.close()
+
+
+@pytest.mark.parametrize("lengths", [["1_0"], ["+5"], ["0", "5"]])
+def test_a_body_length_that_is_not_one_number_is_a_400(factory: Factory, tmp_path: Path, lengths: list[str]) -> None:
+    """Content-Length is 1*DIGIT, once (RFC 9112 6.3): `1_0` or two that disagree frame the
+    pipelined requests after it two ways; refused, the connection closed."""
+    host = factory.gateway.host
+    headers = "".join(f"Content-Length: {length}\r\n" for length in lengths)
+    with _tls(factory, make_device(tmp_path / "device", factory.local_ca())) as tls:
+        tls.sendall(f"POST /device HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode() + b"x" * 10)
+        tls.settimeout(5)
+        assert _status(tls) == b"400"
