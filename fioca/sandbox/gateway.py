@@ -314,6 +314,8 @@ class GatewayLoop:
         self.writes = DeviceWrites()  # the next group to commit
         self._after_commit: list[DeviceConnection] = []  # connections whose answer waits for that commit
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-commit")
+        self._est_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-est")
+        self._est_waiting: list[DeviceConnection] = []  # connections whose EST answer is being made
         # The group being committed: its writes, the connections waiting for it, its outcome.
         self._committing: tuple[DeviceWrites, list[DeviceConnection], Future[set[str]]] | None = None
         self._connections: set[DeviceConnection] = set()
@@ -338,6 +340,7 @@ class GatewayLoop:
         if self._thread is not None:
             self._thread.join()
         self._committer.shutdown(wait=True)  # a group being committed is, all the same
+        self._est_worker.shutdown(wait=True)
         for connection in list(self._connections):
             connection.close()
         self._selector.close()
@@ -444,9 +447,21 @@ class GatewayLoop:
         with contextlib.suppress(OSError):  # a byte is there already, or the loop has stopped
             self._wake_writer.send(b"x")
 
+    def run_est(self, connection: DeviceConnection, answer: Any) -> Future[Any]:
+        """Make an EST answer on the EST thread; `connection.est_answered` once it is made."""
+        self._unwatch(connection)
+        done = self._est_worker.submit(answer)
+        self._est_waiting.append(connection)
+        done.add_done_callback(lambda _done: self._wake())
+        return done
+
     def _woken(self) -> None:
         with contextlib.suppress(BlockingIOError):
             self._wake_reader.recv(4096)
+        answered = [connection for connection in self._est_waiting if connection.est_done()]
+        self._est_waiting = [connection for connection in self._est_waiting if connection not in answered]
+        for connection in answered:
+            connection.est_answered()
         if self._committing is not None and self._committing[2].done():
             writes, waiting, done = self._committing
             self._committing = None
@@ -622,6 +637,7 @@ class DeviceConnection:
         self._closing = False  # close once the answer is out
         self._waiting: HttpRequest | None = None  # a first request waiting for its registration's commit
         self._answer_waits = False  # the answer given tells what the next commit holds
+        self._est: tuple[HttpRequest, DeviceRecord, Future[Any]] | None = None  # an EST request its thread answers
         self._presented: tuple[TrustState, PresentedCert] | None = None
         self._closed = False
 
@@ -712,6 +728,8 @@ class DeviceConnection:
         """Answer `request` and send the answer; False when it waits for the next group commit
         (a registration, or an answer telling a last_seen not committed yet): `committed` goes on."""
         self._closing = not self._answer(request, registered)
+        if self._est is not None:
+            return False  # answered from the EST thread (est_answered)
         if self._waiting is not None or self._answer_waits:
             self._answer_waits = False
             self.loop.after_commit(self)
@@ -840,24 +858,48 @@ class DeviceConnection:
         return request.keep_alive
 
     def _answer_est(self, request: HttpRequest, device: DeviceRecord) -> bool:
-        """A request on the EST host: RFC 7030's operations, nothing else."""
+        """A request on the EST host: RFC 7030's operations, nothing else. An operation is
+        answered from the loop's EST thread (`est_answered`): it signs a certificate and writes
+        the pending key, which a database locked by another process would make the loop wait for."""
+        self._answer_waits = False  # an EST answer tells nothing of last_seen
         if is_est_path(request.path):
+            answer = functools.partial(
+                self.gateway.est.answer, request.method, request.path, request.headers, request.body,
+                device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
+            )
+            self._est = request, device, self.loop.run_est(self, answer)
+            return request.keep_alive
+        log.info("EST %s %s 404 (device %s)", request.method, request.path, device.uuid)
+        self._send(404, b"not found: the EST server serves /.well-known/est/\n", head=request.method == "HEAD",
+                   keep_alive=request.keep_alive, content_type=TEXT)
+        return request.keep_alive
+
+    def est_done(self) -> bool:
+        return self._est is None or self._est[2].done()
+
+    def est_answered(self) -> None:
+        """The EST thread answered this connection's request: send it, and go on."""
+        try:
+            assert self._est is not None
+            (request, device, done), self._est = self._est, None
             try:
-                answer = self.gateway.est.answer(
-                    request.method, request.path, request.headers, request.body,
-                    device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
-                )
+                answer = done.result()
             except Exception:
                 log.exception("internal error on EST %s %s", request.method, request.path)
                 self._send(500, b"internal EST server error\n", head=False, keep_alive=False, content_type=TEXT)
-                return False
-            status, payload, content_type, headers = answer.status, answer.body, answer.content_type, answer.headers
-        else:
-            status, payload, content_type, headers = 404, b"not found: the EST server serves /.well-known/est/\n", TEXT, ()
-        log.info("EST %s %s %s (device %s)", request.method, request.path, status, device.uuid)
-        self._send(status, payload, head=request.method == "HEAD", keep_alive=request.keep_alive,
-                   content_type=content_type, extra_headers=headers)
-        return request.keep_alive
+                self._closing = True
+            else:
+                log.info("EST %s %s %s (device %s)", request.method, request.path, answer.status, device.uuid)
+                self._send(answer.status, answer.body, head=request.method == "HEAD", keep_alive=request.keep_alive,
+                           content_type=answer.content_type, extra_headers=answer.headers)
+            self._flush()
+            self._answer_received()
+        except OSError as error:
+            log.debug("connection from %s ended: %s", self.address[0], error)
+            self.close()
+        except Exception:
+            log.exception("internal error on the connection from %s", self.address[0])
+            self.close()
 
     def _route(self, request: HttpRequest) -> tuple[int, Any]:
         repo = self.gateway.repo
