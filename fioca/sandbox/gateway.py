@@ -293,7 +293,8 @@ class GatewayLoop:
     goes on serving while the disk (or another process's write lock) keeps it; the writes
     gathered meanwhile are the next group. An answer that tells a device what is not committed
     yet goes out after that commit, and a first request waiting for its registration is
-    admitted again then: what a device is told is on the disk. The kernel wakes every process's
+    admitted again then: what a device is told is on the disk. EST operations (a signature and a
+    write each) are answered from a thread of their own too (`run_est`). The kernel wakes every process's
     loop on a new connection on the shared socket; one accept() wins it."""
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
