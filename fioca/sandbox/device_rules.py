@@ -131,16 +131,20 @@ class DeviceRules:
     def admit(self, presented: PresentedCert, writes: DeviceWrites) -> DeviceRecord | None:
         """A device's request at the gateway: its record (last_seen kept current through
         `writes`), or DeviceRefused, or None for a new device the rules let register: it is in
-        `writes` now, and the request is admitted again once they are committed. Runs on every
+        `writes` now, and the request is admitted again once they are committed (so is a
+        device's first use of the key EST certified: its rotation is in `writes`). Runs on every
         request, so a deletion, a disable or a revocation applies to connections already open."""
         self.check_certificate(presented)
         assert presented.uuid is not None and presented.ca is not None  # checked above
         record = self.store.device(presented.uuid)
         if record is None:
             self._check_may_register(presented.ca)
-            writes.new[presented.uuid] = self._new_device(presented, name=presented.uuid, group=None, seen=True)
+            # The first claim of the group is the one committed; a second key is refused after it.
+            writes.new.setdefault(presented.uuid, self._new_device(presented, name=presented.uuid, group=None, seen=True))
             return None
-        record = self._check_known_device(record, presented)
+        record = self._check_known_device(record, presented, writes)
+        if record is None:
+            return None  # its key rotation waits for the group commit
         # The timestamps are fixed-width ISO-8601 UTC: comparing the strings compares the times.
         stale = (datetime.now(UTC) - LAST_SEEN_RESOLUTION).strftime("%Y-%m-%dT%H:%M:%SZ")
         if record.last_seen is None or record.last_seen <= stale:
@@ -206,20 +210,20 @@ class DeviceRules:
         log.info("registered device %s (device CA serial %s)", record.uuid, record.ca_serial)
         return record
 
-    def _check_known_device(self, record: DeviceRecord, presented: PresentedCert) -> DeviceRecord:
+    def _check_known_device(self, record: DeviceRecord, presented: PresentedCert,
+                            writes: DeviceWrites) -> DeviceRecord | None:
         """The record of a known device presenting its key; the first use of a key EST
-        certified (`pending_pubkey`) completes the rotation: from then on only it is accepted."""
+        certified (`pending_pubkey`) completes the rotation: from then on only it is accepted.
+        That write is put in `writes` and None returned: admitted again after their commit."""
         if record.deny_listed:
             raise DeviceRefused(f"device {record.uuid} was deleted (it is on the deny-list)")
         if record.pubkey == presented.pubkey_pem:
             return record
         if record.pending_pubkey == presented.pubkey_pem:
-            if self.store.complete_rotation(record.uuid, presented.pubkey_pem):
-                log.info("device %s now uses the key EST certified (CA serial %s)", record.uuid, record.pending_ca_serial)
-            # Read again: a second connection of the device may have completed it first.
-            current = self.store.device(record.uuid)
-            if current is not None and not current.deny_listed and current.pubkey == presented.pubkey_pem:
-                return current
+            # A write: with the next group commit, on its thread, never on the loop (which a
+            # database locked by another process would stop); admitted again after it.
+            writes.rotated[record.uuid] = presented.pubkey_pem
+            return None
         raise DeviceRefused(f"device {record.uuid} is registered with another public key")
 
 

@@ -293,7 +293,8 @@ class GatewayLoop:
     goes on serving while the disk (or another process's write lock) keeps it; the writes
     gathered meanwhile are the next group. An answer that tells a device what is not committed
     yet goes out after that commit, and a first request waiting for its registration is
-    admitted again then: what a device is told is on the disk. The kernel wakes every process's
+    admitted again then: what a device is told is on the disk. EST operations (a signature and a
+    write each) are answered from a thread of their own too (`run_est`). The kernel wakes every process's
     loop on a new connection on the shared socket; one accept() wins it."""
 
     def __init__(self, address: tuple[str, int], gateway: DeviceGateway, listening: socket.socket | None = None):
@@ -314,6 +315,8 @@ class GatewayLoop:
         self.writes = DeviceWrites()  # the next group to commit
         self._after_commit: list[DeviceConnection] = []  # connections whose answer waits for that commit
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-commit")
+        self._est_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-gateway-est")
+        self._est_waiting: list[DeviceConnection] = []  # connections whose EST answer is being made
         # The group being committed: its writes, the connections waiting for it, its outcome.
         self._committing: tuple[DeviceWrites, list[DeviceConnection], Future[set[str]]] | None = None
         self._connections: set[DeviceConnection] = set()
@@ -338,6 +341,7 @@ class GatewayLoop:
         if self._thread is not None:
             self._thread.join()
         self._committer.shutdown(wait=True)  # a group being committed is, all the same
+        self._est_worker.shutdown(wait=True)
         for connection in list(self._connections):
             connection.close()
         self._selector.close()
@@ -444,9 +448,21 @@ class GatewayLoop:
         with contextlib.suppress(OSError):  # a byte is there already, or the loop has stopped
             self._wake_writer.send(b"x")
 
+    def run_est(self, connection: DeviceConnection, answer: Any) -> Future[Any]:
+        """Make an EST answer on the EST thread; `connection.est_answered` once it is made."""
+        self._unwatch(connection)
+        done = self._est_worker.submit(answer)
+        self._est_waiting.append(connection)
+        done.add_done_callback(lambda _done: self._wake())
+        return done
+
     def _woken(self) -> None:
         with contextlib.suppress(BlockingIOError):
             self._wake_reader.recv(4096)
+        answered = [connection for connection in self._est_waiting if connection.est_done()]
+        self._est_waiting = [connection for connection in self._est_waiting if connection not in answered]
+        for connection in answered:
+            connection.est_answered()
         if self._committing is not None and self._committing[2].done():
             writes, waiting, done = self._committing
             self._committing = None
@@ -464,6 +480,8 @@ class GatewayLoop:
             return
         for uuid in sorted(added):
             log.info("registered device %s (device CA serial %s)", uuid, writes.new[uuid].ca_serial)
+        for uuid in sorted(writes.rotated):
+            log.info("device %s used the key EST certified: its rotation is committed", uuid)
         registered = {uuid: writes.new[uuid] for uuid in added}
         for connection in waiting:
             connection.committed(registered)
@@ -572,23 +590,29 @@ def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
         name, colon, value = line.partition(":")
         if not colon:
             raise BadRequest(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and (not (value.isascii() and value.isdigit()) or headers.get(name, value) != value):
+            # 1*DIGIT, once: "1_0", "+5" or two that disagree would frame the requests after it two ways.
+            raise BadRequest(400, "malformed Content-Length")
+        headers[name] = value
     else:
         raise BadRequest(431, "too many headers")
     # The body (an EST CSR; other routes ignore it) is taken whole, so the next request parses.
     if "chunked" in headers.get("transfer-encoding", "").lower():
         raise BadRequest(411, "a request body needs a Content-Length")
-    try:
-        length = int(headers.get("content-length") or 0)
-    except ValueError:
-        length = -1
-    if not 0 <= length <= MAX_BODY_BYTES:
+    length = int(headers.get("content-length") or 0)
+    if length > MAX_BODY_BYTES:
         raise BadRequest(413, "request body too large")
     if len(data) < start + length:
         return None
-    connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-    request = HttpRequest(method=method, path=urlsplit(target).path, headers=headers, keep_alive=keep_alive,
+    # A list of tokens (RFC 9110 7.6.1): "close" among others closes all the same.
+    tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
+    keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens and "close" not in tokens
+    try:
+        path = urlsplit(target).path
+    except ValueError:  # "http://[::1": an IPv6 authority left open
+        raise BadRequest(400, "malformed request target") from None
+    request = HttpRequest(method=method, path=path, headers=headers, keep_alive=keep_alive,
                           body=bytes(data[start : start + length]))
     return request, start + length
 
@@ -614,6 +638,7 @@ class DeviceConnection:
         self._closing = False  # close once the answer is out
         self._waiting: HttpRequest | None = None  # a first request waiting for its registration's commit
         self._answer_waits = False  # the answer given tells what the next commit holds
+        self._est: tuple[HttpRequest, DeviceRecord, Future[Any]] | None = None  # an EST request its thread answers
         self._presented: tuple[TrustState, PresentedCert] | None = None
         self._closed = False
 
@@ -674,8 +699,11 @@ class DeviceConnection:
             if not chunk:
                 self._device_closed = True
                 return
+            if not self._received:
+                # A request has REQUEST_TIMEOUT_SECONDS from its first byte (or from the answer
+                # before it) to arrive whole: one byte now and then does not keep it open.
+                self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
             self._received += chunk
-            self.deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
 
     def _answer_received(self) -> None:
         """Answer the requests received whole, in order, each sent before the next is read;
@@ -701,6 +729,8 @@ class DeviceConnection:
         """Answer `request` and send the answer; False when it waits for the next group commit
         (a registration, or an answer telling a last_seen not committed yet): `committed` goes on."""
         self._closing = not self._answer(request, registered)
+        if self._est is not None:
+            return False  # answered from the EST thread (est_answered)
         if self._waiting is not None or self._answer_waits:
             self._answer_waits = False
             self.loop.after_commit(self)
@@ -731,6 +761,9 @@ class DeviceConnection:
         except OSError as error:
             log.debug("connection from %s ended: %s", self.address[0], error)
             self.close()
+        except Exception:  # as in on_ready: this connection ends, the others of its group go on
+            log.exception("internal error on the connection from %s", self.address[0])
+            self.close()
 
     def _registered_now(self, registered: dict[str, DeviceRecord]) -> DeviceRecord | None:
         """The record this connection's request registered, when the trust it was admitted
@@ -739,7 +772,11 @@ class DeviceConnection:
         it may wait once more: its uuid freed meanwhile, or a last_seen to commit first."""
         if self._presented is None or self._presented[0] is not self.loop.trust:
             return None
-        return registered.get(self._presented[1].uuid or "")
+        presented = self._presented[1]
+        record = registered.get(presented.uuid or "")
+        # Another connection of the group may have claimed the uuid with another key: the
+        # record committed is its, and this one is admitted again (and refused).
+        return record if record is not None and record.pubkey == presented.pubkey_pem else None
 
     def commit_failed(self) -> None:
         """The commit failed: nothing it held is promised; a 500 instead, and the connection ends."""
@@ -822,24 +859,48 @@ class DeviceConnection:
         return request.keep_alive
 
     def _answer_est(self, request: HttpRequest, device: DeviceRecord) -> bool:
-        """A request on the EST host: RFC 7030's operations, nothing else."""
+        """A request on the EST host: RFC 7030's operations, nothing else. An operation is
+        answered from the loop's EST thread (`est_answered`): it signs a certificate and writes
+        the pending key, which a database locked by another process would make the loop wait for."""
+        self._answer_waits = False  # an EST answer tells nothing of last_seen
         if is_est_path(request.path):
+            answer = functools.partial(
+                self.gateway.est.answer, request.method, request.path, request.headers, request.body,
+                device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
+            )
+            self._est = request, device, self.loop.run_est(self, answer)
+            return request.keep_alive
+        log.info("EST %s %s 404 (device %s)", request.method, request.path, device.uuid)
+        self._send(404, b"not found: the EST server serves /.well-known/est/\n", head=request.method == "HEAD",
+                   keep_alive=request.keep_alive, content_type=TEXT)
+        return request.keep_alive
+
+    def est_done(self) -> bool:
+        return self._est is None or self._est[2].done()
+
+    def est_answered(self) -> None:
+        """The EST thread answered this connection's request: send it, and go on."""
+        try:
+            assert self._est is not None
+            (request, device, done), self._est = self._est, None
             try:
-                answer = self.gateway.est.answer(
-                    request.method, request.path, request.headers, request.body,
-                    device=device, client_der=self.connection.getpeercert(binary_form=True) or b"",
-                )
+                answer = done.result()
             except Exception:
                 log.exception("internal error on EST %s %s", request.method, request.path)
                 self._send(500, b"internal EST server error\n", head=False, keep_alive=False, content_type=TEXT)
-                return False
-            status, payload, content_type, headers = answer.status, answer.body, answer.content_type, answer.headers
-        else:
-            status, payload, content_type, headers = 404, b"not found: the EST server serves /.well-known/est/\n", TEXT, ()
-        log.info("EST %s %s %s (device %s)", request.method, request.path, status, device.uuid)
-        self._send(status, payload, head=request.method == "HEAD", keep_alive=request.keep_alive,
-                   content_type=content_type, extra_headers=headers)
-        return request.keep_alive
+                self._closing = True
+            else:
+                log.info("EST %s %s %s (device %s)", request.method, request.path, answer.status, device.uuid)
+                self._send(answer.status, answer.body, head=request.method == "HEAD", keep_alive=request.keep_alive,
+                           content_type=answer.content_type, extra_headers=answer.headers)
+            self._flush()
+            self._answer_received()
+        except OSError as error:
+            log.debug("connection from %s ended: %s", self.address[0], error)
+            self.close()
+        except Exception:
+            log.exception("internal error on the connection from %s", self.address[0])
+            self.close()
 
     def _route(self, request: HttpRequest) -> tuple[int, Any]:
         repo = self.gateway.repo

@@ -221,12 +221,13 @@ class DeviceWrites:
 
     new: dict[str, DeviceRecord] = field(default_factory=dict)  # uuid -> the device to record
     seen: dict[str, str] = field(default_factory=dict)  # uuid -> its new last_seen
+    rotated: dict[str, str] = field(default_factory=dict)  # uuid -> the pending key it used (complete_rotation)
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.seen)
+        return bool(self.new or self.seen or self.rotated)
 
     def __contains__(self, uuid: str) -> bool:
-        return uuid in self.new or uuid in self.seen
+        return uuid in self.new or uuid in self.seen or uuid in self.rotated
 
 
 @dataclass(frozen=True)
@@ -512,6 +513,8 @@ class Store:
                 )
                 if cursor.rowcount > 0:
                     added.add(record.uuid)
+            for uuid, pubkey in writes.rotated.items():
+                self.complete_rotation(uuid, pubkey)  # not when the pending key changed meanwhile
             if writes.seen:
                 with self._lock:
                     self._conn.executemany(
