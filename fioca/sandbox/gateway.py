@@ -92,7 +92,10 @@ REQUEST_TIMEOUT_SECONDS = 30
 MAX_BODY_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8 * 1024
 MAX_HEADERS = 100
-MAX_REQUEST_BYTES = (MAX_HEADERS + 2) * MAX_LINE_BYTES + MAX_BODY_BYTES  # received and not answered yet
+# All of a request's head, as nginx allows by default (4 x 8 KiB): at 100 lines of 8 KiB, an
+# unfinished request held 900 KiB, 3.7 GB over 4,096 connections of one device.
+MAX_HEAD_BYTES = 32 * 1024
+MAX_REQUEST_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES  # received and not answered yet
 RECEIVE_BYTES = 64 * 1024
 MAX_CONNECTIONS = 4096  # open in one process at once; past it accept() waits for a close
 ACCEPT_BATCH = 16  # connections taken per wake-up, so the other processes get their share
@@ -579,10 +582,12 @@ def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
     headers: dict[str, str] = {}
     start = end + 1
     for _ in range(MAX_HEADERS + 1):
-        end = data.find(b"\n", start, start + MAX_LINE_BYTES)
+        end = data.find(b"\n", start, min(start + MAX_LINE_BYTES, MAX_HEAD_BYTES))
         if end < 0:
             if len(data) - start >= MAX_LINE_BYTES:
                 raise BadRequest(431, "header line too long")
+            if len(data) >= MAX_HEAD_BYTES:
+                raise BadRequest(431, "request head too large")
             return None
         line, start = data[start:end].decode("latin-1"), end + 1
         if line in ("", "\r"):

@@ -202,12 +202,22 @@ def test_a_device_that_never_reads_its_answers_delays_nobody(factory: Factory, t
         started = time.monotonic()
         assert factory.get(make_device(tmp_path / "other", factory.local_ca())).status == 200
         assert time.monotonic() - started < 2
-        tls = _tls(factory, make_device(tmp_path / "huge", factory.local_ca()))
-        tls.sendall(f"GET /device HTTP/1.1\r\nHost: {host}\r\nX-Huge: {'a' * 20000}\r\n\r\n".encode())
-        assert _status(tls) == b"431"
-        tls.close()
     finally:
         greedy.close()
+
+
+@pytest.mark.parametrize("head", [
+    "X-Huge: " + "a" * 20000 + "\r\n",
+    "".join(f"X-Line-{n}: {'a' * 8000}\r\n" for n in range(5)),  # each line allowed, not all five
+], ids=["one line too long", "a head too large"])  # fmt: skip
+def test_a_request_head_past_its_bounds_is_a_431(factory: Factory, tmp_path: Path, head: str) -> None:
+    """100 header lines of 8 KiB each were allowed: 900 KiB held per unfinished request."""
+    tls = _tls(factory, make_device(tmp_path / "huge", factory.local_ca()))
+    try:
+        tls.sendall(f"GET /device HTTP/1.1\r\nHost: {factory.gateway.host}\r\n{head}\r\n".encode())
+        assert _status(tls) == b"431"
+    finally:
+        tls.close()
 
 
 def test_a_commit_that_fails_answers_500_and_registers_nothing(factory: Factory, tmp_path: Path) -> None:
