@@ -131,3 +131,13 @@ def test_a_dry_run_needs_no_pin(monkeypatch):
 
 def test_no_module_means_no_hsm():
     assert resolve_hsm(ctx(FakeTerminal(interactive=False)), None, None, None) is None
+
+
+def test_the_settings_a_runner_is_handed_back_carry_only_the_modules_configuration():
+    """of_script_env inverts script_env: the server values fioca's scripts also get (FACTORY,
+    LOCAL_CA_CN) are no module configuration, set in fioca's environment for each token session."""
+    from fioca.pki import reference
+
+    settings = hsm.HsmSettings("/usr/lib/softhsm/libsofthsm2.so", "root", "1234", (("SOFTHSM2_CONF", "/etc/s.conf"),))
+    env = {**reference.script_env(factory="acme", local_ca_cn="fio-" + "a" * 24), **settings.script_env()}
+    assert hsm.HsmSettings.of_script_env(env) == settings

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from fioca.errors import CheckError, ConfigError, RefusedError
 from fioca.pki.profiles.details import same_key
+from fioca.pki.reference import SCRIPT_VALUE_VARS
 
 ROOT_KEY_LABEL = "root-ca"
 ROOT_KEY_ID = b"\x01"
@@ -101,9 +102,10 @@ class HsmSettings:
     @classmethod
     def of_script_env(cls, env: Mapping[str, str]) -> HsmSettings:
         """The settings `script_env()` was made from (what the script runner is handed)."""
-        own = ("HSM_MODULE", "HSM_TOKEN_LABEL", "HSM_PIN")
+        # What is left once the HSM's own and the server values are taken out: the module's configuration.
+        not_module = ("HSM_MODULE", "HSM_TOKEN_LABEL", "HSM_PIN", *SCRIPT_VALUE_VARS)
         return cls(env["HSM_MODULE"], env.get("HSM_TOKEN_LABEL", ""), env.get("HSM_PIN", ""),
-                   tuple((name, value) for name, value in env.items() if name not in own))
+                   tuple((name, value) for name, value in env.items() if name not in not_module))
 
     def describe(self) -> dict[str, Any]:
         """For the dry-run: the script environment by name, the PIN's value hidden."""

@@ -46,13 +46,17 @@ def bundled() -> dict[str, str]:
     return dict(_texts(FIOCA))
 
 
+# The server values fioca's own scripts take from their environment, in script_env's order.
+SCRIPT_VALUE_VARS = ("FACTORY", "LOCAL_CA_CN")
+
+
 def script_env(*, factory: str, local_ca_cn: str) -> dict[str, str]:
     """The environment fioca's own scripts take their values from, each checked for its shape."""
     factory = shapes.factory_name(factory, "the settings")
     polis = local_ca_cn.removeprefix("fio-")
     if local_ca_cn != shapes.local_ca_cn(shapes.polis_id(polis, "the local CA's CN")):
         raise shapes.ShapeError(f"the local CA's CN must be fio-<polis-id>, got {local_ca_cn!r}")
-    return {"FACTORY": factory, "LOCAL_CA_CN": local_ca_cn}
+    return dict(zip(SCRIPT_VALUE_VARS, (factory, local_ca_cn), strict=True))
 
 
 def api_scripts(revision: str, *, factory: str, local_ca_cn: str) -> dict[str, str]:

@@ -98,3 +98,13 @@ def test_a_group_commit_records_each_new_device_once(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store.add_device(uuid=known, name="again", pubkey="PEM")
     store.close()
+
+
+def test_every_commit_of_the_store_is_fsynced(tmp_path: Path) -> None:
+    """A registration the gateway answered is on the disk: SQLite's FULL (2) syncs the WAL at
+    every commit; NORMAL, as before, syncs only at checkpoints."""
+    store = Store(tmp_path)
+    try:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        store.close()
