@@ -62,11 +62,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -81,6 +78,7 @@ from fioca.sandbox.device_rules import (
     read_presented,
 )
 from fioca.sandbox.est import TEXT, EstService, is_est_path
+from fioca.sandbox.http_wire import MAX_REQUEST_BYTES, REASONS, BadRequest, HttpRequest, http_date, parse_request
 from fioca.sandbox.shared_pki import SharedPki
 from fioca.sandbox.store import DeviceRecord, DeviceWrites
 from fioca.sandbox.tuf import TufRepo
@@ -89,13 +87,6 @@ log = logging.getLogger("fioca.sandbox.gateway")
 
 HANDSHAKE_TIMEOUT_SECONDS = 10
 REQUEST_TIMEOUT_SECONDS = 30
-MAX_BODY_BYTES = 64 * 1024
-MAX_LINE_BYTES = 8 * 1024
-MAX_HEADERS = 100
-# All of a request's head, as nginx allows by default (4 x 8 KiB): at 100 lines of 8 KiB, an
-# unfinished request held 900 KiB, 3.7 GB over 4,096 connections of one device.
-MAX_HEAD_BYTES = 32 * 1024
-MAX_REQUEST_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES  # received and not answered yet
 RECEIVE_BYTES = 64 * 1024
 MAX_CONNECTIONS = 4096  # open in one process at once; past it accept() waits for a close
 ACCEPT_BATCH = 16  # connections taken per wake-up, so the other processes get their share
@@ -111,7 +102,6 @@ READY_LINE = b"ready\n"
 # refuses an expired device certificate with a readable 403 instead of a bare TLS alert.
 VERIFY_NO_CHECK_TIME = 0x200000
 JSON = "application/json"
-REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
 def create_gateway(context: GatewayContext) -> DeviceGateway:
@@ -547,81 +537,6 @@ def _read_line(stream: Any, timeout: float) -> bytes:
     return stream.readline()
 
 
-@dataclass(frozen=True)
-class HttpRequest:
-    method: str
-    path: str
-    headers: dict[str, str]  # names lower-cased
-    keep_alive: bool
-    body: bytes = b""
-
-
-class BadRequest(Exception):
-    """The bytes on the connection are not an HTTP/1.x request we serve; answer and close."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def parse_request(data: bytearray) -> tuple[HttpRequest, int] | None:
-    """The first HTTP/1.x request in `data` and how many bytes it took; None while it is not
-    all there. A small parser of its own: http.server's goes through the email package for
-    headers, which costs more than the rest of a request here (see the gateway benchmark)."""
-    end = data.find(b"\n", 0, MAX_LINE_BYTES)
-    if end < 0:
-        if len(data) >= MAX_LINE_BYTES:
-            raise BadRequest(414, "request line too long")
-        return None
-    try:
-        method, target, version = data[:end].decode("latin-1").split()
-    except ValueError:
-        raise BadRequest(400, "malformed request line") from None
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise BadRequest(505, f"unsupported protocol {version}")
-    headers: dict[str, str] = {}
-    start = end + 1
-    for _ in range(MAX_HEADERS + 1):
-        end = data.find(b"\n", start, min(start + MAX_LINE_BYTES, MAX_HEAD_BYTES))
-        if end < 0:
-            if len(data) - start >= MAX_LINE_BYTES:
-                raise BadRequest(431, "header line too long")
-            if len(data) >= MAX_HEAD_BYTES:
-                raise BadRequest(431, "request head too large")
-            return None
-        line, start = data[start:end].decode("latin-1"), end + 1
-        if line in ("", "\r"):
-            break
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise BadRequest(400, "malformed header line")
-        name, value = name.strip().lower(), value.strip()
-        if name == "content-length" and (not (value.isascii() and value.isdigit()) or headers.get(name, value) != value):
-            # 1*DIGIT, once: "1_0", "+5" or two that disagree would frame the requests after it two ways.
-            raise BadRequest(400, "malformed Content-Length")
-        headers[name] = value
-    else:
-        raise BadRequest(431, "too many headers")
-    # The body (an EST CSR; other routes ignore it) is taken whole, so the next request parses.
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        raise BadRequest(411, "a request body needs a Content-Length")
-    length = int(headers.get("content-length") or 0)
-    if length > MAX_BODY_BYTES:
-        raise BadRequest(413, "request body too large")
-    if len(data) < start + length:
-        return None
-    # A list of tokens (RFC 9110 7.6.1): "close" among others closes all the same.
-    tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
-    keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens and "close" not in tokens
-    try:
-        path = urlsplit(target).path
-    except ValueError:  # "http://[::1": an IPv6 authority left open
-        raise BadRequest(400, "malformed request target") from None
-    request = HttpRequest(method=method, path=path, headers=headers, keep_alive=keep_alive,
-                          body=bytes(data[start : start + length]))
-    return request, start + length
-
-
 class DeviceConnection:
     """One device's TLS connection in the loop: the handshake, then HTTP/1.x requests
     answered in order, until either side closes. `on_ready` takes the next step the socket
@@ -940,7 +855,7 @@ class DeviceConnection:
         lines = [
             f"HTTP/1.1 {status} {REASONS.get(status, '')}",
             "Server: fioca-sandbox-gateway",
-            f"Date: {_http_date(int(time.time()))}",
+            f"Date: {http_date(int(time.time()))}",
             f"Content-Type: {content_type}",
             f"Content-Length: {len(payload)}",
             *(f"{name}: {value}" for name, value in extra_headers),
@@ -965,9 +880,3 @@ def device_json(device: DeviceRecord, factory: str) -> dict[str, Any]:
         "created_at": device.created_at,
         "last_seen": device.last_seen,
     }
-
-
-@functools.lru_cache(maxsize=1)
-def _http_date(second: int) -> str:
-    """The Date header for a Unix time: made once a second, not once an answer."""
-    return formatdate(second, usegmt=True)
