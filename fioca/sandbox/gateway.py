@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -574,7 +575,7 @@ class DeviceConnection:
         return cls(loop, connection, address, state)
 
     def on_ready(self) -> None:
-        try:
+        with self._ended_on_error():
             if not self._handshaken and not self._handshake():
                 return
             if self._outgoing and not self._flush():
@@ -582,6 +583,13 @@ class DeviceConnection:
             if self._waiting is None:
                 self._receive()
                 self._answer_received()
+
+    @contextlib.contextmanager
+    def _ended_on_error(self) -> Iterator[None]:
+        """Around each step the loop calls: an error ends this connection, and only it (the
+        loop and the other connections, those of its commit group too, go on)."""
+        try:
+            yield
         except OSError as error:  # the device went away mid-request (ssl.SSLError included)
             log.debug("connection from %s ended: %s", self.address[0], error)
             self.close()
@@ -672,18 +680,12 @@ class DeviceConnection:
         """The commit this connection waited for is done: the waiting first request is
         answered, the answer goes out, and the connection goes on. `registered`: the devices
         that commit recorded, by uuid."""
-        try:
+        with self._ended_on_error():
             request, self._waiting = self._waiting, None
             if request is not None and not self._answer_or_wait(request, self._registered_now(registered)):
                 return
             self._flush()
             self._answer_received()
-        except OSError as error:
-            log.debug("connection from %s ended: %s", self.address[0], error)
-            self.close()
-        except Exception:  # as in on_ready: this connection ends, the others of its group go on
-            log.exception("internal error on the connection from %s", self.address[0])
-            self.close()
 
     def _registered_now(self, registered: dict[str, DeviceRecord]) -> DeviceRecord | None:
         """The record this connection's request registered, when the trust it was admitted
@@ -800,7 +802,7 @@ class DeviceConnection:
 
     def est_answered(self) -> None:
         """The EST thread answered this connection's request: send it, and go on."""
-        try:
+        with self._ended_on_error():
             assert self._est is not None
             (request, device, done), self._est = self._est, None
             try:
@@ -815,12 +817,6 @@ class DeviceConnection:
                            content_type=answer.content_type, extra_headers=answer.headers)
             self._flush()
             self._answer_received()
-        except OSError as error:
-            log.debug("connection from %s ended: %s", self.address[0], error)
-            self.close()
-        except Exception:
-            log.exception("internal error on the connection from %s", self.address[0])
-            self.close()
 
     def _route(self, request: HttpRequest) -> tuple[int, Any]:
         repo = self.gateway.repo
