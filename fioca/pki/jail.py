@@ -394,9 +394,7 @@ def token_backend(env: Mapping[str, str]) -> str:
     """How SoftHSM2 keeps the token in `token_folder(env)`: "file" (a file per object, its
     default) or "db" (one sqlite3.db), as its configuration says."""
     conf = _softhsm2_conf(env["HSM_MODULE"], env)
-    text = Path(conf).read_text(encoding="utf-8", errors="replace") if conf else ""
-    found = re.search(r"^\s*objectstore\.backend\s*=\s*(\S+)\s*$", text, re.MULTILINE)
-    return found.group(1) if found else "file"
+    return (_softhsm2_setting(conf, "objectstore.backend") if conf else None) or "file"
 
 
 @functools.cache
@@ -456,13 +454,18 @@ def _softhsm2_conf(module: str, env: Mapping[str, str]) -> str | None:
     return conf
 
 
-def _softhsm2_tokendir(conf: str) -> str:
+def _softhsm2_setting(conf: str, name: str) -> str | None:
+    """The value of `name = ...` in a SoftHSM2 configuration file, None when it is not set."""
     try:
         text = Path(conf).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read the SoftHSM2 configuration {conf}: {exc.strerror}") from None
-    found = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", text, re.MULTILINE)
-    tokendir = found.group(1) if found else None
+    found = re.search(rf"^\s*{re.escape(name)}\s*=\s*(.+?)\s*$", text, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def _softhsm2_tokendir(conf: str) -> str:
+    tokendir = _softhsm2_setting(conf, "directories.tokendir")
     if not tokendir or not os.path.isabs(tokendir) or not os.path.isdir(tokendir):
         raise ConfigError(f"{conf} names no token dir (directories.tokendir) that exists; the script jail needs it")
     return tokendir
