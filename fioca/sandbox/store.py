@@ -9,8 +9,8 @@ hashes only: a copy of the db does not hold a usable access token), and injected
 The db file holds private keys and the token, so it is created 0600 (SQLite gives its WAL and
 shm files the same mode). Writes and transactions go through one connection shared by every
 thread behind a re-entrant lock. A read outside a transaction goes through a connection of
-the reading thread's own: WAL readers wait neither for each other nor for the writer, so the
-gateway's threads (a device lookup on every request) do not queue behind one lock. WAL mode
+the reading thread's own: WAL readers wait neither for each other nor for the writer, so a
+gateway's loop (a device lookup on every request) does not queue behind its commit thread. WAL mode
 also lets a second process (the CLI's `devices` command) read while the server runs.
 `synchronous=FULL`: a commit is on the disk (the WAL fsync'ed) before it returns, so what the
 sandbox answered (a device registered, a certificate accepted) survives a crash of the
