@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import sqlite3
 import ssl
 import time
@@ -16,8 +15,6 @@ from pathlib import Path
 import pytest
 from test_gateway_support import Factory, make_device, new_uuid, running_factory
 
-from fioca.sandbox.store import DB_FILE_NAME
-
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
@@ -26,10 +23,7 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
 
 
 def _tls(factory: Factory, device) -> ssl.SSLSocket:
-    context = ssl.create_default_context(cafile=str(factory.root_file))
-    context.load_cert_chain(str(device.cert), str(device.key))
-    raw = socket.create_connection(("127.0.0.1", factory.gateway.port), timeout=15)
-    return context.wrap_socket(raw, server_hostname=factory.gateway.host)
+    return factory.gateway.tls(device, cafile=factory.root_file, timeout=15)
 
 
 def _status(tls: ssl.SSLSocket) -> bytes:

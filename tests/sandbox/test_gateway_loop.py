@@ -26,11 +26,7 @@ def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Factory]:
 
 
 def _tls(factory: Factory, folder: Path) -> ssl.SSLSocket:
-    device = make_device(folder, factory.local_ca())
-    context = ssl.create_default_context(cafile=str(factory.root_file))
-    context.load_cert_chain(str(device.cert), str(device.key))
-    raw = socket.create_connection(("127.0.0.1", factory.gateway.port), timeout=10)
-    return context.wrap_socket(raw, server_hostname=factory.gateway.host)
+    return factory.gateway.tls(make_device(folder, factory.local_ca()), cafile=factory.root_file)
 
 
 def _answers(tls: ssl.SSLSocket) -> bytes:

@@ -84,25 +84,30 @@ class Gateway:
     def get(self, device: Device, path: str = "/device", *, cafile: Path, headers: dict[str, str] | None = None,
             method: str = "GET") -> Reply:
         """One request on a fresh mTLS connection; ssl.SSLError / ConnectionError when refused."""
-        context = ssl.create_default_context(cafile=str(cafile))
-        context.load_cert_chain(str(device.cert), str(device.key))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname=self.host) as tls:
-                connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
-                connection.sock = tls  # reuse our verified socket
-                connection.request(method, path, headers=headers or {})
-                response = connection.getresponse()
-                return Reply(response.status, response.read(), tls.getpeercert(binary_form=True))
+        with self.tls(device, cafile=cafile) as tls:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            connection.sock = tls  # reuse our verified socket
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, response.read(), tls.getpeercert(binary_form=True))
 
     def session(self, device: Device, *, cafile: Path) -> KeptConnection:
         """One mTLS connection kept open for several requests (keep-alive)."""
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        connection.sock = self.tls(device, cafile=cafile)
+        return KeptConnection(connection)
+
+    def tls(self, device: Device, *, cafile: Path, timeout: float = 10) -> ssl.SSLSocket:
+        """An mTLS connection as `device`, handshake done, for the caller to speak HTTP on
+        (byte by byte if it likes) and close; ssl.SSLError / ConnectionError when refused."""
         context = ssl.create_default_context(cafile=str(cafile))
         context.load_cert_chain(str(device.cert), str(device.key))
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        tls = context.wrap_socket(raw, server_hostname=self.host)
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
-        connection.sock = tls
-        return KeptConnection(connection)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            return context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
 
     def refused_handshake(self, device: Device, *, cafile: Path) -> Exception:
         """Assert the TLS layer refuses the device (no HTTP answer at all); the error raised."""
