@@ -85,7 +85,8 @@ class TokenWatch:
         except ConfigError:  # refused (CKA_DESTROYABLE false): in a SoftHSM2 folder, its file goes
             kept = True
         if self.object_folder:
-            left += self._object_files_made(script, remove=kept)
+            # The objects as they are now: read again only when some were destroyed above.
+            left += self._object_files_made(script, token_objects(self.settings) if foreign else now, remove=kept)
         elif kept:
             raise ScriptError(
                 f"script {script} left on the HSM token what fioca never makes there ({_some(left)}); "
@@ -98,14 +99,13 @@ class TokenWatch:
                 "it was removed and nothing the script made was used"
             )
 
-    def _object_files_made(self, script: str, *, remove: bool) -> list[str]:
+    def _object_files_made(self, script: str, now: Counter[tuple[str, str, bytes]], *, remove: bool) -> list[str]:
         """The SoftHSM2 folder holds one object file per object, one new file per new object.
         Else (a file named as SoftHSM2 names an object, the PIN in it, that the token does not
         show; an object put in place of one the script deleted, the root's public key), or with
         `remove`, which file is which cannot be told: every object file the script made goes,
-        and their names are returned."""
+        and their names are returned. `now`: the objects the token shows."""
         files = _object_files(self.object_folder)
-        now = token_objects(self.settings)
         made = sorted(set(files) - self.files)
         if not remove and len(made) == sum((now - self.before).values()) and len(files) == sum(now.values()):
             _renamed(self.object_folder, made)  # their names (UUIDs) were the script's to choose: the PIN's, say
