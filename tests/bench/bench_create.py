@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,11 +44,6 @@ jq -n --rawfile root factory_ca.pem --rawfile tls tls-crt --rawfile ca ca-crt \
 curl -sf --cacert "$CACERT" -X PATCH -H "Content-Type: application/json" -H "OSF-TOKEN: $TOKEN" \
   --data-binary @patch.json "$CERTS_URL" > /dev/null
 """
-
-
-def _fioca_command() -> list[str]:
-    script = Path(sys.executable).with_name("fioca")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -104,7 +98,7 @@ def run_flow(base: Path, flow: str, n: int) -> float:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FIOCTL_")}
         if flow == "fioca":
             env["FIOCTL_CONFIG"] = str(box.data_dir / "fioctl.yaml")
-            return _timed([*_fioca_command(), "keys", "ca", "create", str(base / f"pki-{n}"), "--yes"], env)
+            return _timed([*common.fioca_command(), "keys", "ca", "create", str(base / f"pki-{n}"), "--yes"], env)
         work = base / f"hand-{n}"
         work.mkdir()
         env.update(WORK=str(work), CACERT=str(info.cacert), TOKEN=info.token,

@@ -21,11 +21,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.bench import common
 from tests.drill import Drill
 from tests.est_support import authorized, offline_devices
 from tests.test_device_support import Factory
@@ -36,16 +36,11 @@ DRILL_ROUNDS = int(os.environ.get("BENCH_DRILL_ROUNDS", "2"))
 DISK_TMP = os.environ.get("BENCH_DISK_TMP", "/var/tmp")
 
 
-def _fioca_command() -> list[str]:
-    script = Path(sys.executable).with_name("fioca")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
-
-
 def rotation_rate(factory: Factory, fleet: Path, count: int) -> float:
     """One rotation of the whole fleet by the installed command: devices/s, start-up included."""
     env = {**os.environ, **factory.env, "HOME": str(factory.home)}
     start = time.perf_counter()
-    done = subprocess.run([*_fioca_command(), "device", "rotate-cert", str(fleet), "--fleet", "--format", "json"],
+    done = subprocess.run([*common.fioca_command(), "device", "rotate-cert", str(fleet), "--fleet", "--format", "json"],
                           env=env, capture_output=True, text=True, timeout=3600)  # fmt: skip
     elapsed = time.perf_counter() - start
     if done.returncode != 0:

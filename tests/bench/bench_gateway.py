@@ -27,7 +27,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,11 +45,6 @@ GOAL_REGISTRATIONS = 0.8
 GOAL_P99_MS = 250
 
 
-def fioca() -> list[str]:
-    script = Path(sys.executable).with_name("fioca")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
-
-
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FIOCTL_")}
 
@@ -63,7 +57,7 @@ class Served:
 
     def __init__(self, factory: Factory):
         self.process = subprocess.Popen(
-            [*fioca(), "sandbox", "serve", "--data", str(factory.sandbox.data_dir), "--factory", FACTORY],
+            [*common.fioca_command(), "sandbox", "serve", "--data", str(factory.sandbox.data_dir), "--factory", FACTORY],
             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         ready = self.process.stderr.readline()
@@ -108,7 +102,7 @@ class Device:
 
 
 def make_devices(factory: Factory, out: Path, count: int) -> list[Device]:
-    done = subprocess.run([*fioca(), "device", "create-offline", str(factory.pki), "--count", str(count), "--out", str(out)],
+    done = subprocess.run([*common.fioca_command(), "device", "create-offline", str(factory.pki), "--count", str(count), "--out", str(out)],
                           env=_env(), capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"cannot make the bench's devices: {done.stderr}")
@@ -178,7 +172,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def registered(factory: Factory) -> dict[str, int]:
     """uuid -> how many rows the sandbox's store has for it (through the CLI, as a user looks)."""
-    done = subprocess.run([*fioca(), "sandbox", "devices", "--data", str(factory.sandbox.data_dir), "--format", "json"],
+    done = subprocess.run([*common.fioca_command(), "sandbox", "devices", "--data", str(factory.sandbox.data_dir), "--format", "json"],
                           env=_env(), capture_output=True, text=True, check=True)  # fmt: skip
     import json
 

@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         answer = Path(work) / "factory_certs.json"
         answer.write_text(json.dumps({"create_ca": "#!/bin/sh -e\nopenssl version\n", "tls-csr": "x"}))
-        fioca = [sys.executable, "-m", "fioca"]
+        fioca = common.fioca_command()
         commands = {
             'python -c "import typer"': [sys.executable, "-c", "import typer"],
             "fioca --help": [*fioca, "--help"],

@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CORES = os.cpu_count() or 1
+CHECKOUT = Path(__file__).resolve().parents[2]  # the fioca these benchmarks measure
+
+# The lines pip writes as the `fioca` console script, with this checkout first on the path.
+_CONSOLE_SCRIPT = (
+    "import re\n"
+    "import sys\n"
+    "sys.path.insert(0, {checkout!r})\n"
+    "from fioca.cli import main\n"
+    "if __name__ == '__main__':\n"
+    "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+    "    sys.exit(main())\n"
+)
+
+
+def fioca_command() -> list[str]:
+    """`fioca` as the user's console script starts it, running this checkout's fioca.
+
+    Not the virtual environment's own `fioca` script: an editable install points it at the
+    checkout it was installed from, so a second worktree would measure the first. Not
+    `python -m fioca` either: that starts through runpy, which the console script does not."""
+    return [sys.executable, "-c", _CONSOLE_SCRIPT.format(checkout=str(CHECKOUT))]
 
 
 def load_average() -> str:
