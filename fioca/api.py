@@ -64,6 +64,8 @@ NOT_CONFIGURED_HINT = "  `fioca keys ca create PKI_DIR --dry-run` shows what it 
 
 @dataclass(frozen=True)
 class Response:
+    """An API answer: its status, its JSON and the bytes it came as."""
+
     status: int
     body: Any  # parsed JSON
     raw: bytes
@@ -613,6 +615,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 @dataclass(frozen=True)
 class DeviceAnswer:
+    """The answer to one request made as a device: status line, content type and body, as sent."""
+
     status: int
     reason: str
     content_type: str

@@ -79,6 +79,8 @@ class ClientCredentials:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting a command uses, resolved once: flags, then the environment, then fioctl.yaml."""
+
     factory: str | None
     server_url: str
     config_path: Path

@@ -117,7 +117,7 @@ def _isatty(stream: TextIO | None) -> bool:
         return False
 
 
-@dataclass
+@dataclass(eq=False)
 class AppContext:
     """What the root command's options resolve to, shared by every subcommand."""
 

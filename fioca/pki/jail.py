@@ -76,7 +76,7 @@ LOADER_CACHE = "/etc/ld.so.cache"
 _MAX_SYMLINK_HOPS = 40
 
 
-@dataclass
+@dataclass(eq=False)
 class Layout:
     """What the jail's read-only root holds: symlinks as on the host, files bound read-only."""
 
@@ -133,7 +133,7 @@ class Layout:
         return current
 
 
-@dataclass
+@dataclass(eq=False)
 class Invocation:
     """How to start one script: the program and its arguments, environment, cwd and the fds
     it must inherit. Once it has started, `started()`; to kill it and all it started, `end()`."""

@@ -56,6 +56,8 @@ class PatchField:
 
 @dataclass(frozen=True)
 class CreatePlan:
+    """The steps of one create, in order: what it saves, runs, keeps and uploads."""
+
     online_ca: bool
     local_ca: bool
     hsm: bool

@@ -28,8 +28,10 @@ class Spec:
     long_optional: frozenset[str] = frozenset()  # `--in-place[=SUFFIX]`, `--backup[=CONTROL]`
 
 
-@dataclass
+@dataclass(eq=False)
 class Parsed:
+    """A command line read by its program's Spec: options in order, operands, unknown options."""
+
     options: list[tuple[str, Field | None]] = field(default_factory=list)  # ("-t", value) / ("--file", value)
     operands: list[Field] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)

@@ -24,8 +24,10 @@ from fioca.pki.audit.report import Severity
 from fioca.pki.audit.state import Field, FileInfo, Invocation, Output, Value
 
 
-@dataclass
+@dataclass(eq=False)
 class Options:
+    """One openssl command line read: its subcommand, options with values, flags, operands."""
+
     sub: str
     values: dict[str, list[Field]] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -348,7 +350,7 @@ def _signer(inv: Invocation, options: Options) -> None:
 # --- configs and extension files --------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Config:
     """An openssl config or extension file the script wrote: sections of (key, value, line)."""
 

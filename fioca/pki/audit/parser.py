@@ -82,6 +82,8 @@ Part = Union[Text, Param, Subst, Arith, Opaque]
 
 @dataclass
 class Word:
+    """One shell word: its parts in order, as the script spelt it (`source`)."""
+
     parts: list[Part]
     line: int
     source: str
@@ -95,6 +97,8 @@ class Word:
 
 @dataclass
 class Redirect:
+    """`>`, `<`, `<<` ... on a command, with its target or here-document."""
+
     op: str  # ">", ">>", "<", "<>", ">&", "<&", ">|", "<<", "<<-"
     fd: str | None
     target: Word | None
@@ -104,6 +108,8 @@ class Redirect:
 
 @dataclass
 class Assign:
+    """`name=value` (before a command, or alone)."""
+
     name: str
     value: Word | None
     line: int
@@ -111,12 +117,16 @@ class Assign:
 
 @dataclass
 class Call:
+    """A simple command: its assignments and its words."""
+
     assigns: list[Assign]
     args: list[Word]
 
 
 @dataclass
 class If:
+    """`if ...; then ...; else ...; fi`."""
+
     cond: list[Stmt]
     then: list[Stmt]
     orelse: list[Stmt] | None  # an elif is one Stmt holding an If
@@ -124,6 +134,8 @@ class If:
 
 @dataclass
 class Loop:
+    """`while ...; do ...; done`, or `until`."""
+
     until: bool
     cond: list[Stmt]
     body: list[Stmt]
@@ -131,6 +143,8 @@ class Loop:
 
 @dataclass
 class For:
+    """`for name in items; do ...; done`."""
+
     name: str
     items: list[Word] | None  # None: `for x; do` iterates over "$@"
     body: list[Stmt]
@@ -138,18 +152,24 @@ class For:
 
 @dataclass
 class Case:
+    """`case word in pattern) ...;; esac`: each item's patterns and statements."""
+
     word: Word
     items: list[tuple[list[Word], list[Stmt]]]
 
 
 @dataclass
 class Block:
+    """`{ ...; }`, or `( ... )` (a subshell)."""
+
     stmts: list[Stmt]
     subshell: bool
 
 
 @dataclass
 class Binary:
+    """`a && b`, `a || b`, `a | b`."""
+
     op: str  # "&&", "||", "|"
     left: Stmt
     right: Stmt
@@ -157,6 +177,8 @@ class Binary:
 
 @dataclass
 class Func:
+    """`name() body`: a function definition."""
+
     name: str
     body: Stmt
 
@@ -166,6 +188,8 @@ Command = Union[Call, If, Loop, For, Case, Block, Binary, Func]
 
 @dataclass
 class Stmt:
+    """One command with what applies to it: `!`, `&`, redirects."""
+
     cmd: Command
     line: int
     negated: bool = False
@@ -175,11 +199,15 @@ class Stmt:
 
 @dataclass
 class Script:
+    """The whole script: its statements."""
+
     stmts: list[Stmt]
 
 
 @dataclass
 class ParseFailure:
+    """Why a text could not be read, and on which line: the audit reports it as HIGH."""
+
     line: int
     message: str
 

@@ -45,6 +45,8 @@ class Severity(IntEnum):
 
 @dataclass(frozen=True)
 class Rule:
+    """What a finding id means, and its usual severity."""
+
     description: str
     severity: Severity  # the usual one; SARIF's default level
 
@@ -97,6 +99,8 @@ RULES: dict[str, Rule] = {
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing a script does that the audit reports, on one line of it."""
+
     id: str
     severity: Severity
     line: int  # 1-based line of the script
@@ -115,7 +119,7 @@ class Finding:
         return {**asdict(self), "severity": self.severity.label}
 
 
-@dataclass
+@dataclass(eq=False)
 class Command:
     """One simple command as it runs; the openssl fields stay None for other programs."""
 
@@ -139,8 +143,10 @@ class Command:
         return asdict(self)
 
 
-@dataclass
+@dataclass(eq=False)
 class ScriptAudit:
+    """What one script is and does, as read from its text."""
+
     name: str
     size: int
     sha256: str
@@ -182,12 +188,16 @@ class ScriptAudit:
 
 @dataclass(frozen=True)
 class ScriptFinding:
+    """A finding with the script it was found in."""
+
     script: str
     finding: Finding
 
 
-@dataclass
+@dataclass(eq=False)
 class AuditReport:
+    """The audit of all the scripts of one answer, for one mode."""
+
     scripts: list[ScriptAudit] = field(default_factory=list)
     hsm: bool = False  # audited as an HSM-mode run would use the scripts
     jail: str = ""  # the jail a real run would use, e.g. "bubblewrap 0.8.0"

@@ -39,6 +39,8 @@ COMPUTED = "computed"  # a program's output, or anything else the audit cannot r
 
 @dataclass(frozen=True)
 class Unknown:
+    """A piece of a value the audit cannot know, and where it comes from (`kind`)."""
+
     source: str  # as the script wrote it: $1, $HSM_MODULE, $(date)
     kind: str
 
@@ -48,6 +50,8 @@ Piece = Union[str, Unknown]
 
 @dataclass(frozen=True)
 class Value:
+    """A shell value as far as the audit knows it: known text and unknown pieces."""
+
     parts: tuple[Piece, ...] = ()
     taints: frozenset[str] = frozenset()  # what flowed in: "env:HSM_PIN", "key:factory_ca.key"
     computed: bool = False  # made by a program (printf, cat ...): a name built so is hidden
@@ -153,8 +157,10 @@ class Field:
         return self.value.text
 
 
-@dataclass
+@dataclass(eq=False)
 class FileInfo:
+    """A file of the work dir as the walk knows it."""
+
     content: Value | None  # what it holds when the audit knows (here-documents, echo)
     key: str | None = None  # the private key it holds (a file name or a label), if any
     origin: str = "input"  # "input" (there before), "keygen", "data", "unknown"
@@ -162,7 +168,7 @@ class FileInfo:
     line: int = 0  # where its known content starts in the script (a here-document's first line)
 
 
-@dataclass
+@dataclass(eq=False)
 class Output:
     """What a command prints: its content as far as known, and whether it is a key; for a
     test (`[`), whether it is true when the audit can tell, and whether the mode decides it."""
@@ -176,7 +182,7 @@ class Output:
     reported: bool = False  # the key it carries was already reported where it was read
 
 
-@dataclass
+@dataclass(eq=False)
 class Invocation:
     """One command about to run, as its handler sees it."""
 
@@ -230,7 +236,7 @@ class Invocation:
         return found
 
 
-@dataclass
+@dataclass(eq=False)
 class World:
     """What all walks of one script share."""
 
@@ -276,8 +282,10 @@ def norm(path: str) -> str:
     return lead + "/".join(parts) if parts else lead or "."
 
 
-@dataclass
+@dataclass(eq=False)
 class State:
+    """One path of the walk: variables, functions, the mode, where it is nested."""
+
     world: World
     hsm: bool  # the mode this path runs in
     vars: dict[str, tuple[Value, ...]] = field(default_factory=dict)

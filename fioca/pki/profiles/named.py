@@ -222,6 +222,8 @@ _GO_V041 = {**_GO_V039, Role.GATEWAY_TLS: replace(_GO_V039[Role.GATEWAY_TLS], ex
 
 @dataclass(frozen=True)
 class NamedProfile:
+    """A named way certificates are made: its maker and the shape of each role's certificate."""
+
     id: str
     label: str
     maker: Maker

@@ -38,6 +38,8 @@ _KEY_LABELS = ("EC PRIVATE KEY", "PRIVATE KEY")
 
 @dataclass(frozen=True)
 class PemBlock:
+    """One `-----BEGIN label-----` block, decoded."""
+
     label: str
     der: bytes
 
