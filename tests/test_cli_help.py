@@ -93,16 +93,18 @@ def test_version_names_openssl_and_bubblewrap(cli):
 
 
 def test_help_starts_without_the_heavy_modules(tmp_path):
-    """What `fioca --help`, `keys ca show --help` and `keys ca extract` import (speed: make bench)."""
+    """What `fioca --help`, `keys ca show --help`, `keys ca create --help` and `keys ca extract`
+    import (speed: make bench)."""
     answer = tmp_path / "factory_certs.json"
     answer.write_text('{"create_ca": "#!/bin/sh\\n"}')
-    heavy = ("requests", "cryptography", "sh", "yaml", "pydantic", "fioca.sandbox", "fioca.pki.audit.walker", "fioca.api")
+    heavy = ("requests", "cryptography", "sh", "yaml", "pydantic", "fioca.sandbox", "fioca.pki.audit.walker", "fioca.api",
+             "fioca.pki.create")
     probe = (
         "import sys\nfrom fioca.cli import main\n"
         "code = main(sys.argv[1:])\n"
         f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)\n"
     )
-    for argv in (["--help"], ["keys", "ca", "show", "--help"], ["keys", "ca", "--help"],
+    for argv in (["--help"], ["keys", "ca", "show", "--help"], ["keys", "ca", "--help"], ["keys", "ca", "create", "--help"],
                  ["keys", "ca", "extract", "create_ca", "--file", str(answer)]):
         done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
         assert done.stderr.strip().splitlines()[-1] == "[]", (argv, done.stderr)
