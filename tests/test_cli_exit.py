@@ -1,7 +1,7 @@
 """How `fioca` ends when main() runs as the process's own command: without the interpreter's
 teardown (fioca.cli._end_process) when nothing is left for it, as the interpreter ends
-otherwise. Each case runs the console script's lines in a new process; a line written after
-main() returns says whether main() ended the process itself."""
+otherwise. Each case calls main() as the console script does, in a new process; a line written
+after main() returns says whether main() ended the process itself."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def test_workers_still_running_are_ended_by_multiprocessing(tmp_path: Path):
 
 
 def test_a_closed_pipe_ends_as_python_ends_on_one():
-    """Output left for the exit to flush into a closed pipe: Python's message and exit 120."""
+    """Output left for the exit to flush into a closed pipe: Python's message and exit 120 (the
+    atexit handlers, run before the flush was tried, are not run again)."""
     reference = "import sys\nprint('left in the buffer')\nsys.exit(1)"
     read, write = os.pipe()
     os.close(read)
@@ -111,13 +112,15 @@ def test_a_closed_pipe_ends_as_python_ends_on_one():
         plain = subprocess.run([sys.executable, "-c", reference], stdout=write, stderr=subprocess.PIPE, text=True,
                                env=BUFFERED)  # fmt: skip
         done = _fioca("keys", "ca", "extract", "create_ca", "--file", "/nonexistent/factory_certs.json",
-                      before="print('left in the buffer')", stdout=write)  # fmt: skip
+                      before="import atexit\natexit.register(os.write, 2, b'handler ran\\n')\nprint('left in the buffer')",
+                      stdout=write)  # fmt: skip
     finally:
         os.close(write)
     assert plain.returncode == 120
     assert done.returncode == plain.returncode
     assert "BrokenPipeError" in plain.stderr and "BrokenPipeError" in done.stderr
     assert RETURNED in done.stderr
+    assert done.stderr.count("handler ran") == 1
 
 
 def test_a_closed_pipe_while_writing_is_typers_quiet_exit_1(tmp_path: Path):
