@@ -25,7 +25,13 @@ FACTORY_CERTS_JSON = "factory_certs.json"
 
 # fioca's own files in the PKI directory.
 JOURNAL_FILE = ".fioca-create.json"
-WORK_DIR = ".fioca-work"
+WORK_DIR = ".fioca-work"  # a signing command's one script runs here; create's each in its own:
+
+
+def work_dir_of(script: str) -> str:
+    """The work dir of create's step `script` (its own: create's steps may run side by side)."""
+    return f"{WORK_DIR}-{script}"
+
 
 # Modes: fioctl writes every PKI file 0400; fioca keeps them in 0700 folders.
 FILE_MODE = 0o400

@@ -259,10 +259,10 @@ def test_a_planted_work_dir_symlink_is_refused(cli, sandbox, sandbox_env, record
     assert cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env).exit_code == 5
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (pki / facts.WORK_DIR).symlink_to(elsewhere)
+    (pki / facts.work_dir_of("sign_tls_csr")).symlink_to(elsewhere)
     result = cli("keys", "ca", "create", pki, "--yes", "--resume", "--allow-unaudited", env=sandbox_env)
     assert result.exit_code == 3, result.output
-    assert facts.WORK_DIR in result.stderr
+    assert facts.work_dir_of("sign_tls_csr") in result.stderr
     assert list(elsewhere.iterdir()) == []
 
 

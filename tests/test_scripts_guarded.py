@@ -204,8 +204,8 @@ def test_expect_sha256_pins_a_script(cli, sandbox, sandbox_env, recorder, tmp_pa
 
 
 def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbox_env, tmp_path, monkeypatch):
-    """Each script gets a fresh 0700 work dir inside the PKI dir (a crash never strands the root
-    key elsewhere), removed after it."""
+    """Each script gets a fresh 0700 work dir of its own inside the PKI dir (a crash never
+    strands the root key elsewhere), removed after it; the dry-run names the same ones."""
     from fioca.pki.files import PkiDir
 
     made: list[Path] = []
@@ -214,18 +214,13 @@ def test_work_dir_is_private_inside_the_pki_dir_and_removed(cli, sandbox, sandbo
     def spy(self, name):
         path = real(self, name)
         made.append(path)
-        assert path == tmp_path / "pki" / facts.WORK_DIR
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o700)
         return path
 
     monkeypatch.setattr(PkiDir, "make_folder", spy)
-    assert cli("keys", "ca", "create", tmp_path / "pki", "--yes", env=sandbox_env).exit_code == 0
-    assert len(made) == 4 and not made[0].exists()
-
-
-def test_dry_run_names_the_work_dir_a_real_run_uses(cli, sandbox_env, tmp_path):
     pki = tmp_path / "pki"
-    result = cli("keys", "ca", "create", pki, "--dry-run", "--format", "json", env=sandbox_env)
-    plan = json.loads(result.stdout)["plan"]
-    assert plan["work_dir"] == str(pki / ".fioca-work")
-    assert {step["cwd"] for step in plan["steps"] if step["kind"] == "run"} == {str(pki / ".fioca-work")}
+    dry = cli("keys", "ca", "create", pki, "--dry-run", "--format", "json", env=sandbox_env)
+    cwds = [step["cwd"] for step in json.loads(dry.stdout)["plan"]["steps"] if step["kind"] == "run"]
+    assert cli("keys", "ca", "create", pki, "--yes", env=sandbox_env).exit_code == 0
+    assert sorted(map(str, made)) == sorted(cwds) == sorted(str(pki / facts.work_dir_of(s)) for s in facts.SCRIPT_NAMES)
+    assert not any(path.exists() for path in made)

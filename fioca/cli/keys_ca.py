@@ -208,7 +208,7 @@ def _print_summary(app_ctx: AppContext, result: CreateResult, hsm, output: Forma
 def _print_dry_run(app_ctx: AppContext, result: CreateResult, path: Path, hsm, output: Format) -> None:
     from fioca.cli import render
 
-    plan = result.plan.describe(pki_dir=str(path), work_dir=str(path / facts.WORK_DIR), jail=result.jail)
+    plan = result.plan.describe(pki_dir=str(path), jail=result.jail, side_by_side=result.side_by_side)
     plan["hsm_settings"] = hsm_options.describe(hsm)
     worst = result.audit.max_severity
     audit_line = f"Audit: highest finding {worst.name.lower() if worst is not None else 'none'} (`fioca keys ca audit` for details)"

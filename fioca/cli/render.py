@@ -70,7 +70,10 @@ def dry_run_text(scripts: dict[str, str], plan: dict[str, Any], audit_line: str)
         lines.append("")
     lines.append("==> plan")
     lines.append(f"jail: {plan['jail']}")
-    lines.append(f"work dir (private, 0700; a fresh one for each script, removed after it): {quote_path(plan['work_dir'])}")
+    lines.append("work dirs: a fresh one for each script (private, 0700), removed after it")
+    if plan["side_by_side"]:
+        lines.append("order: a step starts once the steps it waits for are kept, each in its own jail; "
+                     "what they print, the checks and the journal follow the plan's order")  # fmt: skip
     for number, step in enumerate(plan["steps"], 1):
         lines += [f"{number}. {line}" if index == 0 else f"   {line}" for index, line in enumerate(_step_lines(step, plan))]
     lines.append(audit_line)
@@ -89,6 +92,7 @@ def _step_lines(step: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         return [
             step["progress"],
             f"run: {step['command']}   (cwd {quote_path(step['cwd'])}, in the jail)",
+            *([f"starts once kept: {', '.join(step['waits_for'])}"] if plan["side_by_side"] and step["waits_for"] else []),
             f"given: {given}",
             f"produces: {', '.join(step['produces'])}",
             *(f"check: {check}" for check in step["checks"]),

@@ -4,10 +4,11 @@
              as factory_certs.json with its CSRs and scripts; resumed: the journal and the
              answer the first run saved (or, with --fresh-csrs, new CSRs)
     audit    judge every script before any of them runs
-    run      each script in the jail, in a fresh work dir given only what it needs; what it
-             made is taken (regular files, no links, bounded), checked against what its text
-             asked openssl for and against the trust rules, kept in the PKI dir (0400) and
-             journalled
+    run      each script in the jail, in a fresh work dir of its own given only what it needs
+             (the steps after create_ca side by side, without an HSM); what it made is taken
+             (regular files, no links, bounded), checked against what its text asked openssl
+             for and against the trust rules, kept in the PKI dir (0400) and journalled, in
+             the plan's order
     verify   the files to upload read back from the PKI dir and checked whole
     upload   after confirmation, PATCH root-crt, tls-crt and ca-crt
 
@@ -39,6 +40,7 @@ from fioca.pki.hsm import HsmSettings
 from fioca.pki.journal import Journal
 from fioca.pki.plan import UPLOADING, CreatePlan, ScriptStep, plan_create
 from fioca.pki.scripts import ScriptLimits, ScriptRunner
+from fioca.pki.step_runs import StepRun
 
 
 class Reporter(Protocol):
@@ -94,6 +96,7 @@ class CreateResult:
     audit: audit.AuditReport
     jail: str  # the jail the scripts ran in, or a real run would use (a dry-run)
     dry_run: bool
+    side_by_side: bool = False  # the steps after create_ca run side by side (CreatePlan.side_by_side)
     patch_body: dict[str, str] = field(default_factory=dict)
     root_fingerprint: str = ""
     gateway_hosts: list[str] = field(default_factory=list)
@@ -117,15 +120,14 @@ def create(api: FactoryApi, path: Path, options: CreateOptions, reporter: Report
     with pki, pki.locked():
         start = _resumed(api, pki, options, reporter) if options.resume else _fresh(api, pki, options, reporter)
         report = audit_gate(start, options, jail_text, reporter)
-        result = CreateResult(start.plan, start.answer, report, jail_text, dry_run=options.dry_run)
+        result = CreateResult(start.plan, start.answer, report, jail_text, dry_run=options.dry_run,
+                              side_by_side=start.plan.side_by_side(jailed=not options.no_jail))  # fmt: skip
         if options.dry_run:
             return result
         if start.journal is None:
             start.journal = begin(pki, start, options)
         with _interrupts_said(pki, start.journal, options):
-            steps = Steps(pki, start, report, jail, options, reporter)
-            for step in start.plan.steps:
-                steps.run(step)
+            Steps(pki, start, report, jail, options, reporter).run_all()
             result.stored = [pki / name for name in start.plan.kept]
             result.patch_body = verified_patch_body(pki, start, report)
             root = profiles.load_cert(result.patch_body["root-crt"], facts.ROOT_CERT)
@@ -173,7 +175,8 @@ def dry_run_saved(path: Path, options: CreateOptions, reporter: Reporter, *, fac
     check_csrs(answer, plan)
     jail = jails.describe(no_jail=options.no_jail)
     start = Start(plan, answer, None)
-    return CreateResult(plan, answer, audit_gate(start, options, jail, reporter), jail, dry_run=True)
+    report = audit_gate(start, options, jail, reporter)
+    return CreateResult(plan, answer, report, jail, dry_run=True, side_by_side=plan.side_by_side(jailed=not options.no_jail))
 
 
 def real_jail(options: CreateOptions) -> jails.Jail:
@@ -435,7 +438,7 @@ def audit_gate(start: Start, options: CreateOptions, jail: str, reporter: Report
     return report
 
 
-# --- Run: one step at a time ---------------------------------------------------------------------
+# --- Run: each step in the jail, in the plan's order -------------------------------------------------
 
 
 class Steps:
@@ -460,15 +463,59 @@ class Steps:
         assert self.start.journal is not None
         return self.start.journal
 
-    def run(self, step: ScriptStep) -> None:
-        if self.done_before(step):
-            self.reporter.progress(f"{step.progress} (done before, verified)")
-            return
-        if step.script == facts.CREATE_CA and self.options.hsm is not None:
-            self.refuse_orphan_token_key()
-        self.reporter.progress(step.progress)
-        made_at = datetime.now(UTC).replace(microsecond=0)
-        products = self.made_by(step)
+    def run_all(self) -> None:
+        """Every step of the plan, reported, checked, kept and journalled in the plan's order.
+
+        Each script runs in a thread of its own (StepRun). In the jail without an HSM, a step
+        starts as soon as every file it is given is kept, so the steps after create_ca run side
+        by side, each in its own jail and work dir; with an HSM (one token, watched around each
+        script) or without the jail, one at a time, as fioctl runs them."""
+        plan = self.start.plan
+        steps = plan.steps
+        done = {step.script for step in steps if self.done_before(step)}
+        side_by_side = plan.side_by_side(jailed=self.jail.contained)
+        running: dict[str, StepRun[tuple[datetime, dict[str, bytes]]]] = {}
+        self.pki.remove_folder(facts.WORK_DIR)  # left by an earlier version's run that died inside a script
+        try:
+            for step in steps:
+                if step.script in done:
+                    self.reporter.progress(f"{step.progress} (done before, verified)")
+                    continue
+                if step.script == facts.CREATE_CA and self.options.hsm is not None:
+                    self.refuse_orphan_token_key()
+                self.reporter.progress(step.progress)
+                ready = [
+                    later for later in steps
+                    if later.script not in done and later.script not in running
+                    and (later is step or side_by_side and set(plan.waits_for(later, side_by_side=True)) <= done)
+                ]  # fmt: skip
+                if ready:
+                    self.journal.note_running([*running, *(later.script for later in ready)])
+                    for later in ready:
+                        running[later.script] = self.started(later)
+                running[step.script].shown()
+                made_at, products = running[step.script].result()
+                del running[step.script]
+                self.keep(step, products, made_at)
+                done.add(step.script)
+        finally:
+            for run in running.values():
+                run.stop()
+            for run in running.values():
+                run.join()
+            left = [script for script in self.journal.running if self.pki.has(facts.work_dir_of(script))]
+            if left != self.journal.running:
+                self.journal.note_running(left)
+
+    def started(self, step: ScriptStep) -> StepRun[tuple[datetime, dict[str, bytes]]]:
+        def work(run: StepRun) -> tuple[datetime, dict[str, bytes]]:
+            made_at = datetime.now(UTC).replace(microsecond=0)
+            return made_at, self.made_by(step, run)
+
+        return StepRun(step.script, work, show=lambda line: self.reporter.script_stderr(step.script, line))
+
+    def keep(self, step: ScriptStep, products: dict[str, bytes], made_at: datetime) -> None:
+        """What the step made, checked (and with --reissue re-made), kept 0400 and journalled."""
         self.check(step, products)
         if self.options.reissue:
             products = self.reissued(step, products, made_at)
@@ -499,34 +546,36 @@ class Steps:
         self.check(step, products)
         return True
 
-    def made_by(self, step: ScriptStep) -> dict[str, bytes]:
-        """Run the step's script in a fresh work dir; take what it made, as bytes."""
-        self.pki.remove_folder(facts.WORK_DIR)  # left by a run that died inside a script
-        self.journal.note_work_dir(step.script)  # the root key may sit there until it is kept
-        work_dir = self.pki.make_folder(facts.WORK_DIR)
+    def made_by(self, step: ScriptStep, run: StepRun) -> dict[str, bytes]:
+        """Run the step's script in a fresh work dir of its own; take what it made, as bytes.
+        (In the step's thread: the journal already names the work dir, and the flow's thread
+        updates it.)"""
+        name = facts.work_dir_of(step.script)
+        self.pki.remove_folder(name)  # left by a run that died inside this script
+        work_dir = self.pki.make_folder(name)
         try:
             runner = ScriptRunner(
                 work_dir,
                 jail=self.jail,
                 env_extra=self.env,
                 limits=ScriptLimits(timeout=self.options.script_timeout),
-                on_stderr=lambda line: self.reporter.script_stderr(step.script, line),
+                on_stderr=run.line,
                 on_note=self.reporter.note,
             )
-            for name, text in self.start.answer.scripts.items():  # all four: a script may call a sibling
-                runner.install(name, text)
-            for name in step.stages:
-                runner.put(name, self.staged(name))
+            run.attach(runner)
+            for script, text in self.start.answer.scripts.items():  # all four: a script may call a sibling
+                runner.install(script, text)
+            for staged in step.stages:
+                runner.put(staged, self.staged(staged))
             stdout = runner.run(step.script, step.args)
-            products = {name: runner.take(name) for name in step.produces}
+            products = {product: runner.take(product) for product in step.produces}
             if step.stdout_file:
                 if not stdout.strip():
                     raise CheckError(step.stdout_file, f"script {step.script} exited 0 but printed no certificate")
                 products[step.stdout_file] = stdout
             return products
         finally:
-            self.pki.remove_folder(facts.WORK_DIR)  # it held a copy of the root key
-            self.journal.note_work_dir(None)
+            self.pki.remove_folder(name)  # it held a copy of the root key
 
     def staged(self, name: str) -> bytes:
         if name in self.start.answer.csrs:

@@ -4,8 +4,8 @@ The root of trust can be set only once, and its key exists only on this machine:
 a lost answer or a server error halfway must leave a PKI dir that can be finished, never a
 second root. The journal lives in the PKI dir (`.fioca-create.json`, 0600) and is replaced
 atomically after every change; it records each finished step with the SHA-256 of the files
-it kept, the choices the run was started with, and, while a script runs, that the work dir
-may hold a copy of the root key. A successful run removes it.
+it kept, the choices the run was started with, and, while scripts run, which ones: their
+work dirs may hold a copy of the root key. A successful run removes it.
 
 It holds no secret: names, choices and digests only.
 """
@@ -36,7 +36,7 @@ class Journal:
     reissue: bool = False
     steps: dict[str, dict[str, str]] = field(default_factory=dict)  # script -> {file: sha256}
     made: dict[str, str] = field(default_factory=dict)  # script -> when it ran (ISO 8601, UTC)
-    running: str | None = None  # the script whose work dir exists right now
+    running: list[str] = field(default_factory=list)  # the scripts whose work dirs may exist now
     version: int = VERSION
 
     @classmethod
@@ -49,6 +49,8 @@ class Journal:
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise PkiDirError(f"the create journal {where} is from another fioca version; finish that run with it")
         known = {f.name for f in fields(cls)} - {"pki"}
+        if isinstance(data.get("running"), str) or data.get("running") is None:  # one script at a time, before
+            data["running"] = [data["running"]] if data.get("running") else []
         try:
             return cls(pki=pki, **{key: value for key, value in data.items() if key in known})
         except TypeError:
@@ -66,8 +68,10 @@ class Journal:
         self.pki.replace(facts.JOURNAL_FILE, (json.dumps(data, indent=2) + "\n").encode(), facts.RECORD_MODE)
 
     def record_step(self, script: str, kept: dict[str, str], *, made_at: datetime) -> None:
+        """A finished step (its work dir is gone): what it kept, and when it ran."""
         self.steps[script] = dict(kept)
         self.made[script] = made_at.isoformat()
+        self.running = [name for name in self.running if name != script]
         self.save()
 
     def made_at(self, script: str) -> datetime:
@@ -82,8 +86,10 @@ class Journal:
         self.answer_sha256 = answer_sha256
         self.save()
 
-    def note_work_dir(self, script: str | None) -> None:
-        self.running = script
+    def note_running(self, scripts: list[str]) -> None:
+        """The scripts whose work dirs exist from now on (before they are made, and after
+        they are gone), so that an interrupted run says where a copy of the root key may be."""
+        self.running = list(scripts)
         self.save()
 
     def fingerprints(self) -> dict[str, str]:
@@ -94,7 +100,9 @@ class Journal:
         done = ", ".join(self.steps) or "no script"
         text = f"finished: {done}"
         if self.running:
-            text += f"; stopped inside {self.running}, whose work dir {self.pki / facts.WORK_DIR} may hold a copy of the root key"
+            dirs = ", ".join(str(self.pki / facts.work_dir_of(script)) for script in self.running)
+            inside = " and ".join(self.running)
+            text += f"; stopped inside {inside}, whose work dir{'s' if len(self.running) > 1 else ''} {dirs} may hold a copy of the root key"
         return text
 
     def finish(self) -> None:

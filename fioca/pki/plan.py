@@ -8,6 +8,7 @@ list and nothing else; the dry-run prints it (`describe()`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from fioca import facts
@@ -81,7 +82,22 @@ class CreatePlan:
     def step(self, script: str) -> ScriptStep:
         return next(step for step in self.steps if step.script == script)
 
-    def describe(self, *, pki_dir: str, work_dir: str, jail: str) -> dict:
+    def waits_for(self, step: ScriptStep, *, side_by_side: bool) -> tuple[str, ...]:
+        """The steps kept before `step` starts: side by side, those that make a file it is
+        given (the root, for the signing steps); else the step before it."""
+        before = self.steps[: self.steps.index(step)]
+        if not side_by_side:
+            return tuple(earlier.script for earlier in before[-1:])
+        return tuple(earlier.script for earlier in before if set(earlier.products) & set(step.stages))
+
+    def side_by_side(self, *, jailed: bool) -> bool:
+        """Whether a step starts as soon as the steps it waits for are kept (each script in its
+        own jail and work dir), rather than after the step before it: in the jail, without an
+        HSM. One token is used by one script at a time, watched around it; and with no jail a
+        script has the user's files, which fioca never lets two scripts share."""
+        return jailed and not self.hsm
+
+    def describe(self, *, pki_dir: str, jail: str, side_by_side: bool) -> dict:
         """The plan as plain data, for the dry-run's text and JSON output."""
         steps: list[dict] = [
             {
@@ -96,8 +112,9 @@ class CreatePlan:
                     "kind": "run",
                     "progress": step.progress,
                     "command": step.command,
-                    "cwd": work_dir,
+                    "cwd": os.path.join(pki_dir, facts.work_dir_of(step.script)),
                     "jail": jail,
+                    "waits_for": list(self.waits_for(step, side_by_side=side_by_side)),
                     "stages": list(step.stages),
                     "produces": list(step.products),
                     "checks": list(step.checks),
@@ -119,7 +136,7 @@ class CreatePlan:
                 "patch": {field.name: ' + "\\n" + '.join(field.sources) for field in self.patch},
             }
         )
-        return {"pki_dir": pki_dir, "work_dir": work_dir, "jail": jail, "hsm": self.hsm, "steps": steps}
+        return {"pki_dir": pki_dir, "jail": jail, "hsm": self.hsm, "side_by_side": side_by_side, "steps": steps}
 
 
 def plan_create(*, online_ca: bool = True, local_ca: bool = True, hsm: bool = False) -> CreatePlan:

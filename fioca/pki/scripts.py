@@ -130,6 +130,11 @@ class ScriptRunner:
         self.env_extra = env_extra or {}
         self.limits = limits
         self._warned = False
+        # stop() from another thread: the kill of the script running now, under this lock, so
+        # that it never outlives the jail it kills (a pid or pidfd must not be signalled late).
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._kill: Callable[[], None] | None = None
         os.close(self._open_work_dir())
 
     # --- Writing into the work dir ----------------------------------------------------------
@@ -161,8 +166,18 @@ class ScriptRunner:
         return self.work_dir / name
 
     # --- Running ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Kill the script running now, and refuse to run another (from any thread: a step run
+        side by side whose work is no longer wanted). Its run() raises ScriptError."""
+        with self._stop_lock:
+            self._stopped = True
+            if self._kill is not None:
+                self._kill()
+
     def run(self, name: str, args: tuple[str, ...] = ()) -> bytes:
         """Run `./name args...` in the work dir, in the jail; return its stdout."""
+        if self._stopped:
+            raise ScriptError(f"script {name} was not run: fioca stopped it")
         if not self.jail.contained and not self._warned:
             self._warned = True
             self.on_note(f"script {name} and the ones after it run with no jail: {self.jail.describe()}")
@@ -229,6 +244,10 @@ class ScriptRunner:
             kill()
 
         stdout.kill = stderr.kill = kill
+        with self._stop_lock:
+            self._kill = kill
+            if self._stopped:
+                kill()
         if stdout.overflowed or stderr.overflowed:
             kill()
         # Our own timer: sh's _timeout would spare grandchildren.
@@ -241,10 +260,14 @@ class ScriptRunner:
         finally:
             timer.cancel()
             timer.join()  # a kill under way finishes before the jail's fds close
-            kill()  # what is left: the jail (a no-op once it has ended), or the script's group
+            with self._stop_lock:
+                self._kill = None
+                kill()  # what is left: the jail (a no-op once it has ended), or the script's group
         return timed_out.is_set()
 
     def _judge(self, name: str, process, stdout: _Capture, stderr: _Capture, timed_out: bool) -> None:
+        if self._stopped:
+            raise ScriptError(f"script {name} was stopped by fioca; nothing it made was used")
         if timed_out:
             raise ScriptError(f"script {name} did not finish within {self.limits.timeout:g}s and was killed")
         for capture in (stdout, stderr):
