@@ -46,11 +46,6 @@ MEMORY_GOAL_MIB = 200
 SAMPLE_SECONDS = 0.05
 
 
-def fioca() -> list[str]:
-    script = Path(sys.executable).with_name("fioca")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
-
-
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FIOCTL_")}
 
@@ -106,7 +101,7 @@ class PeakMemory:
 def batch_run(pki: Path, out: Path, count: int) -> tuple[float, float]:
     """(devices/s, peak MiB) of `fioca device create-offline --count` into `out`, from outside."""
     start = time.perf_counter()
-    process = subprocess.Popen([*fioca(), "device", "create-offline", str(pki), "--count", str(count), "--out", str(out)],
+    process = subprocess.Popen([*common.fioca_command(), "device", "create-offline", str(pki), "--count", str(count), "--out", str(out)],
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     memory = PeakMemory(process.pid)
     _, stderr = process.communicate()
@@ -143,7 +138,7 @@ def files_ceiling(out: Path) -> float:
 
 def faithful_rate(pki: Path, out: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run([*fioca(), "device", "create-offline", str(pki), "--faithful", "--count", str(FAITHFUL),
+    done = subprocess.run([*common.fioca_command(), "device", "create-offline", str(pki), "--faithful", "--count", str(FAITHFUL),
                            "--out", str(out)], env=_env(), capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"fioca device create-offline --faithful failed:\n{done.stderr}")

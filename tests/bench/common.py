@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 CORES = os.cpu_count() or 1
+# The checkout these benchmarks belong to: the fioca they measure.
+CHECKOUT = Path(__file__).resolve().parents[2]
+# What the installed console script runs (it imports re, then fioca.cli's main), with this
+# checkout first on the path: a worktree measures its own code, not the editable install's.
+_CONSOLE_SCRIPT = f"import re, sys; sys.path.insert(0, {str(CHECKOUT)!r}); from fioca.cli import main; sys.exit(main())"
+
+
+def fioca_command() -> list[str]:
+    """The command line that starts this checkout's fioca as a user's `fioca` starts."""
+    return [sys.executable, "-c", _CONSOLE_SCRIPT]
 
 
 def load_average() -> str:
