@@ -155,6 +155,25 @@ def test_text_output_lists_uuid_and_folder(factory: Factory, tmp_path: Path):
     assert "created 2 device folder(s)" in result.stderr
 
 
+def test_text_output_of_a_batch_in_the_current_folder(factory: Factory, tmp_path: Path, monkeypatch):
+    """--out . lists each folder as pathlib names it ("<uuid>", not "./<uuid>")."""
+    monkeypatch.chdir(tmp_path)
+    result = factory.run("device", "create-offline", factory.pki, "--count", 2, "--out", ".")
+    assert result.exit_code == 0, result.stderr
+    for line in result.stdout.strip().splitlines():
+        uuid, folder = line.split()
+        assert folder == uuid and (tmp_path / folder).is_dir()
+
+
+@pytest.mark.parametrize("out", [".", "/", "fleet", "/var/tmp/a b/fleet"])
+def test_device_paths_are_each_devices_path(out: str):
+    from fioca.cli.device import _device_paths
+
+    devices = [offline.OfflineDevice(spec.uuid, spec.folder, Path(out)) for spec in offline.RandomDevices(3)[:]]
+    devices.append(offline.OfflineDevice("u", "dev-1.a_b", Path(out)))
+    assert _device_paths(Path(out), devices) == [str(device.path) for device in devices]
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_existing_folder_is_never_overwritten(factory: Factory, tmp_path: Path, path: str):
     first = factory.run("device", "create-offline", factory.pki, "--name", "dev1", "--out", tmp_path, *PATHS[path])
