@@ -243,6 +243,7 @@ def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool
             print()
             faithful_suite(factory.pki, base, rounds)
     finally:
+        FREED_STAMP.touch()  # a suite started while this one deletes waits too
         shutil.rmtree(disk, ignore_errors=True)
         FREED_STAMP.touch()
         shutil.rmtree(base, ignore_errors=True)
