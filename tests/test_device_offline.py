@@ -155,6 +155,25 @@ def test_text_output_lists_uuid_and_folder(factory: Factory, tmp_path: Path):
     assert "created 2 device folder(s)" in result.stderr
 
 
+def test_text_output_of_a_batch_in_the_current_folder(factory: Factory, tmp_path: Path, monkeypatch):
+    """--out . lists each folder as pathlib names it ("<uuid>", not "./<uuid>")."""
+    monkeypatch.chdir(tmp_path)
+    result = factory.run("device", "create-offline", factory.pki, "--count", 2, "--out", ".")
+    assert result.exit_code == 0, result.stderr
+    for line in result.stdout.strip().splitlines():
+        uuid, folder = line.split()
+        assert folder == uuid and (tmp_path / folder).is_dir()
+
+
+@pytest.mark.parametrize("out", [".", "/", "fleet", "/var/tmp/a b/fleet"])
+def test_device_paths_are_each_devices_path(out: str):
+    from fioca.cli.device import _device_paths
+
+    devices = [offline.OfflineDevice(spec.uuid, spec.folder, Path(out)) for spec in offline.RandomDevices(3)[:]]
+    devices.append(offline.OfflineDevice("u", "dev-1.a_b", Path(out)))
+    assert _device_paths(Path(out), devices) == [str(device.path) for device in devices]
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_existing_folder_is_never_overwritten(factory: Factory, tmp_path: Path, path: str):
     first = factory.run("device", "create-offline", factory.pki, "--name", "dev1", "--out", tmp_path, *PATHS[path])
@@ -270,6 +289,40 @@ def test_interrupted_batch_leaves_only_complete_folders(factory: Factory, tmp_pa
     for folder in folders:
         assert sorted(os.listdir(folder)) == sorted(offline.DEVICE_FILES), folder
         assert profiles.subject_cn(_cert(folder)) == folder.name
+
+
+def test_workers_of_a_killed_batch_end_and_the_next_run_removes_their_partial_folders(factory: Factory, tmp_path: Path):
+    out = tmp_path / "big"
+    env = {k: v for k, v in os.environ.items() if k not in ("FIOCTL_CONFIG", "FIOCTL_TOKEN")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fioca", "device", "create-offline", str(factory.pki), "--count", "50000", "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while time.monotonic() < deadline and not (out.exists() and any(p.name.startswith(offline.PARTIAL_PREFIX) for p in out.iterdir())):
+        time.sleep(0.02)
+    workers = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    assert workers, "the batch started no workers"
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)], "workers outlived their batch"
+    made = sum(1 for p in out.iterdir() if not p.name.startswith("."))
+    assert made < 50000
+    # The next run into the same folder removes what the killed one left partial.
+    again = factory.run("device", "create-offline", factory.pki, "--count", 2, "--out", out)
+    assert again.exit_code == 0, again.stderr
+    assert [p.name for p in out.iterdir() if p.name.startswith(offline.PARTIAL_PREFIX)] == []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 @pytest.mark.parametrize("use_ostree_server", [True, False])

@@ -170,7 +170,8 @@ def create_offline(
     if output is Format.json:
         app_ctx.terminal.out(json.dumps(_offline_json(pki.factory, options, devices, faithful, seconds), indent=2))
     elif devices:  # one write, not one a device: a batch has 100,000 lines
-        app_ctx.terminal.out("\n".join(f"{device.uuid}  {quote_path(device.path)}" for device in devices))
+        paths = _device_paths(options.out_dir, devices)
+        app_ctx.terminal.out("\n".join(f"{device.uuid}  {quote_path(path)}" for device, path in zip(devices, paths)))
     app_ctx.terminal.err(_offline_summary(options, devices, seconds))
 
 
@@ -208,8 +209,16 @@ def _offline_json(
         "days": options.days,
         "production": options.production,
         "seconds": round(seconds, 3),
-        "devices": [{"uuid": d.uuid, "path": str(d.path)} for d in devices],
+        "devices": [{"uuid": d.uuid, "path": path} for d, path in zip(devices, _device_paths(options.out_dir, devices))],
     }
+
+
+def _device_paths(out_dir: Path, devices: list[offline.OfflineDevice]) -> list[str]:
+    """str(device.path) of each device in `out_dir`, with one pathlib join for all: a device's
+    folder is one plain name (a uuid, or a --name checked as such), and a join a device cost
+    0.4 s of a 100,000-device batch's output."""
+    base = str(out_dir / "_")[:-1]  # out_dir as pathlib joins a name to it: "" for ".", "/" for "/"
+    return [base + device.folder for device in devices]
 
 
 def _offline_summary(options: offline.OfflineOptions, devices: list[offline.OfflineDevice], seconds: float) -> str:

@@ -13,7 +13,8 @@ milliseconds, the PKI already loaded) when it runs no other thread; a caller wit
 (a sandbox in the same process) gets them from a fork server instead, since a fork would copy
 whatever locks those threads hold. Ctrl-C reaches the whole process group: workers ignore it
 and the parent stops them after the chunk at hand, publishes what is complete and removes the
-rest.
+rest. A parent killed outright (SIGTERM, SIGKILL) publishes nothing more: its workers end
+after the chunk at hand, and the next run removes the partial folders.
 """
 
 from __future__ import annotations
@@ -194,12 +195,14 @@ class BuilderRecipe(Protocol):
 
 
 def _worker(make_builder: BuilderRecipe, plan: PoolPlan, counter: Any, stop: Any, conn: Any) -> None:
-    """A worker: chunks from the shared counter until there are none or the parent says stop."""
+    """A worker: chunks from the shared counter until there are none, the parent says stop, or
+    the process that started it is gone (killed: nobody would publish what it writes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    starter = os.getppid()  # the caller, or the fork server, which ends with the caller
     try:
         builder = make_builder()
         with opened_folder(plan.out_dir) as out_fd:
-            while not stop.is_set():
+            while not stop.is_set() and os.getppid() == starter:
                 with counter.get_lock():  # the counter holds where the next chunk starts
                     chunk = plan.next_chunk(counter.value)
                     if chunk is None:

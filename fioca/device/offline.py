@@ -132,13 +132,22 @@ class RandomDevices(Sequence[DeviceSpec]):
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
+            start, stop, step = index.indices(self._count)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            # A chunk spelled from one hex string: the parent and the workers slice 100,000.
+            return [DeviceSpec(uuid, uuid) for uuid in _spelled(self._random[16 * start : 16 * max(start, stop)].hex())]
         if not -self._count <= index < self._count:
             raise IndexError(index)
         index %= self._count
-        digits = self._random[16 * index : 16 * index + 16].hex()  # str(UUID(...)) costs 4 times this
-        uuid = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+        [uuid] = _spelled(self._random[16 * index : 16 * index + 16].hex())  # str(UUID(...)) costs 4 times this
         return DeviceSpec(uuid, uuid)
+
+
+def _spelled(digits: str) -> list[str]:
+    """Canonical uuids from their hex digits, 32 a uuid, one after another."""
+    return [f"{digits[i : i + 8]}-{digits[i + 8 : i + 12]}-{digits[i + 12 : i + 16]}-{digits[i + 16 : i + 20]}-{digits[i + 20 : i + 32]}"
+            for i in range(0, len(digits), 32)]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,12 @@
    round also measures the two ceilings on every core: `openssl speed ecdsap256` (a device
    costs at least two signatures: its CSR and its certificate), and keygen + two signatures
    + encoding + the seven files in the same place on disk (files_ceiling.py). The batch's
-   folders stay until the end of the suite: deleting many files right before making more
-   makes ext4's inode allocation slow for a while, and would count against the next round.
+   folders stay until the end of the suite: ext4 without a journal (this machine's) skips,
+   one by one, every free inode freed in the last minute, or in the last six while its
+   inode-table block is unwritten (fs/ext4/ialloc.c, recently_deleted), so creating files
+   right after a large deletion costs several times the kernel time. The suite's own
+   deletion is stamped (FREED_STAMP), and a suite started within six minutes of it waits
+   them out, saying so; deletions by anything else on the disk show in ceiling 2.
 2. `--faithful` against the documented procedure typed by hand (section 8 with sh and
    openssl, one device after another, in the PKI dir, no jail), BENCH_FAITHFUL devices each.
    fioca runs the same commands in the script jail, one device per core at a time, checks
@@ -44,11 +48,10 @@ GOAL_SIGNING_SHARE = 0.07
 GOAL_FAITHFUL = 1.8
 MEMORY_GOAL_MIB = 200
 SAMPLE_SECONDS = 0.05
-
-
-def fioca() -> list[str]:
-    script = Path(sys.executable).with_name("fioca")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fioca"]
+# When the last suite deleted its folders, and how long ext4 without a journal keeps skipping
+# the inodes it freed (RECENTCY_MIN + RECENTCY_DIRTY in fs/ext4/ialloc.c, 60 + 300 s).
+FREED_STAMP = Path(DISK_TMP) / ".fioca-bench-batch-freed"
+FREED_SETTLE_SECONDS = 360
 
 
 def _env() -> dict[str, str]:
@@ -106,7 +109,7 @@ class PeakMemory:
 def batch_run(pki: Path, out: Path, count: int) -> tuple[float, float]:
     """(devices/s, peak MiB) of `fioca device create-offline --count` into `out`, from outside."""
     start = time.perf_counter()
-    process = subprocess.Popen([*fioca(), "device", "create-offline", str(pki), "--count", str(count), "--out", str(out)],
+    process = subprocess.Popen([*common.fioca_command(), "device", "create-offline", str(pki), "--count", str(count), "--out", str(out)],
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     memory = PeakMemory(process.pid)
     _, stderr = process.communicate()
@@ -143,7 +146,7 @@ def files_ceiling(out: Path) -> float:
 
 def faithful_rate(pki: Path, out: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run([*fioca(), "device", "create-offline", str(pki), "--faithful", "--count", str(FAITHFUL),
+    done = subprocess.run([*common.fioca_command(), "device", "create-offline", str(pki), "--faithful", "--count", str(FAITHFUL),
                            "--out", str(out)], env=_env(), capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"fioca device create-offline --faithful failed:\n{done.stderr}")
@@ -214,7 +217,20 @@ def faithful_suite(pki: Path, base: Path, rounds: int) -> None:
     print(common.ratio_line("ratio", common.paired(samples["fioca"], samples["hand"]), GOAL_FAITHFUL, at_most=False))
 
 
+def settle_after_last_deletion() -> None:
+    """Wait until the inodes the last suite freed are no longer skipped (see the docstring)."""
+    try:
+        left = FREED_STAMP.stat().st_mtime + FREED_SETTLE_SECONDS - time.time()
+    except FileNotFoundError:
+        return
+    if left > 0:
+        print(f"waiting {left:.0f} s: the last suite deleted its folders on {DISK_TMP} "
+              f"{FREED_SETTLE_SECONDS - left:.0f} s ago, and ext4 skips inodes freed that recently", flush=True)  # fmt: skip
+        time.sleep(left)
+
+
 def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool = True) -> None:
+    settle_after_last_deletion()
     base = Path(tempfile.mkdtemp(prefix="fioca-bench-devices-"))
     disk = Path(tempfile.mkdtemp(prefix="fioca-bench-batch-", dir=DISK_TMP))
     factory = Factory(base / "factory")
@@ -227,7 +243,9 @@ def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool
             print()
             faithful_suite(factory.pki, base, rounds)
     finally:
+        FREED_STAMP.touch()  # a suite started while this one deletes waits too
         shutil.rmtree(disk, ignore_errors=True)
+        FREED_STAMP.touch()
         shutil.rmtree(base, ignore_errors=True)
 
 
