@@ -9,6 +9,7 @@ at least that long), and a step that must be stopped sleeps far longer than the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,3 +219,50 @@ def test_the_journal_names_every_work_dir_that_may_hold_the_root_key(tmp_path):
         for before, after in (("create_ca", ["create_ca"]), (None, [])):
             pki.replace(facts.JOURNAL_FILE, json.dumps({**data, "running": before}).encode())
             assert Journal.load(pki).running == after
+
+
+def _fioca_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("fioca-") and thread.is_alive()]
+
+
+def test_ctrl_c_just_as_a_step_starts_leaves_no_step_running(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+    """A Ctrl-C can land while the flow starts a step's thread (Thread.start() waits for it):
+    that step is stopped and waited for like the others, not left running a script after
+    fioca has said it was interrupted (its jail alive, its work dir holding the root key,
+    the journal not naming it)."""
+    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {MARKER}'" for script in SIGNING}))
+    real_start = threading.Thread.start
+
+    def start(thread):
+        real_start(thread)
+        if thread.name == f"fioca-{facts.SIGN_CA_CSR}":  # it runs; the interrupt comes before start() returns
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    pki = tmp_path / "pki"
+    try:
+        result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
+        assert result.exit_code == 130, result.output
+        assert f"Interrupted (finished: {facts.CREATE_CA})" in result.stderr, result.stderr
+        # When create returns, no step of it is at work any more (none is waited for here).
+        assert _fioca_threads() == [] and _processes_with(MARKER) == []
+        assert leftovers(pki) == []
+        assert Journal.load(PkiDir.open(pki)).running == []
+    finally:
+        for pid in _pids_with(MARKER):  # what a failure left: ended, not left to the next test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with(marker: str) -> list[int]:
+    """The processes whose command line holds `marker` (the scripts this test started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline and "pytest" not in cmdline:
+                found.append(int(entry.name))
+    return found
