@@ -27,7 +27,7 @@ from fioca.pki.journal import Journal
 from fioca.pki.files import PkiDir
 from fioca.pki.plan import PROGRESS, plan_create
 from tests.conftest import answer_with, server_certs
-from tests.test_hostile_server import MARKER, _processes_with, api_scripts
+from tests.test_hostile_server import _processes_with, api_scripts
 
 SIGNING = (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR, facts.CREATE_DEVICE_CA)
 LONG = 300  # seconds: far longer than any test here runs
@@ -70,6 +70,14 @@ def leftovers(pki: Path) -> list[str]:
     return sorted(name for name in os.listdir(pki) if name.startswith(facts.WORK_DIR))
 
 
+@pytest.fixture
+def marker(request) -> str:
+    """In every process a test's scripts start, so a survivor is found: the test's own, not
+    MARKER, which other tests run beside this one (-n 2) leave in their processes for a while
+    (and which are not this test's to find)."""
+    return f"fioca-marker-{request.node.name}-end"
+
+
 def test_the_signing_steps_run_side_by_side_and_report_in_order(cli, sandbox, sandbox_env, monkeypatch, runs, tmp_path):
     answer_with(monkeypatch, sandbox, changed(sandbox, **{script: "sleep 1" for script in SIGNING}))
     pki = tmp_path / "pki"
@@ -96,11 +104,11 @@ def test_the_signing_steps_run_side_by_side_and_report_in_order(cli, sandbox, sa
     assert not (pki / facts.JOURNAL_FILE).exists()
 
 
-def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, monkeypatch, runs, recorder, tmp_path):
+def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, monkeypatch, runs, recorder, tmp_path, marker):
     inserted = {
         facts.SIGN_TLS_CSR: "sleep 1; echo 'no signature today' >&2; exit 4",
-        facts.SIGN_CA_CSR: f"sh -c 'sleep {LONG}; : {MARKER}'",
-        facts.CREATE_DEVICE_CA: f"sh -c 'sleep {LONG}; : {MARKER}'",
+        facts.SIGN_CA_CSR: f"sh -c 'sleep {LONG}; : {marker}'",
+        facts.CREATE_DEVICE_CA: f"sh -c 'sleep {LONG}; : {marker}'",
     }
     answer_with(monkeypatch, sandbox, changed(sandbox, **inserted))
     pki = tmp_path / "pki"
@@ -118,7 +126,7 @@ def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, mon
     for name in (facts.TLS_CERT, facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT, facts.LOCAL_CA_KEY):
         assert not (pki / name).exists()
     assert PROGRESS[facts.SIGN_CA_CSR] not in result.stderr
-    assert leftovers(pki) == [] and _processes_with(MARKER) == []
+    assert leftovers(pki) == [] and _processes_with(marker) == []
     assert [method for method, _ in recorder] == ["POST"]
 
 
@@ -174,10 +182,10 @@ def test_the_dry_run_shows_each_work_dir_and_the_order(cli, sandbox_env, tmp_pat
     assert alone["side_by_side"] is False
 
 
-def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypatch, home, tmp_path):
+def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypatch, home, tmp_path, marker):
     """SIGINT to a real fioca process while all three signing scripts run: each jail is gone,
     each work dir removed, the line and the journal say what is kept."""
-    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {MARKER}'" for script in SIGNING}))
+    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {marker}'" for script in SIGNING}))
     pki = tmp_path / "pki"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIOCTL_", "FIOCA_"))}
     env.update(sandbox_env, HOME=str(home))
@@ -188,9 +196,9 @@ def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypat
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while len(_processes_with(MARKER)) < len(SIGNING) and time.monotonic() < deadline:
+        while len(_processes_with(marker)) < len(SIGNING) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(_processes_with(MARKER)) >= len(SIGNING), "the three signing scripts never ran together"
+        assert len(_processes_with(marker)) >= len(SIGNING), "the three signing scripts never ran together"
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
     finally:
@@ -198,7 +206,7 @@ def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypat
     assert process.returncode == 130, err
     assert f"Interrupted (finished: {facts.CREATE_CA}); the root key is kept in {pki / facts.ROOT_KEY}" in err, err
     assert "stopped inside" not in err  # every work dir is gone: nothing to warn about
-    assert _processes_with(MARKER) == [] and leftovers(pki) == []
+    assert _processes_with(marker) == [] and leftovers(pki) == []
     journal = Journal.load(PkiDir.open(pki))  # what --resume takes up (it runs the saved scripts)
     assert (list(journal.steps), journal.running) == ([facts.CREATE_CA], [])
 
@@ -222,15 +230,17 @@ def test_the_journal_names_every_work_dir_that_may_hold_the_root_key(tmp_path):
 
 
 def _fioca_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name.startswith("fioca-") and thread.is_alive()]
+    """The threads of create's steps still alive (StepRun names each after its script)."""
+    names = {f"fioca-{script}" for script in facts.SCRIPT_NAMES}
+    return [thread for thread in threading.enumerate() if thread.name in names and thread.is_alive()]
 
 
-def test_ctrl_c_just_as_a_step_starts_leaves_no_step_running(cli, sandbox, sandbox_env, monkeypatch, tmp_path):
+def test_ctrl_c_just_as_a_step_starts_leaves_no_step_running(cli, sandbox, sandbox_env, monkeypatch, tmp_path, marker):
     """A Ctrl-C can land while the flow starts a step's thread (Thread.start() waits for it):
     that step is stopped and waited for like the others, not left running a script after
     fioca has said it was interrupted (its jail alive, its work dir holding the root key,
     the journal not naming it)."""
-    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {MARKER}'" for script in SIGNING}))
+    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {marker}'" for script in SIGNING}))
     real_start = threading.Thread.start
 
     def start(thread):
@@ -245,11 +255,11 @@ def test_ctrl_c_just_as_a_step_starts_leaves_no_step_running(cli, sandbox, sandb
         assert result.exit_code == 130, result.output
         assert f"Interrupted (finished: {facts.CREATE_CA})" in result.stderr, result.stderr
         # When create returns, no step of it is at work any more (none is waited for here).
-        assert _fioca_threads() == [] and _processes_with(MARKER) == []
+        assert _fioca_threads() == [] and _processes_with(marker) == []
         assert leftovers(pki) == []
         assert Journal.load(PkiDir.open(pki)).running == []
     finally:
-        for pid in _pids_with(MARKER):  # what a failure left: ended, not left to the next test
+        for pid in _pids_with(marker):  # what a failure left: ended, not left to the next test
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -266,3 +276,4 @@ def _pids_with(marker: str) -> list[int]:
             if marker in cmdline and "pytest" not in cmdline:
                 found.append(int(entry.name))
     return found
+
