@@ -277,3 +277,49 @@ def _pids_with(marker: str) -> list[int]:
                 found.append(int(entry.name))
     return found
 
+
+def test_a_step_whose_lines_cannot_be_shown_can_still_be_stopped(tmp_path, marker):
+    """A terminal that takes no more output (a paused pager, Ctrl-S) blocks the thread showing
+    a step's stderr line; stopping that step (Ctrl-C, an earlier step's failure) must still kill
+    its jail at once, not wait for the terminal."""
+    from fioca.errors import ScriptError
+    from fioca.pki import jail as jails
+    from fioca.pki.scripts import ScriptRunner
+    from fioca.pki.step_runs import StepRun
+
+    work_dir = tmp_path / "work"
+    work_dir.mkdir(mode=0o700)
+    showing, terminal_back = threading.Event(), threading.Event()
+
+    def work(run):
+        runner = ScriptRunner(work_dir, jail=jails.require(), on_stderr=run.line)
+        run.attach(runner)
+        runner.install("talks", f"#!/bin/sh -e\necho first >&2\nsh -c 'sleep {LONG}; : {marker}'\n")
+        return runner.run("talks")
+
+    def show(_line):
+        showing.set()
+        terminal_back.wait()
+
+    run = StepRun("talks", work, show=show)
+    run.start()
+    run.shown()
+    try:
+        assert showing.wait(60), "the script's line never came"
+        stopper = threading.Thread(target=run.stop)
+        stopper.start()
+        stopper.join(60)  # a deadlock, not a time: it returns at once or never
+        stopped = not stopper.is_alive()
+        assert stopped, "stop() waited for the terminal"
+        deadline = time.monotonic() + 60  # the kill is sent; the kernel ends the jail soon after
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_with(marker) == []  # gone while the terminal still takes nothing
+        terminal_back.set()  # the step's lines drain; only then can its thread end
+        run.join()
+        with pytest.raises(ScriptError, match="stopped by fioca"):
+            run.result()
+    finally:
+        terminal_back.set()
+        run.stop()
+        run.join()

@@ -33,7 +33,11 @@ class StepRun(Generic[T]):
         self.name = name
         self._work = work
         self._show = show
-        self._lock = threading.Lock()  # the held lines and the runner, shared with sh's reader thread
+        # Two locks: the held lines (shared with sh's reader thread, held while a line is shown,
+        # which a terminal that takes no more output can block), and the run's state (what
+        # stop() needs, so that it never waits for the terminal).
+        self._lines_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._held: list[str] | None = []  # None once the lines go straight to `show`
         self._runner: ScriptRunner | None = None
         self._stopped = False
@@ -60,7 +64,7 @@ class StepRun(Generic[T]):
 
     def line(self, text: str) -> None:
         """A line the step's script wrote to stderr: held, or shown once the step is shown."""
-        with self._lock:
+        with self._lines_lock:
             if self._held is not None:
                 self._held.append(text)
                 return
@@ -69,7 +73,7 @@ class StepRun(Generic[T]):
     def shown(self) -> None:
         """The step is the one being reported: the lines held so far, then each as it comes.
         (Under the lock: a line that arrives meanwhile waits, and comes after them.)"""
-        with self._lock:
+        with self._lines_lock:
             held, self._held = self._held or [], None
             for text in held:
                 self._show(text)
