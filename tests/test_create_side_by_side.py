@@ -9,6 +9,7 @@ at least that long), and a step that must be stopped sleeps far longer than the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from fioca.pki.journal import Journal
 from fioca.pki.files import PkiDir
 from fioca.pki.plan import PROGRESS, plan_create
 from tests.conftest import answer_with, server_certs
-from tests.test_hostile_server import MARKER, _processes_with, api_scripts
+from tests.test_hostile_server import _processes_with, api_scripts
 
 SIGNING = (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR, facts.CREATE_DEVICE_CA)
 LONG = 300  # seconds: far longer than any test here runs
@@ -69,6 +70,14 @@ def leftovers(pki: Path) -> list[str]:
     return sorted(name for name in os.listdir(pki) if name.startswith(facts.WORK_DIR))
 
 
+@pytest.fixture
+def marker(request) -> str:
+    """In every process a test's scripts start, so a survivor is found: the test's own, not
+    MARKER, which other tests run beside this one (-n 2) leave in their processes for a while
+    (and which are not this test's to find)."""
+    return f"fioca-marker-{request.node.name}-end"
+
+
 def test_the_signing_steps_run_side_by_side_and_report_in_order(cli, sandbox, sandbox_env, monkeypatch, runs, tmp_path):
     answer_with(monkeypatch, sandbox, changed(sandbox, **{script: "sleep 1" for script in SIGNING}))
     pki = tmp_path / "pki"
@@ -95,11 +104,11 @@ def test_the_signing_steps_run_side_by_side_and_report_in_order(cli, sandbox, sa
     assert not (pki / facts.JOURNAL_FILE).exists()
 
 
-def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, monkeypatch, runs, recorder, tmp_path):
+def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, monkeypatch, runs, recorder, tmp_path, marker):
     inserted = {
         facts.SIGN_TLS_CSR: "sleep 1; echo 'no signature today' >&2; exit 4",
-        facts.SIGN_CA_CSR: f"sh -c 'sleep {LONG}; : {MARKER}'",
-        facts.CREATE_DEVICE_CA: f"sh -c 'sleep {LONG}; : {MARKER}'",
+        facts.SIGN_CA_CSR: f"sh -c 'sleep {LONG}; : {marker}'",
+        facts.CREATE_DEVICE_CA: f"sh -c 'sleep {LONG}; : {marker}'",
     }
     answer_with(monkeypatch, sandbox, changed(sandbox, **inserted))
     pki = tmp_path / "pki"
@@ -117,7 +126,7 @@ def test_a_failing_step_stops_the_steps_beside_it(cli, sandbox, sandbox_env, mon
     for name in (facts.TLS_CERT, facts.ONLINE_CA_CERT, facts.LOCAL_CA_CERT, facts.LOCAL_CA_KEY):
         assert not (pki / name).exists()
     assert PROGRESS[facts.SIGN_CA_CSR] not in result.stderr
-    assert leftovers(pki) == [] and _processes_with(MARKER) == []
+    assert leftovers(pki) == [] and _processes_with(marker) == []
     assert [method for method, _ in recorder] == ["POST"]
 
 
@@ -173,10 +182,10 @@ def test_the_dry_run_shows_each_work_dir_and_the_order(cli, sandbox_env, tmp_pat
     assert alone["side_by_side"] is False
 
 
-def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypatch, home, tmp_path):
+def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypatch, home, tmp_path, marker):
     """SIGINT to a real fioca process while all three signing scripts run: each jail is gone,
     each work dir removed, the line and the journal say what is kept."""
-    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {MARKER}'" for script in SIGNING}))
+    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {marker}'" for script in SIGNING}))
     pki = tmp_path / "pki"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIOCTL_", "FIOCA_"))}
     env.update(sandbox_env, HOME=str(home))
@@ -187,9 +196,9 @@ def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypat
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while len(_processes_with(MARKER)) < len(SIGNING) and time.monotonic() < deadline:
+        while len(_processes_with(marker)) < len(SIGNING) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(_processes_with(MARKER)) >= len(SIGNING), "the three signing scripts never ran together"
+        assert len(_processes_with(marker)) >= len(SIGNING), "the three signing scripts never ran together"
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
     finally:
@@ -197,7 +206,7 @@ def test_ctrl_c_while_the_steps_run_side_by_side(sandbox, sandbox_env, monkeypat
     assert process.returncode == 130, err
     assert f"Interrupted (finished: {facts.CREATE_CA}); the root key is kept in {pki / facts.ROOT_KEY}" in err, err
     assert "stopped inside" not in err  # every work dir is gone: nothing to warn about
-    assert _processes_with(MARKER) == [] and leftovers(pki) == []
+    assert _processes_with(marker) == [] and leftovers(pki) == []
     journal = Journal.load(PkiDir.open(pki))  # what --resume takes up (it runs the saved scripts)
     assert (list(journal.steps), journal.running) == ([facts.CREATE_CA], [])
 
@@ -218,3 +227,99 @@ def test_the_journal_names_every_work_dir_that_may_hold_the_root_key(tmp_path):
         for before, after in (("create_ca", ["create_ca"]), (None, [])):
             pki.replace(facts.JOURNAL_FILE, json.dumps({**data, "running": before}).encode())
             assert Journal.load(pki).running == after
+
+
+def _fioca_threads() -> list[threading.Thread]:
+    """The threads of create's steps still alive (StepRun names each after its script)."""
+    names = {f"fioca-{script}" for script in facts.SCRIPT_NAMES}
+    return [thread for thread in threading.enumerate() if thread.name in names and thread.is_alive()]
+
+
+def test_ctrl_c_just_as_a_step_starts_leaves_no_step_running(cli, sandbox, sandbox_env, monkeypatch, tmp_path, marker):
+    """A Ctrl-C can land while the flow starts a step's thread (Thread.start() waits for it):
+    that step is stopped and waited for like the others, not left running a script after
+    fioca has said it was interrupted (its jail alive, its work dir holding the root key,
+    the journal not naming it)."""
+    answer_with(monkeypatch, sandbox, changed(sandbox, **{script: f"sh -c 'sleep {LONG}; : {marker}'" for script in SIGNING}))
+    real_start = threading.Thread.start
+
+    def start(thread):
+        real_start(thread)
+        if thread.name == f"fioca-{facts.SIGN_CA_CSR}":  # it runs; the interrupt comes before start() returns
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    pki = tmp_path / "pki"
+    try:
+        result = cli("keys", "ca", "create", pki, "--yes", "--allow-unaudited", env=sandbox_env)
+        assert result.exit_code == 130, result.output
+        assert f"Interrupted (finished: {facts.CREATE_CA})" in result.stderr, result.stderr
+        # When create returns, no step of it is at work any more (none is waited for here).
+        assert _fioca_threads() == [] and _processes_with(marker) == []
+        assert leftovers(pki) == []
+        assert Journal.load(PkiDir.open(pki)).running == []
+    finally:
+        for pid in _pids_with(marker):  # what a failure left: ended, not left to the next test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with(marker: str) -> list[int]:
+    """The processes whose command line holds `marker` (the scripts this test started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline and "pytest" not in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_step_whose_lines_cannot_be_shown_can_still_be_stopped(tmp_path, marker):
+    """A terminal that takes no more output (a paused pager, Ctrl-S) blocks the thread showing
+    a step's stderr line; stopping that step (Ctrl-C, an earlier step's failure) must still kill
+    its jail at once, not wait for the terminal."""
+    from fioca.errors import ScriptError
+    from fioca.pki import jail as jails
+    from fioca.pki.scripts import ScriptRunner
+    from fioca.pki.step_runs import StepRun
+
+    work_dir = tmp_path / "work"
+    work_dir.mkdir(mode=0o700)
+    showing, terminal_back = threading.Event(), threading.Event()
+
+    def work(run):
+        runner = ScriptRunner(work_dir, jail=jails.require(), on_stderr=run.line)
+        run.attach(runner)
+        runner.install("talks", f"#!/bin/sh -e\necho first >&2\nsh -c 'sleep {LONG}; : {marker}'\n")
+        return runner.run("talks")
+
+    def show(_line):
+        showing.set()
+        terminal_back.wait()
+
+    run = StepRun("talks", work, show=show)
+    run.start()
+    run.shown()
+    try:
+        assert showing.wait(60), "the script's line never came"
+        stopper = threading.Thread(target=run.stop)
+        stopper.start()
+        stopper.join(60)  # a deadlock, not a time: it returns at once or never
+        stopped = not stopper.is_alive()
+        assert stopped, "stop() waited for the terminal"
+        deadline = time.monotonic() + 60  # the kill is sent; the kernel ends the jail soon after
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_with(marker) == []  # gone while the terminal still takes nothing
+        terminal_back.set()  # the step's lines drain; only then can its thread end
+        run.join()
+        with pytest.raises(ScriptError, match="stopped by fioca"):
+            run.result()
+    finally:
+        terminal_back.set()
+        run.stop()
+        run.join()

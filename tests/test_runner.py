@@ -80,6 +80,32 @@ def test_an_output_flood_is_killed(work, stream):
         runner.run("flood")
 
 
+def test_a_jail_whose_pid_1_was_gone_too_soon_is_not_killed_by_its_number_late(work, monkeypatch):
+    """A script that ends before fioca has its pidfd on the jail's PID 1 (pidfd_open finds no
+    process) leaves fioca no pidfd: then the jail is already ending by itself, and bwrap's pid,
+    reaped by the wait, may name another process by the time a kill (the last one after the
+    wait, a stop() from another thread) comes. No process group is signalled by a number
+    fioca has already reaped."""
+
+    def gone(_pid, *_flags):
+        raise ProcessLookupError
+
+    signalled: list[tuple[int, bool]] = []
+    real_killpg = os.killpg
+
+    def killpg(pid, sig):
+        signalled.append((pid, os.path.exists(f"/proc/{pid}")))  # a reaped, unreused pid has none
+        return real_killpg(pid, sig)
+
+    monkeypatch.setattr(jails.os, "pidfd_open", gone)
+    monkeypatch.setattr(os, "killpg", killpg)
+    runner = runner_for(work)
+    runner.install("quick", "#!/bin/sh -e\necho made\n")
+    assert runner.run("quick") == b"made\n"
+    runner.stop()  # from another step's failure, after the run: nothing of it is left to kill
+    assert [pid for pid, alive in signalled if not alive] == []
+
+
 def test_a_script_that_waits_on_stdin_gets_end_of_file(work):
     runner = runner_for(work)
     runner.install("reader", "#!/bin/sh -e\ncat\necho done\n")

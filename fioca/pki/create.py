@@ -492,7 +492,9 @@ class Steps:
                 if ready:
                     self.journal.note_running([*running, *(later.script for later in ready)])
                     for later in ready:
-                        running[later.script] = self.started(later)
+                        # Held before it starts: a Ctrl-C inside start() leaves it to stop and join.
+                        run = running[later.script] = self.step_run(later)
+                        run.start()
                 running[step.script].shown()
                 made_at, products = running[step.script].result()
                 del running[step.script]
@@ -507,7 +509,7 @@ class Steps:
             if left != self.journal.running:
                 self.journal.note_running(left)
 
-    def started(self, step: ScriptStep) -> StepRun[tuple[datetime, dict[str, bytes]]]:
+    def step_run(self, step: ScriptStep) -> StepRun[tuple[datetime, dict[str, bytes]]]:
         def work(run: StepRun) -> tuple[datetime, dict[str, bytes]]:
             made_at = datetime.now(UTC).replace(microsecond=0)
             return made_at, self.made_by(step, run)

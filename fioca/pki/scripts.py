@@ -235,8 +235,10 @@ class ScriptRunner:
         timed_out = threading.Event()
 
         def kill() -> None:
-            # The jail's PID 1 (every process in the jail dies with it), else the group.
-            if not how.end():
+            # The jail's PID 1 (every process in the jail dies with it), by its pidfd; with no
+            # jail, the script's group. A jail fioca has no pidfd on had ended before it could
+            # take one (or never began): its bwrap's pid, once reaped, may name another process.
+            if not how.end() and not self.jail.contained:
                 _kill_group(process.pid)
 
         def on_timeout() -> None:

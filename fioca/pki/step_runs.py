@@ -22,26 +22,39 @@ T = TypeVar("T")
 
 
 class StepRun(Generic[T]):
-    """`work(self)` running in a thread from the start; `result()` waits for what it returns.
+    """`work(self)` in a thread of its own once `start()`ed; `result()` waits for what it returns.
 
     `work` hands each script's stderr line to `line()` and its ScriptRunner to `attach()`,
-    which is how `stop()` reaches the script."""
+    which is how `stop()` reaches the script. Made first, started after the caller holds it:
+    a Ctrl-C that lands inside `start()` leaves a run the caller can stop and join (one stopped
+    before its thread began never begins; `join()` then returns at once)."""
 
     def __init__(self, name: str, work: Callable[[StepRun[T]], T], show: Callable[[str], None]):
         self.name = name
         self._work = work
         self._show = show
-        self._lock = threading.Lock()  # the held lines and the runner, shared with sh's reader thread
+        # Two locks: the held lines (shared with sh's reader thread, held while a line is shown,
+        # which a terminal that takes no more output can block), and the run's state (what
+        # stop() needs, so that it never waits for the terminal).
+        self._lines_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._held: list[str] | None = []  # None once the lines go straight to `show`
         self._runner: ScriptRunner | None = None
         self._stopped = False
+        self._began = False  # the thread is at work (under the lock: stop() then waits for it)
         self._outcome: tuple[T | None, BaseException | None] = (None, None)
         # Waited on, not Thread.join(): a join that Ctrl-C interrupts can leave the thread
         # marked as ended while it still runs (CPython 3.11), and a later join returns at once.
         self._done = threading.Event()
-        threading.Thread(target=self._main, name=f"fioca-{name}", daemon=True).start()
+
+    def start(self) -> None:
+        threading.Thread(target=self._main, name=f"fioca-{self.name}", daemon=True).start()
 
     def _main(self) -> None:
+        with self._lock:
+            if self._stopped:  # stopped before it began (set done by stop()): nothing to do
+                return
+            self._began = True
         try:
             self._outcome = (self._work(self), None)
         except BaseException as exc:  # noqa: BLE001 - raised again by result(), in the flow's thread
@@ -51,7 +64,7 @@ class StepRun(Generic[T]):
 
     def line(self, text: str) -> None:
         """A line the step's script wrote to stderr: held, or shown once the step is shown."""
-        with self._lock:
+        with self._lines_lock:
             if self._held is not None:
                 self._held.append(text)
                 return
@@ -60,7 +73,7 @@ class StepRun(Generic[T]):
     def shown(self) -> None:
         """The step is the one being reported: the lines held so far, then each as it comes.
         (Under the lock: a line that arrives meanwhile waits, and comes after them.)"""
-        with self._lock:
+        with self._lines_lock:
             held, self._held = self._held or [], None
             for text in held:
                 self._show(text)
@@ -78,6 +91,9 @@ class StepRun(Generic[T]):
         with self._lock:
             self._stopped = True
             runner = self._runner
+            if not self._began:  # its thread never began (or not yet): it never will
+                self._outcome = (None, RuntimeError(f"step {self.name} was stopped before it began"))
+                self._done.set()
         if runner is not None:
             runner.stop()
 
