@@ -10,9 +10,9 @@
    folders stay until the end of the suite: ext4 without a journal (this machine's) skips,
    one by one, every free inode freed in the last minute, or in the last six while its
    inode-table block is unwritten (fs/ext4/ialloc.c, recently_deleted), so creating files
-   right after a large deletion costs several times the kernel time. The suite's own
-   deletion is stamped (FREED_STAMP), and a suite started within six minutes of it waits
-   them out, saying so; deletions by anything else on the disk show in ceiling 2.
+   right after a large deletion costs several times the kernel time. Every suite's deletion
+   on that disk is stamped (common.remove_from_disk), and this suite, started within six
+   minutes of one, waits them out, saying so; deletions by anything else show in ceiling 2.
 2. `--faithful` against the documented procedure typed by hand (section 8 with sh and
    openssl, one device after another, in the PKI dir, no jail), BENCH_FAITHFUL devices each.
    fioca runs the same commands in the script jail, one device per core at a time, checks
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,17 +40,13 @@ from tests.test_device_support import Factory, manual_procedure
 
 COUNTS = [int(n) for n in os.environ.get("BENCH_DEVICE_COUNTS", "1000,10000").split(",")]
 FAITHFUL = int(os.environ.get("BENCH_FAITHFUL", "24"))
-DISK_TMP = os.environ.get("BENCH_DISK_TMP", "/var/tmp")
+DISK_TMP = common.DISK_TMP
 CEILING_DEVICES = 1000  # per core, for the files ceiling
 GOAL_RATE = 2000  # devices/s
 GOAL_SIGNING_SHARE = 0.07
 GOAL_FAITHFUL = 1.8
 MEMORY_GOAL_MIB = 200
 SAMPLE_SECONDS = 0.05
-# When the last suite deleted its folders, and how long ext4 without a journal keeps skipping
-# the inodes it freed (RECENTCY_MIN + RECENTCY_DIRTY in fs/ext4/ialloc.c, 60 + 300 s).
-FREED_STAMP = Path(DISK_TMP) / ".fioca-bench-batch-freed"
-FREED_SETTLE_SECONDS = 360
 
 
 def _env() -> dict[str, str]:
@@ -217,20 +212,8 @@ def faithful_suite(pki: Path, base: Path, rounds: int) -> None:
     print(common.ratio_line("ratio", common.paired(samples["fioca"], samples["hand"]), GOAL_FAITHFUL, at_most=False))
 
 
-def settle_after_last_deletion() -> None:
-    """Wait until the inodes the last suite freed are no longer skipped (see the docstring)."""
-    try:
-        left = FREED_STAMP.stat().st_mtime + FREED_SETTLE_SECONDS - time.time()
-    except FileNotFoundError:
-        return
-    if left > 0:
-        print(f"waiting {left:.0f} s: the last suite deleted its folders on {DISK_TMP} "
-              f"{FREED_SETTLE_SECONDS - left:.0f} s ago, and ext4 skips inodes freed that recently", flush=True)  # fmt: skip
-        time.sleep(left)
-
-
 def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool = True) -> None:
-    settle_after_last_deletion()
+    common.settle_after_deletions()
     base = Path(tempfile.mkdtemp(prefix="fioca-bench-devices-"))
     disk = Path(tempfile.mkdtemp(prefix="fioca-bench-batch-", dir=DISK_TMP))
     factory = Factory(base / "factory")
@@ -243,10 +226,8 @@ def main(counts: list[int] = COUNTS, rounds: int = common.ROUNDS, faithful: bool
             print()
             faithful_suite(factory.pki, base, rounds)
     finally:
-        FREED_STAMP.touch()  # a suite started while this one deletes waits too
-        shutil.rmtree(disk, ignore_errors=True)
-        FREED_STAMP.touch()
-        shutil.rmtree(base, ignore_errors=True)
+        common.remove_from_disk(disk)
+        common.remove_from_disk(base)  # the default tmp is on the same disk here
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ those ratios is the figure; the lowest and highest say how much to trust it.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -39,6 +40,36 @@ def fioca_command() -> list[str]:
     checkout it was installed from, so a second worktree would measure the first. Not
     `python -m fioca` either: that starts through runpy, which the console script does not."""
     return [sys.executable, "-c", _CONSOLE_SCRIPT.format(checkout=str(CHECKOUT))]
+
+
+# Folders on disk (BENCH_DISK_TMP). ext4 without a journal (this machine's) skips, one by one,
+# every free inode freed in the last minute, or the last six while its inode-table block is
+# unwritten (fs/ext4/ialloc.c, recently_deleted, 60 + 300 s): making files right after a large
+# deletion costs several times the kernel time. Every suite's deletion on that disk is stamped,
+# and a suite that makes many files waits the rest of those six minutes out, saying so.
+DISK_TMP = os.environ.get("BENCH_DISK_TMP", "/var/tmp")
+FREED_STAMP = Path(DISK_TMP) / ".fioca-bench-batch-freed"
+FREED_SETTLE_SECONDS = 360
+
+
+def remove_from_disk(folder: Path) -> None:
+    """Delete a suite's folder on the disk, stamped before (a suite started meanwhile waits too)
+    and after."""
+    FREED_STAMP.touch()
+    shutil.rmtree(folder, ignore_errors=True)
+    FREED_STAMP.touch()
+
+
+def settle_after_deletions() -> None:
+    """Wait until the inodes the last suite freed are no longer skipped."""
+    try:
+        left = FREED_STAMP.stat().st_mtime + FREED_SETTLE_SECONDS - time.time()
+    except FileNotFoundError:
+        return
+    if left > 0:
+        print(f"waiting {left:.0f} s: a suite deleted its folders on {DISK_TMP} "
+              f"{FREED_SETTLE_SECONDS - left:.0f} s ago, and ext4 skips inodes freed that recently", flush=True)  # fmt: skip
+        time.sleep(left)
 
 
 def load_average() -> str:
