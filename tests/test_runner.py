@@ -14,6 +14,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,62 @@ def test_install_and_put_write_new_files_with_their_modes(work):
     with pytest.raises(ScriptError, match="tls-csr already exists in the work dir .* never writes over it"):
         runner.put("tls-csr", b"other")
     assert csr.read_bytes() == b"CSR"
+
+
+def test_no_script_starts_while_another_thread_writes_a_work_dir_file(work, tmp_path, monkeypatch):
+    """A process forked while a script file is open for writing holds that fd until it execs,
+    and the script's own exec fails with "Text file busy" meanwhile (seen with create's steps
+    side by side). So a start waits for a write under way, and the file is closed first."""
+    from fioca.pki import scripts as scripts_module
+
+    events: list[str] = []
+    writing, trying = threading.Event(), threading.Event()
+    real_fdopen = os.fdopen
+
+    class SlowFile:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+            events.append("file closed")
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def write(self, data):
+            events.append("writing")
+            writing.set()
+            assert trying.wait(30)
+            time.sleep(0.2)  # a start that did not wait would fork now
+            return self.handle.write(data)
+
+    second = tmp_path / "second"
+    second.mkdir(mode=0o700)
+    starter = runner_for(second)
+    starter.install("noop", "#!/bin/sh\n:\n")
+    monkeypatch.setattr(scripts_module.os, "fdopen", lambda fd, mode: SlowFile(real_fdopen(fd, mode)))
+    real_command = scripts_module.sh.Command
+
+    def command(path):
+        events.append("fork")
+        return real_command(path)
+
+    monkeypatch.setattr(scripts_module.sh, "Command", command)
+
+    def start_while_writing():
+        assert writing.wait(30)
+        trying.set()
+        starter.run("noop")
+
+    thread = threading.Thread(target=start_while_writing)
+    thread.start()
+    runner_for(work).install("create_ca", "#!/bin/sh\n")
+    thread.join(60)
+    assert events == ["writing", "file closed", "fork"]
 
 
 def test_put_never_writes_through_a_planted_symlink(work, home):

@@ -42,6 +42,12 @@ from fioca.errors import ScriptError
 from fioca.pki import jail as jails
 
 INPUT_MODE = 0o600
+# A script is written into its work dir, then exec'd in its jail. A process another thread
+# forks while that file is open for writing holds a copy of the fd until it execs, and the
+# script's exec fails meanwhile with ETXTBSY ("Text file busy"): with create's steps side by
+# side, one step's install would meet another's start. So writing a work-dir file and
+# starting a script (fork to exec) never overlap in this process.
+_WRITING_OR_FORKING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -148,19 +154,20 @@ class ScriptRunner:
         folder = self._open_work_dir()
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                if replace:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(_plain_name(name), dir_fd=folder)
-                fd = os.open(_plain_name(name), flags, mode, dir_fd=folder)
-            except FileExistsError:
-                where = f"the work dir {self.work_dir}"
-                raise ScriptError(f"{name} already exists in {where}; fioca never writes over it") from None
-            except OSError as exc:
-                raise ScriptError(f"cannot write {name} in the work dir {self.work_dir}: {exc.strerror}") from None
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                os.fchmod(handle.fileno(), mode)  # whatever the umask
+            with _WRITING_OR_FORKING:
+                try:
+                    if replace:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(_plain_name(name), dir_fd=folder)
+                    fd = os.open(_plain_name(name), flags, mode, dir_fd=folder)
+                except FileExistsError:
+                    where = f"the work dir {self.work_dir}"
+                    raise ScriptError(f"{name} already exists in {where}; fioca never writes over it") from None
+                except OSError as exc:
+                    raise ScriptError(f"cannot write {name} in the work dir {self.work_dir}: {exc.strerror}") from None
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    os.fchmod(handle.fileno(), mode)  # whatever the umask
         finally:
             os.close(folder)
         return self.work_dir / name
@@ -345,7 +352,7 @@ def open_work_dir(work_dir: Path) -> int:
 
 
 def _start(how: jails.Invocation, stdout: _Capture, stderr: _Capture):
-    with open(os.devnull, "rb") as nothing:
+    with open(os.devnull, "rb") as nothing, _WRITING_OR_FORKING:  # sh returns once the child has exec'd
         return sh.Command(how.argv[0])(
             *how.argv[1:],
             _cwd=how.cwd,
