@@ -218,15 +218,27 @@ def test_the_journal_names_every_work_dir_that_may_hold_the_root_key(tmp_path):
         journal = Journal.begin(pki, factory="f", online_ca=True, local_ca=True, hsm=False, local_ca_cn="fio-1",
                                 answer_sha256="0" * 64)  # fmt: skip
         journal.note_running([facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR])
+        for script in (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR):
+            pki.make_folder(facts.work_dir_of(script))
         text = Journal.load(pki).progress()
-        assert f"stopped inside {facts.SIGN_TLS_CSR} and {facts.SIGN_CA_CSR}" in text
+        assert f"stopped inside {facts.SIGN_TLS_CSR} and {facts.SIGN_CA_CSR}, whose work dirs" in text
         for script in (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR):
             assert str(folder / facts.work_dir_of(script)) in text
-        # A journal written one script at a time (a string, or null) still loads.
+        # Only the work dirs still there are named: one removed is no place for a key.
+        pki.remove_folder(facts.work_dir_of(facts.SIGN_CA_CSR))
+        text = Journal.load(pki).progress()
+        assert str(folder / facts.work_dir_of(facts.SIGN_CA_CSR)) not in text and "whose work dir " in text
+        pki.remove_folder(facts.work_dir_of(facts.SIGN_TLS_CSR))
+        assert "may hold" not in Journal.load(pki).progress()
+        # A journal written one script at a time (a string, or null) still loads, and the one
+        # work dir such a run left (.fioca-work) is the one named.
         data = json.loads((folder / facts.JOURNAL_FILE).read_text())
         for before, after in (("create_ca", ["create_ca"]), (None, [])):
             pki.replace(facts.JOURNAL_FILE, json.dumps({**data, "running": before}).encode())
             assert Journal.load(pki).running == after
+        pki.replace(facts.JOURNAL_FILE, json.dumps({**data, "running": "create_ca"}).encode())
+        pki.make_folder(facts.WORK_DIR)
+        assert f"stopped inside create_ca, whose work dir {folder / facts.WORK_DIR} may hold" in Journal.load(pki).progress()
 
 
 def _fioca_threads() -> list[threading.Thread]:

@@ -100,9 +100,11 @@ class Journal:
         done = ", ".join(self.steps) or "no script"
         text = f"finished: {done}"
         if self.running:
-            dirs = ", ".join(str(self.pki / facts.work_dir_of(script)) for script in self.running)
-            inside = " and ".join(self.running)
-            text += f"; stopped inside {inside}, whose work dir{'s' if len(self.running) > 1 else ''} {dirs} may hold a copy of the root key"
+            text += f"; stopped inside {' and '.join(self.running)}"
+            # The work dirs still there (an earlier version's run kept its one as .fioca-work).
+            left = [self.pki / name for name in (*map(facts.work_dir_of, self.running), facts.WORK_DIR) if self.pki.has(name)]
+            if left:
+                text += f", whose work dir{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} may hold a copy of the root key"
         return text
 
     def finish(self) -> None:
