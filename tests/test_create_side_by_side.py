@@ -26,7 +26,7 @@ from fioca.pki import scripts as runner_module
 from fioca.pki.journal import Journal
 from fioca.pki.files import PkiDir
 from fioca.pki.plan import PROGRESS, plan_create
-from tests.conftest import answer_with, server_certs
+from tests.conftest import answer_with
 from tests.test_hostile_server import _processes_with, api_scripts
 
 SIGNING = (facts.SIGN_TLS_CSR, facts.SIGN_CA_CSR, facts.CREATE_DEVICE_CA)
