@@ -252,6 +252,12 @@ def _proxy(env: Mapping[str, str], server_url: str) -> tuple[str | None, str]:
     return proxy or None, env.get("no_proxy") or env.get("NO_PROXY") or ""
 
 
+def config_file(*, config: Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file in use (FIOCTL_CONFIG, else -c/--config, else fioctl's default), unread."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("FIOCTL_CONFIG") or config or DEFAULT_CONFIG).expanduser()
+
+
 def load_settings(
     *,
     factory: str | None = None,
@@ -264,7 +270,7 @@ def load_settings(
     """Resolve settings from flags (the keyword arguments), the environment and the file."""
     env = dict(os.environ if environ is None else environ)
     explicit = bool(env.get("FIOCTL_CONFIG")) or config is not None
-    config_path = Path(env.get("FIOCTL_CONFIG") or config or DEFAULT_CONFIG).expanduser()
+    config_path = config_file(config=config, environ=env)
     data, exists = _read_config_file(config_path, explicit=explicit)
     server_section = _section(data, "server", config_path)
 

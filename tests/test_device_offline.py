@@ -492,3 +492,16 @@ def test_pool_chunks_cover_the_batch_once_and_shrink_to_the_end(count: int):
     sizes = [end - begin for begin, end in chunks]
     assert max(sizes) <= offline.MAX_CHUNK and sizes == sorted(sizes, reverse=True)
     assert sizes[-1] <= batch.MIN_CHUNK and all(size >= batch.MIN_CHUNK for size in sizes[:-1])
+
+
+def test_an_offline_batch_does_not_read_the_config(factory: Factory, tmp_path: Path):
+    """create-offline needs nothing of fioctl.yaml: with one in use (even a broken one) it
+    makes its devices, and never loads the YAML reader (15 ms of a 1,000-device batch)."""
+    config = tmp_path / "fioctl.yaml"
+    config.write_text("factory: [unclosed\n")
+    probe = "import sys\nfrom fioca.cli import main\ncode = main(sys.argv[1:])\nprint('yaml' in sys.modules, code, file=sys.stderr)\n"
+    env = {**os.environ, "FIOCTL_CONFIG": str(config)}
+    args = ["device", "create-offline", str(factory.pki), "--count", "2", "--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env)
+    assert done.stderr.strip().splitlines()[-1] == "False 0", done.stderr
+    assert len([name for name in os.listdir(tmp_path / "out") if not name.startswith(".")]) == 2

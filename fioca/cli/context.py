@@ -26,6 +26,8 @@ from fioca.errors import RefusedError
 from fioca.text import visible
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fioca.api import FactoryApi
     from fioca.config import Settings
 
@@ -133,6 +135,12 @@ class AppContext:
 
             self._settings = load_settings(**self.options)
         return self._settings
+
+    def config_file(self) -> Path:
+        """Where the config in use is, without reading it (a sandbox's sits beside its sandbox.json)."""
+        from fioca.config import config_file
+
+        return config_file(config=self.options.get("config"))
 
     def api(self) -> FactoryApi:
         from fioca.api import FactoryApi

@@ -24,7 +24,7 @@ from fioca import facts
 from fioca.cli.context import AppContext, app_context
 from fioca.cli.options import Format, TextOrJson
 from fioca.device import offline, sota
-from fioca.errors import ExitCode, FiocaError, UsageError
+from fioca.errors import ExitCode, UsageError
 from fioca.text import quote_path
 
 if TYPE_CHECKING:
@@ -44,11 +44,9 @@ app = typer.Typer(
 
 
 def sandbox_gateway_url(app_ctx: AppContext, factory: str | None) -> str | None:
-    """The gateway URL of the sandbox whose fioctl.yaml is the config in use, if any."""
-    try:
-        config_path = app_ctx.settings.config_path
-    except FiocaError:
-        return None
+    """The gateway URL of the sandbox whose fioctl.yaml is the config in use, if any (the
+    config itself is not read: an offline batch needs nothing of it)."""
+    config_path = app_ctx.config_file()
     if not (config_path.parent / facts.SANDBOX_INFO_FILE).is_file():
         return None
     from fioca.sandbox.server import INFO_FILE, SandboxError, read_info  # the sandbox's code only for a sandbox
