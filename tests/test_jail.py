@@ -225,7 +225,10 @@ def processes_with(marker: str) -> list[int]:
 
 # Ways a script leaves something behind; each holds the FIFO `alive` open while it lives.
 DETACHED = {
-    "setsid -f": "./setsid -f ./sleep {t} 3<>alive </dev/null >/dev/null 2>&1\n",
+    # The script waits until the detached process runs in its own session (after setsid()):
+    # without a jail, a group kill that came first would end it, and the twin below would lie.
+    "setsid -f": "./setsid -f sh -c ': > detached; exec ./sleep {t}' 3<>alive </dev/null >/dev/null 2>&1\n"
+                 "while [ ! -e detached ]; do ./sleep 0.01; done\n",
     "nohup &": "./nohup ./sleep {t} 3<>alive </dev/null >/dev/null 2>&1 &\n",
     "&": "./sleep {t} 3<>alive </dev/null >/dev/null 2>&1 &\n",
     "subshell &": "( ./sleep {t} 3<>alive </dev/null >/dev/null 2>&1 & )\n",
