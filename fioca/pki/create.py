@@ -484,10 +484,11 @@ class Steps:
                 if step.script == facts.CREATE_CA and self.options.hsm is not None:
                     self.refuse_orphan_token_key()
                 self.reporter.progress(step.progress)
+                # The step at hand among them: what it waits for was kept before it, either way.
                 ready = [
                     later for later in steps
                     if later.script not in done and later.script not in running
-                    and (later is step or side_by_side and set(plan.waits_for(later, side_by_side=True)) <= done)
+                    and set(plan.waits_for(later, side_by_side=side_by_side)) <= done
                 ]  # fmt: skip
                 if ready:
                     self.journal.note_running([*running, *(later.script for later in ready)])

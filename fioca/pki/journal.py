@@ -49,8 +49,9 @@ class Journal:
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise PkiDirError(f"the create journal {where} is from another fioca version; finish that run with it")
         known = {f.name for f in fields(cls)} - {"pki"}
-        if isinstance(data.get("running"), str) or data.get("running") is None:  # one script at a time, before
-            data["running"] = [data["running"]] if data.get("running") else []
+        running = data.get("running")
+        if running is None or isinstance(running, str):  # the one-script-at-a-time format: a name, or null
+            data["running"] = [running] if running else []
         try:
             return cls(pki=pki, **{key: value for key, value in data.items() if key in known})
         except TypeError:

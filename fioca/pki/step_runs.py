@@ -41,7 +41,7 @@ class StepRun(Generic[T]):
         self._held: list[str] | None = []  # None once the lines go straight to `show`
         self._runner: ScriptRunner | None = None
         self._stopped = False
-        self._began = False  # the thread is at work (under the lock: stop() then waits for it)
+        self._began = False  # the thread is at work: stop() then leaves its end to it
         self._outcome: tuple[T | None, BaseException | None] = (None, None)
         # Waited on, not Thread.join(): a join that Ctrl-C interrupts can leave the thread
         # marked as ended while it still runs (CPython 3.11), and a later join returns at once.
